@@ -1,0 +1,28 @@
+"""uae-augment: MINE-based (unsupervised) adversarial examples as data augmentation."""
+
+from __future__ import annotations
+
+import logging
+
+from .attacks import MINEUAE, PRESETS, Attack, AttackResult, GaussianNoise, MinMaxAttack
+from .criteria import ClassifierMargin, Criterion, Reconstruction
+from .mine import estimate_mi, per_sample_mi
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "Attack",
+    "AttackResult",
+    "ClassifierMargin",
+    "Criterion",
+    "GaussianNoise",
+    "MINEUAE",
+    "MinMaxAttack",
+    "PRESETS",
+    "Reconstruction",
+    "estimate_mi",
+    "per_sample_mi",
+    "__version__",
+]

@@ -1,0 +1,123 @@
+"""The shared attack base: input checks, model state, chunking and progress."""
+
+from __future__ import annotations
+
+import abc
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._model_state import frozen, model_device
+from .._validation import check_images, check_labels, resolve_index
+from .result import AttackResult
+
+logger = logging.getLogger(__name__)
+
+
+class Attack(abc.ABC):
+    """Base class of every attack: ``result = attack(x, y=None, *, index=None)``.
+
+    Subclasses implement :meth:`_attack_batch` for one chunk of samples and
+    :meth:`_config` for their hyperparameters. The base class validates inputs,
+    puts the models into eval mode with frozen parameters (restoring both
+    afterwards), splits the input into chunks of ``batch_size`` and joins the
+    per-chunk results. Results never depend on the chunking: all randomness of
+    sample ``i`` comes from generators seeded by ``(seed, index[i])``.
+
+    Args:
+        seed: base seed of all per-sample random generators.
+        batch_size: largest number of samples attacked together (memory knob;
+            ``None`` attacks all at once).
+        progress: show a tqdm progress bar over samples.
+    """
+
+    requires_labels: bool = False
+
+    def __init__(self, *, seed: int = 0, batch_size: int | None = None, progress: bool = False):
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+        self.seed = int(seed)
+        self.batch_size = batch_size
+        self.progress = progress
+
+    @abc.abstractmethod
+    def models(self) -> list[nn.Module]:
+        """The models whose gradients the attack uses (frozen during the attack)."""
+
+    @abc.abstractmethod
+    def _attack_batch(
+        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor
+    ) -> AttackResult:
+        """Attacks one chunk; ``index`` holds the chunk's global indices (CPU int64)."""
+
+    @abc.abstractmethod
+    def _config(self) -> dict[str, Any]:
+        """The attack's hyperparameters (JSON-serialisable)."""
+
+    def config(self) -> dict[str, Any]:
+        """A JSON-serialisable description: class, seed and hyperparameters.
+
+        Two attacks with equal configs (and equal model states) produce equal results.
+        """
+        return {"attack": type(self).__name__, "seed": self.seed, **self._config()}
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        index: torch.Tensor | None = None,
+    ) -> AttackResult:
+        """Attacks ``x`` (N, ...) in [0, 1]; returns per-sample results on ``x.device``.
+
+        Args:
+            x: float tensor (N, ...) with values in [0, 1].
+            y: int labels (N,) (targets for targeted attacks); required by
+                supervised attacks, ignored by unsupervised ones.
+            index: global dataset indices (N,) of the samples; default ``arange(N)``.
+
+        Raises:
+            TypeError: non-tensor or non-float ``x``, non-integer labels or index.
+            ValueError: empty batch, wrong rank, NaN/Inf, values outside [0, 1],
+                missing labels, mismatched shapes, or a model on another device.
+        """
+        x = check_images(x)
+        labels = check_labels(y, x.shape[0], required=self.requires_labels, device=x.device)
+        global_index = resolve_index(index, x.shape[0])
+        self._check_devices(x.device)
+        n = x.shape[0]
+        chunk = self.batch_size or n
+        parts: list[AttackResult] = []
+        bar = tqdm(
+            total=n, desc=type(self).__name__, unit="sample", disable=not self.progress, leave=False
+        )
+        with frozen(self.models()), bar:
+            for start in range(0, n, chunk):
+                stop = min(start + chunk, n)
+                part = self._attack_batch(
+                    x[start:stop].detach(),
+                    None if labels is None else labels[start:stop],
+                    global_index[start:stop],
+                )
+                parts.append(part)
+                bar.update(stop - start)
+        result = AttackResult.cat(parts).to(x.device)
+        logger.debug("%s on %d samples: ASR %.4f", type(self).__name__, n, result.asr)
+        return result
+
+    def _check_devices(self, device: torch.device) -> None:
+        for model in self.models():
+            found = model_device(model)
+            if found.type != device.type or (
+                device.index is not None and found.index is not None and found.index != device.index
+            ):
+                raise ValueError(
+                    f"{type(model).__name__} is on {found} but x is on {device}; move one of them"
+                )
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "attack")
+        return f"{type(self).__name__}({items})"
