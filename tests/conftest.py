@@ -1,0 +1,33 @@
+"""Shared fixtures: the real data sets in ../shared/datasets when they exist."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+
+def _shared_root() -> Path | None:
+    configured = os.environ.get("UAE_DATA_ROOT")
+    if configured and Path(configured).is_dir():
+        return Path(configured)
+    return SHARED_DATASETS if SHARED_DATASETS.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """Folder with the canonical .npz files; skips the test when none is available."""
+    root = _shared_root()
+    if root is None:
+        pytest.skip("real data sets not found: set UAE_DATA_ROOT or provide ../shared/datasets")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads() -> None:
+    torch.manual_seed(0)
