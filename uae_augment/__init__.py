@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import logging
 
-from .attacks import MINEUAE, PRESETS, Attack, AttackResult, GaussianNoise, MinMaxAttack
+from .attacks import (
+    MINEUAE,
+    PRESETS,
+    Attack,
+    AttackResult,
+    GaussianNoise,
+    LpUAE,
+    MinMaxAttack,
+    PenaltyAttack,
+)
 from .criteria import ClassifierMargin, Criterion, Reconstruction
 from .mine import estimate_mi, per_sample_mi
 
@@ -18,9 +27,11 @@ __all__ = [
     "ClassifierMargin",
     "Criterion",
     "GaussianNoise",
+    "LpUAE",
     "MINEUAE",
     "MinMaxAttack",
     "PRESETS",
+    "PenaltyAttack",
     "Reconstruction",
     "estimate_mi",
     "per_sample_mi",

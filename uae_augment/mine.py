@@ -431,35 +431,54 @@ def build_sampler(
 def per_sample_mi(
     x: torch.Tensor,
     x_other: torch.Tensor,
-    sampler: Sampler,
+    sampler: Sampler | None = None,
     *,
-    steps: int = 500,
-    lr: float = 1e-4,
-    hidden: int | None = 512,
+    steps: int = 600,
+    lr: float = 1e-3,
+    hidden: int | None = None,
+    projections: int = 200,
+    projection_dim: int = 32,
     evaluations: int = 16,
     seed: int = 0,
     index: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """An independent per-sample MI score: a fresh per-sample MINE trained to convergence.
+    """An independent per-sample MI score: a fresh per-sample MINE, same budget for every pair.
 
-    Scores every pair (x_i, x_other_i) with the same settings, so scores of
+    Scores every pair (x_i, x_other_i) with identical settings, so scores of
     different attacks are comparable (an attack's own running estimate is not:
-    it depends on how long and how that attack trained its network). The
-    returned value is the DV bound averaged over ``evaluations`` fresh
-    permutations after ``steps`` Adam steps.
+    it depends on how long and how that attack trained its network). The value
+    is the DV bound averaged over ``evaluations`` fresh permutations after
+    ``steps`` Adam steps.
+
+    The default sampler is random projections (``projections`` x ``projection_dim``):
+    its K samples are exchangeable, so the score measures how much x_other says
+    about x. Feature-map samples are not suitable here: each map carries the
+    identity of the filter that made it, so a statistics network separates
+    joint from shuffled pairs even for unrelated images (measured: an unrelated
+    MNIST digit scored 7.6 nats, the identical image 6.7).
+
+    Args:
+        x, x_other: (N, ...) pairs to score.
+        sampler: the paired-sample construction (default: random projections).
+        steps, lr, hidden: training budget and statistics-network width.
+        projections, projection_dim: random-projection K and sample length.
+        evaluations: permutations averaged in the final estimate.
+        seed: seed of the projections, network init and permutations.
+        index: global indices (N,) for per-sample seeding (default arange(N)).
 
     Returns:
-        (N,) MI estimates in nats.
+        (N,) MI scores in nats.
     """
     index = torch.arange(x.shape[0]) if index is None else index.cpu()
+    if sampler is None:
+        sampler = RandomProjectionSampler(math.prod(x.shape[1:]), projections, projection_dim, seed)
     with torch.no_grad():
         u, v = sampler(x), sampler(x_other)
     mine = PerSampleMINE(
         u.shape[2:], seed=seed, index=index, count=u.shape[1], lr=lr, hidden=hidden,
         device=x.device, init_round=int(Stream.EVALUATOR),
     )
-    with torch.enable_grad():
-        mine.train(u, v, steps)
+    mine.train(u, v, steps)
     with torch.no_grad():
         values = [mine.estimate(u, v, perm) for perm in mine.permutations(evaluations)]
     return torch.stack(values).mean(dim=0)

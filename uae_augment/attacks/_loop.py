@@ -246,7 +246,8 @@ def run_minmax(
             if not last:
                 (grad,) = torch.autograd.grad((c * f + sign * score).sum(), delta)
         f, score, x_adv = f.detach(), score.detach(), x_adv.detach()
-        tracker.update(iteration, x_adv, f, score, (f <= 0) & similarity.valid(score))
+        ok = f <= 0 if settings.supervised else (f <= 0) & similarity.valid(score)
+        tracker.update(iteration, x_adv, f, score, ok)
         if settings.record_history:
             mi_trace.append(score)
             f_trace.append(f)
