@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -366,20 +366,17 @@ def load_dataset(
         source = resolve_data_root(root) / spec.info.file
         arrays = _canonical_arrays(spec, source, download)
 
-    x_all = np.concatenate([arrays.x_train, arrays.x_test])
-    y_all = np.concatenate([arrays.y_train, arrays.y_test]).astype(np.int64)
-    train_idx, test_idx = _split_indices(arrays, spec.has_test_split, seed)
-    wanted = {"train": train_idx, "test": test_idx, "all": np.concatenate([train_idx, test_idx])}[split]
-
-    preprocess = spec.fit(x_all[train_idx], y_all[train_idx], **settings)
-    data = preprocess(x_all[wanted], y_all[wanted])
+    rows = _split_rows(arrays, spec.has_test_split, seed)
+    preprocess = spec.fit(rows["train"].x, rows["train"].y, **settings)
+    wanted = _Rows.concatenate([rows["train"], rows["test"]]) if split == "all" else rows[split]
+    data = preprocess(wanted.x, wanted.y)
     dataset = ArrayDataset(
         data,
-        torch.from_numpy(y_all[wanted]),
+        torch.from_numpy(wanted.y),
         name=spec.info.name,
         split=split,
         classes=spec.info.class_names,
-        indices=torch.from_numpy(wanted.astype(np.int64)),
+        indices=torch.from_numpy(wanted.index),
         source=source,
         transform=transform,
         target_transform=target_transform,
@@ -522,18 +519,38 @@ def _build_canonical_file(spec: _Spec, path: Path) -> None:
 # --------------------------------------------------------------------------- splits
 
 
-def _split_indices(arrays: _Arrays, has_test_split: bool, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (into x_train followed by x_test) of the train and test splits, sorted."""
+class _Rows(NamedTuple):
+    """The rows of one split: samples, int64 labels, int64 positions among the canonical rows."""
+
+    x: np.ndarray
+    y: np.ndarray
+    index: np.ndarray
+
+    @staticmethod
+    def concatenate(parts: Sequence[_Rows]) -> _Rows:
+        return _Rows(*(np.concatenate(arrays) for arrays in zip(*parts)))
+
+
+def _split_rows(arrays: _Arrays, has_test_split: bool, seed: int | None) -> dict[str, _Rows]:
+    """The train and test rows: the upstream split, or a stratified one (indices sorted: file order kept)."""
     n_train, n_test = len(arrays.y_train), len(arrays.y_test)
     if has_test_split:
-        return np.arange(n_train), np.arange(n_train, n_train + n_test)
+        return {
+            "train": _Rows(arrays.x_train, arrays.y_train.astype(np.int64), np.arange(n_train)),
+            "test": _Rows(arrays.x_test, arrays.y_test.astype(np.int64), np.arange(n_train, n_train + n_test)),
+        }
     from sklearn.model_selection import train_test_split
 
-    labels = np.concatenate([arrays.y_train, arrays.y_test])
+    every = _Rows(arrays.x_train, arrays.y_train, np.arange(n_train))
+    if n_test:
+        every = _Rows.concatenate([every, _Rows(arrays.x_test, arrays.y_test, np.arange(n_train, n_train + n_test))])
     train_idx, test_idx = train_test_split(
-        np.arange(len(labels)), test_size=HELD_OUT_FRACTION, stratify=labels, random_state=seed, shuffle=True
+        np.arange(len(every.y)), test_size=HELD_OUT_FRACTION, stratify=every.y, random_state=seed, shuffle=True
     )
-    return np.sort(train_idx), np.sort(test_idx)
+    return {
+        part: _Rows(every.x[chosen], every.y[chosen].astype(np.int64), every.index[chosen])
+        for part, chosen in (("train", np.sort(train_idx)), ("test", np.sort(test_idx)))
+    }
 
 
 # --------------------------------------------------------------------------- preprocessing
