@@ -378,9 +378,30 @@ def test_mismatched_npz_gives_an_error_naming_the_path(tmp_path: Path, corrupt: 
     assert str(tmp_path / "isolet.npz") in str(excinfo.value)
 
 
-def test_unreadable_npz_gives_an_error_naming_the_path(tmp_path: Path) -> None:
-    (tmp_path / "isolet.npz").write_bytes(b"PK\x03\x04 this is not a zip archive")
-    with pytest.raises(DatasetFormatError, match="not a readable .npz") as excinfo:
+def _valid_npz_bytes() -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **_canonical_isolet())
+    return buffer.getvalue()
+
+
+def _damaged(data: bytes) -> bytes:
+    middle = len(data) // 3
+    return data[:middle] + bytes(64) + data[middle + 64 :]
+
+
+@pytest.mark.parametrize(
+    ("write", "pattern"),
+    [
+        (lambda path: path.write_bytes(b"PK\x03\x04 this is not a zip archive"), "not a readable .npz"),
+        (lambda path: path.write_bytes(b""), "not a readable .npz"),
+        (lambda path: np.save(open(path, "wb"), np.zeros((3, 617), np.float32)), "single .npy array"),
+        (lambda path: path.write_bytes(_valid_npz_bytes()[: len(_valid_npz_bytes()) // 2]), "not a readable .npz"),
+        (lambda path: path.write_bytes(_damaged(_valid_npz_bytes())), "Bad CRC-32"),
+    ],
+)
+def test_unreadable_npz_gives_an_error_naming_the_path(tmp_path: Path, write: Callable, pattern: str) -> None:
+    write(tmp_path / "isolet.npz")
+    with pytest.raises(DatasetFormatError, match=pattern) as excinfo:
         load_dataset("isolet", root=tmp_path)
     assert str(tmp_path / "isolet.npz") in str(excinfo.value)
 

@@ -442,14 +442,7 @@ def _missing_file_message(spec: _Spec, path: Path) -> str:
 
 def _read_canonical(path: Path, spec: _Spec) -> _Arrays:
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [key for key in CANONICAL_KEYS if key not in archive.files]
-            if missing:
-                raise DatasetFormatError(
-                    f"{path} lacks the array(s) {', '.join(missing)} (found: "
-                    f"{', '.join(archive.files) or 'none'}); a canonical file holds {', '.join(CANONICAL_KEYS)}"
-                )
-            arrays = _Arrays(*(archive[key] for key in CANONICAL_KEYS))
+        arrays = _load_npz(path)
     except DatasetFormatError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
@@ -460,6 +453,20 @@ def _read_canonical(path: Path, spec: _Spec) -> _Arrays:
     _check_arrays(arrays, spec, origin=str(path))
     logger.debug("read %s: x_train %s, x_test %s", path, arrays.x_train.shape, arrays.x_test.shape)
     return arrays
+
+
+def _load_npz(path: Path) -> _Arrays:
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DatasetFormatError(f"{path} holds a single .npy array, not an .npz archive")
+    with loaded as archive:
+        missing = [key for key in CANONICAL_KEYS if key not in archive.files]
+        if missing:
+            raise DatasetFormatError(
+                f"{path} lacks the array(s) {', '.join(missing)} (found: "
+                f"{', '.join(archive.files) or 'none'}); a canonical file holds {', '.join(CANONICAL_KEYS)}"
+            )
+        return _Arrays(*(archive[key] for key in CANONICAL_KEYS))
 
 
 def _check_arrays(arrays: _Arrays, spec: _Spec, *, origin: str) -> None:
