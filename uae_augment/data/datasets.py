@@ -507,10 +507,10 @@ def _build_canonical_file(spec: _Spec, path: Path) -> None:
     logger.info("building %s from %s (raw files in %s)", path, spec.info.source, cache_dir)
     try:
         arrays = spec.build(cache_dir)
-    except (OSError, RuntimeError) as err:
+    except (OSError, RuntimeError, ImportError) as err:
         raise RuntimeError(
             f"could not build {path} from {spec.info.source} ({type(err).__name__}: {err}). "
-            f"Offline, copy the canonical {spec.info.file} to {path} instead (see datasets/README.md)."
+            f"Instead, copy the canonical {spec.info.file} to {path} (see datasets/README.md)."
         ) from err
     _check_arrays(arrays, spec, origin=f"arrays built from {spec.info.source}")
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
