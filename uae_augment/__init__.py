@@ -15,6 +15,7 @@ from .attacks import (
     PenaltyAttack,
 )
 from .criteria import ClassifierMargin, Criterion, Reconstruction
+from .data import available_datasets, load_dataset
 from .mine import estimate_mi, per_sample_mi
 
 __version__ = "0.1.0"
@@ -33,7 +34,9 @@ __all__ = [
     "PRESETS",
     "PenaltyAttack",
     "Reconstruction",
+    "available_datasets",
     "estimate_mi",
+    "load_dataset",
     "per_sample_mi",
     "__version__",
 ]
