@@ -1,0 +1,413 @@
+"""A dataset wrapper that serves a base dataset together with its unsupervised adversarial examples.
+
+:class:`UAEAugmented` keeps the base dataset's item structure (``(x, y)`` or
+``(x, y, extra...)``) and replaces only the sample. The UAEs are generated once,
+in batches, in the main process (kept in memory, or written to an HDF5 cache
+with :func:`~uae_augment.data.cache.precompute`), and afterwards only read, so
+the wrapper works inside DataLoader workers like any other dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .._model_state import model_device
+from .._validation import check_images
+from ..attacks.base import Attack
+from ..attacks.result import AttackResult
+from .transforms import check_probability, ensure_main_process, replacement_mask
+
+logger = logging.getLogger(__name__)
+
+AugmentMode = Literal["concat", "replace", "pair"]
+_MODES: tuple[str, ...] = ("concat", "replace", "pair")
+
+_IN_WORKER_HINT = (
+    "Call .materialize() on the UAEAugmented dataset in the main process before creating the"
+    " DataLoader (it generates every UAE once and keeps them in memory), or pass cache=path to"
+    " precompute them into an HDF5 file that workers read."
+)
+
+
+class UAEAugmented(Dataset):
+    """A base dataset augmented with the unsupervised adversarial examples (UAEs) of its samples.
+
+    Modes (N = ``len(dataset)``):
+
+    * ``"concat"`` (default, the paper's 1:1 protocol): length 2N; item
+      ``i < N`` is the clean item ``i``, item ``N + i`` is item ``i`` with its
+      sample replaced by its UAE (same label and extras).
+    * ``"replace"``: length N; each access returns the UAE with probability
+      ``p``. The draw of item ``i`` comes from a generator seeded by
+      ``(seed, i, epoch)`` (see :func:`~uae_augment.data.transforms.replacement_mask`),
+      so it is the same in every worker and process; :meth:`set_epoch` changes
+      it (call it at the start of every epoch, like
+      ``DistributedSampler.set_epoch``; the epoch lives in shared memory, so
+      persistent workers see it too).
+    * ``"pair"``: length N; item ``i`` is ``((clean, uae), y, extra...)``.
+
+    Items keep the base dataset's structure: ``(sample, y, extra...)``, plus a
+    trailing bool "is UAE" when ``return_flag=True`` (not in pair mode).
+    ``transform`` runs on the sample after the choice between clean and UAE
+    (on both in pair mode), so random augmentations belong there, not in the
+    base dataset (whose samples must be deterministic: the UAE of item ``i``
+    is computed from the sample it returned at generation time).
+    ``target_transform`` runs on the label.
+
+    Generation. The attack runs on batches of ``batch_size`` base samples with
+    their global indices ``i`` (the positions in ``dataset``) and with the
+    labels when ``attack.requires_labels``, so row ``i`` equals
+    ``attack(x, y, index=[i])``. Without ``cache`` the UAEs are generated on
+    first need (or eagerly by :meth:`materialize`) in the main process and kept
+    in memory; a first need inside a DataLoader worker raises a RuntimeError,
+    because attacks never run in workers. With ``cache=path``,
+    :func:`~uae_augment.data.cache.precompute` runs at construction (it reuses
+    a finished file with the same provenance at once, resumes a partial one)
+    and the items read rows of a :class:`~uae_augment.data.cache.UAECache`,
+    which each worker opens lazily.
+
+    Args:
+        dataset: a map-style dataset of ``(x, y, extra...)`` items, ``x`` a float
+            tensor with values in [0, 1] (all of one shape).
+        attack: a uae_augment attack, e.g. ``MINEUAE(Reconstruction(ae))``; its
+            models may live on any device (inputs are moved there, results
+            kept on the CPU).
+        mode: ``"concat"``, ``"replace"`` or ``"pair"``.
+        p: probability of the UAE in ``"replace"`` mode, in [0, 1].
+        cache: path of an HDF5 cache file (created or reused), or None for memory.
+        batch_size: number of base samples per attack call during generation.
+        transform: callable applied to the chosen sample (each of clean and UAE in pair mode).
+        target_transform: callable applied to the label.
+        return_flag: append a bool "is UAE" to every item (concat and replace modes).
+        seed: seed of the replace-mode draws (the attack has its own seed).
+        progress: show tqdm progress bars while generating.
+
+    Raises:
+        TypeError: ``attack`` is not an Attack, a transform is not callable, the
+            base dataset has no length, or its items are not ``(x, y, ...)``
+            tuples with a float tensor ``x``.
+        ValueError: unknown mode, ``p`` outside [0, 1], ``batch_size < 1``,
+            an empty dataset, samples outside [0, 1], ``return_flag`` in pair
+            mode, or a cache that does not match the dataset.
+
+    Example:
+        >>> from torch import nn
+        >>> from torch.utils.data import TensorDataset
+        >>> from uae_augment import GaussianNoise, Reconstruction
+        >>> ae = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.Sigmoid(), nn.Unflatten(1, (1, 2, 2)))
+        >>> base = TensorDataset(torch.rand(6, 1, 2, 2), torch.arange(6))
+        >>> ds = UAEAugmented(base, GaussianNoise(Reconstruction(ae)), progress=False)
+        >>> len(ds), ds.generated
+        (12, False)
+        >>> x, y, is_uae = UAEAugmented(base, ds.attack, return_flag=True, progress=False)[7]
+        >>> x.shape, int(y), is_uae
+        (torch.Size([1, 2, 2]), 1, True)
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        attack: Attack,
+        *,
+        mode: AugmentMode = "concat",
+        p: float = 0.5,
+        cache: str | os.PathLike[str] | None = None,
+        batch_size: int = 256,
+        transform: Callable[[Any], Any] | None = None,
+        target_transform: Callable[[Any], Any] | None = None,
+        return_flag: bool = False,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        if not isinstance(attack, Attack):
+            raise TypeError(f"attack must be a uae_augment Attack, got {type(attack).__name__}")
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        for name, function in (("transform", transform), ("target_transform", target_transform)):
+            if function is not None and not callable(function):
+                raise TypeError(f"{name} must be callable or None, got {type(function).__name__}")
+        if return_flag and mode == "pair":
+            raise ValueError("return_flag has no meaning in pair mode (every item holds both samples)")
+        try:
+            size = len(dataset)  # type: ignore[arg-type]
+        except TypeError as error:
+            raise TypeError(
+                f"dataset must be a map-style dataset with a length, got {type(dataset).__name__}"
+            ) from error
+        if size == 0:
+            raise ValueError("dataset is empty: there is nothing to augment")
+
+        self.dataset = dataset
+        self.attack = attack
+        self.mode: AugmentMode = mode
+        self.p = check_probability(p)
+        self.batch_size = batch_size
+        self.transform = transform
+        self.target_transform = target_transform
+        self.return_flag = bool(return_flag)
+        self.seed = int(seed)
+        self.progress = bool(progress)
+        self.cache_path = Path(cache) if cache is not None else None
+        self._size = size
+        # Shared memory, so that set_epoch reaches persistent DataLoader workers too.
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+        self._result: AttackResult | None = None
+        self._cache: Any = None
+
+        first, _, _ = _split_item(dataset[0], 0)
+        check_images(first.unsqueeze(0), name="sample 0 of the base dataset")
+        if self.cache_path is not None:
+            self._attach_cache()
+
+    # ------------------------------------------------------------------ dataset protocol
+
+    def __len__(self) -> int:
+        return 2 * self._size if self.mode == "concat" else self._size
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, ...]]:
+        """Batched fetching (used by ``DataLoader``): one UAE read for the whole batch."""
+        positions = [self._position(i) for i in indices]
+        base = [p % self._size for p in positions]
+        if self.mode == "concat":
+            is_uae = [p >= self._size for p in positions]
+        elif self.mode == "replace":
+            is_uae = replacement_mask(self.p, self.seed, base, self.epoch).tolist()
+        else:
+            is_uae = [True] * len(base)
+        items = [_split_item(self.dataset[b], b) for b in base]
+        wanted = [b for b, flag in zip(base, is_uae) if flag]
+        uae_rows = iter(self._uae_rows(wanted)) if wanted else iter(())
+
+        out: list[tuple[Any, ...]] = []
+        for (x, y, extra), flag in zip(items, is_uae):
+            uae = next(uae_rows).to(x.dtype) if flag else None
+            if self.mode == "pair":
+                sample: Any = (self._transform(x), self._transform(uae))
+            else:
+                sample = self._transform(uae if uae is not None else x)
+            label = self.target_transform(y) if self.target_transform is not None else y
+            flag_part = (flag,) if self.return_flag else ()
+            out.append((sample, label, *extra, *flag_part))
+        return out
+
+    # ------------------------------------------------------------------ epochs and generation
+
+    @property
+    def epoch(self) -> int:
+        """The epoch mixed into the replace-mode draws."""
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sets the epoch of the replace-mode draws (call before iterating each epoch)."""
+        self._epoch.fill_(operator.index(epoch))
+
+    @property
+    def generated(self) -> bool:
+        """Whether the UAEs exist (in memory or in the attached cache)."""
+        return self._result is not None or self._cache is not None
+
+    def materialize(self) -> UAEAugmented:
+        """Generates every UAE now, in the main process, and keeps them in memory.
+
+        Call it before creating a DataLoader with workers. Does nothing when the
+        UAEs already exist (or a cache is attached).
+
+        Returns:
+            ``self``, for chaining.
+
+        Raises:
+            RuntimeError: when called inside a DataLoader worker.
+            TypeError, ValueError: a base sample or label the attack cannot take.
+        """
+        if self.generated:
+            return self
+        ensure_main_process("Generating the UAEs of UAEAugmented", _IN_WORKER_HINT)
+        device = _attack_device(self.attack)
+        logger.info(
+            "generating %d UAEs with %r in batches of %d on %s",
+            self._size, self.attack, self.batch_size, device,
+        )
+        parts: list[AttackResult] = []
+        with tqdm(
+            total=self._size, desc="UAEAugmented", unit="sample", disable=not self.progress
+        ) as bar:
+            for start in range(0, self._size, self.batch_size):
+                index = torch.arange(start, min(start + self.batch_size, self._size))
+                x, y = self._read_batch(index)
+                result = self.attack(x.to(device), None if y is None else y.to(device), index=index)
+                parts.append(result.to("cpu"))
+                bar.update(index.numel())
+        self._result = AttackResult.cat(parts)
+        logger.info("generated %d UAEs, ASR %.4f", self._size, self._result.asr)
+        return self
+
+    # ------------------------------------------------------------------ results
+
+    @property
+    def uae_success(self) -> torch.Tensor | None:
+        """(N,) bool: whether the attack succeeded on base sample ``i`` (None before generation)."""
+        flags = self._flags()
+        return None if flags is None else flags[0]
+
+    @property
+    def uae_mi(self) -> torch.Tensor | None:
+        """(N,) float: the attack's MI estimate of UAE ``i`` (NaN for attacks without MINE;
+        None before generation)."""
+        flags = self._flags()
+        return None if flags is None else flags[1]
+
+    @property
+    def asr(self) -> float | None:
+        """Attack success rate over the base dataset (None before generation)."""
+        success = self.uae_success
+        return None if success is None else float(success.float().mean())
+
+    @property
+    def attack_result(self) -> AttackResult | None:
+        """The full in-memory :class:`AttackResult` (None before generation or with a cache)."""
+        return self._result
+
+    def __repr__(self) -> str:
+        parts = [f"dataset={self.dataset!r}", f"mode={self.mode!r}"]
+        if self.mode == "replace":
+            parts += [f"p={self.p}", f"seed={self.seed}", f"epoch={self.epoch}"]
+        parts += [f"samples={len(self)}", f"attack={self.attack!r}"]
+        if self.cache_path is not None:
+            parts.append(f"cache={str(self.cache_path)!r}")
+        parts.append(f"generated={self.generated}")
+        if self.generated:
+            parts.append(f"asr={self.asr:.4f}")
+        if self.transform is not None:
+            parts.append(f"transform={self.transform!r}")
+        if self.target_transform is not None:
+            parts.append(f"target_transform={self.target_transform!r}")
+        if self.return_flag:
+            parts.append("return_flag=True")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    # ------------------------------------------------------------------ internals
+
+    def _position(self, index: Any) -> int:
+        position = operator.index(index)
+        length = len(self)
+        if position < 0:
+            position += length
+        if not 0 <= position < length:
+            raise IndexError(f"index {index} is out of range for {type(self).__name__} of length {length}")
+        return position
+
+    def _transform(self, sample: Any) -> Any:
+        return self.transform(sample) if self.transform is not None else sample
+
+    def _uae_rows(self, base_indices: list[int]) -> torch.Tensor:
+        if self._cache is not None:
+            adversarial, _ = self._cache.rows(base_indices)
+            return adversarial
+        if self._result is None:
+            self.materialize()
+        assert self._result is not None
+        return self._result.adversarial[base_indices]
+
+    def _read_batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stacks the base samples (and labels, when the attack needs them) at ``index``."""
+        items = [_split_item(self.dataset[i], i) for i in index.tolist()]
+        first, last = int(index[0]), int(index[-1])
+        shapes = {tuple(x.shape) for x, _, _ in items}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"samples {first}..{last} of the base dataset have different shapes {sorted(shapes)};"
+                " the attack needs samples of one shape"
+            )
+        x = check_images(
+            torch.stack([x for x, _, _ in items]), name=f"samples {first}..{last} of the base dataset"
+        )
+        if not self.attack.requires_labels:
+            return x, None
+        return x, torch.tensor([_label(y, i) for (_, y, _), i in zip(items, index.tolist())])
+
+    def _attach_cache(self) -> None:
+        # Imported here so that the in-memory path does not import h5py.
+        from .cache import UAECache, precompute
+
+        ensure_main_process("Precomputing the UAE cache of UAEAugmented", _IN_WORKER_HINT)
+        assert self.cache_path is not None
+        path = precompute(
+            self.dataset, self.attack, self.cache_path,
+            batch_size=self.batch_size, progress=self.progress,
+        )
+        cache = UAECache(path)
+        if len(cache) != self._size:
+            raise ValueError(
+                f"cache {str(path)!r} holds {len(cache)} rows but the dataset has {self._size} samples"
+            )
+        self._cache = cache
+
+    def _flags(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self._result is not None:
+            return self._result.success, self._result.mi
+        if self._cache is not None:
+            return _cache_flags(self._cache)
+        return None
+
+
+def _cache_flags(cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    flagged = type(cache)(cache.path, return_flags=True)
+    rows = [flagged[i] for i in range(len(flagged))]
+    success = torch.tensor([bool(row[2]) for row in rows])
+    mi = torch.tensor([float(row[3]) for row in rows])
+    return success, mi
+
+
+def _split_item(item: Any, index: int) -> tuple[torch.Tensor, Any, tuple[Any, ...]]:
+    """Splits a base item into (x, y, extras), checking its structure."""
+    if not isinstance(item, (tuple, list)) or len(item) < 2:
+        found = type(item).__name__
+        if isinstance(item, (tuple, list)):
+            found = f"a {found} of length {len(item)}"
+        raise TypeError(
+            f"item {index} of the base dataset must be a tuple (x, y, ...) with a sample and a label,"
+            f" got {found}"
+        )
+    x = item[0]
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        found = f"a tensor of dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(
+            f"the sample of item {index} of the base dataset must be a float tensor with values in"
+            f" [0, 1] (give the base dataset a ToTensor-like transform, and put random augmentations"
+            f" in UAEAugmented(transform=...)), got {found}"
+        )
+    return x, item[1], tuple(item[2:])
+
+
+def _label(y: Any, index: int) -> int:
+    """An integer class label from a Python/NumPy integer or a one-element integer tensor."""
+    if isinstance(y, torch.Tensor):
+        if y.numel() == 1 and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool):
+            return int(y.item())
+    else:
+        try:
+            return operator.index(y)
+        except TypeError:
+            pass
+    raise TypeError(
+        f"the attack needs integer class labels, but item {index} of the base dataset has label {y!r}"
+    )
+
+
+def _attack_device(attack: Attack) -> torch.device:
+    models = attack.models()
+    return model_device(models[0]) if models else torch.device("cpu")

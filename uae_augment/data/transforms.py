@@ -1,0 +1,273 @@
+"""Batch-level UAE augmentation, applied in the training loop after the DataLoader.
+
+:class:`UAETransform` is the on-the-fly path (like torchvision's ``CutMix`` /
+``MixUp``): attacks need a model and gradients, so they run on whole batches in
+the main process, never per item inside DataLoader workers. The per-index
+``Dataset`` path is :class:`~uae_augment.data.augmented.UAEAugmented`, which
+generates once (in memory or into an HDF5 cache) and then only reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Literal, overload
+
+import torch
+from torch import nn
+from torch.utils.data import get_worker_info
+
+from .._seeding import Stream, sample_generators, stacked_uniform
+from .._validation import check_images, resolve_index
+from ..attacks.base import Attack
+from ..attacks.result import AttackResult
+
+logger = logging.getLogger(__name__)
+
+TransformMode = Literal["replace", "append"]
+_MODES: tuple[str, ...] = ("replace", "append")
+
+
+def check_probability(p: float, name: str = "p") -> float:
+    """Returns ``p`` as a float after checking that it is a number in [0, 1].
+
+    Raises:
+        TypeError: if ``p`` is not a real number.
+        ValueError: if ``p`` is NaN or outside [0, 1].
+    """
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"{name} must be a probability (a float in [0, 1]), got {type(p).__name__}")
+    if not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {p}")
+    return float(p)
+
+
+def replacement_mask(
+    p: float, seed: int, indices: torch.Tensor | Sequence[int], epoch: int = 0
+) -> torch.Tensor:
+    """Which samples to replace by their UAE: one Bernoulli(p) draw per (seed, index, epoch).
+
+    Sample ``i`` is replaced when a uniform number drawn from the generator
+    ``sample_generator(seed, indices[i], Stream.REPLACE, epoch)`` is below ``p``,
+    so the decision of one sample never depends on the other samples of its
+    batch, on the batch size or on the process that draws it. ``p = 0`` and
+    ``p = 1`` are exact (no sample, every sample).
+
+    Args:
+        p: replacement probability in [0, 1].
+        seed: base seed of the draw.
+        indices: (n,) global indices of the samples.
+        epoch: epoch number mixed into the draw (a new epoch gives new draws).
+
+    Returns:
+        (n,) bool CPU tensor.
+
+    Example:
+        >>> mask = replacement_mask(0.5, seed=0, indices=range(1000))
+        >>> mask.shape, 400 < int(mask.sum()) < 600
+        (torch.Size([1000]), True)
+        >>> bool((mask == replacement_mask(0.5, 0, range(1000))).all())
+        True
+    """
+    index = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+    if p <= 0.0:
+        return torch.zeros(index.numel(), dtype=torch.bool)
+    if p >= 1.0:
+        return torch.ones(index.numel(), dtype=torch.bool)
+    generators = sample_generators(seed, index, Stream.REPLACE, int(epoch))
+    return stacked_uniform(generators, (), 0.0, 1.0, dtype=torch.float64) < p
+
+
+def ensure_main_process(what: str, alternative: str) -> None:
+    """Raises RuntimeError when called inside a DataLoader worker process.
+
+    Args:
+        what: what was attempted, e.g. ``"UAETransform"``.
+        alternative: what to do instead (appended to the message).
+
+    Raises:
+        RuntimeError: inside a ``torch.utils.data`` worker.
+    """
+    worker = get_worker_info()
+    if worker is not None:
+        raise RuntimeError(
+            f"{what} cannot run inside DataLoader worker {worker.id} (of {worker.num_workers}):"
+            " attacks need the model and gradients and must run in the main process."
+            f" {alternative}"
+        )
+
+
+class UAETransform(nn.Module):
+    """Replaces (or extends) a batch with its unsupervised adversarial examples.
+
+    Used in the training loop after the DataLoader, like torchvision's
+    ``CutMix``/``MixUp``: ``x, y = uae(x, y)``, or ``x = uae(x)`` for
+    unsupervised training (only ``x`` is returned when ``y`` is None).
+
+    * ``mode="replace"``: each sample is replaced by its UAE with probability
+      ``p``; the batch keeps its shape and its labels.
+    * ``mode="append"``: the samples drawn with probability ``p`` (all of them
+      for the default ``p = 1``) are attacked and their UAEs appended after the
+      clean batch, with their labels repeated: ``x_out = cat([x, uae(x[m])])``,
+      ``y_out = cat([y, y[m]])``. Every attacked sample is appended, whether the
+      attack succeeded or not (``last_result.success`` tells which did).
+
+    Only the drawn samples are attacked. Randomness: the draw of sample ``i``
+    and the attack's per-sample seed use a global index. Pass it explicitly
+    (``uae(x, y, index=idx)``, e.g. dataset indices) for per-sample
+    determinism: the same sample, epoch and seed always give the same decision
+    and the same UAE, whatever batch it is in. Without ``index`` the transform
+    numbers the samples it has seen with a running counter (batch ``k`` of
+    sizes ``n_0, n_1, ...`` gets indices ``sum(n_<k) .. sum(n_<=k) - 1``), so a
+    run is reproducible for the same sequence of calls. :meth:`set_epoch`
+    changes the draws for explicit indices, like ``DistributedSampler.set_epoch``.
+
+    The output is on the input's device with the input's dtype; the attack
+    freezes and restores its model itself. The module holds no parameters (the
+    attack's models are not registered as submodules). After each call,
+    ``last_result`` holds the attack's :class:`AttackResult` for the attacked
+    samples (None when none was drawn) and ``last_mask`` the (N,) bool mask of
+    the attacked samples.
+
+    Attacks never run inside DataLoader workers: calling the transform there
+    raises a RuntimeError (use ``precompute``/``UAECache`` or
+    ``UAEAugmented(..., cache=path)`` for per-item access).
+
+    Args:
+        attack: a uae_augment attack, e.g. ``MINEUAE(Reconstruction(ae))``; it
+            receives the labels when ``attack.requires_labels``.
+        p: probability that a sample is attacked, in [0, 1].
+        mode: ``"replace"`` or ``"append"``.
+        seed: seed of the Bernoulli draws (the attack has its own seed).
+
+    Raises:
+        TypeError: ``attack`` is not an :class:`~uae_augment.attacks.base.Attack`.
+        ValueError: ``p`` outside [0, 1] or an unknown ``mode``.
+
+    Example:
+        >>> from uae_augment import GaussianNoise, Reconstruction
+        >>> ae = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.Sigmoid(), nn.Unflatten(1, (1, 2, 2)))
+        >>> uae = UAETransform(GaussianNoise(Reconstruction(ae), sigma=0.01), p=1.0, mode="append")
+        >>> x, y = uae(torch.rand(8, 1, 2, 2), torch.arange(8))
+        >>> x.shape, y.tolist()[8:11]
+        (torch.Size([16, 1, 2, 2]), [0, 1, 2])
+    """
+
+    def __init__(self, attack: Attack, p: float = 1.0, mode: TransformMode = "replace", seed: int = 0):
+        super().__init__()
+        if not isinstance(attack, Attack):
+            raise TypeError(f"attack must be a uae_augment Attack, got {type(attack).__name__}")
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        self.attack = attack
+        self.p = check_probability(p)
+        self.mode: TransformMode = mode
+        self.seed = int(seed)
+        self.epoch = 0
+        self.calls = 0
+        self.samples_seen = 0
+        self.last_result: AttackResult | None = None
+        self.last_mask: torch.Tensor | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sets the epoch mixed into the draws (matters for explicit ``index``)."""
+        self.epoch = int(epoch)
+
+    @overload
+    def forward(
+        self, x: torch.Tensor, y: None = None, *, index: torch.Tensor | Sequence[int] | None = None
+    ) -> torch.Tensor: ...
+
+    @overload
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, *, index: torch.Tensor | Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        index: torch.Tensor | Sequence[int] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Augments one batch.
+
+        Args:
+            x: float tensor (N, ...) with values in [0, 1].
+            y: optional labels (N, ...) (any tensor whose first axis is N);
+                required when ``attack.requires_labels``.
+            index: optional (N,) global sample indices (see the class docstring).
+
+        Returns:
+            ``x_out`` when ``y`` is None, else ``(x_out, y_out)``. ``replace``:
+            shapes unchanged (``x`` itself when no sample is drawn); ``append``:
+            N + (number of attacked samples) rows.
+
+        Raises:
+            RuntimeError: when called inside a DataLoader worker.
+            TypeError, ValueError: invalid ``x``, ``y`` or ``index`` (also
+                missing labels for a supervised attack).
+        """
+        ensure_main_process(
+            "UAETransform",
+            "Apply it to whole batches in the training loop, after the DataLoader; for per-item"
+            " access precompute the UAEs (uae_augment.precompute + UAECache, or"
+            " UAEAugmented(dataset, attack, cache=path)).",
+        )
+        x = check_images(x)
+        n = x.shape[0]
+        if y is not None:
+            if not isinstance(y, torch.Tensor):
+                raise TypeError(f"y must be a torch.Tensor or None, got {type(y).__name__}")
+            if y.dim() == 0 or y.shape[0] != n:
+                raise ValueError(f"y must have {n} rows to match x, got shape {tuple(y.shape)}")
+        if self.attack.requires_labels and y is None:
+            raise ValueError(f"{type(self.attack).__name__} needs labels: call uae(x, y)")
+        if index is None:
+            global_index = torch.arange(self.samples_seen, self.samples_seen + n)
+        else:
+            global_index = resolve_index(index, n)
+        self.calls += 1
+        self.samples_seen += n
+
+        mask = replacement_mask(self.p, self.seed, global_index, self.epoch)
+        self.last_mask = mask
+        if not mask.any():
+            self.last_result = None
+            return _outputs(x, y, y is not None)
+        rows = mask.nonzero().squeeze(1)
+        device_rows = rows.to(x.device)
+        labels = y.index_select(0, rows.to(y.device)) if y is not None else None
+        result = self.attack(
+            x.index_select(0, device_rows),
+            labels if self.attack.requires_labels else None,
+            index=global_index[rows],
+        )
+        self.last_result = result
+        adversarial = result.adversarial.to(device=x.device, dtype=x.dtype)
+        logger.debug(
+            "UAETransform call %d: attacked %d of %d samples, ASR %.4f",
+            self.calls, rows.numel(), n, result.asr,
+        )
+        if self.mode == "replace":
+            out = x.clone()
+            out[device_rows] = adversarial
+            return _outputs(out, y, y is not None)
+        out = torch.cat([x, adversarial])
+        y_out = torch.cat([y, labels]) if y is not None and labels is not None else None
+        return _outputs(out, y_out, y is not None)
+
+    def extra_repr(self) -> str:
+        return (
+            f"attack={self.attack!r}, p={self.p}, mode={self.mode!r}, seed={self.seed},"
+            f" epoch={self.epoch}, calls={self.calls}"
+        )
+
+
+def _outputs(
+    x: torch.Tensor, y: torch.Tensor | None, with_labels: bool
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    if not with_labels:
+        return x
+    assert y is not None
+    return x, y
