@@ -17,6 +17,7 @@ from .attacks import (
 from .criteria import ClassifierMargin, Criterion, Reconstruction
 from .data import available_datasets, load_dataset
 from .mine import estimate_mi, per_sample_mi
+from .training import FitHistory, fit
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ __all__ = [
     "AttackResult",
     "ClassifierMargin",
     "Criterion",
+    "FitHistory",
     "GaussianNoise",
     "LpUAE",
     "MINEUAE",
@@ -36,6 +38,7 @@ __all__ = [
     "Reconstruction",
     "available_datasets",
     "estimate_mi",
+    "fit",
     "load_dataset",
     "per_sample_mi",
     "__version__",

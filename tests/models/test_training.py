@@ -1,0 +1,160 @@
+"""fit: seeded order, determinism, step budget, defaults, eval mode, errors, real workers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from uae_augment import FitHistory, fit
+from uae_augment.models import ConvAutoencoder, FitSettings, ReferenceModel
+
+
+class Recorder(ReferenceModel):
+    """A real trainable linear model that records which samples each step saw."""
+
+    fit_settings = FitSettings(epochs=3, batch_size=7)
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.linear = nn.Linear(features, 1)
+        self.seen: list[torch.Tensor] = []
+        self.total_steps: int | None = None
+
+    def on_fit_start(self, total_steps: int) -> None:
+        self.total_steps = total_steps
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD(self.parameters(), lr=0.1)]
+
+    def training_loss(self, x, y):
+        self.seen.append(x[:, 0].detach().clone())
+        noise = torch.rand(())  # global RNG inside fit: seeded, caller's state untouched
+        return (self.linear(x).squeeze(1) - noise).pow(2).mean(), {"noise": noise}
+
+
+def _ids(n: int) -> torch.Tensor:
+    """Rows whose first feature is the row id / n (so recorded batches identify samples)."""
+    return torch.stack([torch.arange(n) / n, torch.linspace(0, 1, n)], dim=1)
+
+
+def test_each_epoch_is_a_seeded_permutation_and_steps_are_counted():
+    n = 30
+    model = Recorder(2)
+    history = fit(model, _ids(n), seed=3, progress=False)
+    assert isinstance(history, FitHistory)
+    assert history.batch_size == 7 and history.epochs == 3 and len(history.losses) == 3
+    assert history.steps == 3 * math.ceil(n / 7) == model.total_steps
+    orders = [torch.cat(model.seen[e * 5:(e + 1) * 5]) for e in range(3)]
+    for order in orders:
+        assert torch.equal(order.sort().values, torch.arange(n) / n)
+    assert not torch.equal(orders[0], orders[1])
+    assert set(history.metrics[0]) == {"loss", "noise"}
+    assert history.losses == [m["loss"] for m in history.metrics]
+
+    again = Recorder(2)
+    fit(again, _ids(n), seed=3, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(model.seen, again.seen))
+    other = Recorder(2)
+    fit(other, _ids(n), seed=4, progress=False)
+    assert not torch.equal(torch.cat(model.seen), torch.cat(other.seen))
+
+
+def test_same_order_with_real_worker_processes():
+    items = TensorDataset(_ids(24), torch.arange(24))
+    inline, workers = Recorder(2), Recorder(2)
+    fit(inline, items, epochs=2, batch_size=5, seed=1, progress=False)
+    fit(workers, items, epochs=2, batch_size=5, seed=1, progress=False, num_workers=2)
+    assert len(inline.seen) == len(workers.seen) == 10
+    assert all(torch.equal(a, b) for a, b in zip(inline.seen, workers.seen))
+
+
+def test_caller_random_state_is_untouched():
+    model = Recorder(2)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    fit(model, _ids(10), epochs=1, progress=False)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_same_seed_same_weights_and_eval_mode(mnist):
+    x, y = mnist
+    data = TensorDataset(x[:120], y[:120])
+    states = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(0)
+        model = ConvAutoencoder()
+        history = fit(model, data, batch_size=40, max_steps=4, seed=seed, progress=False)
+        assert history.steps == 4 and not model.training
+        assert all(not m.training for m in model.modules())
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert any(not torch.equal(states[0][k], states[2][k]) for k in states[0])
+
+
+def test_max_steps_sets_epochs_or_stops_early():
+    model = Recorder(2)
+    history = fit(model, _ids(20), batch_size=10, max_steps=5, progress=False)
+    assert history.steps == 5 == model.total_steps and history.epochs == 3
+    assert len(model.seen) == 5
+    model = Recorder(2)
+    history = fit(model, _ids(20), epochs=1, batch_size=10, max_steps=5, progress=False)
+    assert history.steps == 2 == model.total_steps and history.epochs == 1
+
+
+def test_defaults_come_from_the_model_and_loss_falls(mnist):
+    x, _ = mnist
+    torch.manual_seed(0)
+    model = ConvAutoencoder()
+    history = fit(model, x[:400], epochs=4, progress=False)
+    assert history.batch_size == ConvAutoencoder.fit_settings.batch_size == 100
+    assert history.steps == 16
+    assert history.losses[-1] < 0.8 * history.losses[0]
+    with torch.no_grad():
+        out = model(x[:8])
+        assert torch.nn.functional.binary_cross_entropy(out, x[:8]) < history.losses[0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": -2}, "batch_size"),
+        ({"max_steps": 0}, "max_steps"),
+        ({"epochs": 1.5}, "epochs"),
+        ({"num_workers": -1}, "num_workers"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        fit(Recorder(2), _ids(10), progress=False, **kwargs)
+
+
+def test_bad_models_and_data():
+    with pytest.raises(TypeError, match="training_step"):
+        fit(nn.Linear(2, 1), _ids(10))
+    with pytest.raises(TypeError, match="nn.Module"):
+        fit("model", _ids(10))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty"):
+        fit(Recorder(2), torch.empty(0, 2))
+    with pytest.raises(TypeError, match="floating-point"):
+        fit(Recorder(2), torch.ones(4, 2, dtype=torch.uint8), progress=False)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        fit(Recorder(2), _ids(4) * 3, progress=False)
+    with pytest.raises(TypeError, match="items"):
+        fit(Recorder(2), [{"x": torch.zeros(2)}] * 4, progress=False)
+
+
+def test_non_finite_loss_raises_and_leaves_eval_mode():
+    class Exploding(Recorder):
+        def training_loss(self, x, y):
+            loss, parts = super().training_loss(x, y)
+            return loss * float("nan"), parts
+
+    model = Exploding(2)
+    with pytest.raises(FloatingPointError, match="step 0"):
+        fit(model, _ids(10), progress=False)
+    assert not model.training

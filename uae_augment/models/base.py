@@ -1,0 +1,143 @@
+"""The training protocol the reference models implement, read by :func:`uae_augment.fit`.
+
+A trainable model is an ``nn.Module`` with three methods:
+
+* ``default_fit(num_samples) -> FitSettings``: its release training settings
+  (epochs, batch size) for a data set of ``num_samples`` items;
+* ``configure_optimizers() -> list[Optimizer]``: fresh optimisers over its parameters;
+* ``training_step(x, y, optimizers) -> dict[str, float]``: one optimisation step on
+  a batch (forward, backward, optimiser update(s)); returns at least ``"loss"``.
+
+and optionally ``on_fit_start(total_steps)``, called by ``fit`` with the number of
+optimisation steps it is about to run (the concrete autoencoder's temperature
+schedule needs it). :class:`ReferenceModel` implements the single-optimiser case.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+LossParts = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Release training settings of a model: number of epochs and batch size.
+
+    Raises:
+        ValueError: if either is not a positive integer.
+    """
+
+    epochs: int
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"FitSettings.{name} must be a positive int, got {value!r}")
+
+
+@runtime_checkable
+class Trainable(Protocol):
+    """What :func:`uae_augment.fit` needs from a model (see the module docstring)."""
+
+    def default_fit(self, num_samples: int) -> FitSettings: ...
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]: ...
+
+    def training_step(
+        self, x: torch.Tensor, y: torch.Tensor | None, optimizers: Sequence[torch.optim.Optimizer]
+    ) -> dict[str, float]: ...
+
+
+class ReferenceModel(nn.Module, abc.ABC):
+    """Base class of the reference models: one optimiser, one differentiable loss.
+
+    Subclasses set :attr:`fit_settings`, implement :meth:`configure_optimizers`
+    and :meth:`training_loss`; :meth:`training_step` does zero_grad, backward and
+    the optimiser step. Models that need several updates per batch (the
+    adversarial autoencoder) override :meth:`training_step`.
+    """
+
+    fit_settings: ClassVar[FitSettings]
+
+    def default_fit(self, num_samples: int) -> FitSettings:
+        """The release's epochs and batch size (independent of ``num_samples`` by default)."""
+        return self.fit_settings
+
+    @abc.abstractmethod
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Fresh optimisers over the model's parameters (the release's choice)."""
+
+    @abc.abstractmethod
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, LossParts]:
+        """The scalar training loss of a batch and its named parts (detached or not)."""
+
+    def training_step(
+        self, x: torch.Tensor, y: torch.Tensor | None, optimizers: Sequence[torch.optim.Optimizer]
+    ) -> dict[str, float]:
+        """One optimiser step on the batch; returns ``{"loss": ..., **parts}`` as floats."""
+        (optimizer,) = optimizers
+        optimizer.zero_grad(set_to_none=True)
+        loss, parts = self.training_loss(x, y)
+        loss.backward()
+        optimizer.step()
+        return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
+
+
+def keras_init_(module: nn.Module) -> nn.Module:
+    """Keras' default initialisation, as in the release: glorot-uniform weights, zero biases.
+
+    Applies to every ``nn.Linear`` and ``nn.Conv2d`` inside ``module``; returns ``module``.
+    """
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+    return module
+
+
+def normalise_shape(input_shape: object, *, name: str = "input_shape") -> tuple[int, ...]:
+    """Returns ``input_shape`` (an int or a sequence of positive ints) as a tuple.
+
+    Raises:
+        TypeError: if it is not an int or a sequence of ints.
+        ValueError: if it is empty or holds a non-positive entry.
+    """
+    if isinstance(input_shape, int) and not isinstance(input_shape, bool):
+        input_shape = (input_shape,)
+    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
+        raise TypeError(
+            f"{name} must be a tuple of ints such as (1, 28, 28) or (617,), got {input_shape!r}"
+        )
+    shape = tuple(input_shape)
+    if not shape or any(isinstance(s, bool) or not isinstance(s, int) for s in shape):
+        raise TypeError(f"{name} must be a non-empty tuple of ints, got {input_shape!r}")
+    if any(s < 1 for s in shape):
+        raise ValueError(f"{name} must hold positive sizes, got {shape}")
+    return shape
+
+
+def check_input(x: torch.Tensor, input_shape: tuple[int, ...], model: str) -> None:
+    """Raises ValueError unless ``x`` has shape (N, *input_shape)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{model} expects a torch.Tensor, got {type(x).__name__}")
+    if tuple(x.shape[1:]) != input_shape:
+        raise ValueError(
+            f"{model} expects inputs of shape (N, {', '.join(map(str, input_shape))}),"
+            f" got {tuple(x.shape)}"
+        )
+
+
+def flat_size(input_shape: tuple[int, ...]) -> int:
+    """Number of features of one input of ``input_shape``."""
+    return math.prod(input_shape)
