@@ -26,6 +26,9 @@ from torch import nn
 
 LossParts = dict[str, torch.Tensor]
 
+ADAM_KERAS = {"lr": 1e-3, "eps": 1e-7}
+"""Keras' Adam defaults, which the release uses (PyTorch's default eps is 1e-8)."""
+
 
 @dataclass(frozen=True)
 class FitSettings:
