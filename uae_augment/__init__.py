@@ -5,7 +5,12 @@ from __future__ import annotations
 import logging
 
 from .attacks import (
+    BIM,
+    FGSM,
+    IFGSM,
+    LBFGS,
     MINEUAE,
+    PGD,
     PRESETS,
     Attack,
     AttackResult,
@@ -26,13 +31,18 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "Attack",
     "AttackResult",
+    "BIM",
     "ClassifierMargin",
     "Criterion",
+    "FGSM",
     "FitHistory",
     "GaussianNoise",
+    "IFGSM",
+    "LBFGS",
     "LpUAE",
     "MINEUAE",
     "MinMaxAttack",
+    "PGD",
     "PRESETS",
     "PenaltyAttack",
     "Reconstruction",

@@ -1,6 +1,8 @@
 """Attacks: MINE MinMax (supervised and unsupervised), baselines and gradient attacks."""
 
 from .base import Attack
+from .gradient import BIM, FGSM, IFGSM, PGD, ClassifierAttack
+from .lbfgs import LBFGS
 from .lp_uae import LpUAE
 from .minmax import MINEUAE, PRESETS, MinMaxAttack
 from .noise import GaussianNoise
@@ -10,10 +12,16 @@ from .result import AttackResult
 __all__ = [
     "Attack",
     "AttackResult",
+    "BIM",
+    "ClassifierAttack",
+    "FGSM",
     "GaussianNoise",
+    "IFGSM",
+    "LBFGS",
     "LpUAE",
     "MINEUAE",
     "MinMaxAttack",
+    "PGD",
     "PRESETS",
     "PenaltyAttack",
 ]
