@@ -20,10 +20,10 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .._model_state import model_device
 from .._validation import check_images
 from ..attacks.base import Attack
 from ..attacks.result import AttackResult
+from .cache import UAECache, _attack_device, precompute
 from .transforms import check_probability, ensure_main_process, replacement_mask
 
 logger = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class UAEAugmented(Dataset):
         # Shared memory, so that set_epoch reaches persistent DataLoader workers too.
         self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
         self._result: AttackResult | None = None
-        self._cache: Any = None
+        self._cache: UAECache | None = None
 
         first, _, _ = _split_item(dataset[0], 0)
         check_images(first.unsqueeze(0), name="sample 0 of the base dataset")
@@ -340,9 +340,6 @@ class UAEAugmented(Dataset):
         return x, torch.tensor([_label(y, i) for (_, y, _), i in zip(items, index.tolist())])
 
     def _attach_cache(self) -> None:
-        # Imported here so that the in-memory path does not import h5py.
-        from .cache import UAECache, precompute
-
         ensure_main_process("Precomputing the UAE cache of UAEAugmented", _IN_WORKER_HINT)
         assert self.cache_path is not None
         path = precompute(
@@ -360,16 +357,8 @@ class UAEAugmented(Dataset):
         if self._result is not None:
             return self._result.success, self._result.mi
         if self._cache is not None:
-            return _cache_flags(self._cache)
+            return self._cache.success, self._cache.mi
         return None
-
-
-def _cache_flags(cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    flagged = type(cache)(cache.path, return_flags=True)
-    rows = [flagged[i] for i in range(len(flagged))]
-    success = torch.tensor([bool(row[2]) for row in rows])
-    mi = torch.tensor([float(row[3]) for row in rows])
-    return success, mi
 
 
 def _split_item(item: Any, index: int) -> tuple[torch.Tensor, Any, tuple[Any, ...]]:
@@ -406,8 +395,3 @@ def _label(y: Any, index: int) -> int:
     raise TypeError(
         f"the attack needs integer class labels, but item {index} of the base dataset has label {y!r}"
     )
-
-
-def _attack_device(attack: Attack) -> torch.device:
-    models = attack.models()
-    return model_device(models[0]) if models else torch.device("cpu")
