@@ -20,7 +20,7 @@ from .attacks import (
     PenaltyAttack,
 )
 from .criteria import ClassifierMargin, Criterion, Reconstruction
-from .data import available_datasets, load_dataset
+from .data import UAEAugmented, UAETransform, available_datasets, load_dataset
 from .mine import estimate_mi, per_sample_mi
 from .training import FitHistory, fit
 
@@ -46,6 +46,8 @@ __all__ = [
     "PRESETS",
     "PenaltyAttack",
     "Reconstruction",
+    "UAEAugmented",
+    "UAETransform",
     "available_datasets",
     "estimate_mi",
     "fit",

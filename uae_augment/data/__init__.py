@@ -1,5 +1,6 @@
 """Data: data-set loaders, the UAE-augmented dataset wrapper, batch transforms and the HDF5 cache."""
 
+from .augmented import UAEAugmented
 from .datasets import (
     DATASETS,
     ENV_DATA_ROOT,
@@ -11,6 +12,7 @@ from .datasets import (
     load_dataset,
     resolve_data_root,
 )
+from .transforms import UAETransform, replacement_mask
 
 __all__ = [
     "ArrayDataset",
@@ -18,8 +20,11 @@ __all__ = [
     "DatasetFormatError",
     "DatasetInfo",
     "ENV_DATA_ROOT",
+    "UAEAugmented",
+    "UAETransform",
     "available_datasets",
     "dataset_info",
     "load_dataset",
+    "replacement_mask",
     "resolve_data_root",
 ]
