@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ._model_state import model_device
 from ._seeding import derive_seed
 from ._validation import check_images
-from .models.base import FitSettings, Trainable
+from .models.base import FitSettings, Trainable, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def fit(
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     batches_per_epoch = math.ceil(num_samples / batch_size)
     if max_steps is not None:
-        max_steps = _positive(max_steps, "max_steps", None)
+        max_steps = positive_int(max_steps, "max_steps")
         epochs = _positive(epochs, "epochs", math.ceil(max_steps / batches_per_epoch))
         total_steps = min(max_steps, epochs * batches_per_epoch)
     else:
@@ -203,13 +203,8 @@ def fit(
     return history
 
 
-def _positive(value: int | None, name: str, default: int | None) -> int:
-    if value is None:
-        assert default is not None
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+def _positive(value: int | None, name: str, default: int) -> int:
+    return default if value is None else positive_int(value, name)
 
 
 def _cuda_indices(device: torch.device) -> list[int]:

@@ -7,13 +7,18 @@ from .autoencoders import (
     SparseAutoencoder,
 )
 from .base import FitSettings, ReferenceModel, Trainable
+from .concrete import ConcreteAutoencoder, ConcreteFit, ConcreteSelector, fit_concrete
 
 __all__ = [
     "AdversarialAutoencoder",
+    "ConcreteAutoencoder",
+    "ConcreteFit",
+    "ConcreteSelector",
     "ConvAutoencoder",
     "DenseAutoencoder",
     "SparseAutoencoder",
     "FitSettings",
     "ReferenceModel",
     "Trainable",
+    "fit_concrete",
 ]

@@ -42,10 +42,8 @@ class FitSettings:
     batch_size: int
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"FitSettings.{name} must be a positive int, got {value!r}")
+        positive_int(self.epochs, "FitSettings.epochs")
+        positive_int(self.batch_size, "FitSettings.batch_size")
 
 
 @runtime_checkable
@@ -94,6 +92,17 @@ class ReferenceModel(nn.Module, abc.ABC):
         loss.backward()
         optimizer.step()
         return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
+
+
+def positive_int(value: object, name: str) -> int:
+    """Returns ``value`` if it is a positive int (bools excluded).
+
+    Raises:
+        ValueError: otherwise, naming ``name`` and the value found.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
 
 
 def keras_init_(module: nn.Module) -> nn.Module:
