@@ -10,9 +10,13 @@ from uae_augment import load_dataset
 
 @pytest.fixture(scope="session")
 def mnist() -> tuple[torch.Tensor, torch.Tensor]:
-    """The first 512 real mnist-5k training digits, (512, 1, 28, 28) in [0, 1], and labels."""
+    """512 real mnist-5k training digits (a fixed random subset: the file is sorted by class).
+
+    Returns (512, 1, 28, 28) floats in [0, 1] and their (512,) labels.
+    """
     data = load_dataset("mnist-5k")
-    return data.data[:512].clone(), data.targets[:512].clone()
+    rows = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:512]
+    return data.data[rows].clone(), data.targets[rows].clone()
 
 
 @pytest.fixture(scope="session")

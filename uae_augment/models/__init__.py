@@ -7,9 +7,25 @@ from .autoencoders import (
     SparseAutoencoder,
 )
 from .base import FitSettings, ReferenceModel, Trainable
+from .classifiers import (
+    CW_CIFAR_WIDTHS,
+    CW_MNIST_WIDTHS,
+    CWClassifier,
+    LeNet,
+    MLPClassifier,
+    cw_cifar,
+    cw_mnist,
+)
 from .concrete import ConcreteAutoencoder, ConcreteFit, ConcreteSelector, fit_concrete
 
 __all__ = [
+    "CW_CIFAR_WIDTHS",
+    "CW_MNIST_WIDTHS",
+    "CWClassifier",
+    "LeNet",
+    "MLPClassifier",
+    "cw_cifar",
+    "cw_mnist",
     "AdversarialAutoencoder",
     "ConcreteAutoencoder",
     "ConcreteFit",
