@@ -311,7 +311,7 @@ def _open(path: Path, mode: str = "r") -> h5py.File:
     try:
         handle = h5py.File(path, mode)
     except OSError as error:
-        if "lock" in str(error).lower():
+        if "unable to lock" in str(error).lower():
             raise CacheLockedError(
                 f"{path} is open for writing by another process ({error}); wait until it is done"
             ) from error
@@ -325,6 +325,17 @@ def _open(path: Path, mode: str = "r") -> h5py.File:
         handle.close()
         raise
     return handle
+
+
+def _open_for_writing(path: Path) -> h5py.File:
+    """Opens a checked (or just created) cache file for writing; errors name the path."""
+    try:
+        return h5py.File(path, "r+")
+    except OSError as error:
+        raise CacheError(
+            f"cannot open {path} for writing ({error}); close every UAECache or h5py.File on it"
+            " in this process first"
+        ) from error
 
 
 def _read_layout(handle: h5py.File, path: Path) -> _Layout:
@@ -588,7 +599,7 @@ def _prepare(
     chunk_rows = options.chunk_rows or _auto_chunk_rows(sample_shape, options.dtype, rows)
     layout = _Layout(rows, sample_shape, options.dtype, min(chunk_rows, rows))
     _create(path, layout, provenance, options.compression)
-    with h5py.File(path, "r+") as handle:
+    with _open_for_writing(path) as handle:
         handle["index"][:] = np.arange(start, stop)
     return layout, np.arange(rows)
 
@@ -620,7 +631,7 @@ def _attack_rows(
     )
     # Start the workers before the file is opened for writing: no process forks with it open.
     batches = iter(loader)
-    with bar, h5py.File(path, "r+") as handle:
+    with bar, _open_for_writing(path) as handle:
         done = handle["done"][...]
         writer = _ChunkWriter(handle, layout, done, path)
         for index, x, y in batches:
@@ -731,7 +742,7 @@ def _precompute_distributed(
     }
     shard_options = options if rank == 0 else _replace(options, progress=False)
     _distributed.every_rank(
-        f"attacking rows {start}..{stop - 1} into {mine}",
+        f"attacking the rows of the shards {path}.rank*-of-{world_size}.h5",
         lambda: _write_file(dataset, attack, mine, start, stop, shard_provenance, shard_options)
         if stop > start
         else mine,

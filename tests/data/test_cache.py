@@ -1,0 +1,431 @@
+"""The HDF5 cache: rows equal direct generation, workers, kill -9 and resume, provenance,
+damaged files, locks, and the sharded (torchrun) path.
+
+Everything runs for real: HDF5 files in tmp_path, DataLoader worker processes,
+writer subprocesses killed with SIGKILL, and 2-process torchrun groups (gloo).
+Expected rows are recomputed independently by calling the attack directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tests.data._precompute_worker import digits_rows, make_attack
+from uae_augment.data.cache import (
+    CHUNK_BYTES,
+    CacheError,
+    CacheLockedError,
+    ProvenanceMismatchError,
+    UAECache,
+    cache_provenance,
+    precompute,
+    provenance_hash,
+    shard_path,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER = REPO / "tests" / "data" / "_precompute_worker.py"
+DONE_MARKER = "written and marked done"
+
+
+def stacked(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [dataset[i] for i in range(len(dataset))]
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+
+def file_arrays(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as handle:
+        return {name: handle[name][...] for name in handle}
+
+
+def assert_same_rows(first: Path, second: Path) -> None:
+    a, b = file_arrays(first), file_arrays(second)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def fresh_attack_counter(attack) -> list[int]:
+    """Records the global indices the attack is asked for (the attack config stays the same)."""
+    seen: list[int] = []
+    original = attack._attack_batch
+
+    def recording(x, y, index):
+        seen.extend(index.tolist())
+        return original(x, y, index)
+
+    attack._attack_batch = recording
+    return seen
+
+
+def run_script(args: list[str], timeout_s: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+def torchrun(args: list[str], timeout_s: float = 180) -> subprocess.CompletedProcess:
+    return run_script(
+        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args], timeout_s
+    )
+
+
+@pytest.fixture(scope="module")
+def rows300():
+    return digits_rows(300)
+
+
+@pytest.fixture(scope="module")
+def gaussian_cache(tmp_path_factory, rows300) -> Path:
+    path = tmp_path_factory.mktemp("cache") / "gaussian.h5"
+    return precompute(rows300, make_attack("gaussian"), path, batch_size=50, chunk_rows=16, progress=False)
+
+
+# --------------------------------------------------------------------------- contents
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_rows_equal_direct_generation(gaussian_cache, rows300, tmp_path, num_workers):
+    x, y = stacked(rows300)
+    expected = make_attack("gaussian")(x, index=torch.arange(len(x)))
+    path = gaussian_cache
+    if num_workers:
+        path = precompute(
+            rows300, make_attack("gaussian"), tmp_path / "w.h5", batch_size=37, num_workers=num_workers,
+            progress=False,
+        )
+    arrays = file_arrays(path)
+    torch.testing.assert_close(torch.from_numpy(arrays["adversarial"]), expected.adversarial, rtol=0, atol=0)
+    np.testing.assert_array_equal(arrays["success"], expected.success.numpy())
+    np.testing.assert_array_equal(arrays["criterion"], expected.criterion.numpy())
+    assert np.isnan(arrays["mi"]).all()
+    np.testing.assert_array_equal(arrays["label"], y.numpy())
+    np.testing.assert_array_equal(arrays["index"], np.arange(300))
+    assert arrays["done"].all()
+
+    cache = UAECache(path, return_flags=True)
+    assert len(cache) == cache.done == 300 and cache.complete
+    assert cache.asr == pytest.approx(expected.asr)
+    uae, label, success, mi = cache[7]
+    assert torch.equal(uae, expected.adversarial[7]) and label == int(y[7])
+    assert success == bool(expected.success[7]) and np.isnan(mi)
+
+
+def test_mine_uae_rows_do_not_depend_on_batching(tmp_path):
+    rows = digits_rows(24)
+    x, _ = stacked(rows)
+    expected = make_attack("mine")(x, index=torch.arange(24))
+    path = precompute(rows, make_attack("mine"), tmp_path / "mine.h5", batch_size=10, chunk_rows=4, progress=False)
+    cache = UAECache(path)
+    adversarial, _ = cache.rows(range(24))
+    torch.testing.assert_close(adversarial, expected.adversarial, rtol=0, atol=0)
+    np.testing.assert_array_equal(cache.mi.numpy(), expected.mi.numpy())
+    np.testing.assert_array_equal(cache.success.numpy(), expected.success.numpy())
+    assert cache.mi_summary["count"] == 24
+    assert cache.mi_summary["mean"] == pytest.approx(float(expected.mi.double().mean()))
+
+
+@pytest.mark.parametrize(("dtype", "compression"), [("float16", "gzip"), ("float32", None)])
+def test_dtype_and_compression(tmp_path, rows300, dtype, compression):
+    path = precompute(
+        rows300, make_attack("gaussian"), tmp_path / "c.h5", dtype=dtype, compression=compression,
+        progress=False,
+    )
+    x, _ = stacked(rows300)
+    expected = make_attack("gaussian")(x, index=torch.arange(300)).adversarial
+    with h5py.File(path, "r") as handle:
+        stored = handle["adversarial"]
+        assert stored.dtype == np.dtype(dtype) and stored.compression == compression
+        assert stored.shuffle == (compression == "gzip")
+        assert stored.chunks[1:] == (1, 8, 8)
+        assert stored.chunks[0] == min(300, CHUNK_BYTES // (64 * np.dtype(dtype).itemsize))
+    cache = UAECache(path)
+    assert cache.dtype == dtype
+    uae, _ = cache.rows(range(300))
+    assert uae.dtype == torch.float32
+    torch.testing.assert_close(uae, expected.to(getattr(torch, dtype)).float(), rtol=0, atol=0)
+    assert json.loads(h5py.File(path, "r").attrs["provenance"])["dtype"] == dtype
+
+
+def test_batched_reads_match_item_reads(gaussian_cache):
+    cache = UAECache(gaussian_cache, return_flags=True)
+    order = [299, 5, 17, 5, 0, 16, 15, -1]
+    items = cache.__getitems__(order)
+    for index, item in zip(order, items):
+        single = cache[index]
+        assert torch.equal(item[0], single[0])
+        np.testing.assert_equal(item[1:], single[1:])  # (label, success, mi); mi is NaN here
+    adversarial, labels = cache.rows(torch.tensor(order))
+    assert torch.equal(adversarial, torch.stack([it[0] for it in items]))
+    assert labels.tolist() == [it[1] for it in items]
+    with pytest.raises(IndexError):
+        cache[300]
+    with pytest.raises(IndexError):
+        cache.rows([0, 301])
+
+
+def test_transforms_repr_and_summary(gaussian_cache):
+    cache = UAECache(gaussian_cache, transform=lambda t: t * 2, target_transform=lambda y: y + 100)
+    uae, label = cache[3]
+    raw, raw_labels = UAECache(gaussian_cache).rows([3])
+    assert torch.equal(uae, raw[0] * 2) and label == int(raw_labels[0]) + 100
+    text = repr(cache)
+    assert str(gaussian_cache) in text and "rows=300" in text and "done=300" in text
+    assert "GaussianNoise" in text
+    summary = cache.summary(bins=5)
+    assert summary["done"] == 300 and summary["coverage"] == 1.0
+    assert summary["asr"] == pytest.approx(float(cache.success.double().mean()))
+    criterion = cache.criterion
+    assert summary["criterion"]["zero_fraction"] == pytest.approx(float((criterion == 0).double().mean()))
+    assert sum(summary["criterion"]["histogram_of_positive"]["counts"]) == int((criterion > 0).sum())
+    assert summary["mi"]["count"] == 0  # Gaussian noise has no MINE estimate
+    assert cache.provenance["attack"]["attack"] == "GaussianNoise"
+    json.dumps(summary)
+
+
+def test_dataloader_workers_read_the_same_data(gaussian_cache):
+    cache = UAECache(gaussian_cache, return_flags=True)
+    cache.rows([0])  # the parent has an open handle and cached chunks before the workers fork
+    restored = pickle.loads(pickle.dumps(cache))
+    assert torch.equal(restored[11][0], cache[11][0])
+
+    def collect(num_workers: int, shuffle: bool) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(3)
+        loader = DataLoader(cache, batch_size=32, num_workers=num_workers, shuffle=shuffle, generator=generator)
+        batches = list(loader)
+        return [torch.cat([b[k].reshape(len(b[k]), -1).double() for b in batches]) for k in range(4)]
+
+    for shuffle in (False, True):
+        serial, parallel = collect(0, shuffle), collect(2, shuffle)
+        for a, b in zip(serial, parallel):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    labels = collect(2, False)[1].long().flatten()
+    assert torch.equal(labels, cache.labels)
+
+
+# --------------------------------------------------------------------------- resume and reuse
+
+
+def test_kill_minus_nine_then_resume_equals_uninterrupted_run(tmp_path, caplog):
+    path = tmp_path / "killed.h5"
+    writer = subprocess.Popen(
+        [sys.executable, str(WORKER), "--out", str(path), "--limit", "600", "--batch-size", "8",
+         "--chunk-rows", "8", "--delay", "0.005"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        marks = 0
+        deadline = time.monotonic() + 60
+        while marks < 4 and time.monotonic() < deadline:
+            line = writer.stderr.readline()
+            assert line or writer.poll() is None, "the writer ended before it wrote anything"
+            marks += DONE_MARKER in line
+        assert marks >= 4 and writer.poll() is None
+        # A second writer is refused while the first one is alive.
+        with pytest.raises(CacheLockedError, match=f"pid {writer.pid}"):
+            precompute(digits_rows(600), make_attack("gaussian"), path, progress=False)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+    finally:
+        writer.kill()
+        writer.stderr.close()
+    assert writer.returncode == -signal.SIGKILL
+
+    lock = path.with_name(path.name + ".lock")
+    assert json.loads(lock.read_text())["pid"] == writer.pid  # left behind by the killed writer
+    with h5py.File(path, "r") as handle:
+        done_before = handle["done"][...]
+    assert 0 < done_before.sum() < 600
+
+    with pytest.raises(CacheError, match="unfinished"):
+        UAECache(path)
+    partial = UAECache(path, allow_partial=True)
+    first_done, first_todo = int(np.flatnonzero(done_before)[0]), int(np.flatnonzero(~done_before)[0])
+    assert partial.done == int(done_before.sum())
+    partial[first_done]
+    with pytest.raises(CacheError, match="not done"):
+        partial[first_todo]
+    partial.close()  # HDF5 refuses to open a file for writing that this process has open
+
+    attack = make_attack("gaussian")
+    attacked = fresh_attack_counter(attack)
+    with caplog.at_level("WARNING", logger="uae_augment"):
+        precompute(digits_rows(600), attack, path, batch_size=64, progress=False)
+    assert "took over the stale lock" in caplog.text
+    assert not lock.exists()
+    assert sorted(attacked) == np.flatnonzero(~done_before).tolist()
+
+    uninterrupted = precompute(digits_rows(600), make_attack("gaussian"), tmp_path / "straight.h5", progress=False)
+    assert_same_rows(path, uninterrupted)
+
+
+def test_finished_file_is_reused_without_attacking(gaussian_cache, rows300):
+    before = gaussian_cache.stat().st_mtime_ns
+    attack = make_attack("gaussian")
+    attacked = fresh_attack_counter(attack)
+    assert precompute(rows300, attack, gaussian_cache, progress=False) == gaussian_cache
+    assert attacked == [] and gaussian_cache.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"seed": 1}, "seed"),
+        ({"sigma": 0.02}, "attack.sigma"),
+        ({"model_seed": 1}, "model_state_hash"),
+        ({"dtype": "float16"}, "dtype"),
+        ({"limit": 299}, "dataset.length"),
+    ],
+)
+def test_stale_provenance_is_refused(tmp_path, rows300, change, field):
+    path = precompute(rows300, make_attack("gaussian"), tmp_path / "p.h5", progress=False)
+    limit = change.pop("limit", 300)
+    dtype = change.pop("dtype", "float32")
+    other = make_attack("gaussian", **change)
+    with pytest.raises(ProvenanceMismatchError, match=field.replace(".", r"\.")) as raised:
+        precompute(digits_rows(limit), other, path, dtype=dtype, progress=False)
+    assert str(path) in str(raised.value) and "resume=False" in str(raised.value)
+    # resume=False overwrites the file with the new configuration.
+    precompute(digits_rows(limit), other, path, dtype=dtype, resume=False, progress=False)
+    cache = UAECache(path)
+    assert provenance_hash(cache.provenance) == provenance_hash(
+        cache_provenance(digits_rows(limit), other, dtype)
+    )
+
+
+def test_same_rows_in_another_dataset_order_is_refused(tmp_path, rows300):
+    path = precompute(rows300, make_attack("gaussian"), tmp_path / "p.h5", progress=False)
+    shuffled = torch.utils.data.Subset(digits_rows(), list(range(299, -1, -1)))
+    with pytest.raises(ProvenanceMismatchError, match=r"dataset\.sha256"):
+        precompute(shuffled, make_attack("gaussian"), path, progress=False)
+
+
+# --------------------------------------------------------------------------- damaged files
+
+
+def test_truncated_file_gives_cache_error_naming_the_path(tmp_path, rows300):
+    path = precompute(rows300, make_attack("gaussian"), tmp_path / "t.h5", progress=False)
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+    with pytest.raises(CacheError, match=str(path)):
+        UAECache(path)
+    with pytest.raises(CacheError, match="resume=False"):
+        precompute(rows300, make_attack("gaussian"), path, progress=False)
+    precompute(rows300, make_attack("gaussian"), path, resume=False, progress=False)
+    assert UAECache(path).complete
+
+
+def test_garbage_and_foreign_files_give_cache_errors(tmp_path, gaussian_cache):
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(os.urandom(4096))
+    with pytest.raises(CacheError, match=str(garbage)):
+        UAECache(garbage)
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as handle:
+        handle["x"] = np.zeros(3)
+    with pytest.raises(CacheError, match="not a uae-augment cache"):
+        UAECache(foreign)
+    gutted = tmp_path / "gutted.h5"
+    gutted.write_bytes(gaussian_cache.read_bytes())
+    with h5py.File(gutted, "r+") as handle:
+        del handle["mi"]
+    with pytest.raises(CacheError, match=r"missing datasets \['mi'\]"):
+        UAECache(gutted)
+    with pytest.raises(FileNotFoundError, match="precompute"):
+        UAECache(tmp_path / "absent.h5")
+
+
+def test_bad_arguments(tmp_path, rows300):
+    with pytest.raises(TypeError, match="Attack"):
+        precompute(rows300, object(), tmp_path / "a.h5")
+    with pytest.raises(ValueError, match="never uint8"):
+        precompute(rows300, make_attack(), tmp_path / "a.h5", dtype="uint8")
+    with pytest.raises(ValueError, match="compression"):
+        precompute(rows300, make_attack(), tmp_path / "a.h5", compression="zstd")
+    with pytest.raises(ValueError, match="empty"):
+        precompute(torch.utils.data.Subset(rows300, []), make_attack(), tmp_path / "a.h5")
+    unlabeled = torch.utils.data.TensorDataset(torch.rand(4, 1, 8, 8))
+    with pytest.raises(TypeError, match=r"tuple \(x, y"):
+        precompute(unlabeled, make_attack(), tmp_path / "a.h5")
+
+
+# --------------------------------------------------------------------------- locks
+
+
+def write_lock(path: Path, pid: int, host: str | None = None) -> Path:
+    lock = path.with_name(path.name + ".lock")
+    lock.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "token": "t"}))
+    return lock
+
+
+def test_lock_of_a_live_process_stops_a_second_writer(tmp_path, rows300):
+    path = tmp_path / "l.h5"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = write_lock(path, sleeper.pid)
+        with pytest.raises(CacheLockedError, match=f"pid {sleeper.pid}") as raised:
+            precompute(rows300, make_attack(), path, progress=False)
+        assert str(lock) in str(raised.value)
+        assert lock.exists() and not path.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    write_lock(path, 1234, host="another-host.example")
+    with pytest.raises(CacheLockedError, match="another-host.example"):
+        precompute(rows300, make_attack(), path, progress=False)
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, rows300, caplog):
+    path = tmp_path / "s.h5"
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    lock = write_lock(path, finished.pid)
+    with caplog.at_level("WARNING", logger="uae_augment"):
+        precompute(rows300, make_attack(), path, progress=False)
+    assert f"pid {finished.pid}" in caplog.text
+    assert not lock.exists() and UAECache(path).complete
+
+
+# --------------------------------------------------------------------------- torchrun
+
+
+def test_torchrun_shards_fail_together_resume_and_join_to_the_single_process_result(tmp_path, rows300):
+    path = tmp_path / "dist.h5"
+    common = [str(WORKER), "--distributed", "--out", str(path), "--limit", "300", "--chunk-rows", "16"]
+    # Rank 1 (rows 150..299) fails at row 250: every rank stops with an error, none hangs.
+    failed = torchrun([*common, "--fail-at", "250"])
+    assert failed.returncode != 0
+    assert "injected failure at row 250" in failed.stderr
+    assert "failed on rank 1" in failed.stderr  # what rank 0 reports
+    shards = [shard_path(path, r, 2) for r in range(2)]
+    assert all(s.exists() for s in shards) and not path.exists()
+    assert UAECache(shards[0]).complete
+    partial = UAECache(shards[1], allow_partial=True)
+    assert 0 < partial.done < 150 and partial.indices[0] == 150
+
+    resumed = torchrun(common)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count(f"RESULT {path}") == 2  # every rank returns the final path
+    assert "rank0-of-2.h5 is finished and matches: reusing it" in resumed.stderr
+    assert f"resuming {shards[1]}: {partial.done} of 150 rows done" in resumed.stderr
+    assert not any(s.exists() for s in shards)
+    assert not list(tmp_path.glob("*.lock")) and not list(tmp_path.glob(".*"))
+
+    single = precompute(rows300, make_attack("gaussian"), tmp_path / "single.h5", chunk_rows=16, progress=False)
+    assert_same_rows(path, single)
+    assert UAECache(path).provenance["dataset"] == UAECache(single).provenance["dataset"]
+    assert "shard" not in UAECache(path).provenance
