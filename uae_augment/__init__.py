@@ -20,7 +20,15 @@ from .attacks import (
     PenaltyAttack,
 )
 from .criteria import ClassifierMargin, Criterion, Reconstruction
-from .data import UAEAugmented, UAETransform, available_datasets, load_dataset
+from .data import (
+    CacheError,
+    UAEAugmented,
+    UAECache,
+    UAETransform,
+    available_datasets,
+    load_dataset,
+    precompute,
+)
 from .mine import estimate_mi, per_sample_mi
 from .training import FitHistory, fit
 
@@ -32,6 +40,7 @@ __all__ = [
     "Attack",
     "AttackResult",
     "BIM",
+    "CacheError",
     "ClassifierMargin",
     "Criterion",
     "FGSM",
@@ -47,11 +56,13 @@ __all__ = [
     "PenaltyAttack",
     "Reconstruction",
     "UAEAugmented",
+    "UAECache",
     "UAETransform",
     "available_datasets",
     "estimate_mi",
     "fit",
     "load_dataset",
     "per_sample_mi",
+    "precompute",
     "__version__",
 ]

@@ -1,6 +1,7 @@
 """Data: data-set loaders, the UAE-augmented dataset wrapper, batch transforms and the HDF5 cache."""
 
 from .augmented import UAEAugmented
+from .cache import CacheError, CacheLockedError, ProvenanceMismatchError, UAECache, precompute
 from .datasets import (
     DATASETS,
     ENV_DATA_ROOT,
@@ -16,15 +17,20 @@ from .transforms import UAETransform, replacement_mask
 
 __all__ = [
     "ArrayDataset",
+    "CacheError",
+    "CacheLockedError",
     "DATASETS",
     "DatasetFormatError",
     "DatasetInfo",
     "ENV_DATA_ROOT",
+    "ProvenanceMismatchError",
     "UAEAugmented",
+    "UAECache",
     "UAETransform",
     "available_datasets",
     "dataset_info",
     "load_dataset",
+    "precompute",
     "replacement_mask",
     "resolve_data_root",
 ]
