@@ -17,24 +17,28 @@ from .classifiers import (
     cw_mnist,
 )
 from .concrete import ConcreteAutoencoder, ConcreteFit, ConcreteSelector, fit_concrete
+from .registry import MODELS, available_models, build_model
 
 __all__ = [
+    "AdversarialAutoencoder",
+    "CWClassifier",
     "CW_CIFAR_WIDTHS",
     "CW_MNIST_WIDTHS",
-    "CWClassifier",
-    "LeNet",
-    "MLPClassifier",
-    "cw_cifar",
-    "cw_mnist",
-    "AdversarialAutoencoder",
     "ConcreteAutoencoder",
     "ConcreteFit",
     "ConcreteSelector",
     "ConvAutoencoder",
     "DenseAutoencoder",
-    "SparseAutoencoder",
     "FitSettings",
+    "LeNet",
+    "MLPClassifier",
+    "MODELS",
     "ReferenceModel",
+    "SparseAutoencoder",
     "Trainable",
+    "available_models",
+    "build_model",
+    "cw_cifar",
+    "cw_mnist",
     "fit_concrete",
 ]
