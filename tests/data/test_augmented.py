@@ -22,6 +22,7 @@ from uae_augment import (
 )
 from uae_augment._seeding import Stream, sample_generator
 from uae_augment.data.augmented import UAEAugmented
+from uae_augment.data.cache import ProvenanceMismatchError
 
 N = 60
 CLOSE = {"atol": 1e-6, "rtol": 0.0}
@@ -324,6 +325,10 @@ def test_cache_gives_the_same_items_in_workers(tmp_path, base, attack, expected)
     (clean, uae), _ = reused[11]
     assert torch.equal(clean, base[11][0])
     torch.testing.assert_close(uae, expected.adversarial[11], **CLOSE)
+
+    other_seed = MINEUAE(Reconstruction(digits_conv_autoencoder()), preset="fast", steps=2, seed=4)
+    with pytest.raises(ProvenanceMismatchError, match="seed"):
+        UAEAugmented(base, other_seed, cache=path, progress=False)
 
 
 # ---------------------------------------------------------------------------- validation
