@@ -1,0 +1,501 @@
+"""The ``uae-augment`` command: precompute a UAE cache, inspect one, run the demo.
+
+Examples::
+
+    uae-augment precompute mnist --data-root ../shared/datasets --model conv-ae \\
+        --checkpoint conv_ae.pt --attack mine-uae --preset fast --out mnist_convae.h5
+    torchrun --nproc_per_node=4 -m uae_augment.cli precompute mnist ... --out mnist_convae.h5
+    uae-augment inspect mnist_convae.h5 --json
+    uae-augment demo --help
+
+Under torchrun (``WORLD_SIZE`` > 1) ``precompute`` initialises the process
+group from the environment (NCCL on CUDA, gloo on CPU), every rank attacks its
+slice into a shard, rank 0 joins them, and the group is destroyed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import inspect
+import json
+import logging
+import os
+import pickle
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger("uae_augment.cli")
+
+ATTACKS = ("mine-uae", "l2-uae", "gaussian", "minmax")
+PRESET_NAMES = ("paper", "fast", "strong")
+CRITERIA = ("auto", "reconstruction", "margin")
+
+
+class CLIError(Exception):
+    """A problem with the command line's inputs (reported without a traceback)."""
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parses ``key=value``; the value as JSON when it is JSON, else a few Python spellings, else text.
+
+    Example:
+        >>> parse_assignment("steps=5"), parse_assignment("statistics_hidden=None")
+        (('steps', 5), ('statistics_hidden', None))
+        >>> parse_assignment("delta_update=sign"), parse_assignment("alpha=1e-3")
+        (('delta_update', 'sign'), ('alpha', 0.001))
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    raw = raw.strip()
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = {"None": None, "none": None, "True": True, "False": False}.get(raw, raw)
+    return key, value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+# --------------------------------------------------------------------------- model, data, attack
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Reads a state dict with ``torch.load(weights_only=True)`` (never unpickles objects).
+
+    Accepts a mapping of names to tensors, or one nested under ``"state_dict"``
+    or ``"model"``.
+
+    Raises:
+        CLIError: missing file, a file ``weights_only`` refuses (e.g. a pickled
+            ``nn.Module``), or contents that are not a state dict.
+    """
+    if not path.is_file():
+        raise CLIError(f"checkpoint {path} does not exist")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as error:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+        first_line = text.splitlines()[0].split(". ")[0] if text else type(error).__name__
+        raise CLIError(
+            f"checkpoint {path} is not a weights-only state dict: torch.load(weights_only=True)"
+            f" refused it ({first_line}). Save only the weights: torch.save(model.state_dict(), path)"
+        ) from error
+    state = loaded
+    if isinstance(loaded, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(loaded.get(key), Mapping):
+                state = loaded[key]
+                break
+    if not isinstance(state, Mapping) or not state or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CLIError(
+            f"checkpoint {path} holds {_describe(loaded)}, not a state dict (a mapping of parameter"
+            " names to tensors). Save it with torch.save(model.state_dict(), path)"
+        )
+    return dict(state)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Mapping):
+        kinds = sorted({type(v).__name__ for v in value.values()})
+        return f"a {type(value).__name__} with {len(value)} entries of type {', '.join(kinds) or '-'}"
+    return f"a {type(value).__name__}"
+
+
+def build_victim(args: argparse.Namespace, input_shape: tuple[int, ...], num_classes: int | None) -> nn.Module:
+    """The model named by ``--model`` (with ``--model-arg``), its checkpoint loaded, in eval mode."""
+    from .models import MODELS, build_model
+
+    kwargs = dict(args.model_arg)
+    key = args.model.strip().lower().replace("_", "-")
+    builder = MODELS.get(key)
+    if (
+        builder is not None
+        and num_classes is not None
+        and "classes" not in kwargs
+        and "classes" in _parameters(builder)
+    ):
+        kwargs["classes"] = num_classes
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        model = build_model(args.model, input_shape, **kwargs)
+    if args.checkpoint is None:
+        logger.warning("no --checkpoint: attacking a randomly initialised %s (seed %d)", args.model, args.seed)
+    else:
+        state = load_state_dict(args.checkpoint)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            raise CLIError(
+                f"checkpoint {args.checkpoint} does not match --model {args.model} for inputs"
+                f" {input_shape}: {str(error).strip()}"
+            ) from error
+    return model.eval()
+
+
+def _parameters(fn: Any) -> set[str]:
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def _is_autoencoder(model: nn.Module, sample: torch.Tensor) -> bool:
+    with torch.no_grad():
+        output = model(sample[None])
+    return tuple(output.shape) == (1, *sample.shape)
+
+
+def build_attack(args: argparse.Namespace, model: nn.Module, sample: torch.Tensor) -> Any:
+    """The attack named by ``--attack`` with ``--preset``, ``--seed`` and ``--set`` overrides."""
+    from .attacks import MINEUAE, GaussianNoise, LpUAE, MinMaxAttack
+    from .criteria import ClassifierMargin, Reconstruction
+
+    overrides = dict(args.set)
+    for reserved, flag in (("seed", "--seed"), ("preset", "--preset"), ("mode", "--attack")):
+        if reserved in overrides:
+            raise CLIError(f"use {flag} instead of --set {reserved}=...")
+    criterion_kind = args.criterion
+    if criterion_kind == "auto":
+        if args.attack == "minmax":
+            criterion_kind = "margin"
+        elif args.attack in ("mine-uae", "l2-uae"):
+            criterion_kind = "reconstruction"
+        else:
+            criterion_kind = "reconstruction" if _is_autoencoder(model, sample) else "margin"
+    if criterion_kind == "reconstruction" and not _is_autoencoder(model, sample):
+        raise CLIError(
+            f"--attack {args.attack} with the reconstruction criterion needs an autoencoder"
+            f" (output shaped like its input), but --model {args.model} is not one; use an"
+            " autoencoder model, or --attack minmax / --criterion margin for a classifier"
+        )
+    criterion = Reconstruction(model) if criterion_kind == "reconstruction" else ClassifierMargin(model)
+    if args.attack == "gaussian":
+        if args.preset is not None:
+            logger.warning("--preset is ignored by --attack gaussian (set sigma with --set sigma=...)")
+        cls: Any = GaussianNoise
+        kwargs: dict[str, Any] = {"seed": args.seed, **overrides}
+    else:
+        cls = {"mine-uae": MINEUAE, "l2-uae": LpUAE, "minmax": MinMaxAttack}[args.attack]
+        kwargs = {"preset": args.preset or "paper", "seed": args.seed, **overrides}
+        if args.attack == "minmax":
+            kwargs["mode"] = "supervised"
+    try:
+        return cls(criterion, **kwargs)
+    except TypeError as error:
+        accepted = sorted(_accepted_options(cls) - {"criterion", "seed", "preset", "mode", "progress", "feature_layer"})
+        raise CLIError(
+            f"--set: {error}; --attack {args.attack} accepts: {', '.join(accepted)}"
+        ) from error
+
+
+def _accepted_options(cls: type) -> set[str]:
+    names = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters
+        names |= {n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            break
+    return names - {"self"}
+
+
+def _resolve_device(name: str, local_rank: int | None) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank or 0)
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and local_rank is not None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+# --------------------------------------------------------------------------- subcommands
+
+
+def run_precompute(args: argparse.Namespace) -> int:
+    """``uae-augment precompute``: attacks a named data set into an HDF5 cache."""
+    import torch.distributed as dist
+    from torch.utils.data import Subset
+
+    from .data import load_dataset
+    from .data.cache import UAECache, precompute
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world_size > 1 and not (dist.is_available() and dist.is_initialized())
+    local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None
+    device = _resolve_device(args.device, local_rank)
+    if distributed:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=args.dist_timeout_min))
+        logger.info("initialised a %s process group: rank %d of %d", backend, dist.get_rank(), world_size)
+    try:
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        dataset = load_dataset(args.dataset, root=args.data_root, split=args.split)
+        rows: Any = dataset
+        if args.limit is not None:
+            if args.limit > len(dataset):
+                raise CLIError(f"--limit {args.limit} exceeds the {len(dataset)} rows of {args.dataset}/{args.split}")
+            rows = Subset(dataset, range(args.limit))
+        model = build_victim(args, dataset.sample_shape, dataset.num_classes).to(device)
+        attack = build_attack(args, model, dataset[0][0].to(device))
+        started = time.perf_counter()
+        path = precompute(
+            rows,
+            attack,
+            args.out,
+            batch_size=args.batch_size,
+            resume=not args.no_resume,
+            dtype=args.dtype,
+            compression=None if args.compression == "none" else args.compression,
+            num_workers=args.num_workers,
+            progress=not args.no_progress and rank == 0,
+        )
+        elapsed = time.perf_counter() - started
+        if rank == 0:
+            cache = UAECache(path)
+            print(f"finished {path} ({elapsed:.1f} s)")
+            print(format_summary(cache.summary(), cache.provenance))
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """``uae-augment inspect``: provenance, coverage, ASR, MI and criterion summary of a cache."""
+    from .data.cache import UAECache
+
+    cache = UAECache(args.path, allow_partial=True)
+    summary = cache.summary(bins=args.bins)
+    if args.json:
+        print(json.dumps({"summary": summary, "provenance": cache.provenance}, indent=2, sort_keys=True))
+    else:
+        print(format_summary(summary, cache.provenance, histogram=True))
+    return 0
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def format_summary(summary: dict[str, Any], provenance: dict[str, Any], *, histogram: bool = False) -> str:
+    """Human-readable report of :meth:`UAECache.summary` and the provenance record."""
+    attack = dict(provenance.get("attack", {}))
+    dataset = provenance.get("dataset", {})
+    mi, criterion = summary["mi"], summary["criterion"]
+    lines = [
+        f"cache       {summary['path']}",
+        f"coverage    {summary['done']} / {summary['rows']} rows done ({100 * summary['coverage']:.1f}%)",
+        f"attack      {attack.pop('attack', '?')} {json.dumps(attack, sort_keys=True)}",
+        f"dataset     {dataset.get('length')} rows of shape {tuple(dataset.get('sample_shape', ()))},"
+        f" fingerprint {str(dataset.get('sha256', ''))[:16]}",
+        f"model       state hash {str(provenance.get('model_state_hash', ''))[:16]}",
+        f"storage     {summary['dtype']}, compression {summary['compression']}, {summary['chunk_rows']}"
+        f" rows per chunk, {summary['file_bytes'] / 2**20:.2f} MiB",
+        f"versions    uae-augment {provenance.get('library_version')}, torch {provenance.get('torch_version')},"
+        f" seed {provenance.get('seed')}",
+        f"ASR         {_number(summary['asr'])}",
+        f"MI          mean {_number(mi['mean'])}, std {_number(mi['std'])}, min {_number(mi['min'])},"
+        f" median {_number(mi['median'])}, max {_number(mi['max'])} ({mi['count']} finite)",
+        f"criterion   zero (success) fraction {_number(criterion['zero_fraction'])}, mean"
+        f" {_number(criterion['mean'])}, median {_number(criterion['median'])}, max {_number(criterion['max'])}",
+    ]
+    counts = criterion["histogram_of_positive"]["counts"]
+    edges = criterion["histogram_of_positive"]["edges"]
+    if histogram and counts:
+        lines.append("criterion > 0 histogram")
+        widest = max(counts) or 1
+        for low, high, count in zip(edges[:-1], edges[1:], counts):
+            bar = "#" * round(30 * count / widest)
+            lines.append(f"  [{low:10.4g}, {high:10.4g})  {count:7d}  {bar}")
+    return "\n".join(lines)
+
+
+def _demo_unavailable(error: ImportError) -> Any:
+    def handler(args: argparse.Namespace) -> int:
+        raise CLIError(f"the demo is not available in this installation ({error})")
+
+    return handler
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _verbosity() -> argparse.ArgumentParser:
+    """-v/--verbose accepted after the subcommand too (without resetting a global -v)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="-v: info logs, -vv: debug logs"
+    )
+    return parent
+
+
+def _add_precompute(subparsers: Any) -> None:
+    from .data.datasets import available_datasets
+
+    parser = subparsers.add_parser(
+        "precompute",
+        help="attack every row of a data set into a resumable HDF5 cache",
+        description=(
+            "Attack every row of a named data set with a model from the registry and store the"
+            " UAEs in a resumable HDF5 cache (see uae_augment.precompute). Rerunning the same"
+            " command resumes an interrupted run or reuses a finished file. Under torchrun, each"
+            " rank writes a shard and rank 0 joins them."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[_verbosity()],
+    )
+    parser.add_argument("dataset", choices=available_datasets(), metavar="DATASET",
+                        help=f"data set name: {', '.join(available_datasets())}")
+    parser.add_argument("--split", default="train", choices=("train", "test", "all"), help="data split")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="folder with the canonical .npz files (default: $UAE_DATA_ROOT or datasets/)")
+    parser.add_argument("--model", required=True, help="model name from the registry (uae_augment.models.available_models())")
+    parser.add_argument("--model-arg", action="append", default=[], type=parse_assignment, metavar="KEY=VALUE",
+                        help="option of the model builder, e.g. hidden=64 (repeatable)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="state dict saved with torch.save(model.state_dict(), path); loaded with weights_only=True")
+    parser.add_argument("--attack", choices=ATTACKS, default="mine-uae",
+                        help="mine-uae, l2-uae and gaussian are unsupervised; minmax is the supervised MINE attack")
+    parser.add_argument("--criterion", choices=CRITERIA, default="auto",
+                        help="attack criterion (auto: reconstruction for autoencoders, margin for classifiers)")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default=None,
+                        help="attack preset (default: paper; ignored by gaussian)")
+    parser.add_argument("--set", action="append", default=[], type=parse_assignment, metavar="KEY=VALUE",
+                        help="attack option override, JSON-ish value, e.g. steps=10, sigma=0.001 (repeatable)")
+    parser.add_argument("--seed", type=int, default=0, help="attack seed (and model init seed without --checkpoint)")
+    parser.add_argument("--out", type=Path, required=True, help="cache file to write (.h5)")
+    parser.add_argument("--batch-size", type=_positive_int, default=256, help="rows per batch handed to the attack")
+    parser.add_argument("--no-resume", action="store_true", help="overwrite an existing file instead of resuming it")
+    parser.add_argument("--limit", type=_positive_int, default=None, help="attack only the first N rows")
+    parser.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader workers reading the data")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="storage dtype of the UAEs")
+    parser.add_argument("--compression", choices=("lzf", "gzip", "none"), default="lzf", help="compression of the UAEs")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda:LOCAL_RANK if available)")
+    parser.add_argument("--dist-timeout-min", type=float, default=24 * 60,
+                        help="torchrun: how long ranks wait for each other at the shard barrier")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(handler=run_precompute)
+
+
+def _add_inspect(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="print the provenance, coverage, ASR, MI and criterion summary of a cache",
+        description="Print what an HDF5 UAE cache holds: provenance, coverage (done/total rows),"
+        " attack success rate, MI statistics and a histogram of the attack criterion.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[_verbosity()],
+    )
+    parser.add_argument("path", type=Path, help="cache file (.h5), finished, partial or a shard")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--bins", type=_positive_int, default=10, help="histogram bins of the criterion")
+    parser.set_defaults(handler=run_inspect)
+
+
+def _add_demo(subparsers: Any, load: bool) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="a minutes-long CPU demo (see `uae-augment demo --help`)",
+        description="Run the uae-augment demo (uae_augment.demo).",
+        parents=[_verbosity()],
+        conflict_handler="resolve",  # the demo's own options win over ours
+    )
+    if not load:
+        return
+    try:
+        module = importlib.import_module("uae_augment.demo")
+    except ImportError as error:
+        parser.set_defaults(handler=_demo_unavailable(error))
+        return
+    module.add_arguments(parser)
+    parser.set_defaults(handler=module.run)
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first token that is not a global option)."""
+    for token in argv:
+        if not token.startswith("-"):
+            return token
+    return None
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The argument parser; the demo's options are loaded only when ``argv`` selects ``demo``."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="uae-augment",
+        description="MINE-based unsupervised adversarial examples (UAEs) as data augmentation.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: info logs, -vv: debug logs")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_precompute(subparsers)
+    _add_inspect(subparsers)
+    _add_demo(subparsers, load=_command(argv) == "demo")
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    prefix = f"[rank {rank}] " if rank is not None else ""
+    logging.basicConfig(level=level, format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``uae-augment`` (and ``python -m uae_augment.cli``); returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(arguments)
+    args = parser.parse_args(arguments)
+    _configure_logging(args.verbose)
+    from .data._distributed import RankFailedError
+
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("uae-augment: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, RankFailedError, ValueError, TypeError, OSError) as error:
+        if args.verbose >= 2:
+            logger.exception("uae-augment %s failed", args.command)
+        print(f"uae-augment {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
