@@ -406,7 +406,8 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, rows300, caplog):
 def test_torchrun_shards_fail_together_resume_and_join_to_the_single_process_result(tmp_path, rows300):
     path = tmp_path / "dist.h5"
     common = [str(WORKER), "--distributed", "--out", str(path), "--limit", "300", "--chunk-rows", "16"]
-    # Rank 1 (rows 150..299) fails at row 250: every rank stops with an error, none hangs.
+    # Ranks take whole batches of 64 rows: rank 0 rows 0..191, rank 1 rows 192..299.
+    # Rank 1 fails at row 250: every rank stops with an error, none hangs.
     failed = torchrun([*common, "--fail-at", "250"])
     assert failed.returncode != 0
     assert "injected failure at row 250" in failed.stderr
@@ -415,13 +416,13 @@ def test_torchrun_shards_fail_together_resume_and_join_to_the_single_process_res
     assert all(s.exists() for s in shards) and not path.exists()
     assert UAECache(shards[0]).complete
     partial = UAECache(shards[1], allow_partial=True)
-    assert 0 < partial.done < 150 and partial.indices[0] == 150
+    assert 0 < partial.done < 108 and len(partial) == 108 and partial.indices[0] == 192
 
     resumed = torchrun(common)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.stdout.count(f"RESULT {path}") == 2  # every rank returns the final path
     assert "rank0-of-2.h5 is finished and matches: reusing it" in resumed.stderr
-    assert f"resuming {shards[1]}: {partial.done} of 150 rows done" in resumed.stderr
+    assert f"resuming {shards[1]}: {partial.done} of 108 rows done" in resumed.stderr
     assert not any(s.exists() for s in shards)
     assert not list(tmp_path.glob("*.lock")) and not list(tmp_path.glob(".*"))
 

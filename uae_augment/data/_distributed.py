@@ -28,11 +28,17 @@ def world() -> tuple[int, int] | None:
     return (dist.get_rank(), size) if size > 1 else None
 
 
-def split(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The contiguous slice [start, stop) of ``range(n)`` that ``rank`` takes (balanced)."""
-    base, extra = divmod(n, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
+def split(n: int, rank: int, world_size: int, unit: int = 1) -> tuple[int, int]:
+    """The contiguous slice [start, stop) of ``range(n)`` that ``rank`` takes.
+
+    The slices are balanced in whole blocks of ``unit`` rows (so every slice but
+    the last starts and ends on a multiple of ``unit``).
+    """
+    blocks = -(-n // unit)
+    base, extra = divmod(blocks, world_size)
+    first = rank * base + min(rank, extra)
+    last = first + base + (1 if rank < extra else 0)
+    return min(n, first * unit), min(n, last * unit)
 
 
 def _describe(error: BaseException) -> str:

@@ -24,7 +24,7 @@ renamed into place once preallocated, and a lock file ``<path>.lock`` stops a
 second writer.
 
 Scale-out: when ``torch.distributed`` is initialised with more than one rank,
-every rank attacks a contiguous slice of the rows into its own (resumable)
+every rank attacks a contiguous slice of whole batches into its own (resumable)
 shard ``<path>.rank{r}-of-{w}.h5``; after a barrier rank 0 copies the shards
 into the final file and removes them. Attacks are per-index deterministic, so
 the result equals the single-process one.
@@ -604,6 +604,18 @@ def _prepare(
     return layout, np.arange(rows)
 
 
+def _grid_batches(indices: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Positions in ``indices`` (sorted global rows) grouped by ``index // batch_size``.
+
+    Batches sit on one global grid, so a sharded run and the untouched part of a
+    resumed run hand the attack exactly the batches of one uninterrupted run
+    (bitwise equal results even where kernels round differently per batch size).
+    """
+    cells = indices // batch_size
+    bounds = [0, *(np.flatnonzero(np.diff(cells)) + 1).tolist(), len(indices)]
+    return [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def _attack_rows(
     dataset: Dataset,
     attack: Attack,
@@ -615,8 +627,7 @@ def _attack_rows(
 ) -> None:
     loader = DataLoader(
         _Rows(dataset, start + todo),
-        batch_size=options.batch_size,
-        shuffle=False,
+        batch_sampler=_grid_batches(start + todo, options.batch_size),
         num_workers=options.num_workers,
         collate_fn=_collate,
     )
@@ -732,7 +743,7 @@ def _precompute_distributed(
         logger.info("%s is finished and matches: reusing it without attacking", path)
         return path
     rows = provenance["dataset"]["length"]
-    ranges = [_distributed.split(rows, r, world_size) for r in range(world_size)]
+    ranges = [_distributed.split(rows, r, world_size, unit=options.batch_size) for r in range(world_size)]
     start, stop = ranges[rank]
     shards = [(shard_path(path, r, world_size), a, b) for r, (a, b) in enumerate(ranges) if b > a]
     mine = shard_path(path, rank, world_size)
@@ -794,15 +805,20 @@ def precompute(
     """Attacks every row of ``dataset`` once and stores the results in an HDF5 cache.
 
     Rows are read with a DataLoader (``num_workers`` worker processes) over the
-    rows still to do, attacked in batches of ``batch_size`` with their global
-    indices (``attack(x, y, index=...)``), and written; a row is marked done
+    rows still to do, attacked with their global indices
+    (``attack(x, y, index=...)``) in batches of the rows ``[k * batch_size,
+    (k + 1) * batch_size)`` still to do, and written; a row is marked done
     only after its data is written and flushed. With ``resume`` an existing file
     with the same provenance is continued (only rows not done are attacked) or,
     when finished, returned as is without running the attack. When
     ``torch.distributed`` is initialised with several ranks, every rank must
-    call this with the same arguments: each attacks its slice into its own shard
-    and rank 0 joins the shards (see the module docstring); every rank returns
-    the final path.
+    call this with the same arguments: each attacks its slice (whole batches)
+    into its own shard and rank 0 joins the shards (see the module docstring);
+    every rank returns the final path. Because batches sit on that one grid of
+    global rows, a sharded run gives the attack exactly the batches of a single
+    uninterrupted run, so the rows are bitwise equal even where PyTorch kernels
+    round differently for different batch sizes (a resumed run differs from an
+    uninterrupted one at most in the batch that was cut).
 
     Args:
         dataset: a map-style dataset of (x, y[, extra...]) items: x a float
