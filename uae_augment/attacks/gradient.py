@@ -232,8 +232,7 @@ class FGSM(ClassifierAttack):
         ValueError: if ``epsilon`` is not > 0, or as :class:`ClassifierAttack`.
 
     Example:
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
         >>> x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
         >>> result = FGSM(net, epsilon=0.1)(x, y)
@@ -314,8 +313,7 @@ class PGD(ClassifierAttack):
             norm, or as :class:`ClassifierAttack`.
 
     Example:
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
         >>> x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
         >>> result = PGD(net, epsilon=0.3, steps=10, step_size=0.05)(x, y)
@@ -439,8 +437,7 @@ class IFGSM(PGD):
         ValueError: as :class:`PGD`.
 
     Example:
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
         >>> attack = IFGSM(net, epsilon=0.2, steps=5)
         >>> round(attack.step_size, 4), attack.random_start

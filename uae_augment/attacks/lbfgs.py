@@ -199,8 +199,7 @@ class LBFGS(ClassifierAttack):
             below 1, or as :class:`~uae_augment.attacks.gradient.ClassifierAttack`.
 
     Example:
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
         >>> x = torch.rand(3, 1, 4, 4)
         >>> y = net(x).argmax(dim=1)
