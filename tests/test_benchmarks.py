@@ -1,0 +1,119 @@
+"""The benchmark scripts run end to end (tiny settings, real subprocesses) and write their JSON.
+
+Timings are not checked (they depend on the machine); the JSON's structure, its
+internal consistency and the cost model's parameter count are.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from uae_augment.mine import PerSampleMINE, donsker_varadhan
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+
+
+def _run(script: str, *args: str, out: Path) -> dict:
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args, "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    written = json.loads(out.read_text())
+    assert json.loads(completed.stdout) == written  # stdout carries the same JSON
+    return written
+
+
+@pytest.mark.parametrize("script", ["attack_speed.py", "preset_tradeoff.py"])
+def test_help(script):
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert completed.returncode == 0 and "--out" in completed.stdout
+
+
+def test_attack_speed_end_to_end(tmp_path):
+    result = _run(
+        "attack_speed.py", "--iterations", "1", "--mine-steps", "1", "--batch-sizes", "1",
+        "--reference-images", "1", "--preset-images", "2", "--presets", "fast", "--train-rows", "128",
+        "--copy-mb", "8", "--matmul-size", "128", "--extrapolate-to", "5", out=tmp_path / "speed.json",
+    )
+    assert {"settings", "machine", "victim", "roofline", "configurations", "goals"} <= result.keys()
+    assert result["settings"]["measured_iterations"] == 1 and result["settings"]["extrapolated_to"] == 5
+    assert {"load_average_at_start", "torch_threads", "high_load", "wall_s"} <= result["machine"].keys()
+    assert result["roofline"]["peaks"]["copy_GBps"] > 0 and result["roofline"]["peaks"]["matmul_GFLOPps"] > 0
+    rows = {row["name"]: row for row in result["configurations"]}
+    assert list(rows) == ["reference", "paper_B1", "fast"]
+    for row in rows.values():
+        assert row["s_per_image_extrapolated"] == pytest.approx(
+            row["setup_and_one_evaluation_s_per_image"] + 4 * row["s_per_iteration_per_image"], abs=2e-3
+        )
+        assert row["peak_rss_MB"] > 0 and row["mine_steps"] == 1
+        assert {"achieved_GBps", "achieved_GFLOPps", "lower_bound_s_per_image", "bound"} <= row["roofline"].keys()
+    assert rows["reference"]["speedup_vs_reference"] == 1.0
+    assert rows["fast"]["statistics_hidden"] is None and rows["paper_B1"]["statistics_hidden"] == 512
+    assert {"paper_batched_at_least_2x_reference", "fast_at_least_30x_reference"} <= result["goals"].keys()
+
+
+def _attack_speed_module():
+    sys.path.insert(0, str(BENCHMARKS))  # attack_speed imports its sibling _common
+    try:
+        spec = importlib.util.spec_from_file_location("attack_speed", BENCHMARKS / "attack_speed.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+@pytest.mark.parametrize("hidden", [512, None])
+def test_cost_model_matches_the_engine(hidden):
+    """Parameters and FLOPs of the roofline model against the engine itself (torch's FLOP counter)."""
+    iteration_cost = _attack_speed_module().iteration_cost
+    mine = PerSampleMINE((28, 28), seed=0, index=torch.arange(1), count=16, lr=1e-3, hidden=hidden)
+    network = mine.network
+    u, v = torch.rand(1, 16, 28, 28), torch.rand(1, 16, 28, 28)
+    permutation = mine.permutations(1)[0]
+    with FlopCounterMode(display=False) as mine_step:
+        network.ascent_gradients(u, v, permutation)
+    delta = v.clone().requires_grad_(True)
+    with FlopCounterMode(display=False) as delta_step:  # the attack's MI gradient w.r.t. v
+        joint, marginal = network.scores(network.branch("u", u), network.branch("v", delta * 1.0), permutation)
+        torch.autograd.grad(donsker_varadhan(joint, marginal).sum(), delta)
+    cost = iteration_cost(16, (28, 28), hidden, mine_steps=3)
+    assert cost["params_per_sample"] == sum(p.numel() for p in network.parameters())
+    assert cost["mine_step_flops"] == pytest.approx(mine_step.get_total_flops(), rel=1e-3)
+    assert cost["flops"] == pytest.approx(3 * mine_step.get_total_flops() + delta_step.get_total_flops(), rel=1e-3)
+
+
+def test_preset_tradeoff_end_to_end(tmp_path):
+    result = _run(
+        "preset_tradeoff.py", "--dataset", "mnist-5k", "--train-rows", "128", "--epochs", "1", "--images", "2",
+        "--large-images", "4", "--steps", "2", "--mine-steps", "1", "--eval-steps", "3",
+        out=tmp_path / "presets.json",
+    )
+    assert {"settings", "machine", "victim", "presets", "distances_between_presets", "asr_difference_points"} <= result.keys()
+    presets = result["presets"]
+    assert set(presets) == {"init", "paper", "fast", "strong"}
+    assert presets["paper"]["images_attacked"] == 2 and presets["fast"]["images_attacked"] == 4
+    for entry in presets.values():
+        shared = entry["shared"]
+        assert shared["n"] == 2 and 0.0 <= shared["asr"] <= 1.0 and entry["s_per_image"] > 0
+        assert {"mean_attack_mi", "mean_evaluator_mi", "mean_linf", "mean_l2", "mean_moved_linf", "mean_moved_l2"} <= shared.keys()
+    assert presets["init"]["shared"]["mean_moved_linf"] == 0.0  # the start is its own result
+    distances = result["distances_between_presets"]
+    for name in ("paper", "fast", "strong"):  # distance to the start == how far the attack moved
+        assert distances[f"init_vs_{name}"]["mean_linf_per_image"] == pytest.approx(
+            presets[name]["shared"]["mean_moved_linf"], abs=1e-5
+        )
+    asr = {name: presets[name]["shared"]["asr"] for name in presets}
+    assert result["asr_difference_points"]["fast_minus_paper"] == pytest.approx(100 * (asr["fast"] - asr["paper"]))
