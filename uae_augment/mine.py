@@ -236,6 +236,29 @@ class StatisticsNetwork(nn.Module):
         conv = F.conv2d(maps, weight, bias, groups=batch)  # (K, B*C, H', W')
         return conv.reshape(count, batch, self.features).transpose(0, 1).contiguous()
 
+    def patches(self, samples: torch.Tensor) -> torch.Tensor | None:
+        """The kernel taps of feature-map samples (B, K, H, W): (B, k*k, K*H'*W') (None for vectors).
+
+        The convolution of a branch is then one ``bmm`` with the (B, C, k*k)
+        filters; :meth:`ascent_gradients` takes these precomputed taps because
+        the samples stay fixed during the MINE steps of an attack iteration.
+        """
+        if not self.is_map:
+            return None
+        batch, count, height, width = samples.shape
+        kernel = self.conv_kernel
+        out_h, out_w = height - kernel + 1, width - kernel + 1
+        taps = [samples[:, :, p : p + out_h, q : q + out_w] for p in range(kernel) for q in range(kernel)]
+        return torch.stack(taps, dim=2).transpose(1, 2).reshape(batch, kernel * kernel, count * out_h * out_w)
+
+    def _features_from_patches(self, which: str, patches: torch.Tensor, count: int) -> torch.Tensor:
+        """:meth:`_features` of samples given by their :meth:`patches`: (B, K, F)."""
+        weight = getattr(self, f"{which}_conv_weight")  # (B, C, k*k)
+        bias = getattr(self, f"{which}_conv_bias").unsqueeze(-1)  # (B, C, 1)
+        conv = torch.baddbmm(bias, weight, patches)  # (B, C, K * H'W')
+        batch = conv.shape[0]
+        return conv.view(batch, self.conv_channels, count, -1).transpose(1, 2).reshape(batch, count, self.features)
+
     def _linear_stack(self, which: str, features: torch.Tensor) -> list[torch.Tensor]:
         """Inputs of every linear layer of a branch, then its output."""
         activations = [features]
@@ -264,16 +287,29 @@ class StatisticsNetwork(nn.Module):
         joint, marginal = self.scores(self.branch("u", u), self.branch("v", v), permutation)
         return donsker_varadhan(joint, marginal)
 
-    def ascent_gradients(self, u: torch.Tensor, v: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
+    def ascent_gradients(
+        self,
+        u: torch.Tensor,
+        v: torch.Tensor,
+        permutation: torch.Tensor,
+        patches: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+    ) -> torch.Tensor:
         """Writes the gradients of ``-sum_b DV_b`` into every ``param.grad``; returns DV (B,).
 
         A hand-written backward pass for fixed samples u, v: equal to autograd's
         (checked in the tests) but writing each weight gradient straight into a
         persistent buffer with ``bmm(out=...)``, which avoids re-allocating (and
-        page-faulting) hundreds of MB per step on CPU.
+        page-faulting) hundreds of MB per step on CPU. ``patches`` are the
+        samples' :meth:`patches` when the caller computed them once for many steps.
         """
         with torch.no_grad():
-            stacks = {w: self._linear_stack(w, self._features(w, s)) for w, s in (("u", u), ("v", v))}
+            if patches is None:
+                patches = (self.patches(u), self.patches(v))
+            taps = {"u": patches[0], "v": patches[1]}
+            stacks = {
+                w: self._linear_stack(w, s if taps[w] is None else self._features_from_patches(w, taps[w], s.shape[1]))
+                for w, s in (("u", u), ("v", v))
+            }
             u_embed, v_embed = stacks["u"][-1], stacks["v"][-1]
             index = permutation.unsqueeze(-1).expand_as(v_embed)
             joint_pre = u_embed + v_embed
@@ -297,7 +333,7 @@ class StatisticsNetwork(nn.Module):
                 "v": grad_joint_pre.scatter_add(1, index, grad_marginal_pre),
             }
             for which, samples in (("u", u), ("v", v)):
-                self._branch_backward(which, samples, stacks[which], grads[which])
+                self._branch_backward(which, samples, stacks[which], grads[which], taps[which])
         return estimate
 
     def _grad(self, parameter: nn.Parameter) -> torch.Tensor:
@@ -306,7 +342,12 @@ class StatisticsNetwork(nn.Module):
         return parameter.grad
 
     def _branch_backward(
-        self, which: str, samples: torch.Tensor, activations: list[torch.Tensor], grad_out: torch.Tensor
+        self,
+        which: str,
+        samples: torch.Tensor,
+        activations: list[torch.Tensor],
+        grad_out: torch.Tensor,
+        patches: torch.Tensor | None,
     ) -> None:
         for layer in reversed(range(self.num_layers)):
             weight = getattr(self, f"{which}_weight{layer}")
@@ -315,20 +356,15 @@ class StatisticsNetwork(nn.Module):
             torch.sum(grad_out, dim=1, out=self._grad(bias))
             if layer > 0 or self.is_map:
                 grad_out = torch.bmm(grad_out, weight)
-        if not self.is_map:
+        if patches is None:
             return
-        batch, count, height, width = samples.shape
-        kernel = self.conv_kernel
-        out_h, out_w = height - kernel + 1, width - kernel + 1
-        grad_conv = grad_out.view(batch * count, self.conv_channels, out_h * out_w)
-        self._grad(getattr(self, f"{which}_conv_bias")).copy_(
-            grad_conv.view(batch, count, self.conv_channels, -1).sum(dim=(1, 3))
+        batch, count = samples.shape[:2]
+        # (B, K, C * H'W') -> (B, C, K * H'W'), the layout of the patches' columns
+        grad_conv = grad_out.view(batch, count, self.conv_channels, -1).transpose(1, 2).reshape(
+            batch, self.conv_channels, -1
         )
-        patches = torch.stack(
-            [samples[:, :, p : p + out_h, q : q + out_w] for p in range(kernel) for q in range(kernel)], dim=2
-        ).view(batch * count, kernel * kernel, out_h * out_w)
-        taps = torch.bmm(grad_conv, patches.transpose(1, 2))  # (B*K, C, k*k)
-        self._grad(getattr(self, f"{which}_conv_weight")).copy_(taps.view(batch, count, self.conv_channels, -1).sum(dim=1))
+        torch.sum(grad_conv, dim=2, out=self._grad(getattr(self, f"{which}_conv_bias")))
+        torch.bmm(grad_conv, patches.transpose(1, 2), out=self._grad(getattr(self, f"{which}_conv_weight")))
 
 
 def donsker_varadhan(joint: torch.Tensor, marginal: torch.Tensor) -> torch.Tensor:
@@ -399,8 +435,9 @@ class PerSampleMINE:
         if steps <= 0:
             return last
         permutations = self.permutations(steps)
+        patches = (self.network.patches(u), self.network.patches(v))
         for step in range(steps):
-            last = self.network.ascent_gradients(u, v, permutations[step])
+            last = self.network.ascent_gradients(u, v, permutations[step], patches)
             self.optimizer.step()
         return last
 
