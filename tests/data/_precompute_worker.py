@@ -94,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             progress=False,
         )
         print(f"RESULT {path}", flush=True)
+    except Exception as error:
+        print(f"ERROR {type(error).__name__}: {error}", flush=True)
+        if args.distributed:
+            time.sleep(3)  # torchrun kills the other ranks once one exits: let them report first
+        raise
     finally:
         if args.distributed:
             torch.distributed.destroy_process_group()

@@ -161,8 +161,15 @@ def test_dtype_and_compression(tmp_path, rows300, dtype, compression):
     assert json.loads(h5py.File(path, "r").attrs["provenance"])["dtype"] == dtype
 
 
-def test_batched_reads_match_item_reads(gaussian_cache):
-    cache = UAECache(gaussian_cache, return_flags=True)
+# The default budget mirrors the whole file; 4 KiB forces the LRU of chunks; 0 reads every time.
+@pytest.mark.parametrize("cache_bytes", [None, 4096, 0])
+def test_batched_reads_match_item_reads(gaussian_cache, rows300, cache_bytes):
+    options = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
+    cache = UAECache(gaussian_cache, return_flags=True, **options)
+    x, _ = stacked(rows300)
+    expected = make_attack("gaussian")(x, index=torch.arange(300)).adversarial
+    every, _ = cache.rows(torch.randperm(300, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(torch.sort(every.flatten(1), dim=0).values, torch.sort(expected.flatten(1), dim=0).values)
     order = [299, 5, 17, 5, 0, 16, 15, -1]
     items = cache.__getitems__(order)
     for index, item in zip(order, items):
@@ -171,6 +178,7 @@ def test_batched_reads_match_item_reads(gaussian_cache):
         np.testing.assert_equal(item[1:], single[1:])  # (label, success, mi); mi is NaN here
     adversarial, labels = cache.rows(torch.tensor(order))
     assert torch.equal(adversarial, torch.stack([it[0] for it in items]))
+    assert torch.equal(adversarial, expected[order])
     assert labels.tolist() == [it[1] for it in items]
     with pytest.raises(IndexError):
         cache[300]
@@ -213,6 +221,9 @@ def test_dataloader_workers_read_the_same_data(gaussian_cache):
         serial, parallel = collect(0, shuffle), collect(2, shuffle)
         for a, b in zip(serial, parallel):
             torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    cache.preload()  # forked workers now share the parent's rows
+    for a, b in zip(collect(0, True), collect(2, True)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
     labels = collect(2, False)[1].long().flatten()
     assert torch.equal(labels, cache.labels)
 
@@ -403,15 +414,17 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, rows300, caplog):
 # --------------------------------------------------------------------------- torchrun
 
 
+@pytest.mark.slow  # two torchrun launches (~20-40 s); tests/data/test_cli.py runs one by default
 def test_torchrun_shards_fail_together_resume_and_join_to_the_single_process_result(tmp_path, rows300):
     path = tmp_path / "dist.h5"
     common = [str(WORKER), "--distributed", "--out", str(path), "--limit", "300", "--chunk-rows", "16"]
     # Ranks take whole batches of 64 rows: rank 0 rows 0..191, rank 1 rows 192..299.
-    # Rank 1 fails at row 250: every rank stops with an error, none hangs.
-    failed = torchrun([*common, "--fail-at", "250"])
+    # Rank 1 fails at row 291 (its second batch; a row the fingerprint does not read): every rank stops with an error, none hangs.
+    failed = torchrun([*common, "--fail-at", "291"])
     assert failed.returncode != 0
-    assert "injected failure at row 250" in failed.stderr
-    assert "failed on rank 1" in failed.stderr  # what rank 0 reports
+    assert "ERROR RuntimeError: injected failure at row 291" in failed.stdout  # rank 1
+    assert "ERROR RankFailedError: attacking the rows of the shards" in failed.stdout  # rank 0
+    assert "failed on rank 1: RuntimeError: injected failure at row 291" in failed.stdout
     shards = [shard_path(path, r, 2) for r in range(2)]
     assert all(s.exists() for s in shards) and not path.exists()
     assert UAECache(shards[0]).complete

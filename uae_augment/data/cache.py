@@ -15,9 +15,9 @@ DataLoader workers work). The file layout (format version 1):
   ``provenance_hash`` (SHA-256 of the compared part).
 
 Crash safety (a writer may be killed at any moment, e.g. ``kill -9``): every
-chunk of ``adversarial`` is written exactly once, as a whole, then the file is
-flushed, and only then the chunk's rows are marked ``done`` (and flushed
-again). The per-row datasets are uncompressed with their space allocated at
+chunk of ``adversarial`` is written as a whole, once its rows are all attacked;
+after each batch the file is flushed, and only then the rows of the chunks it
+completed are marked ``done`` (and flushed again). The per-row datasets are uncompressed with their space allocated at
 creation, so writing them never touches the file's metadata. A resume re-attacks
 exactly the rows not marked done. Files are created under a temporary name and
 renamed into place once preallocated, and a lock file ``<path>.lock`` stops a
@@ -66,8 +66,11 @@ FORMAT = "uae-augment-cache"
 FORMAT_VERSION = 1
 DTYPES = ("float32", "float16")
 COMPRESSIONS = ("lzf", "gzip", None)
-CHUNK_BYTES = 128 * 1024
-"""Target uncompressed size of one ``adversarial`` chunk (rows per chunk = CHUNK_BYTES // row bytes)."""
+CHUNK_BYTES = 64 * 1024
+"""Target uncompressed size of one ``adversarial`` chunk (rows per chunk = CHUNK_BYTES // row bytes).
+
+Small chunks keep random reads cheap when a cache does not fit a reader's memory
+budget (a miss decompresses one chunk); 64 KiB is 20 MNIST rows or 5 CIFAR rows."""
 ROW_CHUNK = 1 << 16
 """Rows per chunk of the small per-row datasets."""
 READ_CACHE_BYTES = 256 * 1024 * 1024
@@ -473,6 +476,7 @@ class _ChunkWriter:
 
     def __init__(self, handle: h5py.File, layout: _Layout, done: np.ndarray, path: Path):
         self.handle = handle
+        self.datasets = {name: handle[name] for name in (*_RESULT_FIELDS, "done")}
         self.layout = layout
         self.done = done
         self.path = path
@@ -480,7 +484,13 @@ class _ChunkWriter:
         self.missing: dict[int, int] = {}
 
     def add(self, positions: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        """Buffers a batch of rows; writes the chunks it completes, flushes, then marks them done.
+
+        Only chunks that are not done are ever (re)written, so space HDF5 frees
+        and reuses between two flushes never belongs to a chunk marked done.
+        """
         chunk_of = positions // self.layout.chunk_rows
+        complete: list[int] = []
         for chunk in np.unique(chunk_of):
             chunk = int(chunk)
             start, _ = self.layout.chunk_range(chunk)
@@ -493,12 +503,25 @@ class _ChunkWriter:
             self.missing[chunk] -= int(rows.sum())
             if self.missing[chunk] == 0:
                 self._write(chunk, self.pending.pop(chunk))
+                complete.append(chunk)
+        if not complete:
+            return
+        self.handle.flush()
+        for chunk in complete:
+            start, stop = self.layout.chunk_range(chunk)
+            self.datasets["done"][start:stop] = True
+            self.done[start:stop] = True
+        self.handle.flush()
+        logger.debug(
+            "%s: rows %d..%d written and marked done",
+            self.path.name, self.layout.chunk_range(complete[0])[0], self.layout.chunk_range(complete[-1])[1] - 1,
+        )
 
     def _start(self, chunk: int) -> dict[str, np.ndarray]:
         start, stop = self.layout.chunk_range(chunk)
         self.missing[chunk] = int((~self.done[start:stop]).sum())
         if self.missing[chunk] < stop - start:  # some rows are done already: keep them
-            return {name: self.handle[name][start:stop] for name in _RESULT_FIELDS}
+            return {name: self.datasets[name][start:stop] for name in _RESULT_FIELDS}
         shape = (stop - start, *self.layout.sample_shape)
         buffer = {"adversarial": np.empty(shape, dtype=self.layout.dtype)}
         for name in _RESULT_FIELDS[1:]:
@@ -508,13 +531,8 @@ class _ChunkWriter:
     def _write(self, chunk: int, buffer: dict[str, np.ndarray]) -> None:
         start, stop = self.layout.chunk_range(chunk)
         for name in _RESULT_FIELDS:
-            self.handle[name][start:stop] = buffer[name]
-        self.handle.flush()
-        self.handle["done"][start:stop] = True
-        self.handle.flush()
-        self.done[start:stop] = True
+            self.datasets[name][start:stop] = buffer[name]
         del self.missing[chunk]
-        logger.debug("%s: rows %d..%d written and marked done", self.path.name, start, stop - 1)
 
     def close(self) -> None:
         if self.pending:
@@ -834,7 +852,7 @@ def precompute(
         num_workers: DataLoader workers reading the dataset (the attack itself
             always runs in this process).
         progress: show a tqdm bar (rows, rate, ETA).
-        chunk_rows: rows per chunk of ``adversarial`` (default: about 128 KiB per chunk).
+        chunk_rows: rows per chunk of ``adversarial`` (default: about 64 KiB per chunk).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -898,9 +916,10 @@ class UAECache(Dataset):
     a float. The per-row arrays (labels, flags, done mask) are read into memory
     at construction; ``adversarial`` is read on demand through a per-process
     handle, opened lazily (so the object pickles without it and works in
-    DataLoader workers), and an LRU cache of decompressed chunks. Batched
-    access (``__getitems__``, used by DataLoader, and :meth:`rows`) reads each
-    touched chunk once.
+    DataLoader workers), and kept decompressed in memory within
+    ``cache_bytes``. Batched access (``__getitems__``, used by DataLoader, and
+    :meth:`rows`) reads each touched chunk once; :meth:`preload` reads all rows
+    up front so that forked workers share them.
 
     Args:
         path: the cache file.
@@ -909,7 +928,11 @@ class UAECache(Dataset):
         return_flags: also return ``success`` and ``mi``.
         allow_partial: open an unfinished cache; reading a row that is not done
             raises :class:`CacheError`.
-        cache_bytes: per-process budget of the chunk cache (0 disables it).
+        cache_bytes: per-process memory budget for decompressed rows (default
+            256 MiB). When the whole ``adversarial`` dataset (in its stored dtype)
+            fits, each process keeps a lazily filled copy of it, so reads after a
+            chunk's first touch are one in-memory gather; otherwise an LRU of
+            decompressed chunks of this size is kept. 0 disables both.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -963,38 +986,49 @@ class UAECache(Dataset):
                 " precompute(..., resume=True) (CLI: rerun the same `uae-augment precompute`),"
                 " or pass allow_partial=True to read the done rows"
             )
-        self._reset_reader()
+        self._label_list: list[int] = self._labels.tolist()
+        self._reset_handle()
+        self._reset_blocks()
 
     # ------------------------------------------------------------------ pickling / handles
 
-    def _reset_reader(self) -> None:
+    def _reset_handle(self) -> None:
         self._handle: h5py.File | None = None
         self._pid: int | None = None
+
+    def _reset_blocks(self) -> None:
+        # Whole-file mirror when it fits the budget (rows stay in the stored dtype), else an
+        # LRU of decompressed chunks. A forked DataLoader worker inherits what its parent
+        # loaded (copy-on-write); a pickled copy starts empty.
+        self._mirror: np.ndarray | None = None
+        self._loaded: np.ndarray | None = None
         self._blocks: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._block_bytes = 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_handle", "_pid", "_blocks", "_block_bytes"):
+        for key in ("_handle", "_pid", "_mirror", "_loaded", "_blocks", "_block_bytes"):
             state.pop(key)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._reset_reader()
+        self._reset_handle()
+        self._reset_blocks()
 
     def _adversarial(self) -> h5py.Dataset:
         if self._handle is None or self._pid != os.getpid():
-            self._reset_reader()  # a forked worker never reuses its parent's handle or blocks
+            self._reset_handle()  # a forked worker never uses its parent's HDF5 handle
             self._handle = _open(self.path)
             self._pid = os.getpid()
         return self._handle["adversarial"]
 
     def close(self) -> None:
-        """Closes this process's file handle (it is reopened on the next read)."""
+        """Closes this process's file handle and drops its cached rows (reads reopen it)."""
         if self._handle is not None and self._pid == os.getpid():
             self._handle.close()
-        self._reset_reader()
+        self._reset_handle()
+        self._reset_blocks()
 
     def __enter__(self) -> UAECache:
         return self
@@ -1004,17 +1038,36 @@ class UAECache(Dataset):
 
     # ------------------------------------------------------------------ reads
 
+    @property
+    def _mirrored(self) -> bool:
+        row_bytes = math.prod(self._layout.sample_shape) * np.dtype(self._layout.dtype).itemsize
+        return 0 < self._layout.rows * row_bytes <= self.cache_bytes
+
+    def _read_rows(self, start: int, stop: int) -> np.ndarray:
+        try:
+            return self._adversarial()[start:stop]
+        except (OSError, RuntimeError) as error:
+            raise CacheError(f"{self.path} is damaged: reading rows {start}..{stop - 1} failed ({error})") from error
+
+    def _load_chunks(self, chunks: np.ndarray) -> None:
+        """Reads the given (sorted, unique) chunks into the mirror, consecutive runs at once."""
+        assert self._mirror is not None and self._loaded is not None
+        missing = chunks[~self._loaded[chunks]]
+        if not missing.size:
+            return
+        runs = np.split(missing, np.flatnonzero(np.diff(missing) > 1) + 1)
+        for run in runs:
+            start, _ = self._layout.chunk_range(int(run[0]))
+            _, stop = self._layout.chunk_range(int(run[-1]))
+            self._mirror[start:stop] = self._read_rows(start, stop)
+            self._loaded[run] = True
+
     def _block(self, chunk: int) -> np.ndarray:
         block = self._blocks.get(chunk)
         if block is not None:
             self._blocks.move_to_end(chunk)
             return block
-        start, stop = self._layout.chunk_range(chunk)
-        dataset = self._adversarial()
-        try:
-            block = dataset[start:stop]
-        except (OSError, RuntimeError) as error:
-            raise CacheError(f"{self.path} is damaged: reading rows {start}..{stop - 1} failed ({error})") from error
+        block = self._read_rows(*self._layout.chunk_range(chunk))
         if self.cache_bytes > 0:
             self._blocks[chunk] = block
             self._block_bytes += block.nbytes
@@ -1022,6 +1075,28 @@ class UAECache(Dataset):
                 _, evicted = self._blocks.popitem(last=False)
                 self._block_bytes -= evicted.nbytes
         return block
+
+    def preload(self) -> UAECache:
+        """Reads every done row into this process's memory now (if it fits ``cache_bytes``).
+
+        Call it before creating a DataLoader: forked workers then share the rows
+        (copy-on-write) instead of each reading the file. Returns ``self``.
+        """
+        if not self._mirrored:
+            logger.warning(
+                "%s: %d rows do not fit cache_bytes=%d; preload() skipped", self.path, len(self), self.cache_bytes
+            )
+            return self
+        done = self._done.numpy()
+        chunks = np.unique(np.flatnonzero(done) // self._layout.chunk_rows)
+        self._ensure_mirror()
+        self._load_chunks(chunks)
+        return self
+
+    def _ensure_mirror(self) -> None:
+        if self._mirror is None:
+            self._mirror = np.empty((self._layout.rows, *self._layout.sample_shape), dtype=self._layout.dtype)
+            self._loaded = np.zeros(self._layout.chunks, dtype=bool)
 
     def _positions(self, indices: Any) -> np.ndarray:
         positions = torch.as_tensor(indices)
@@ -1042,15 +1117,19 @@ class UAECache(Dataset):
 
     def _read(self, positions: np.ndarray) -> torch.Tensor:
         """float32 (len(positions), ...) adversarial rows, in the order given."""
+        chunk_rows = self._layout.chunk_rows
+        if self._mirrored:
+            self._ensure_mirror()
+            self._load_chunks(np.unique(positions // chunk_rows))
+            assert self._mirror is not None
+            return torch.from_numpy(self._mirror[positions].astype(np.float32, copy=False))
         out = np.empty((len(positions), *self._layout.sample_shape), dtype=np.float32)
         order = np.argsort(positions, kind="stable")
         ordered = positions[order]
-        chunks = ordered // self._layout.chunk_rows
-        unique, firsts = np.unique(chunks, return_index=True)
+        unique, firsts = np.unique(ordered // chunk_rows, return_index=True)
         bounds = [*firsts.tolist(), len(ordered)]
         for chunk, first, last in zip(unique.tolist(), bounds[:-1], bounds[1:]):
-            block = self._block(chunk)
-            out[order[first:last]] = block[ordered[first:last] - chunk * self._layout.chunk_rows]
+            out[order[first:last]] = self._block(chunk)[ordered[first:last] - chunk * chunk_rows]
         return torch.from_numpy(out)
 
     def rows(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1070,7 +1149,7 @@ class UAECache(Dataset):
         return self._read(positions), self._labels[positions].clone()
 
     def _item(self, position: int, uae: torch.Tensor) -> tuple[Any, ...]:
-        label: Any = int(self._labels[position])
+        label: Any = self._label_list[position]
         sample: Any = uae
         if self.transform is not None:
             sample = self.transform(sample)
@@ -1088,7 +1167,7 @@ class UAECache(Dataset):
         """Batched item access (DataLoader calls it with a batch of indices)."""
         positions = self._positions(list(indices))
         uaes = self._read(positions)
-        return [self._item(int(p), uae) for p, uae in zip(positions, uaes)]
+        return [self._item(p, uae) for p, uae in zip(positions.tolist(), uaes.unbind(0))]
 
     def __len__(self) -> int:
         return self._layout.rows
