@@ -34,777 +34,70 @@ from __future__ import annotations
 
 import collections
 import copy
-import hashlib
-import json
 import logging
 import math
 import operator
 import os
-import platform
-import socket
-import time
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
-from .._model_state import model_device, state_hash
 from ..attacks.base import Attack
-from . import _distributed, _lock
+from . import _distributed
+from ._cache_format import (
+    CHUNK_BYTES,
+    COMPRESSIONS,
+    DTYPES,
+    FINGERPRINT_ROWS,
+    FORMAT,
+    FORMAT_VERSION,
+    READ_CACHE_BYTES,
+    ROW_FIELDS,
+    CacheError,
+    CacheLockedError,
+    ProvenanceMismatchError,
+    cache_provenance,
+    check_attack,
+    check_compression,
+    check_dtype,
+    dataset_fingerprint,
+    open_cache,
+    provenance_hash,
+    read_all,
+    read_layout,
+    read_provenance,
+    shard_path,
+)
+from ._cache_writer import WriteOptions, attack_device, precompute_distributed, write_file
 from .transforms import ensure_main_process
+
+__all__ = [
+    "CHUNK_BYTES",
+    "COMPRESSIONS",
+    "CacheError",
+    "CacheLockedError",
+    "DTYPES",
+    "FINGERPRINT_ROWS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ProvenanceMismatchError",
+    "READ_CACHE_BYTES",
+    "UAECache",
+    "cache_provenance",
+    "dataset_fingerprint",
+    "precompute",
+    "provenance_hash",
+    "shard_path",
+]
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "uae-augment-cache"
-FORMAT_VERSION = 1
-DTYPES = ("float32", "float16")
-COMPRESSIONS = ("lzf", "gzip", None)
-CHUNK_BYTES = 64 * 1024
-"""Target uncompressed size of one ``adversarial`` chunk (rows per chunk = CHUNK_BYTES // row bytes).
-
-Small chunks keep random reads cheap when a cache does not fit a reader's memory
-budget (a miss decompresses one chunk); 64 KiB is 20 MNIST rows or 5 CIFAR rows."""
-ROW_CHUNK = 1 << 16
-"""Rows per chunk of the small per-row datasets."""
-READ_CACHE_BYTES = 256 * 1024 * 1024
-"""Default per-process budget of :class:`UAECache`'s LRU cache of decompressed chunks."""
-FINGERPRINT_ROWS = 64
-"""Rows (evenly spaced, first and last included) hashed into the dataset fingerprint."""
-GZIP_LEVEL = 4
-
-_ROW_FIELDS: dict[str, tuple[np.dtype, Any]] = {
-    "success": (np.dtype(bool), False),
-    "mi": (np.dtype(np.float32), np.float32("nan")),
-    "criterion": (np.dtype(np.float32), np.float32("nan")),
-    "label": (np.dtype(np.int64), -1),
-    "index": (np.dtype(np.int64), -1),
-    "done": (np.dtype(bool), False),
-}
-_RESULT_FIELDS = ("adversarial", "success", "mi", "criterion", "label", "index")
-_ENVIRONMENT = "environment"
-_SHARD = "shard"
-
-
-class CacheError(ValueError):
-    """A cache file is missing parts, unreadable, unfinished, locked or does not match."""
-
-
-class CacheLockedError(CacheError):
-    """Another live process is writing the cache (its lock file exists)."""
-
-
-class ProvenanceMismatchError(CacheError):
-    """An existing cache was written for another dataset, model, attack, seed or dtype."""
-
-
-# --------------------------------------------------------------------------- provenance
-
-
-def dataset_fingerprint(dataset: Dataset, rows: int = FINGERPRINT_ROWS) -> dict[str, Any]:
-    """A cheap identity of a dataset: length, sample shape and a hash of a few rows.
-
-    The hash covers the samples (as float32) and labels of ``rows`` evenly spaced
-    rows, the first and last included, so it is deterministic and costs
-    ``rows`` item reads whatever the dataset's size.
-
-    Args:
-        dataset: a map-style dataset of (x, y[, extra...]) items, x a float tensor.
-        rows: how many rows to hash.
-
-    Returns:
-        ``{"length", "sample_shape", "rows_hashed", "sha256"}`` (JSON-serialisable).
-
-    Raises:
-        ValueError: if the dataset is empty.
-        TypeError: if its items are not (x, y, ...) with a float tensor x and an integer y.
-
-    Example:
-        >>> from uae_augment import load_dataset
-        >>> fp = dataset_fingerprint(load_dataset("digits"))
-        >>> fp["length"], fp["sample_shape"]
-        (1437, [1, 8, 8])
-    """
-    length = _length(dataset)
-    positions = sorted({round(k * (length - 1) / max(rows - 1, 1)) for k in range(min(rows, length))})
-    digest = hashlib.sha256()
-    shape: tuple[int, ...] | None = None
-    for position in positions:
-        x, y = _split_item(dataset[position], position)
-        if shape is None:
-            shape = tuple(x.shape)
-        digest.update(f"{position}:{tuple(x.shape)}:{y};".encode())
-        digest.update(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    assert shape is not None
-    return {
-        "length": length,
-        "sample_shape": list(shape),
-        "rows_hashed": len(positions),
-        "sha256": digest.hexdigest(),
-    }
-
-
-def cache_provenance(dataset: Dataset, attack: Attack, dtype: str = "float32") -> dict[str, Any]:
-    """The provenance record :func:`precompute` writes for ``(dataset, attack, dtype)``.
-
-    Everything except the ``"environment"`` part is compared on resume; two
-    runs with equal records produce equal rows.
-
-    Raises:
-        TypeError: if ``attack`` is not a uae_augment ``Attack`` or the items are malformed.
-        ValueError: on an empty dataset or an unknown ``dtype``.
-    """
-    _check_attack(attack)
-    dtype = _check_dtype(dtype)
-    from .. import __version__
-
-    return _normalise(
-        {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "library_version": __version__,
-            "torch_version": torch.__version__,
-            "attack": attack.config(),
-            "seed": attack.seed,
-            "requires_labels": bool(attack.requires_labels),
-            "model_state_hash": state_hash(attack.models()),
-            "dataset": dataset_fingerprint(dataset),
-            "dtype": dtype,
-            _ENVIRONMENT: {
-                "python": platform.python_version(),
-                "h5py": h5py.__version__,
-                "hdf5": h5py.version.hdf5_version,
-                "numpy": np.__version__,
-                "host": socket.gethostname(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
-        }
-    )
-
-
-def _normalise(record: Any) -> Any:
-    """A JSON round trip: tuples become lists, non-JSON values their repr."""
-    return json.loads(json.dumps(record, sort_keys=True, default=repr))
-
-
-def _identity(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k != _ENVIRONMENT}
-
-
-def provenance_hash(record: dict[str, Any]) -> str:
-    """SHA-256 of the compared part of a provenance record (canonical JSON)."""
-    text = json.dumps(_identity(record), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _differences(stored: Any, expected: Any, prefix: str = "") -> list[str]:
-    if isinstance(stored, dict) and isinstance(expected, dict):
-        found: list[str] = []
-        for key in sorted(set(stored) | set(expected)):
-            name = f"{prefix}{key}"
-            if key not in stored or key not in expected:
-                side = "file" if key in stored else "now"
-                found.append(f"{name} (only in the {side}'s record)")
-            else:
-                found.extend(_differences(stored[key], expected[key], f"{name}."))
-        return found
-    if stored == expected:
-        return []
-    return [f"{prefix.rstrip('.')} (file: {_short(stored)}, now: {_short(expected)})"]
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _check_provenance(path: Path, stored: dict[str, Any], expected: dict[str, Any]) -> None:
-    if provenance_hash(stored) == provenance_hash(expected):
-        return
-    differing = _differences(_identity(stored), _identity(expected)) or ["(hash only)"]
-    raise ProvenanceMismatchError(
-        f"{path} was written for another configuration; differing fields: {'; '.join(differing)}."
-        " Write to another path, or pass resume=False (CLI: --no-resume) to overwrite it"
-    )
-
-
-# --------------------------------------------------------------------------- file layout
-
-
-@dataclass(frozen=True)
-class _Layout:
-    rows: int
-    sample_shape: tuple[int, ...]
-    dtype: str
-    chunk_rows: int
-
-    @property
-    def chunks(self) -> int:
-        return math.ceil(self.rows / self.chunk_rows)
-
-    def chunk_range(self, chunk: int) -> tuple[int, int]:
-        start = chunk * self.chunk_rows
-        return start, min(start + self.chunk_rows, self.rows)
-
-
-def _auto_chunk_rows(sample_shape: tuple[int, ...], dtype: str, rows: int) -> int:
-    row_bytes = max(1, math.prod(sample_shape)) * np.dtype(dtype).itemsize
-    return max(1, min(rows, CHUNK_BYTES // row_bytes))
-
-
-def _create(path: Path, layout: _Layout, provenance: dict[str, Any], compression: str | None) -> None:
-    """Writes a new, empty (nothing done) cache file to ``path``, atomically."""
-    temporary = path.with_name(f".{path.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with h5py.File(temporary, "w") as handle:
-            handle.attrs["format"] = FORMAT
-            handle.attrs["format_version"] = FORMAT_VERSION
-            handle.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
-            handle.attrs["provenance_hash"] = provenance_hash(provenance)
-            options: dict[str, Any] = {}
-            if compression == "gzip":
-                options = {"compression": "gzip", "compression_opts": GZIP_LEVEL, "shuffle": True}
-            elif compression == "lzf":
-                options = {"compression": "lzf"}
-            else:
-                options = {"dcpl": _early_allocation()}
-            handle.create_dataset(
-                "adversarial",
-                shape=(layout.rows, *layout.sample_shape),
-                dtype=layout.dtype,
-                chunks=(layout.chunk_rows, *layout.sample_shape),
-                fillvalue=np.nan,
-                **options,
-            )
-            for name, (dtype, fill) in _ROW_FIELDS.items():
-                handle.create_dataset(
-                    name,
-                    shape=(layout.rows,),
-                    dtype=dtype,
-                    chunks=(min(layout.rows, ROW_CHUNK),),
-                    fillvalue=fill,
-                    dcpl=_early_allocation(),
-                )
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    logger.debug("created %s: %s, compression %s", path, layout, compression)
-
-
-def _early_allocation() -> h5py.h5p.PropDCID:
-    """A dataset creation property list that allocates all space at creation (in-place writes)."""
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-    return dcpl
-
-
-def _open(path: Path, mode: str = "r") -> h5py.File:
-    """Opens and checks a cache file; any failure is a :class:`CacheError` naming ``path``."""
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no UAE cache at {path}; create it with precompute(dataset, attack, {str(path)!r})"
-            " or `uae-augment precompute ... --out PATH`"
-        )
-    try:
-        handle = h5py.File(path, mode)
-    except OSError as error:
-        if "unable to lock" in str(error).lower():
-            raise CacheLockedError(
-                f"{path} is open for writing by another process ({error}); wait until it is done"
-            ) from error
-        raise CacheError(
-            f"{path} is not a readable HDF5 file (truncated, corrupt or not HDF5 at all): {error}."
-            " Delete it, or rerun precompute with resume=False (CLI: --no-resume) to rebuild it"
-        ) from error
-    try:
-        _read_layout(handle, path)
-    except BaseException:
-        handle.close()
-        raise
-    return handle
-
-
-def _open_for_writing(path: Path) -> h5py.File:
-    """Opens a checked (or just created) cache file for writing; errors name the path."""
-    try:
-        return h5py.File(path, "r+")
-    except OSError as error:
-        raise CacheError(
-            f"cannot open {path} for writing ({error}); close every UAECache or h5py.File on it"
-            " in this process first"
-        ) from error
-
-
-def _read_layout(handle: h5py.File, path: Path) -> _Layout:
-    """Checks the format, datasets, dtypes and shapes of an open cache file."""
-    try:
-        found_format = handle.attrs.get("format")
-        version = handle.attrs.get("format_version")
-        missing = [name for name in ("adversarial", *_ROW_FIELDS) if name not in handle]
-    except (OSError, RuntimeError, KeyError) as error:
-        raise CacheError(f"{path} is damaged: its structure cannot be read ({error})") from error
-    if found_format != FORMAT:
-        raise CacheError(
-            f"{path} is an HDF5 file but not a uae-augment cache (attribute format={found_format!r},"
-            f" expected {FORMAT!r})"
-        )
-    if version != FORMAT_VERSION:
-        raise CacheError(
-            f"{path} has cache format version {version!r}; this library reads version {FORMAT_VERSION}"
-        )
-    if missing:
-        raise CacheError(f"{path} is not a complete uae-augment cache: missing datasets {missing}")
-    _read_provenance(handle, path)
-    adversarial = handle["adversarial"]
-    if adversarial.ndim < 2 or adversarial.dtype.name not in DTYPES or adversarial.chunks is None:
-        raise CacheError(
-            f"{path}: dataset 'adversarial' must be chunked float32/float16 of shape (N, ...),"
-            f" found {adversarial.dtype} {adversarial.shape} chunks={adversarial.chunks}"
-        )
-    rows = adversarial.shape[0]
-    for name, (dtype, _) in _ROW_FIELDS.items():
-        dataset = handle[name]
-        if dataset.shape != (rows,) or dataset.dtype != dtype:
-            raise CacheError(
-                f"{path}: dataset {name!r} must be {dtype} of shape ({rows},), found"
-                f" {dataset.dtype} {dataset.shape}"
-            )
-    return _Layout(rows, tuple(adversarial.shape[1:]), adversarial.dtype.name, adversarial.chunks[0])
-
-
-def _read_provenance(handle: h5py.File, path: Path) -> dict[str, Any]:
-    text = handle.attrs.get("provenance")
-    try:
-        record = json.loads(text)
-    except (TypeError, ValueError) as error:
-        raise CacheError(f"{path}: the provenance attribute is not a JSON record ({error})") from error
-    if not isinstance(record, dict):
-        raise CacheError(f"{path}: the provenance attribute is not a JSON object")
-    return record
-
-
-def _read_all(dataset: h5py.Dataset, path: Path) -> np.ndarray:
-    try:
-        return dataset[...]
-    except (OSError, RuntimeError) as error:
-        raise CacheError(f"{path} is damaged: reading {dataset.name!r} failed ({error})") from error
-
-
-def shard_path(path: str | os.PathLike[str], rank: int, world_size: int) -> Path:
-    """The shard file of ``rank`` (of ``world_size``) for the final cache ``path``."""
-    final = Path(path)
-    return final.with_name(f"{final.name}.rank{rank}-of-{world_size}.h5")
-
-
-# --------------------------------------------------------------------------- reading the rows to attack
-
-
-def _length(dataset: Dataset) -> int:
-    try:
-        length = len(dataset)  # type: ignore[arg-type]
-    except TypeError as error:
-        raise TypeError(
-            f"dataset must be a map-style dataset with __len__, got {type(dataset).__name__}"
-        ) from error
-    if length == 0:
-        raise ValueError("dataset is empty: there is nothing to precompute")
-    return length
-
-
-def _split_item(item: Any, position: int) -> tuple[torch.Tensor, int]:
-    """(x, integer label) of a dataset item (x, y[, extra...])."""
-    if not isinstance(item, (tuple, list)) or len(item) < 2:
-        raise TypeError(
-            f"item {position} of the dataset must be a tuple (x, y, ...), got {type(item).__name__}"
-        )
-    x, y = item[0], item[1]
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        found = f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise TypeError(
-            f"the sample of item {position} must be a float tensor with values in [0, 1], got {found}"
-        )
-    if isinstance(y, torch.Tensor) and y.numel() == 1 and not y.is_floating_point() and y.dtype != torch.bool:
-        return x, int(y.item())
-    try:
-        return x, operator.index(y)
-    except TypeError:
-        raise TypeError(f"the label of item {position} must be an integer, got {y!r}") from None
-
-
-class _Rows(Dataset):
-    """The rows still to attack: item j is (global index, x, y) of ``dataset[indices[j]]``."""
-
-    def __init__(self, dataset: Dataset, indices: np.ndarray):
-        self.dataset = dataset
-        self.indices = indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, j: int) -> tuple[int, torch.Tensor, int]:
-        index = int(self.indices[j])
-        x, y = _split_item(self.dataset[index], index)
-        return index, x, y
-
-
-def _collate(items: list[tuple[int, torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    shapes = {tuple(x.shape) for _, x, _ in items}
-    if len(shapes) > 1:
-        raise ValueError(f"rows {items[0][0]}..{items[-1][0]} have different sample shapes {sorted(shapes)}")
-    index = torch.tensor([i for i, _, _ in items], dtype=torch.long)
-    x = torch.stack([x for _, x, _ in items]).float()
-    y = torch.tensor([y for _, _, y in items], dtype=torch.long)
-    return index, x, y
-
-
-def _attack_device(attack: Attack) -> torch.device:
-    models = attack.models()
-    return model_device(models[0]) if models else torch.device("cpu")
-
-
-# --------------------------------------------------------------------------- writing
-
-
-class _ChunkWriter:
-    """Collects attacked rows and writes each ``adversarial`` chunk once, when it is complete."""
-
-    def __init__(self, handle: h5py.File, layout: _Layout, done: np.ndarray, path: Path):
-        self.handle = handle
-        self.datasets = {name: handle[name] for name in (*_RESULT_FIELDS, "done")}
-        self.layout = layout
-        self.done = done
-        self.path = path
-        self.pending: dict[int, dict[str, np.ndarray]] = {}
-        self.missing: dict[int, int] = {}
-
-    def add(self, positions: np.ndarray, values: dict[str, np.ndarray]) -> None:
-        """Buffers a batch of rows; writes the chunks it completes, flushes, then marks them done.
-
-        Only chunks that are not done are ever (re)written, so space HDF5 frees
-        and reuses between two flushes never belongs to a chunk marked done.
-        """
-        chunk_of = positions // self.layout.chunk_rows
-        complete: list[int] = []
-        for chunk in np.unique(chunk_of):
-            chunk = int(chunk)
-            start, _ = self.layout.chunk_range(chunk)
-            rows = chunk_of == chunk
-            buffer = self.pending.get(chunk)
-            if buffer is None:
-                buffer = self.pending[chunk] = self._start(chunk)
-            for name in _RESULT_FIELDS:
-                buffer[name][positions[rows] - start] = values[name][rows]
-            self.missing[chunk] -= int(rows.sum())
-            if self.missing[chunk] == 0:
-                self._write(chunk, self.pending.pop(chunk))
-                complete.append(chunk)
-        if not complete:
-            return
-        self.handle.flush()
-        for chunk in complete:
-            start, stop = self.layout.chunk_range(chunk)
-            self.datasets["done"][start:stop] = True
-            self.done[start:stop] = True
-        self.handle.flush()
-        logger.debug(
-            "%s: rows %d..%d written and marked done",
-            self.path.name, self.layout.chunk_range(complete[0])[0], self.layout.chunk_range(complete[-1])[1] - 1,
-        )
-
-    def _start(self, chunk: int) -> dict[str, np.ndarray]:
-        start, stop = self.layout.chunk_range(chunk)
-        self.missing[chunk] = int((~self.done[start:stop]).sum())
-        if self.missing[chunk] < stop - start:  # some rows are done already: keep them
-            return {name: self.datasets[name][start:stop] for name in _RESULT_FIELDS}
-        shape = (stop - start, *self.layout.sample_shape)
-        buffer = {"adversarial": np.empty(shape, dtype=self.layout.dtype)}
-        for name in _RESULT_FIELDS[1:]:
-            buffer[name] = np.empty(stop - start, dtype=_ROW_FIELDS[name][0])
-        return buffer
-
-    def _write(self, chunk: int, buffer: dict[str, np.ndarray]) -> None:
-        start, stop = self.layout.chunk_range(chunk)
-        for name in _RESULT_FIELDS:
-            self.datasets[name][start:stop] = buffer[name]
-        del self.missing[chunk]
-
-    def close(self) -> None:
-        if self.pending:
-            raise RuntimeError(f"internal error: chunks {sorted(self.pending)} were left incomplete")
-
-
-@dataclass(frozen=True)
-class _WriteOptions:
-    batch_size: int
-    resume: bool
-    dtype: str
-    compression: str | None
-    num_workers: int
-    progress: bool
-    chunk_rows: int | None
-
-
-def _finished(path: Path, provenance: dict[str, Any]) -> bool:
-    """Whether ``path`` is a finished cache with this provenance (no lock needed to reuse it).
-
-    Raises:
-        ProvenanceMismatchError: the file is for another configuration.
-        CacheError: the file is damaged.
-    """
-    if not path.exists():
-        return False
-    try:
-        handle = _open(path)
-    except CacheLockedError:
-        return False  # being written: the lock (taken next) gives the precise error
-    with handle:
-        _check_provenance(path, _read_provenance(handle, path), provenance)
-        return bool(_read_all(handle["done"], path).all())
-
-
-def _write_file(
-    dataset: Dataset,
-    attack: Attack,
-    path: Path,
-    start: int,
-    stop: int,
-    provenance: dict[str, Any],
-    options: _WriteOptions,
-) -> Path:
-    """Attacks rows [start, stop) of ``dataset`` into ``path`` (created, resumed or reused)."""
-    if options.resume and _finished(path, provenance):
-        logger.info("%s is finished and matches: reusing it without attacking", path)
-        return path
-    try:
-        owner = _lock.acquire(path)
-    except _lock.LockHeldError as error:
-        raise CacheLockedError(str(error)) from None
-    try:
-        layout, todo = _prepare(dataset, path, start, stop, provenance, options)
-        if todo.size:
-            _attack_rows(dataset, attack, path, layout, start, todo, options)
-        else:
-            logger.info("%s is finished and matches: reusing it without attacking", path)
-    finally:
-        _lock.release(path, owner)
-    return path
-
-
-def _prepare(
-    dataset: Dataset,
-    path: Path,
-    start: int,
-    stop: int,
-    provenance: dict[str, Any],
-    options: _WriteOptions,
-) -> tuple[_Layout, np.ndarray]:
-    """Creates or checks the file (holding its lock); returns its layout and the rows to do."""
-    if options.resume and path.exists():
-        with _open(path) as handle:
-            _check_provenance(path, _read_provenance(handle, path), provenance)
-            layout = _read_layout(handle, path)
-            done = _read_all(handle["done"], path)
-        logger.info("resuming %s: %d of %d rows done", path, int(done.sum()), layout.rows)
-        return layout, np.flatnonzero(~done)
-    rows = stop - start
-    sample_shape = tuple(provenance["dataset"]["sample_shape"])
-    chunk_rows = options.chunk_rows or _auto_chunk_rows(sample_shape, options.dtype, rows)
-    layout = _Layout(rows, sample_shape, options.dtype, min(chunk_rows, rows))
-    _create(path, layout, provenance, options.compression)
-    with _open_for_writing(path) as handle:
-        handle["index"][:] = np.arange(start, stop)
-    return layout, np.arange(rows)
-
-
-def _grid_batches(indices: np.ndarray, batch_size: int) -> list[list[int]]:
-    """Positions in ``indices`` (sorted global rows) grouped by ``index // batch_size``.
-
-    Batches sit on one global grid, so a sharded run and the untouched part of a
-    resumed run hand the attack exactly the batches of one uninterrupted run
-    (bitwise equal results even where kernels round differently per batch size).
-    """
-    cells = indices // batch_size
-    bounds = [0, *(np.flatnonzero(np.diff(cells)) + 1).tolist(), len(indices)]
-    return [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def _attack_rows(
-    dataset: Dataset,
-    attack: Attack,
-    path: Path,
-    layout: _Layout,
-    start: int,
-    todo: np.ndarray,
-    options: _WriteOptions,
-) -> None:
-    loader = DataLoader(
-        _Rows(dataset, start + todo),
-        batch_sampler=_grid_batches(start + todo, options.batch_size),
-        num_workers=options.num_workers,
-        collate_fn=_collate,
-    )
-    device = _attack_device(attack)
-    bar = tqdm(
-        total=layout.rows,
-        initial=layout.rows - todo.size,
-        desc=f"precompute {path.name}",
-        unit="sample",
-        disable=not options.progress,
-        dynamic_ncols=True,
-    )
-    # Start the workers before the file is opened for writing: no process forks with it open.
-    batches = iter(loader)
-    with bar, _open_for_writing(path) as handle:
-        done = handle["done"][...]
-        writer = _ChunkWriter(handle, layout, done, path)
-        for index, x, y in batches:
-            labels = y.to(device) if attack.requires_labels else None
-            result = attack(x.to(device), labels, index=index)
-            adversarial = result.adversarial.detach().cpu()
-            if tuple(adversarial.shape) != (len(index), *layout.sample_shape):
-                raise ValueError(
-                    f"{type(attack).__name__} returned adversarial examples of shape"
-                    f" {tuple(adversarial.shape)} for inputs of shape {tuple(x.shape)}"
-                )
-            writer.add(
-                index.numpy() - start,
-                {
-                    "adversarial": adversarial.numpy().astype(layout.dtype, copy=False),
-                    "success": result.success.detach().cpu().numpy().astype(bool),
-                    "mi": result.mi.detach().cpu().float().numpy(),
-                    "criterion": result.criterion.detach().cpu().float().numpy(),
-                    "label": y.numpy(),
-                    "index": index.numpy(),
-                },
-            )
-            bar.update(len(index))
-        writer.close()
-    logger.info("%s: all %d rows done", path, layout.rows)
-
-
-def _join(path: Path, shards: list[tuple[Path, int, int]], provenance: dict[str, Any], options: _WriteOptions) -> None:
-    """Copies finished shards (path, start, stop) into the final file ``path`` and removes them."""
-    try:
-        owner = _lock.acquire(path)
-    except _lock.LockHeldError as error:
-        raise CacheLockedError(str(error)) from None
-    try:
-        handles = [_open(shard) for shard, _, _ in shards]
-        try:
-            for handle, (shard, _, _) in zip(handles, shards):
-                if not _read_all(handle["done"], shard).all():
-                    raise CacheError(f"shard {shard} is unfinished; rerun the same command to resume")
-            _copy_shards(path, handles, [(start, stop) for _, start, stop in shards], provenance, options)
-        finally:
-            for handle in handles:
-                handle.close()
-    finally:
-        _lock.release(path, owner)
-    for shard, _, _ in shards:
-        shard.unlink()
-    logger.info("joined %d shards into %s", len(shards), path)
-
-
-def _copy_shards(
-    path: Path,
-    handles: list[h5py.File],
-    ranges: list[tuple[int, int]],
-    provenance: dict[str, Any],
-    options: _WriteOptions,
-) -> None:
-    rows = ranges[-1][1]
-    sample_shape = tuple(provenance["dataset"]["sample_shape"])
-    chunk_rows = options.chunk_rows or _auto_chunk_rows(sample_shape, options.dtype, rows)
-    layout = _Layout(rows, sample_shape, options.dtype, min(chunk_rows, rows))
-    staging = path.with_name(f".{path.name}.joining-{os.getpid()}")
-    try:
-        _create(staging, layout, provenance, options.compression)
-        with h5py.File(staging, "r+") as final:
-            for name in _RESULT_FIELDS[1:]:
-                for handle, (start, stop) in zip(handles, ranges):
-                    final[name][start:stop] = handle[name][...]
-            for chunk in range(layout.chunks):
-                first, last = layout.chunk_range(chunk)
-                parts = [
-                    handle["adversarial"][max(first, start) - start : min(last, stop) - start]
-                    for handle, (start, stop) in zip(handles, ranges)
-                    if start < last and stop > first
-                ]
-                final["adversarial"][first:last] = np.concatenate(parts)
-            final.flush()
-            final["done"][:] = True
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
-
-
-def _precompute_distributed(
-    dataset: Dataset,
-    attack: Attack,
-    path: Path,
-    provenance: dict[str, Any],
-    options: _WriteOptions,
-    rank: int,
-    world_size: int,
-) -> Path:
-    _distributed.same_on_every_rank("precompute: provenance", provenance_hash(provenance))
-    finished = _distributed.on_rank0(
-        "checking the final cache", lambda: options.resume and _finished(path, provenance)
-    )
-    if finished:
-        logger.info("%s is finished and matches: reusing it without attacking", path)
-        return path
-    rows = provenance["dataset"]["length"]
-    ranges = [_distributed.split(rows, r, world_size, unit=options.batch_size) for r in range(world_size)]
-    start, stop = ranges[rank]
-    shards = [(shard_path(path, r, world_size), a, b) for r, (a, b) in enumerate(ranges) if b > a]
-    mine = shard_path(path, rank, world_size)
-    shard_provenance = {
-        **provenance,
-        _SHARD: {"rank": rank, "world_size": world_size, "start": start, "stop": stop},
-    }
-    shard_options = options if rank == 0 else _replace(options, progress=False)
-    _distributed.every_rank(
-        f"attacking the rows of the shards {path}.rank*-of-{world_size}.h5",
-        lambda: _write_file(dataset, attack, mine, start, stop, shard_provenance, shard_options)
-        if stop > start
-        else mine,
-    )
-    _distributed.on_rank0(f"joining the shards into {path}", lambda: _join(path, shards, provenance, options))
-    return path
-
-
-def _replace(options: _WriteOptions, **changes: Any) -> _WriteOptions:
-    values = {**options.__dict__, **changes}
-    return _WriteOptions(**values)
-
-
-def _check_attack(attack: object) -> None:
-    if not isinstance(attack, Attack):
-        raise TypeError(f"attack must be a uae_augment Attack, got {type(attack).__name__}")
-
-
-def _check_dtype(dtype: object) -> str:
-    name = {torch.float32: "float32", torch.float16: "float16"}.get(dtype, dtype)  # type: ignore[call-overload]
-    if isinstance(name, np.dtype):
-        name = name.name
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES} (never uint8: UAEs are not on the pixel grid), got {dtype!r}")
-    return str(name)
-
-
-def _check_compression(compression: object) -> str | None:
-    if compression in ("none", "None"):
-        compression = None
-    if compression not in COMPRESSIONS:
-        raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
-    return compression  # type: ignore[return-value]
+_attack_device = attack_device  # used by uae_augment.data.augmented
 
 
 def precompute(
@@ -880,18 +173,18 @@ def precompute(
         (1437, 1437)
     """
     ensure_main_process("precompute", "Call precompute once in the main process, before training.")
-    _check_attack(attack)
+    check_attack(attack)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
     if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
         raise ValueError(f"chunk_rows must be a positive int or None, got {chunk_rows!r}")
-    options = _WriteOptions(
+    options = WriteOptions(
         batch_size=batch_size,
         resume=bool(resume),
-        dtype=_check_dtype(dtype),
-        compression=_check_compression(compression),
+        dtype=check_dtype(dtype),
+        compression=check_compression(compression),
         num_workers=num_workers,
         progress=progress,
         chunk_rows=chunk_rows,
@@ -900,8 +193,8 @@ def precompute(
     provenance = cache_provenance(dataset, attack, options.dtype)
     group = _distributed.world()
     if group is not None:
-        return _precompute_distributed(dataset, attack, path, provenance, options, *group)
-    return _write_file(dataset, attack, path, 0, provenance["dataset"]["length"], provenance, options)
+        return precompute_distributed(dataset, attack, path, provenance, options, *group)
+    return write_file(dataset, attack, path, 0, provenance["dataset"]["length"], provenance, options)
 
 
 # --------------------------------------------------------------------------- reading
@@ -969,11 +262,11 @@ class UAECache(Dataset):
         self.return_flags = return_flags
         self.allow_partial = allow_partial
         self.cache_bytes = int(cache_bytes)
-        with _open(self.path) as handle:
-            self._layout = _read_layout(handle, self.path)
-            self._provenance = _read_provenance(handle, self.path)
+        with open_cache(self.path) as handle:
+            self._layout = read_layout(handle, self.path)
+            self._provenance = read_provenance(handle, self.path)
             self.compression: str | None = handle["adversarial"].compression
-            arrays = {name: _read_all(handle[name], self.path) for name in _ROW_FIELDS}
+            arrays = {name: read_all(handle[name], self.path) for name in ROW_FIELDS}
         self._done = torch.from_numpy(arrays["done"])
         self._labels = torch.from_numpy(arrays["label"])
         self._index = torch.from_numpy(arrays["index"])
@@ -1019,7 +312,7 @@ class UAECache(Dataset):
     def _adversarial(self) -> h5py.Dataset:
         if self._handle is None or self._pid != os.getpid():
             self._reset_handle()  # a forked worker never uses its parent's HDF5 handle
-            self._handle = _open(self.path)
+            self._handle = open_cache(self.path)
             self._pid = os.getpid()
         return self._handle["adversarial"]
 

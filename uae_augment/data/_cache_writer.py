@@ -1,0 +1,392 @@
+"""The cache writer: attacking rows into a file, resuming it, and joining shards (private)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .._model_state import model_device
+from ..attacks.base import Attack
+from . import _distributed, _lock
+from ._cache_format import (
+    RESULT_FIELDS,
+    ROW_FIELDS,
+    SHARD_KEY,
+    CacheError,
+    CacheLockedError,
+    Layout,
+    auto_chunk_rows,
+    check_provenance,
+    create_file,
+    open_cache,
+    open_for_writing,
+    provenance_hash,
+    read_all,
+    read_layout,
+    read_provenance,
+    shard_path,
+    split_item,
+)
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- reading the rows to attack
+
+
+class _Rows(Dataset):
+    """The rows still to attack: item j is (global index, x, y) of ``dataset[indices[j]]``."""
+
+    def __init__(self, dataset: Dataset, indices: np.ndarray):
+        self.dataset = dataset
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> tuple[int, torch.Tensor, int]:
+        index = int(self.indices[j])
+        x, y = split_item(self.dataset[index], index)
+        return index, x, y
+
+
+def _collate(items: list[tuple[int, torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    shapes = {tuple(x.shape) for _, x, _ in items}
+    if len(shapes) > 1:
+        raise ValueError(f"rows {items[0][0]}..{items[-1][0]} have different sample shapes {sorted(shapes)}")
+    index = torch.tensor([i for i, _, _ in items], dtype=torch.long)
+    x = torch.stack([x for _, x, _ in items]).float()
+    y = torch.tensor([y for _, _, y in items], dtype=torch.long)
+    return index, x, y
+
+
+def attack_device(attack: Attack) -> torch.device:
+    models = attack.models()
+    return model_device(models[0]) if models else torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class _ChunkWriter:
+    """Collects attacked rows and writes each ``adversarial`` chunk once, when it is complete."""
+
+    def __init__(self, handle: h5py.File, layout: Layout, done: np.ndarray, path: Path):
+        self.handle = handle
+        self.datasets = {name: handle[name] for name in (*RESULT_FIELDS, "done")}
+        self.layout = layout
+        self.done = done
+        self.path = path
+        self.pending: dict[int, dict[str, np.ndarray]] = {}
+        self.missing: dict[int, int] = {}
+
+    def add(self, positions: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        """Buffers a batch of rows; writes the chunks it completes, flushes, then marks them done.
+
+        Only chunks that are not done are ever (re)written, so space HDF5 frees
+        and reuses between two flushes never belongs to a chunk marked done.
+        """
+        chunk_of = positions // self.layout.chunk_rows
+        complete: list[int] = []
+        for chunk in np.unique(chunk_of):
+            chunk = int(chunk)
+            start, _ = self.layout.chunk_range(chunk)
+            rows = chunk_of == chunk
+            buffer = self.pending.get(chunk)
+            if buffer is None:
+                buffer = self.pending[chunk] = self._start(chunk)
+            for name in RESULT_FIELDS:
+                buffer[name][positions[rows] - start] = values[name][rows]
+            self.missing[chunk] -= int(rows.sum())
+            if self.missing[chunk] == 0:
+                self._write(chunk, self.pending.pop(chunk))
+                complete.append(chunk)
+        if not complete:
+            return
+        self.handle.flush()
+        for chunk in complete:
+            start, stop = self.layout.chunk_range(chunk)
+            self.datasets["done"][start:stop] = True
+            self.done[start:stop] = True
+        self.handle.flush()
+        logger.debug(
+            "%s: rows %d..%d written and marked done",
+            self.path.name, self.layout.chunk_range(complete[0])[0], self.layout.chunk_range(complete[-1])[1] - 1,
+        )
+
+    def _start(self, chunk: int) -> dict[str, np.ndarray]:
+        start, stop = self.layout.chunk_range(chunk)
+        self.missing[chunk] = int((~self.done[start:stop]).sum())
+        if self.missing[chunk] < stop - start:  # some rows are done already: keep them
+            return {name: self.datasets[name][start:stop] for name in RESULT_FIELDS}
+        shape = (stop - start, *self.layout.sample_shape)
+        buffer = {"adversarial": np.empty(shape, dtype=self.layout.dtype)}
+        for name in RESULT_FIELDS[1:]:
+            buffer[name] = np.empty(stop - start, dtype=ROW_FIELDS[name][0])
+        return buffer
+
+    def _write(self, chunk: int, buffer: dict[str, np.ndarray]) -> None:
+        start, stop = self.layout.chunk_range(chunk)
+        for name in RESULT_FIELDS:
+            self.datasets[name][start:stop] = buffer[name]
+        del self.missing[chunk]
+
+    def close(self) -> None:
+        if self.pending:
+            raise RuntimeError(f"internal error: chunks {sorted(self.pending)} were left incomplete")
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    batch_size: int
+    resume: bool
+    dtype: str
+    compression: str | None
+    num_workers: int
+    progress: bool
+    chunk_rows: int | None
+
+
+def finished_and_matching(path: Path, provenance: dict[str, Any]) -> bool:
+    """Whether ``path`` is a finished cache with this provenance (no lock needed to reuse it).
+
+    Raises:
+        ProvenanceMismatchError: the file is for another configuration.
+        CacheError: the file is damaged.
+    """
+    if not path.exists():
+        return False
+    try:
+        handle = open_cache(path)
+    except CacheLockedError:
+        return False  # being written: the lock (taken next) gives the precise error
+    with handle:
+        check_provenance(path, read_provenance(handle, path), provenance)
+        return bool(read_all(handle["done"], path).all())
+
+
+def write_file(
+    dataset: Dataset,
+    attack: Attack,
+    path: Path,
+    start: int,
+    stop: int,
+    provenance: dict[str, Any],
+    options: WriteOptions,
+) -> Path:
+    """Attacks rows [start, stop) of ``dataset`` into ``path`` (created, resumed or reused)."""
+    if options.resume and finished_and_matching(path, provenance):
+        logger.info("%s is finished and matches: reusing it without attacking", path)
+        return path
+    try:
+        owner = _lock.acquire(path)
+    except _lock.LockHeldError as error:
+        raise CacheLockedError(str(error)) from None
+    try:
+        layout, todo = _prepare(dataset, path, start, stop, provenance, options)
+        if todo.size:
+            _attack_rows(dataset, attack, path, layout, start, todo, options)
+        else:
+            logger.info("%s is finished and matches: reusing it without attacking", path)
+    finally:
+        _lock.release(path, owner)
+    return path
+
+
+def _prepare(
+    dataset: Dataset,
+    path: Path,
+    start: int,
+    stop: int,
+    provenance: dict[str, Any],
+    options: WriteOptions,
+) -> tuple[Layout, np.ndarray]:
+    """Creates or checks the file (holding its lock); returns its layout and the rows to do."""
+    if options.resume and path.exists():
+        with open_cache(path) as handle:
+            check_provenance(path, read_provenance(handle, path), provenance)
+            layout = read_layout(handle, path)
+            done = read_all(handle["done"], path)
+        logger.info("resuming %s: %d of %d rows done", path, int(done.sum()), layout.rows)
+        return layout, np.flatnonzero(~done)
+    rows = stop - start
+    sample_shape = tuple(provenance["dataset"]["sample_shape"])
+    chunk_rows = options.chunk_rows or auto_chunk_rows(sample_shape, options.dtype, rows)
+    layout = Layout(rows, sample_shape, options.dtype, min(chunk_rows, rows))
+    create_file(path, layout, provenance, options.compression)
+    with open_for_writing(path) as handle:
+        handle["index"][:] = np.arange(start, stop)
+    return layout, np.arange(rows)
+
+
+def _grid_batches(indices: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Positions in ``indices`` (sorted global rows) grouped by ``index // batch_size``.
+
+    Batches sit on one global grid, so a sharded run and the untouched part of a
+    resumed run hand the attack exactly the batches of one uninterrupted run
+    (bitwise equal results even where kernels round differently per batch size).
+    """
+    cells = indices // batch_size
+    bounds = [0, *(np.flatnonzero(np.diff(cells)) + 1).tolist(), len(indices)]
+    return [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _attack_rows(
+    dataset: Dataset,
+    attack: Attack,
+    path: Path,
+    layout: Layout,
+    start: int,
+    todo: np.ndarray,
+    options: WriteOptions,
+) -> None:
+    loader = DataLoader(
+        _Rows(dataset, start + todo),
+        batch_sampler=_grid_batches(start + todo, options.batch_size),
+        num_workers=options.num_workers,
+        collate_fn=_collate,
+    )
+    device = attack_device(attack)
+    bar = tqdm(
+        total=layout.rows,
+        initial=layout.rows - todo.size,
+        desc=f"precompute {path.name}",
+        unit="sample",
+        disable=not options.progress,
+        dynamic_ncols=True,
+    )
+    # Start the workers before the file is opened for writing: no process forks with it open.
+    batches = iter(loader)
+    with bar, open_for_writing(path) as handle:
+        done = handle["done"][...]
+        writer = _ChunkWriter(handle, layout, done, path)
+        for index, x, y in batches:
+            labels = y.to(device) if attack.requires_labels else None
+            result = attack(x.to(device), labels, index=index)
+            adversarial = result.adversarial.detach().cpu()
+            if tuple(adversarial.shape) != (len(index), *layout.sample_shape):
+                raise ValueError(
+                    f"{type(attack).__name__} returned adversarial examples of shape"
+                    f" {tuple(adversarial.shape)} for inputs of shape {tuple(x.shape)}"
+                )
+            writer.add(
+                index.numpy() - start,
+                {
+                    "adversarial": adversarial.numpy().astype(layout.dtype, copy=False),
+                    "success": result.success.detach().cpu().numpy().astype(bool),
+                    "mi": result.mi.detach().cpu().float().numpy(),
+                    "criterion": result.criterion.detach().cpu().float().numpy(),
+                    "label": y.numpy(),
+                    "index": index.numpy(),
+                },
+            )
+            bar.update(len(index))
+        writer.close()
+    logger.info("%s: all %d rows done", path, layout.rows)
+
+
+def _join(path: Path, shards: list[tuple[Path, int, int]], provenance: dict[str, Any], options: WriteOptions) -> None:
+    """Copies finished shards (path, start, stop) into the final file ``path`` and removes them."""
+    try:
+        owner = _lock.acquire(path)
+    except _lock.LockHeldError as error:
+        raise CacheLockedError(str(error)) from None
+    try:
+        handles = [open_cache(shard) for shard, _, _ in shards]
+        try:
+            for handle, (shard, _, _) in zip(handles, shards):
+                if not read_all(handle["done"], shard).all():
+                    raise CacheError(f"shard {shard} is unfinished; rerun the same command to resume")
+            _copy_shards(path, handles, [(start, stop) for _, start, stop in shards], provenance, options)
+        finally:
+            for handle in handles:
+                handle.close()
+    finally:
+        _lock.release(path, owner)
+    for shard, _, _ in shards:
+        shard.unlink()
+    logger.info("joined %d shards into %s", len(shards), path)
+
+
+def _copy_shards(
+    path: Path,
+    handles: list[h5py.File],
+    ranges: list[tuple[int, int]],
+    provenance: dict[str, Any],
+    options: WriteOptions,
+) -> None:
+    rows = ranges[-1][1]
+    sample_shape = tuple(provenance["dataset"]["sample_shape"])
+    chunk_rows = options.chunk_rows or auto_chunk_rows(sample_shape, options.dtype, rows)
+    layout = Layout(rows, sample_shape, options.dtype, min(chunk_rows, rows))
+    staging = path.with_name(f".{path.name}.joining-{os.getpid()}")
+    try:
+        create_file(staging, layout, provenance, options.compression)
+        with h5py.File(staging, "r+") as final:
+            for name in RESULT_FIELDS[1:]:
+                for handle, (start, stop) in zip(handles, ranges):
+                    final[name][start:stop] = handle[name][...]
+            for chunk in range(layout.chunks):
+                first, last = layout.chunk_range(chunk)
+                parts = [
+                    handle["adversarial"][max(first, start) - start : min(last, stop) - start]
+                    for handle, (start, stop) in zip(handles, ranges)
+                    if start < last and stop > first
+                ]
+                final["adversarial"][first:last] = np.concatenate(parts)
+            final.flush()
+            final["done"][:] = True
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def precompute_distributed(
+    dataset: Dataset,
+    attack: Attack,
+    path: Path,
+    provenance: dict[str, Any],
+    options: WriteOptions,
+    rank: int,
+    world_size: int,
+) -> Path:
+    _distributed.same_on_every_rank("precompute: provenance", provenance_hash(provenance))
+    finished = _distributed.on_rank0(
+        "checking the final cache", lambda: options.resume and finished_and_matching(path, provenance)
+    )
+    if finished:
+        logger.info("%s is finished and matches: reusing it without attacking", path)
+        return path
+    rows = provenance["dataset"]["length"]
+    ranges = [_distributed.split(rows, r, world_size, unit=options.batch_size) for r in range(world_size)]
+    start, stop = ranges[rank]
+    shards = [(shard_path(path, r, world_size), a, b) for r, (a, b) in enumerate(ranges) if b > a]
+    mine = shard_path(path, rank, world_size)
+    shard_provenance = {
+        **provenance,
+        SHARD_KEY: {"rank": rank, "world_size": world_size, "start": start, "stop": stop},
+    }
+    shard_options = options if rank == 0 else _replace(options, progress=False)
+    _distributed.every_rank(
+        f"attacking the rows of the shards {path}.rank*-of-{world_size}.h5",
+        lambda: write_file(dataset, attack, mine, start, stop, shard_provenance, shard_options)
+        if stop > start
+        else mine,
+    )
+    _distributed.on_rank0(f"joining the shards into {path}", lambda: _join(path, shards, provenance, options))
+    return path
+
+
+def _replace(options: WriteOptions, **changes: Any) -> WriteOptions:
+    values = {**options.__dict__, **changes}
+    return WriteOptions(**values)
+
+
