@@ -235,6 +235,8 @@ def _resolve_device(name: str, local_rank: int | None) -> torch.device:
             return torch.device("cuda", local_rank or 0)
         return torch.device("cpu")
     device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: CUDA is not available on this machine")
     if device.type == "cuda" and device.index is None and local_rank is not None:
         device = torch.device("cuda", local_rank)
     return device
@@ -315,6 +317,7 @@ def format_summary(summary: dict[str, Any], provenance: dict[str, Any], *, histo
     """Human-readable report of :meth:`UAECache.summary` and the provenance record."""
     attack = dict(provenance.get("attack", {}))
     dataset = provenance.get("dataset", {})
+    environment = provenance.get("environment", {})
     mi, criterion = summary["mi"], summary["criterion"]
     lines = [
         f"cache       {summary['path']}",
@@ -327,6 +330,8 @@ def format_summary(summary: dict[str, Any], provenance: dict[str, Any], *, histo
         f" rows per chunk, {summary['file_bytes'] / 2**20:.2f} MiB",
         f"versions    uae-augment {provenance.get('library_version')}, torch {provenance.get('torch_version')},"
         f" seed {provenance.get('seed')}",
+        f"written     {environment.get('created', '?')} on {environment.get('host', '?')} (python"
+        f" {environment.get('python', '?')}, h5py {environment.get('h5py', '?')}, HDF5 {environment.get('hdf5', '?')})",
         f"ASR         {_number(summary['asr'])}",
         f"MI          mean {_number(mi['mean'])}, std {_number(mi['std'])}, min {_number(mi['min'])},"
         f" median {_number(mi['median'])}, max {_number(mi['max'])} ({mi['count']} finite)",

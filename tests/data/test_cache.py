@@ -25,6 +25,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.data._precompute_worker import digits_rows, make_attack
+from uae_augment.data import _distributed
+from uae_augment.data._cache_writer import GridBatches
 from uae_augment.data.cache import (
     CHUNK_BYTES,
     CacheError,
@@ -123,6 +125,15 @@ def test_rows_equal_direct_generation(gaussian_cache, rows300, tmp_path, num_wor
     uae, label, success, mi = cache[7]
     assert torch.equal(uae, expected.adversarial[7]) and label == int(y[7])
     assert success == bool(expected.success[7]) and np.isnan(mi)
+
+
+def test_batches_sit_on_one_global_grid():
+    # Rows still to do (global indices) are batched by index // batch_size, whatever is done.
+    batches = GridBatches(np.array([0, 1, 5, 6, 7, 9]), 4)
+    assert len(batches) == 3 and list(batches) == [[0, 1], [2, 3, 4], [5]]
+    assert _distributed.split(300, 0, 2, unit=64) == (0, 192)
+    assert _distributed.split(300, 1, 2, unit=64) == (192, 300)
+    assert _distributed.split(5, 3, 4) == (4, 5) and _distributed.split(2, 3, 4) == (2, 2)
 
 
 def test_mine_uae_rows_do_not_depend_on_batching(tmp_path):

@@ -192,6 +192,9 @@ def test_bad_options_give_clear_errors(tmp_path, checkpoints, capsys):
     assert "unknown model 'nope'" in capsys.readouterr().err
     assert main(precompute_args(tmp_path / "x.h5", checkpoints["ae"], "--limit", "5000")) == 1
     assert "--limit 5000 exceeds" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(precompute_args(tmp_path / "x.h5", checkpoints["ae"], "--device", "cuda")) == 1
+        assert "CUDA is not available" in capsys.readouterr().err
 
 
 def test_inspect_text_json_partial_and_damaged(tmp_path, checkpoints, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,16 +228,25 @@ def _prepare(
     return layout, np.arange(rows)
 
 
-def _grid_batches(indices: np.ndarray, batch_size: int) -> list[list[int]]:
-    """Positions in ``indices`` (sorted global rows) grouped by ``index // batch_size``.
+class GridBatches:
+    """Positions in ``indices`` (sorted global rows) grouped by ``index // batch_size``, lazily.
 
     Batches sit on one global grid, so a sharded run and the untouched part of a
     resumed run hand the attack exactly the batches of one uninterrupted run
     (bitwise equal results even where kernels round differently per batch size).
+    Used as a DataLoader ``batch_sampler``.
     """
-    cells = indices // batch_size
-    bounds = [0, *(np.flatnonzero(np.diff(cells)) + 1).tolist(), len(indices)]
-    return [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def __init__(self, indices: np.ndarray, batch_size: int):
+        cells = indices // batch_size
+        self.bounds = [0, *(np.flatnonzero(np.diff(cells)) + 1).tolist(), len(indices)]
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for start, stop in zip(self.bounds[:-1], self.bounds[1:]):
+            yield list(range(start, stop))
 
 
 def _attack_rows(
@@ -250,7 +260,7 @@ def _attack_rows(
 ) -> None:
     loader = DataLoader(
         _Rows(dataset, start + todo),
-        batch_sampler=_grid_batches(start + todo, options.batch_size),
+        batch_sampler=GridBatches(start + todo, options.batch_size),
         num_workers=options.num_workers,
         collate_fn=_collate,
     )
