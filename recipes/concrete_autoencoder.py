@@ -1,0 +1,390 @@
+"""Feature selection: a concrete autoencoder retrained on clean data + its MINE-UAEs.
+
+For every data set and seed:
+
+1. train a concrete autoencoder (K = 50 selected features, 10 for Mice
+   Protein) on the clean training set with the authors' retry rule
+   (:func:`uae_augment.models.fit_concrete`: retrain with twice the epochs while
+   the mean max selection probability is below 0.998, at most ``--tries``
+   trainings);
+2. evaluate it on the test split: reconstruction error of its decoder
+   (per-feature MSE of the decoder's linear output, as the authors report it)
+   and the accuracy of an ExtraTrees classifier (50 trees, scikit-learn) trained
+   on the selected features of the training set;
+3. generate the MINE-UAE of every training sample (``MINEUAE`` with
+   random-projection MINE: the concrete AE has no convolution) through
+   :func:`uae_augment.data.cache.precompute`, and record the training-set ASR;
+4. retrain from the same initialisation on clean + UAEs concatenated 1:1
+   (``UAEAugmented(train, attack, mode="concat", cache=...)``) and evaluate again;
+5. the control the paper lacks: the clean model trained for as many
+   optimisation steps as the augmented one (the authors' batch size
+   max(N // 256, 16) doubles with the data for N >= 8192, so for the large
+   sets both runs take about the same number of steps; for the small ones
+   the augmented run takes twice as many).
+
+UAEs that failed (success=False) are kept in the augmented set by default
+(``--failed keep``, the release's concatenation); ``--failed drop`` keeps only
+the successful ones.
+
+Outputs in ``--out``: ``results.json``, ``results.md`` (table beside the
+published figures), ``config.yaml``, ``wall_time.log``, ``grid-<data>.png``
+(image sets: clean | UAE | perturbation, and the selected pixels) and the
+caches and clean models under ``cache/`` and ``models/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from sklearn.ensemble import ExtraTreesClassifier
+from torch import nn
+
+if __package__ in (None, ""):  # run as a script: make `recipes` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recipes import _common as common  # noqa: E402
+from uae_augment import MINEUAE, PRESETS, Reconstruction  # noqa: E402
+from uae_augment.models import ConcreteAutoencoder, build_model, fit_concrete  # noqa: E402
+from uae_augment.plots import perturbation_picture, save_image_grid  # noqa: E402
+
+RECIPE = "concrete_autoencoder"
+DATASETS = ("mnist", "fashion-mnist", "isolet", "coil20", "mice-protein", "activity")
+DEFAULT_K = 50
+K_OVERRIDES = {"mice-protein": 10}
+DATASET_OPTIONS: dict[str, dict[str, Any]] = {"coil20": {"size": 20}}
+EXTRA_TREES = 50
+
+# SPEC.md section 6: test reconstruction error, test accuracy (%) and ASR (%).
+PUBLISHED: dict[str, dict[str, float]] = {
+    "mnist": {"re_original": 0.01170, "re_mine": 0.01142, "acc_original": 94.97, "acc_mine": 95.41, "asr": 99.98},
+    "fashion-mnist": {"re_original": 0.01307, "re_mine": 0.01254, "acc_original": 84.92, "acc_mine": 85.24, "asr": 99.99},
+    "isolet": {"re_original": 0.01200, "re_mine": 0.01159, "acc_original": 81.98, "acc_mine": 82.93, "asr": 100.0},
+    "coil20": {"re_original": 0.00693, "re_mine": 0.01374, "acc_original": 98.96, "acc_mine": 96.88, "asr": 9.21},
+    "mice-protein": {"re_original": 0.00651, "re_mine": 0.00611, "acc_original": 89.81, "acc_mine": 91.2, "asr": 40.24},
+    "activity": {"re_original": 0.00337, "re_mine": 0.00300, "acc_original": 83.38, "acc_mine": 84.45, "asr": 96.52},
+}
+PUBLISHED_NAME = {"mnist-5k": "mnist"}
+
+QUICK: dict[str, Any] = {
+    "datasets": ["mnist-5k"],
+    "seeds": [0, 1],
+    "epochs": 20,
+    "tries": 1,
+    "train_rows": 1000,
+    "preset": "fast",
+    "attack_steps": 5,
+    "projections": 100,
+    "probe": 8,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The recipe's command-line interface."""
+    parser = common.base_parser(
+        description=__doc__.split("\n\n")[0],
+        epilog=(
+            "examples:\n"
+            "  python recipes/concrete_autoencoder.py --quick              # MNIST-5k, minutes on a CPU\n"
+            "  python recipes/concrete_autoencoder.py --config recipes/configs/concrete_autoencoder_full.yaml\n"
+            "  python recipes/concrete_autoencoder.py --datasets isolet mice-protein --epochs 200 --seeds 0 1\n"
+            f"\nquick preset: {QUICK}"
+        ),
+    )
+    group = parser.add_argument_group("experiment")
+    group.add_argument("--datasets", nargs="+", default=list(DATASETS),
+                       help="data sets (absent files are skipped and listed) (default: %(default)s)")
+    group.add_argument("--k", type=int, default=None, help="selected features (default: 50; 10 for mice-protein)")
+    group.add_argument("--epochs", type=int, default=None,
+                       help="epochs of the first try (default: the release's 800)")
+    group.add_argument("--tries", type=int, default=5,
+                       help="most trainings of the retry rule (doubling the epochs each time) (default: %(default)s)")
+    group.add_argument("--no-control", action="store_true", help="skip the same-steps clean control")
+    group.add_argument("--failed", choices=common.FAILED_POLICIES, default="keep",
+                       help="UAEs whose attack failed: keep (the release's concatenation) or drop (default: %(default)s)")
+    group.add_argument("--train-rows", type=int, default=None, help="use a fixed random subset of N training rows (default: all)")
+    group.add_argument("--test-rows", type=int, default=None, help="use a fixed random subset of N test rows (default: all)")
+    attack = parser.add_argument_group("attack")
+    attack.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                        help="MINE-UAE preset (default: %(default)s, the release's values)")
+    attack.add_argument("--attack-steps", type=int, default=None, help="MinMax iterations T (default: the preset's, 40)")
+    attack.add_argument("--mine-steps", type=int, default=None, help="MINE Adam steps per iteration (default: the preset's)")
+    attack.add_argument("--projections", type=int, default=500, help="random projections K of MINE (default: %(default)s)")
+    attack.add_argument("--attack-batch-size", type=int, default=None, help="samples attacked together (default: the preset's)")
+    attack.add_argument("--precompute-batch-size", type=int, default=256, help="rows per precompute batch (default: %(default)s)")
+    attack.add_argument("--probe", type=int, default=8,
+                        help="evenly spaced training rows attacked again in memory for the grid and the moved-from-delta_0 statistics (default: %(default)s)")
+    return parser
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Test metrics of a trained concrete autoencoder."""
+
+    test_mse: float
+    accuracy_pct: float
+    selected: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"test_mse": self.test_mse, "accuracy_pct": self.accuracy_pct, "selected_features": self.selected}
+
+
+def evaluate(
+    model: ConcreteAutoencoder, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+    *, device: torch.device, seed: int,
+) -> Evaluation:
+    """Decoder test MSE and ExtraTrees(50) test accuracy on the selected features."""
+    mse = common.reconstruction_mse(model, test[0], device=device, reconstruct=model.reconstruct_linear)
+    selected = model.selected_features().cpu()
+    forest = ExtraTreesClassifier(n_estimators=EXTRA_TREES, random_state=seed, n_jobs=1)
+    forest.fit(train[0].flatten(1)[:, selected].numpy(), train[1].numpy())
+    accuracy = float(forest.score(test[0].flatten(1)[:, selected].numpy(), test[1].numpy()))
+    return Evaluation(mse, 100.0 * accuracy, selected.tolist())
+
+
+def concrete_trainer(args: argparse.Namespace, *, device: torch.device, seed: int, progress: bool) -> common.Trainer:
+    """A trainer applying the authors' retry rule (``--tries`` trainings at most)."""
+
+    def train(model: nn.Module, dataset: Any) -> tuple[nn.Module, dict[str, Any]]:
+        result = fit_concrete(
+            model, dataset, epochs=args.epochs, tries=args.tries, seed=seed, progress=progress, device=device
+        )
+        return result.model, {
+            **common.history_record(result.history),
+            "tries": result.tries,
+            "try_epochs": result.epochs,
+            "mean_max_probabilities": result.mean_max_probabilities,
+            "converged": result.converged,
+        }
+
+    return train
+
+
+class Experiment:
+    """Runs the protocol for the configuration ``args`` and collects the per-seed records."""
+
+    def __init__(self, args: argparse.Namespace, out: Path):
+        self.args = args
+        self.out = out
+        self.device = common.resolve_device(args.device)
+        self.progress = not args.no_progress
+        self.timer = common.StageTimer(out / common.WALL_TIME_FILE)
+        self.runs: list[dict[str, Any]] = []
+        self.grids: list[str] = []
+
+    def run(self, name: str) -> None:
+        options = DATASET_OPTIONS.get(name, {})
+        with self.timer.stage(f"{name}/load"):
+            train, test = common.load_splits(
+                name, self.args.data_root, train_rows=self.args.train_rows, test_rows=self.args.test_rows, **options
+            )
+            train_xy, test_xy = common.stack(train), common.stack(test)
+        for position, seed in enumerate(self.args.seeds):
+            self.runs.append(self.run_seed(name, seed, train, train_xy, test_xy, grid=position == 0))
+
+    def run_seed(
+        self, name: str, seed: int, train: Any, train_xy: tuple[torch.Tensor, torch.Tensor],
+        test_xy: tuple[torch.Tensor, torch.Tensor], *, grid: bool,
+    ) -> dict[str, Any]:
+        args = self.args
+        tag = f"{name}/seed{seed}"
+        shape = tuple(train_xy[0].shape[1:])
+        k = args.k or K_OVERRIDES.get(name, DEFAULT_K)
+
+        def build() -> nn.Module:
+            return build_model("concrete-ae", shape, k=k)
+
+        trainer = concrete_trainer(args, device=self.device, seed=seed, progress=self.progress)
+        key = {"dataset": name, "seed": seed, "k": k, "epochs": args.epochs, "tries": args.tries,
+               "train_rows": len(train_xy[0]), "shape": list(shape)}
+        with self.timer.stage(f"{tag}/train-clean"):
+            clean, history = common.train_model(
+                build, train, trainer, seed=seed, device=self.device,
+                checkpoint=self.out / "models" / f"{name}-seed{seed}.pt", key=key,
+            )
+        original = evaluate(clean, train_xy, test_xy, device=self.device, seed=seed)
+        record: dict[str, Any] = {
+            "dataset": name, "seed": seed, "k": k, "train_size": len(train_xy[0]), "test_size": len(test_xy[0]),
+            "original": {**original.as_dict(), **_brief(history)},
+        }
+        attack = MINEUAE(
+            Reconstruction(clean), preset=args.preset, steps=args.attack_steps, mine_steps=args.mine_steps,
+            sampler="random_projection", projections=args.projections, seed=seed, batch_size=args.attack_batch_size,
+        )
+        with self.timer.stage(f"{tag}/attack/mine"):
+            augmentation = common.augment(
+                train, attack, self.out / "cache" / f"{name}-seed{seed}-mine.h5", failed=args.failed,
+                batch_size=args.precompute_batch_size, progress=self.progress,
+            )
+        mine: dict[str, Any] = {"attack": attack.config(), **augmentation.stats()}
+        if args.probe > 0:
+            with self.timer.stage(f"{tag}/probe/mine"):
+                x_probe, result, mine["probe"] = common.probe(attack, train, args.probe, augmentation.cache)
+            if grid and len(shape) == 3:
+                self.grids.append(str(self._grid(name, seed, x_probe, result.adversarial.cpu(), original.selected)))
+        with self.timer.stage(f"{tag}/retrain/mine"):
+            model, retrain = common.train_model(build, augmentation.dataset, trainer, seed=seed, device=self.device)
+        mine.update(evaluate(model, train_xy, test_xy, device=self.device, seed=seed).as_dict())
+        mine.update(_brief(retrain))
+        record["mine"] = mine
+        if not args.no_control:
+            same_steps = common.fit_trainer(device=self.device, max_steps=retrain["steps"], seed=seed, progress=self.progress)
+            with self.timer.stage(f"{tag}/same-steps-control"):
+                control, control_history = common.train_model(build, train, same_steps, seed=seed, device=self.device)
+            record["same_steps"] = {
+                **evaluate(control, train_xy, test_xy, device=self.device, seed=seed).as_dict(),
+                **_brief(control_history),
+            }
+        return record
+
+    def _grid(self, name: str, seed: int, x: torch.Tensor, uae: torch.Tensor, selected: list[int]) -> Path:
+        mask = torch.zeros(x[0].numel())
+        mask[selected] = 1.0
+        masked = x.flatten(1) * (0.25 + 0.75 * mask)
+        return save_image_grid(
+            {"clean": x, "MINE-UAE": uae, "δ": perturbation_picture(uae - x),
+             "selected (bright)": masked.view_as(x)},
+            self.out / f"grid-{name}.png",
+            title=f"{name}, concrete AE, seed {seed}: clean | MINE-UAE | δ (amplified) | selected pixels",
+        )
+
+
+def _brief(history: dict[str, Any]) -> dict[str, Any]:
+    keys = ("steps", "epochs", "batch_size", "tries", "try_epochs", "mean_max_probabilities", "converged", "reused")
+    return {"train_s": round(history["seconds"], 2), **{k: history[k] for k in keys if k in history}}
+
+
+def summarise(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict[str, Any]]:
+    """Mean/std over seeds per data set; changes in % (positive = better)."""
+    summary = []
+    for name in names:
+        group = [r for r in runs if r["dataset"] == name]
+        if not group:
+            continue
+        row: dict[str, Any] = {"dataset": name, "seeds": [r["seed"] for r in group], "k": group[0]["k"]}
+        for arm in ("original", "mine", "same_steps"):
+            if all(arm in r for r in group):
+                row[arm] = {
+                    "test_mse": common.mean_std([r[arm]["test_mse"] for r in group]),
+                    "accuracy_pct": common.mean_std([r[arm]["accuracy_pct"] for r in group]),
+                    "steps": common.mean_std([r[arm]["steps"] for r in group]),
+                }
+        row["asr_pct"] = common.mean_std([r["mine"]["asr_pct"] for r in group])
+        row["criterion_zero_pct"] = common.mean_std([r["mine"]["criterion_zero_pct"] for r in group])
+        row["moved_linf"] = common.mean_std([r["mine"].get("probe", {}).get("moved_linf", math.nan) for r in group])
+        row["re_change_vs_original_pct"] = common.improvement_pct(row["original"]["test_mse"]["mean"], row["mine"]["test_mse"]["mean"])
+        if "same_steps" in row:
+            row["re_change_vs_same_steps_pct"] = common.improvement_pct(
+                row["same_steps"]["test_mse"]["mean"], row["mine"]["test_mse"]["mean"])
+        summary.append(row)
+    return summary
+
+
+def markdown(summary: Sequence[dict[str, Any]], *, failed: str, skipped: Sequence[dict[str, str]]) -> str:
+    """The results table (SPEC.md section 6 layout, published figures beside ours)."""
+    header = ["data", "source", "RE original", "RE same-steps clean", "RE MINE-UAE", "acc original",
+              "acc same-steps clean", "acc MINE-UAE", "ASR"]
+    rows = []
+    for row in summary:
+        n = len(row["seeds"])
+        control = row.get("same_steps")
+        ours = [
+            f"{row['dataset']} (K={row['k']})", f"ours ({n} seed{'s' if n > 1 else ''})",
+            common.format_stat(row["original"]["test_mse"]),
+            common.format_stat(control["test_mse"]) if control else "—",
+            f"{common.format_stat(row['mine']['test_mse'])} ({common.format_pct(row['re_change_vs_original_pct'])})",
+            common.format_stat(row["original"]["accuracy_pct"], 2) + "%",
+            (common.format_stat(control["accuracy_pct"], 2) + "%") if control else "—",
+            common.format_stat(row["mine"]["accuracy_pct"], 2) + "%",
+            common.format_stat(row["asr_pct"], 2) + "%",
+        ]
+        rows.append(ours)
+        published = PUBLISHED.get(PUBLISHED_NAME.get(row["dataset"], row["dataset"]))
+        if published:
+            change = common.improvement_pct(published["re_original"], published["re_mine"])
+            rows.append([
+                "", "paper", f"{published['re_original']:.5f}", "—",
+                f"{published['re_mine']:.5f} ({common.format_pct(change)})",
+                f"{published['acc_original']:.2f}%", "—", f"{published['acc_mine']:.2f}%", f"{published['asr']:.2f}%",
+            ])
+    lines = [
+        "### Concrete autoencoder: test reconstruction error (RE) and ExtraTrees(50) accuracy on the selected features",
+        "",
+        "Mean ± std over seeds; (+x%) is the RE reduction relative to `original` (positive = better).",
+        "`same-steps clean` is the clean model trained for as many optimisation steps as the augmented one.",
+        f"Failed UAEs: {failed}. ASR on the training set.",
+        "",
+        common.markdown_table(header, rows),
+    ]
+    detail_header = ["data", "steps original / MINE-UAE / same-steps", "RE change vs same-steps", "f_x = 0 %",
+                     "moved from start (L∞)"]
+    detail_rows = [
+        [row["dataset"],
+         " / ".join(common.format_number(row[arm]["steps"]["mean"], 0) if arm in row else "—"
+                    for arm in ("original", "mine", "same_steps")),
+         common.format_pct(row.get("re_change_vs_same_steps_pct")),
+         common.format_stat(row["criterion_zero_pct"], 1),
+         common.format_number(row["moved_linf"]["mean"], 4)]
+        for row in summary
+    ]
+    lines += ["", "### Steps and what the attack did", "", common.markdown_table(detail_header, detail_rows)]
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(f"{s['dataset']} ({s['reason']})" for s in skipped)]
+    return "\n".join(lines) + "\n"
+
+
+def resolve_datasets(requested: Sequence[str], root: Path | None) -> tuple[list[str], list[dict[str, str]]]:
+    """(available names, skipped with reasons)."""
+    usable, skipped = [], []
+    for name in requested:
+        key = name.lower().replace("_", "-")
+        if common.dataset_available(key, root, **DATASET_OPTIONS.get(key, {})):
+            usable.append(key)
+        else:
+            skipped.append({"dataset": name, "reason": "file not found in the data root"})
+    return usable, skipped
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the recipe; prints the Markdown table; returns the exit status (0 on success)."""
+    parser = build_parser()
+    args = common.parse_config(parser, argv, QUICK)
+    common.setup_run(args)
+    out = args.out or common.default_out(RECIPE, args.quick)
+    common.save_config(args, out, argv)
+    names, skipped = resolve_datasets(args.datasets, args.data_root)
+    if not names:
+        parser.error("none of the requested data sets is available: " + "; ".join(s["dataset"] for s in skipped))
+    experiment = Experiment(args, out)
+    for name in names:
+        experiment.run(name)
+    experiment.timer.close()
+    summary = summarise(experiment.runs, names)
+    table = markdown(summary, failed=args.failed, skipped=skipped)
+    (out / common.TABLE_FILE).write_text(table)
+    common.write_json(out / common.RESULTS_FILE, {
+        "recipe": RECIPE,
+        "config": common.resolved_config(args),
+        "environment": common.environment(),
+        "failed_uaes": args.failed,
+        "skipped": skipped,
+        "runs": experiment.runs,
+        "summary": summary,
+        "published": PUBLISHED,
+        "grids": experiment.grids,
+        "wall_time": {"total_s": round(experiment.timer.total_s, 2), "cpu_s": round(experiment.timer.total_cpu_s, 2),
+                      "stages": experiment.timer.records},
+    })
+    print(table)
+    print(f"outputs in {out} (total wall time {experiment.timer.total_s:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
