@@ -248,3 +248,4 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
     assert "| mnist-5k (4,000-digit subset) | conv | ours (2 seeds) |" in done.stdout
     for kind in recipe.MODEL_KINDS:
         assert_png(tmp_path / f"grid-mnist-5k-{kind}.png", min_side=200)
+
