@@ -86,6 +86,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "ProvenanceMismatchError",
+    "READAHEAD_BYTES",
     "READ_CACHE_BYTES",
     "UAECache",
     "cache_provenance",
@@ -96,6 +97,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+READAHEAD_BYTES = 4 * 1024 * 1024
+"""Rows a :class:`UAECache` reads at once into its in-memory copy (aligned spans of chunks)."""
 
 _attack_device = attack_device  # used by uae_augment.data.augmented
 
@@ -343,17 +347,23 @@ class UAECache(Dataset):
             raise CacheError(f"{self.path} is damaged: reading rows {start}..{stop - 1} failed ({error})") from error
 
     def _load_chunks(self, chunks: np.ndarray) -> None:
-        """Reads the given (sorted, unique) chunks into the mirror, consecutive runs at once."""
+        """Reads the given (sorted, unique) chunks into the mirror, with read-ahead.
+
+        A missing chunk brings in its whole aligned span of ``READAHEAD_BYTES``
+        (one HDF5 call per span instead of one per chunk).
+        """
         assert self._mirror is not None and self._loaded is not None
         missing = chunks[~self._loaded[chunks]]
         if not missing.size:
             return
-        runs = np.split(missing, np.flatnonzero(np.diff(missing) > 1) + 1)
-        for run in runs:
-            start, _ = self._layout.chunk_range(int(run[0]))
-            _, stop = self._layout.chunk_range(int(run[-1]))
+        chunk_bytes = self._mirror[: self._layout.chunk_rows].nbytes
+        span = max(1, READAHEAD_BYTES // max(chunk_bytes, 1))
+        for first in np.unique(missing // span).tolist():
+            chunk_ids = np.arange(first * span, min((first + 1) * span, self._layout.chunks))
+            start, _ = self._layout.chunk_range(int(chunk_ids[0]))
+            _, stop = self._layout.chunk_range(int(chunk_ids[-1]))
             self._mirror[start:stop] = self._read_rows(start, stop)
-            self._loaded[run] = True
+            self._loaded[chunk_ids] = True
 
     def _block(self, chunk: int) -> np.ndarray:
         block = self._blocks.get(chunk)
