@@ -454,3 +454,27 @@ def test_torchrun_shards_fail_together_resume_and_join_to_the_single_process_res
     assert_same_rows(path, single)
     assert UAECache(path).provenance["dataset"] == UAECache(single).provenance["dataset"]
     assert "shard" not in UAECache(path).provenance
+
+
+def test_throughput_benchmark_runs_and_reports_consistent_json(tmp_path):
+    out = tmp_path / "bench.json"
+    done = run_script(
+        [str(REPO / "benchmarks" / "cache_throughput.py"), "--rows", "600", "--epochs", "1", "--workers", "0",
+         "--no-extras", "--out", str(out)]
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert json.loads(done.stdout) == result
+    assert {(s["dtype"], s["compression"]) for s in result["storage"]} == {
+        (d, c) for d in ("float32", "float16") for c in ("lzf", "gzip", "none")
+    }
+    sizes = {(s["dtype"], s["compression"]): s["bytes_per_sample"] for s in result["storage"]}
+    assert sizes[("float16", "none")] < sizes[("float32", "none")]
+    assert sizes[("float32", "lzf")] < sizes[("float32", "none")]
+    names = [(r["name"], r["num_workers"]) for r in result["reads"]]
+    assert names == [("in_memory_TensorDataset", 0), ("UAECache_float32_lzf", 0)]
+    cache_row = result["reads"][1]
+    assert cache_row["ratio_vs_in_memory"] == pytest.approx(
+        cache_row["median_samples_per_s"] / result["reads"][0]["median_samples_per_s"], abs=1e-3
+    )
+    assert result["goal"]["ratio"] is None  # no 2-worker row in this run
