@@ -9,12 +9,16 @@ they are (so the figures include the real writer, but no attack runs), once
 per storage dtype (float32, float16) and compression (lzf, gzip, none).
 
 Then it reads the float32 + lzf cache through a DataLoader exactly like a
-training loop (batch 256, shuffle, default collate; ``num_workers`` 0 and 2)
+training loop (batch 256, shuffle, default collate, ``num_workers`` 0 and 2,
+default ``persistent_workers=False``, a fresh ``UAECache`` per configuration)
 and the same tensors in memory (``TensorDataset``), epoch by epoch, and
-reports samples/s and the cache/memory ratio side by side. Extra rows show the
-read paths the cache avoids: per-item reads (a wrapper hiding
-``__getitems__``) and no chunk LRU (``cache_bytes=0``), and persistent workers
-(whose LRU stays warm across epochs).
+reports samples/s and the cache/memory ratio side by side. Without persistent
+workers every epoch starts new workers, which decompress the file again.
+The reader preloads the rows at construction (its default; forked workers
+share them). Extra rows (2 workers): the other dtypes and compressions;
+``preload=False`` (every new worker reads the file again); the read paths the cache avoids,
+per-item reads (a wrapper hiding ``__getitems__``) and no in-memory copy
+(``cache_bytes=0``); and persistent workers (whose copy stays warm).
 
 Run ``python benchmarks/cache_throughput.py --help``; it prints JSON and writes ``--out``.
 """
@@ -181,12 +185,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         paths, storage = write_caches(Path(folder), x, y, args.batch_size)
         loads.append(load_average()[0])
         memory = TensorDataset(x, y)
-        cache = UAECache(paths[("float32", "lzf")])
+        default = paths[("float32", "lzf")]
+        reader = UAECache(default, preload=False)
         reads: list[dict[str, Any]] = []
         ratios: dict[str, float] = {}
         for count in workers:
             in_memory = measure("in_memory_TensorDataset", memory, args, count)
-            from_cache = measure("UAECache_float32_lzf", cache, args, count)
+            # A fresh reader each time: no rows inherited from an earlier measurement.
+            from_cache = measure("UAECache_float32_lzf", UAECache(default), args, count)
             ratio = from_cache["median_samples_per_s"] / in_memory["median_samples_per_s"]
             from_cache["ratio_vs_in_memory"] = round(ratio, 3)
             ratios[str(count)] = round(ratio, 3)
@@ -194,17 +200,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             loads.append(load_average()[0])
         if not args.no_extras:
             extra_workers = max(workers)
-            half = UAECache(paths[("float16", "lzf")])
-            no_lru = UAECache(paths[("float32", "lzf")], cache_bytes=0)
-            for name, dataset, persistent in (
-                ("UAECache_float16_lzf", half, False),
-                ("UAECache_float32_gzip", UAECache(paths[("float32", "gzip")]), False),
-                ("UAECache_float32_none", UAECache(paths[("float32", "none")]), False),
-                ("per_item_reads_float32_lzf", PerItem(cache), False),
-                ("no_chunk_lru_float32_lzf", no_lru, False),
-                ("UAECache_float32_lzf_persistent", cache, True),
-                ("in_memory_persistent", memory, True),
+            for name, make, persistent in (
+                ("UAECache_float16_lzf", lambda: UAECache(paths[("float16", "lzf")]), False),
+                ("UAECache_float32_gzip", lambda: UAECache(paths[("float32", "gzip")]), False),
+                ("UAECache_float32_none", lambda: UAECache(paths[("float32", "none")]), False),
+                ("UAECache_float32_lzf_lazy", lambda: UAECache(default, preload=False), False),
+                ("per_item_reads_float32_lzf", lambda: PerItem(UAECache(default)), False),
+                ("no_memory_copy_float32_lzf", lambda: UAECache(default, cache_bytes=0), False),
+                ("UAECache_float32_lzf_persistent", lambda: UAECache(default), True),
+                ("in_memory_persistent", lambda: memory, True),
             ):
+                dataset = make()
                 row = measure(name, dataset, args, extra_workers, persistent=persistent)
                 reference = next(
                     r for r in reads if r["name"] == "in_memory_TensorDataset" and r["num_workers"] == extra_workers
@@ -224,8 +230,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "epochs_timed": args.epochs,
             "workers": workers,
             "main_process_torch_threads": args.threads,
-            "read_cache_bytes_per_process": cache.cache_bytes,
-            "chunk_rows": cache.chunk_rows,
+            "read_cache_bytes_per_process": reader.cache_bytes,
+            "chunk_rows": reader.chunk_rows,
         },
         "machine": machine,
         "storage": storage,

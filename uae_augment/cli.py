@@ -287,7 +287,7 @@ def run_precompute(args: argparse.Namespace) -> int:
         )
         elapsed = time.perf_counter() - started
         if rank == 0:
-            cache = UAECache(path)
+            cache = UAECache(path, preload=False)
             print(f"finished {path} ({elapsed:.1f} s)")
             print(format_summary(cache.summary(), cache.provenance))
     finally:
@@ -300,7 +300,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     """``uae-augment inspect``: provenance, coverage, ASR, MI and criterion summary of a cache."""
     from .data.cache import UAECache
 
-    cache = UAECache(args.path, allow_partial=True)
+    cache = UAECache(args.path, allow_partial=True, preload=False)
     summary = cache.summary(bins=args.bins)
     if args.json:
         print(json.dumps({"summary": summary, "provenance": cache.provenance}, indent=2, sort_keys=True))

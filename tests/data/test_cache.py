@@ -172,10 +172,13 @@ def test_dtype_and_compression(tmp_path, rows300, dtype, compression):
     assert json.loads(h5py.File(path, "r").attrs["provenance"])["dtype"] == dtype
 
 
-# The default budget mirrors the whole file; 4 KiB forces the LRU of chunks; 0 reads every time.
-@pytest.mark.parametrize("cache_bytes", [None, 4096, 0])
-def test_batched_reads_match_item_reads(gaussian_cache, rows300, cache_bytes):
-    options = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
+# Default: all rows preloaded; preload=False: filled as rows are touched; 4 KiB: an LRU of
+# chunks (the file does not fit); 0: every read goes to the file.
+@pytest.mark.parametrize(
+    "options", [{}, {"preload": False}, {"cache_bytes": 4096}, {"cache_bytes": 0}],
+    ids=["preloaded", "lazy", "lru", "uncached"],
+)
+def test_batched_reads_match_item_reads(gaussian_cache, rows300, options):
     cache = UAECache(gaussian_cache, return_flags=True, **options)
     x, _ = stacked(rows300)
     expected = make_attack("gaussian")(x, index=torch.arange(300)).adversarial
@@ -217,8 +220,8 @@ def test_transforms_repr_and_summary(gaussian_cache):
 
 
 def test_dataloader_workers_read_the_same_data(gaussian_cache):
-    cache = UAECache(gaussian_cache, return_flags=True)
-    cache.rows([0])  # the parent has an open handle and cached chunks before the workers fork
+    cache = UAECache(gaussian_cache, return_flags=True, preload=False)
+    cache.rows([0])  # the parent has an open handle and some rows before the workers fork
     restored = pickle.loads(pickle.dumps(cache))
     assert torch.equal(restored[11][0], cache[11][0])
 

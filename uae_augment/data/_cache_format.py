@@ -40,8 +40,8 @@ Small chunks keep random reads cheap when a cache does not fit a reader's memory
 budget (a miss decompresses one chunk); 64 KiB is 20 MNIST rows or 5 CIFAR rows."""
 ROW_CHUNK = 1 << 16
 """Rows per chunk of the small per-row datasets."""
-READ_CACHE_BYTES = 256 * 1024 * 1024
-"""Default per-process budget of :class:`UAECache`'s LRU cache of decompressed chunks."""
+READ_CACHE_BYTES = 1024 * 1024 * 1024
+"""Default memory budget of a :class:`UAECache` for decompressed rows (1 GiB: MNIST or CIFAR-10 in float32)."""
 FINGERPRINT_ROWS = 64
 """Rows (evenly spaced, first and last included) hashed into the dataset fingerprint."""
 GZIP_LEVEL = 4

@@ -225,11 +225,14 @@ class UAECache(Dataset):
         return_flags: also return ``success`` and ``mi``.
         allow_partial: open an unfinished cache; reading a row that is not done
             raises :class:`CacheError`.
-        cache_bytes: per-process memory budget for decompressed rows (default
-            256 MiB). When the whole ``adversarial`` dataset (in its stored dtype)
-            fits, each process keeps a lazily filled copy of it, so reads after a
-            chunk's first touch are one in-memory gather; otherwise an LRU of
-            decompressed chunks of this size is kept. 0 disables both.
+        cache_bytes: memory budget for decompressed rows (default 1 GiB). When
+            the whole ``adversarial`` dataset (in its stored dtype) fits, the
+            rows are kept in memory, so a batch is one in-memory gather;
+            otherwise an LRU of decompressed chunks of this size is kept (per
+            process). 0 disables both (every read goes to the file).
+        preload: read every done row at construction when they fit
+            ``cache_bytes`` (forked DataLoader workers then share them); False
+            reads them lazily, per process, as they are first touched.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -259,6 +262,7 @@ class UAECache(Dataset):
         *,
         allow_partial: bool = False,
         cache_bytes: int = READ_CACHE_BYTES,
+        preload: bool = True,
     ):
         self.path = Path(path)
         self.transform = transform
@@ -286,6 +290,8 @@ class UAECache(Dataset):
         self._label_list: list[int] = self._labels.tolist()
         self._reset_handle()
         self._reset_blocks()
+        if preload and self._mirrored:
+            self.preload()
 
     # ------------------------------------------------------------------ pickling / handles
 
@@ -382,8 +388,10 @@ class UAECache(Dataset):
     def preload(self) -> UAECache:
         """Reads every done row into this process's memory now (if it fits ``cache_bytes``).
 
-        Call it before creating a DataLoader: forked workers then share the rows
-        (copy-on-write) instead of each reading the file. Returns ``self``.
+        The constructor does this by default (``preload=True``): DataLoader
+        workers forked afterwards share the rows (copy-on-write) instead of each
+        reading and decompressing the file again at every epoch. The file handle
+        is closed afterwards (nothing more needs reading). Returns ``self``.
         """
         if not self._mirrored:
             logger.warning(
@@ -394,6 +402,9 @@ class UAECache(Dataset):
         chunks = np.unique(np.flatnonzero(done) // self._layout.chunk_rows)
         self._ensure_mirror()
         self._load_chunks(chunks)
+        if self._handle is not None and self._pid == os.getpid():
+            self._handle.close()
+        self._reset_handle()
         return self
 
     def _ensure_mirror(self) -> None:
