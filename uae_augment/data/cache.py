@@ -288,6 +288,7 @@ class UAECache(Dataset):
                 " or pass allow_partial=True to read the done rows"
             )
         self._label_list: list[int] = self._labels.tolist()
+        self._done_flags: np.ndarray = arrays["done"]
         self._reset_handle()
         self._reset_blocks()
         if preload and self._mirrored:
@@ -474,8 +475,20 @@ class UAECache(Dataset):
         return sample, label
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
-        positions = self._positions([operator.index(index)])
-        return self._item(int(positions[0]), self._read(positions)[0])
+        position = operator.index(index)
+        if -len(self) <= position < 0:
+            position += len(self)
+        mirror, loaded = self._mirror, self._loaded
+        if (
+            mirror is not None
+            and loaded is not None
+            and 0 <= position < len(self)
+            and self._done_flags[position]
+            and loaded[position // self._layout.chunk_rows]
+        ):  # fast path: one row of the in-memory copy
+            return self._item(position, torch.from_numpy(mirror[position].astype(np.float32)))
+        positions = self._positions([position])
+        return self._item(position, self._read(positions)[0])
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, ...]]:
         """Batched item access (DataLoader calls it with a batch of indices)."""
