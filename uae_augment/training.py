@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ._model_state import model_device
 from ._seeding import derive_seed
 from ._validation import check_images
+from .adversarial_training import *  # noqa: F403  (re-exports the adversarial-training steps)
 from .models.base import FitSettings, Trainable, positive_int
 
 logger = logging.getLogger(__name__)
