@@ -12,7 +12,9 @@ Then it reads the float32 + lzf cache through a DataLoader exactly like a
 training loop (batch 256, shuffle, default collate, ``num_workers`` 0 and 2,
 default ``persistent_workers=False``, a fresh ``UAECache`` per configuration)
 and the same tensors in memory (``TensorDataset``), epoch by epoch, and
-reports samples/s and the cache/memory ratio side by side. Without persistent
+reports samples/s and the cache/memory ratio side by side (configurations are
+measured in turns, epoch by epoch, and the ratio is the median of the per-turn
+ratios, so that load from other processes affects both sides alike). Without persistent
 workers every epoch starts new workers, which decompress the file again.
 The reader preloads the rows at construction (its default; forked workers
 share them). Extra rows (2 workers): the other dtypes and compressions;
@@ -121,39 +123,52 @@ def write_caches(
     return paths, records
 
 
-def epoch_rates(
-    dataset: Dataset, *, workers: int, batch_size: int, epochs: int, persistent: bool, seed: int
-) -> list[float]:
-    """Samples/s of each epoch of a shuffled DataLoader pass (each batch touched, like training)."""
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-        persistent_workers=persistent and workers > 0, generator=torch.Generator().manual_seed(seed),
-    )
-    rates = []
-    for _ in range(epochs):
-        start = time.perf_counter()
-        seen = 0
-        checksum = 0.0
-        for x, _y in loader:
-            seen += x.shape[0]
-            checksum += float(x[0, 0, 0, 0])  # touch the batch
-        rates.append(seen / (time.perf_counter() - start))
-    del loader
-    return rates
+def one_epoch(loader: DataLoader) -> float:
+    """Samples/s of one shuffled pass over ``loader`` (each batch touched, like training)."""
+    start = time.perf_counter()
+    seen = 0
+    checksum = 0.0
+    for x, _y in loader:
+        seen += x.shape[0]
+        checksum += float(x[0, 0, 0, 0])
+    return seen / (time.perf_counter() - start)
 
 
-def measure(name: str, dataset: Dataset, args: argparse.Namespace, workers: int, *, persistent: bool = False) -> dict[str, Any]:
-    rates = epoch_rates(
-        dataset, workers=workers, batch_size=args.batch_size, epochs=args.epochs,
-        persistent=persistent, seed=args.seed,
-    )
-    return {
-        "name": name,
-        "num_workers": workers,
-        "persistent_workers": persistent and workers > 0,
-        "epoch_samples_per_s": [round(r) for r in rates],
-        "median_samples_per_s": round(statistics.median(rates)),
+def interleaved(
+    datasets: dict[str, Dataset], args: argparse.Namespace, workers: int, *, persistent: bool = False
+) -> list[dict[str, Any]]:
+    """Epoch rates of several datasets, measured in turns (A B C A B C ...) so load drift hits all.
+
+    The first entry is the reference: every row carries the median of its
+    per-epoch ratios to the reference epoch measured in the same turn.
+    """
+    loaders = {
+        name: DataLoader(
+            dataset, batch_size=args.batch_size, shuffle=True, num_workers=workers,
+            persistent_workers=persistent and workers > 0,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+        for name, dataset in datasets.items()
     }
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
+    for _ in range(args.epochs):
+        for name, loader in loaders.items():
+            rates[name].append(one_epoch(loader))
+    reference = next(iter(rates.values()))
+    rows = []
+    for name, values in rates.items():
+        row: dict[str, Any] = {
+            "name": name,
+            "num_workers": workers,
+            "persistent_workers": persistent and workers > 0,
+            "epoch_samples_per_s": [round(r) for r in values],
+            "median_samples_per_s": round(statistics.median(values)),
+        }
+        if values is not reference:
+            row["ratio_vs_in_memory"] = round(statistics.median(v / r for v, r in zip(values, reference)), 3)
+        rows.append(row)
+    del loaders
+    return rows
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -164,7 +179,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=10_000, help="rows of the cache")
     parser.add_argument("--batch-size", type=int, default=256, help="DataLoader batch size")
     parser.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per configuration (median reported)")
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per configuration (median reported)")
     parser.add_argument("--no-extras", action="store_true", help="skip the per-item, no-LRU and persistent rows")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     parser.add_argument("--seed", type=int, default=0)
@@ -190,34 +205,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         reads: list[dict[str, Any]] = []
         ratios: dict[str, float] = {}
         for count in workers:
-            in_memory = measure("in_memory_TensorDataset", memory, args, count)
-            # A fresh reader each time: no rows inherited from an earlier measurement.
-            from_cache = measure("UAECache_float32_lzf", UAECache(default), args, count)
-            ratio = from_cache["median_samples_per_s"] / in_memory["median_samples_per_s"]
-            from_cache["ratio_vs_in_memory"] = round(ratio, 3)
-            ratios[str(count)] = round(ratio, 3)
-            reads += [in_memory, from_cache]
+            datasets: dict[str, Dataset] = {
+                "in_memory_TensorDataset": memory,
+                # A fresh reader (it preloads its rows; the forked workers share them).
+                "UAECache_float32_lzf": UAECache(default),
+            }
+            if count == max(workers) and not args.no_extras:
+                datasets.update({
+                    "UAECache_float16_lzf": UAECache(paths[("float16", "lzf")]),
+                    "UAECache_float32_gzip": UAECache(paths[("float32", "gzip")]),
+                    "UAECache_float32_none": UAECache(paths[("float32", "none")]),
+                    "UAECache_float32_lzf_lazy": UAECache(default, preload=False),
+                    "per_item_reads_float32_lzf": PerItem(UAECache(default)),
+                    "no_memory_copy_float32_lzf": UAECache(default, cache_bytes=0),
+                })
+            rows = interleaved(datasets, args, count)
+            ratios[str(count)] = rows[1]["ratio_vs_in_memory"]
+            reads += rows
             loads.append(load_average()[0])
-        if not args.no_extras:
-            extra_workers = max(workers)
-            for name, make, persistent in (
-                ("UAECache_float16_lzf", lambda: UAECache(paths[("float16", "lzf")]), False),
-                ("UAECache_float32_gzip", lambda: UAECache(paths[("float32", "gzip")]), False),
-                ("UAECache_float32_none", lambda: UAECache(paths[("float32", "none")]), False),
-                ("UAECache_float32_lzf_lazy", lambda: UAECache(default, preload=False), False),
-                ("per_item_reads_float32_lzf", lambda: PerItem(UAECache(default)), False),
-                ("no_memory_copy_float32_lzf", lambda: UAECache(default, cache_bytes=0), False),
-                ("UAECache_float32_lzf_persistent", lambda: UAECache(default), True),
-                ("in_memory_persistent", lambda: memory, True),
-            ):
-                dataset = make()
-                row = measure(name, dataset, args, extra_workers, persistent=persistent)
-                reference = next(
-                    r for r in reads if r["name"] == "in_memory_TensorDataset" and r["num_workers"] == extra_workers
-                )
-                row["ratio_vs_in_memory"] = round(row["median_samples_per_s"] / reference["median_samples_per_s"], 3)
-                reads.append(row)
-                loads.append(load_average()[0])
+        if not args.no_extras and max(workers) > 0:
+            reads += interleaved(
+                {"in_memory_persistent": memory, "UAECache_float32_lzf_persistent": UAECache(default)},
+                args, max(workers), persistent=True,
+            )
+            loads.append(load_average()[0])
     finish_machine_info(machine, time.perf_counter() - wall_start, loads)
     two = ratios.get("2")
     result = {

@@ -478,6 +478,6 @@ def test_throughput_benchmark_runs_and_reports_consistent_json(tmp_path):
     assert names == [("in_memory_TensorDataset", 0), ("UAECache_float32_lzf", 0)]
     cache_row = result["reads"][1]
     assert cache_row["ratio_vs_in_memory"] == pytest.approx(
-        cache_row["median_samples_per_s"] / result["reads"][0]["median_samples_per_s"], abs=1e-3
+        cache_row["median_samples_per_s"] / result["reads"][0]["median_samples_per_s"], rel=1e-2
     )
     assert result["goal"]["ratio"] is None  # no 2-worker row in this run
