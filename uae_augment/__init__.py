@@ -19,6 +19,7 @@ from .attacks import (
     MinMaxAttack,
     PenaltyAttack,
 )
+from .contrastive import Contrastive, SimCLRViews
 from .criteria import ClassifierMargin, Criterion, Reconstruction
 from .data import (
     CacheError,
@@ -42,6 +43,7 @@ __all__ = [
     "BIM",
     "CacheError",
     "ClassifierMargin",
+    "Contrastive",
     "Criterion",
     "FGSM",
     "FitHistory",
@@ -55,6 +57,7 @@ __all__ = [
     "PRESETS",
     "PenaltyAttack",
     "Reconstruction",
+    "SimCLRViews",
     "UAEAugmented",
     "UAECache",
     "UAETransform",

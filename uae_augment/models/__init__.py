@@ -1,5 +1,7 @@
 """Reference models of the release (SPEC.md section 5) and their training protocol."""
 
+from typing import Any
+
 from .autoencoders import (
     AdversarialAutoencoder,
     ConvAutoencoder,
@@ -21,6 +23,7 @@ from .registry import MODELS, available_models, build_model
 
 __all__ = [
     "AdversarialAutoencoder",
+    "CIFARResNet18",
     "CWClassifier",
     "CW_CIFAR_WIDTHS",
     "CW_MNIST_WIDTHS",
@@ -34,6 +37,7 @@ __all__ = [
     "MLPClassifier",
     "MODELS",
     "ReferenceModel",
+    "SimCLR",
     "SparseAutoencoder",
     "Trainable",
     "available_models",
@@ -41,4 +45,15 @@ __all__ = [
     "cw_cifar",
     "cw_mnist",
     "fit_concrete",
+    "simclr_resnet18",
 ]
+
+_SIMCLR = ("CIFARResNet18", "SimCLR", "simclr_resnet18")  # torchvision and lightly load on first use
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SIMCLR:
+        from . import simclr
+
+        return getattr(simclr, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,6 +36,12 @@ def _conv_autoencoder(input_shape: Sequence[int] | int, **kwargs: Any) -> ConvAu
     return ConvAutoencoder(channels, (height, width), **kwargs)
 
 
+def _simclr_resnet18(input_shape: Sequence[int] | int, **kwargs: Any) -> nn.Module:
+    from .simclr import simclr_resnet18  # torchvision and lightly load on first use
+
+    return simclr_resnet18(input_shape, **kwargs)
+
+
 MODELS: MappingProxyType[str, Callable[..., nn.Module]] = MappingProxyType({
     "conv-ae": _conv_autoencoder,
     "sparse-ae": SparseAutoencoder,
@@ -45,6 +51,7 @@ MODELS: MappingProxyType[str, Callable[..., nn.Module]] = MappingProxyType({
     "cw-classifier": CWClassifier,
     "lenet": LeNet,
     "mlp": MLPClassifier,
+    "simclr-resnet18": _simclr_resnet18,
 })
 """Model name -> builder taking ``(input_shape, **kwargs)``."""
 
