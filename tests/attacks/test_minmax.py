@@ -24,14 +24,17 @@ from uae_augment import (
     PenaltyAttack,
     Reconstruction,
 )
+from uae_augment._model_state import frozen
 from uae_augment.attacks.minmax import resolve_preset
 
 
 def _assert_rows_match_reference(attack, x, result, *, supervised, labels=None, start=0, **settings):
     sampler = attack.sampler_for(tuple(x.shape[1:]))
-    model = attack.criterion.model
-    for p in model.parameters():
-        p.requires_grad_(False)
+    with frozen(attack.models()):  # the reference, like the engine, runs on a frozen model
+        _compare_rows(attack, x, result, sampler, supervised, labels, start, settings)
+
+
+def _compare_rows(attack, x, result, sampler, supervised, labels, start, settings):
     for row in range(len(x)):
         expected = reference_minmax(
             x[row], attack.criterion, sampler, supervised=supervised,
