@@ -18,6 +18,7 @@ from uae_augment.evaluation import (
     accuracy,
     confidence_table,
     conv_norm_bound,
+    correctly_classified,
     distortion,
     lipschitz_bounds,
     operator_norm,
@@ -89,6 +90,22 @@ def test_predict_restores_modes_and_checks_inputs():
         predict(model, x, batch_size=0)
     with pytest.raises(ValueError, match="out of range"):
         accuracy(model, x, torch.full((16,), 7))
+
+
+def test_correctly_classified_keeps_rows_every_model_gets_right_in_a_seeded_order():
+    conv, mlp = digits_classifier(), digits_mlp()
+    x, y = digits()
+    with torch.no_grad():
+        both = ((conv(x).argmax(1) == y) & (mlp(x).argmax(1) == y)).nonzero().flatten()
+    assert torch.equal(correctly_classified({"conv": conv, "mlp": mlp}, x, y), both)
+    some = correctly_classified([conv, mlp], x, y, count=50, seed=3)
+    assert len(some) == 50 and torch.equal(some, some.sort().values)
+    assert set(some.tolist()) <= set(both.tolist())
+    assert not torch.equal(some, both[:50])  # a random choice, not a prefix (digits are not shuffled by class)
+    assert torch.equal(some, correctly_classified([conv, mlp], x, y, count=50, seed=3))
+    assert len(correctly_classified(conv, x, y)) >= len(both)
+    with pytest.raises(ValueError, match="at least one model"):
+        correctly_classified([], x, y)
 
 
 def test_reconstruction_error_is_the_per_pixel_mse():

@@ -44,6 +44,7 @@ __all__ = [
     "accuracy",
     "confidence_table",
     "conv_norm_bound",
+    "correctly_classified",
     "distortion",
     "lipschitz_bounds",
     "operator_norm",
@@ -114,6 +115,58 @@ def _logits_and_labels(
     if int(labels.max()) >= logits.shape[1]:
         raise ValueError(f"label {int(labels.max())} out of range for {logits.shape[1]} classes")
     return logits, labels
+
+
+def correctly_classified(
+    models: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    count: int | None = None,
+    seed: int = 0,
+    batch_size: int = _DEFAULT_BATCH,
+) -> torch.Tensor:
+    """Indices of the inputs that every model classifies correctly (the usual set to attack).
+
+    Args:
+        models: one classifier, a sequence of them or a name -> classifier mapping.
+        x: inputs (N, ...) in [0, 1]; y: labels (N,).
+        count: keep at most this many: the first ``count`` of them in a random
+            order drawn from ``seed`` (a prefix would not do: test splits may be
+            sorted by class); default all.
+        seed: seed of that order.
+        batch_size: rows per forward pass.
+
+    Returns:
+        Sorted int64 indices (M,) on the CPU, M <= count.
+
+    Raises:
+        ValueError: on no models or a negative count.
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+        >>> x, y = torch.rand(10, 1, 2, 2), torch.zeros(10, dtype=torch.long)
+        >>> rows = correctly_classified(net, x, y, count=3)
+        >>> len(rows) <= 3 and bool((predict(net, x[rows]).argmax(1) == 0).all())
+        True
+    """
+    if isinstance(models, nn.Module):
+        models = [models]
+    elif isinstance(models, Mapping):
+        models = list(models.values())
+    if not models:
+        raise ValueError("correctly_classified needs at least one model")
+    if count is not None and count < 0:
+        raise ValueError(f"count must be >= 0 or None, got {count}")
+    correct = torch.ones(x.shape[0], dtype=torch.bool)
+    for model in models:
+        logits, labels = _logits_and_labels(model, x, y, batch_size)
+        correct &= (logits.argmax(dim=1) == labels).cpu()
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    chosen = order[correct[order]]
+    if count is not None:
+        chosen = chosen[:count]
+    return chosen.sort().values
 
 
 @dataclass(frozen=True)
