@@ -155,12 +155,13 @@ QUICK: dict[str, Any] = {
     "datasets": ["mnist-5k"],
     "seeds": [0, 1],
     "epochs": 6,
-    "train_rows": 500,
+    "train_rows": 400,
     "test_rows": 1000,
     "preset": "fast",
     "attack_steps": 5,
     "projections": 100,
     "probe": 8,
+    "threads": 1,  # one torch thread: several threads spin-wait badly on a CPU shared with other jobs
 }
 
 
@@ -278,69 +279,72 @@ class Experiment:
         self, data: DataSpec, kind: str, seed: int, train: Any, x_test: torch.Tensor,
         shape: tuple[int, ...], *, grid: bool,
     ) -> dict[str, Any]:
+        """Clean model, every method's augmentation and retrain, and the same-steps control."""
         tag = f"{data.name}/{kind}/seed{seed}"
-        args = self.args
 
         def build() -> nn.Module:
             return build_model(f"{kind}-ae", shape)
 
-        fit_key = {"dataset": data.name, "kind": kind, "seed": seed, "epochs": args.epochs,
-                   "train_rows": len(train), "shape": list(shape)}
-        trainer = common.fit_trainer(device=self.device, epochs=args.epochs, seed=seed, progress=self.progress)
+        trainer = common.fit_trainer(device=self.device, epochs=self.args.epochs, seed=seed, progress=self.progress)
+        key = {"dataset": data.name, "kind": kind, "seed": seed, "epochs": self.args.epochs,
+               "train_rows": len(train), "shape": list(shape)}
         with self.timer.stage(f"{tag}/train-clean"):
             clean, history = common.train_model(
                 build, train, trainer, seed=seed, device=self.device,
-                checkpoint=self.out / "models" / f"{data.name}-{kind}-seed{seed}.pt", key=fit_key,
+                checkpoint=self.out / "models" / f"{data.name}-{kind}-seed{seed}.pt", key=key,
             )
         record: dict[str, Any] = {
-            "dataset": data.name, "model": kind, "seed": seed, "train_size": len(train),
-            "test_size": len(x_test),
-            "original": {"test_mse": common.reconstruction_mse(clean, x_test, device=self.device), **_brief(history)},
+            "dataset": data.name, "model": kind, "seed": seed, "train_size": len(train), "test_size": len(x_test),
+            "original": {"test_mse": self._test_mse(clean, x_test), **_brief(history)},
             "methods": {},
         }
-        criterion = Reconstruction(clean)
         grid_rows: dict[str, torch.Tensor] = {}
-        augmented_steps: int | None = None
         for method in self.methods:
-            attack = method.build(criterion, args, seed)
-            path = self.out / "cache" / f"{data.name}-{kind}-seed{seed}-{method.key}.h5"
-            with self.timer.stage(f"{tag}/attack/{method.key}"):
-                augmentation = common.augment(
-                    train, attack, path, failed=args.failed,
-                    batch_size=args.precompute_batch_size, progress=self.progress,
-                )
-            entry: dict[str, Any] = {"attack": attack.config(), **augmentation.stats()}
-            if args.probe > 0:
-                with self.timer.stage(f"{tag}/probe/{method.key}"):
-                    x_probe, result, probe_stats = common.probe(attack, train, args.probe, augmentation.cache)
-                entry["probe"] = probe_stats
-                if grid:
-                    grid_rows.setdefault("clean", x_probe)
-                    grid_rows[method.label] = result.adversarial.cpu()
-                    grid_rows[f"{method.label} δ"] = perturbation_picture(result.perturbation(x_probe).cpu())
-            with self.timer.stage(f"{tag}/retrain/{method.key}"):
-                model, retrain = common.train_model(build, augmentation.dataset, trainer, seed=seed, device=self.device)
-            entry["test_mse"] = common.reconstruction_mse(model, x_test, device=self.device)
-            entry.update(_brief(retrain))
-            record["methods"][method.key] = entry
-            if augmented_steps is None or method.key == "mine":
-                augmented_steps = retrain["steps"]
-        if not args.no_control and augmented_steps is not None:
+            record["methods"][method.key] = self.augment_and_retrain(
+                method, Reconstruction(clean), train, x_test, build, trainer, seed, tag, grid_rows if grid else None,
+            )
+        if not self.args.no_control and record["methods"]:
+            # every augmented set has 2N rows under --failed keep; under drop the MINE-UAE run sets the budget
+            steps = record["methods"].get("mine", next(iter(record["methods"].values())))["steps"]
+            same_steps = common.fit_trainer(device=self.device, max_steps=steps, seed=seed, progress=self.progress)
             with self.timer.stage(f"{tag}/same-steps-control"):
-                same_steps = common.fit_trainer(
-                    device=self.device, max_steps=augmented_steps, seed=seed, progress=self.progress
-                )
                 control, control_history = common.train_model(build, train, same_steps, seed=seed, device=self.device)
-            record["same_steps"] = {
-                "test_mse": common.reconstruction_mse(control, x_test, device=self.device), **_brief(control_history),
-            }
-        if grid and grid_rows:
+            record["same_steps"] = {"test_mse": self._test_mse(control, x_test), **_brief(control_history)}
+        if grid_rows:
             path = save_image_grid(
                 grid_rows, self.out / f"grid-{data.name}-{kind}.png",
                 title=f"{data.label}, {kind} AE, seed {seed}: clean | augmentation | δ (amplified)",
             )
             self.grids.append(str(path))
         return record
+
+    def augment_and_retrain(
+        self, method: Method, criterion: Reconstruction, train: Any, x_test: torch.Tensor,
+        build: Callable[[], nn.Module], trainer: common.Trainer, seed: int, tag: str,
+        grid_rows: dict[str, torch.Tensor] | None,
+    ) -> dict[str, Any]:
+        """One method: its cached augmentations, their statistics, the retrained model's test error."""
+        attack = method.build(criterion, self.args, seed)
+        name = tag.replace("/", "-")  # e.g. mnist-5k-conv-seed0
+        with self.timer.stage(f"{tag}/attack/{method.key}"):
+            augmentation = common.augment(
+                train, attack, self.out / "cache" / f"{name}-{method.key}.h5", failed=self.args.failed,
+                batch_size=self.args.precompute_batch_size, progress=self.progress,
+            )
+        entry: dict[str, Any] = {"attack": attack.config(), **augmentation.stats()}
+        if self.args.probe > 0:
+            with self.timer.stage(f"{tag}/probe/{method.key}"):
+                x_probe, result, entry["probe"] = common.probe(attack, train, self.args.probe, augmentation.cache)
+            if grid_rows is not None:
+                grid_rows.setdefault("clean", x_probe)
+                grid_rows[method.label] = result.adversarial.cpu()
+                grid_rows[f"{method.label} δ"] = perturbation_picture(result.perturbation(x_probe).cpu())
+        with self.timer.stage(f"{tag}/retrain/{method.key}"):
+            model, history = common.train_model(build, augmentation.dataset, trainer, seed=seed, device=self.device)
+        return {**entry, "test_mse": self._test_mse(model, x_test), **_brief(history)}
+
+    def _test_mse(self, model: nn.Module, x_test: torch.Tensor) -> float:
+        return common.reconstruction_mse(model, x_test, device=self.device)
 
 
 def _brief(history: dict[str, Any]) -> dict[str, Any]:

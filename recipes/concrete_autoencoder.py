@@ -75,13 +75,14 @@ PUBLISHED_NAME = {"mnist-5k": "mnist"}
 QUICK: dict[str, Any] = {
     "datasets": ["mnist-5k"],
     "seeds": [0, 1],
-    "epochs": 20,
+    "epochs": 100,
     "tries": 1,
     "train_rows": 1000,
     "preset": "fast",
     "attack_steps": 5,
     "projections": 100,
     "probe": 8,
+    "threads": 1,  # one torch thread: several threads spin-wait badly on a CPU shared with other jobs
 }
 
 
