@@ -79,7 +79,7 @@ def demo(
     train_s = time.perf_counter() - started
 
     generator = torch.Generator().manual_seed(seed)
-    index = torch.randperm(len(train), generator=generator)[: min(samples, len(train))].sort().values
+    index = torch.randperm(len(train), generator=generator)[: min(samples, len(train))]  # all classes
     x = torch.stack([train[int(i)][0] for i in index])
     attack = MINEUAE(Reconstruction(model), preset=preset, steps=steps, seed=seed, progress=progress)
     started = time.perf_counter()
