@@ -62,7 +62,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
 if __package__ in (None, ""):  # run as a script: make `recipes` importable
@@ -79,6 +79,7 @@ RECIPE = "simclr"
 GAMMA_POWER = 0.5  # the release's SimCLR attack: gamma_t = (t + 1)^(-1/2)
 EVAL_VIEW_SEED = 2022  # views of the test-set NT-Xent: the same for every model and seed
 LINEAR_SEED_KEY = 7919
+LINEAR_BATCH = 512
 
 QUICK: dict[str, Any] = {
     "seeds": [0],
@@ -90,9 +91,9 @@ QUICK: dict[str, Any] = {
     "presets": ["fast", "strong"],
     "attack_batch_size": 128,
     "negatives": 64,
-    "linear_epochs": 30,
+    "linear_epochs": 300,  # 384 rows: one step per epoch
     "eval_batch_size": 256,
-    "pgd_rows": 64,
+    "pgd_rows": 128,
     "pgd_steps": 20,
     "probe": 8,
 }
@@ -138,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--mine-steps", type=int, default=None, help="MINE Adam steps per iteration (default: the preset's)")
     attack.add_argument("--n-views", type=int, default=2, help="views per image in the criterion's NT-Xent (default: %(default)s)")
     attack.add_argument("--negatives", type=int, default=256,
-                        help="training images whose projections are the criterion's negative bank (default: %(default)s)")
+                        help="training images whose projections are the criterion's negative bank; 0: none, the"
+                             " NT-Xent among the image's own views (needs --n-views >= 4) (default: %(default)s)")
     attack.add_argument("--attack-batch-size", type=int, default=None, help="images attacked together (default: the preset's)")
     attack.add_argument("--precompute-batch-size", type=int, default=256, help="rows per precompute batch (default: %(default)s)")
     attack.add_argument("--probe", type=int, default=16,
@@ -236,6 +238,19 @@ def image_folder_splits(root: Path, size: int) -> tuple[ArrayDataset, ArrayDatas
 # --------------------------------------------------------------------------- training
 
 
+class _EpochBatches(Sampler[list[int]]):
+    """The batch sampler of :func:`train_contrastive`: this process's row lists of the current epoch."""
+
+    def __init__(self) -> None:
+        self.rows: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 def train_contrastive(
     model: SimCLR,
     dataset: Dataset,
@@ -284,6 +299,8 @@ def train_contrastive(
     optimizers = model.configure_optimizers()
     model.on_fit_start(total)
     order = torch.Generator().manual_seed(seed)
+    batches = _EpochBatches()
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0)
     record: dict[str, Any] = {"steps": 0, "epochs": 0, "batch_size": batch_size, "losses": [], "step_losses": []}
     started = time.perf_counter()
     model.train()
@@ -292,13 +309,12 @@ def train_contrastive(
         epoch = 0
         while record["steps"] < total:
             permutation = torch.randperm(rows, generator=order)
-            batches = [
+            batches.rows = [
                 permutation[b * batch_size : (b + 1) * batch_size][rank * local : (rank + 1) * local].tolist()
                 for b in range(min(per_epoch, total - record["steps"]))
             ]
-            loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers)
             epoch_losses = []
-            for batch_rows, (x, *_) in zip(batches, loader):
+            for batch_rows, (x, *_) in zip(batches.rows, loader):
                 generators = view_generators(seed, batch_rows, ViewPurpose.TRAINING, epoch)
                 values = model.training_step(x.to(device), None, optimizers, generators=generators, forward=forward)
                 loss = torch.tensor(values["loss"], dtype=torch.float64, device=device)
@@ -470,7 +486,7 @@ class Experiment:
         record: dict[str, Any] = {"seed": seed, "train_size": len(train), "test_size": len(test),
                                   "original": {**_brief(history), **evaluate("original", model)}, "augmented": {}}
         self._curve("pretrain (clean)", history, first)
-        bank = common.stack(common.subset_rows(train, args.negatives))[0]
+        bank = common.stack(common.subset_rows(train, args.negatives))[0] if args.negatives > 0 else None
         criterion = model.criterion(n_views=args.n_views, negatives=bank, seed=seed)
         grid_rows: dict[str, torch.Tensor] = {}
         augmented_steps = None
@@ -521,7 +537,7 @@ class Experiment:
             with self.timer.stage(f"seed{seed}/evaluate/{name}"):
                 classifier, linear = linear_evaluation(
                     model.backbone, train, test, classes=classes, epochs=args.linear_epochs, lr=args.linear_lr,
-                    batch_size=512, seed=seed, device=self.device,
+                    batch_size=LINEAR_BATCH, seed=seed, device=self.device,
                 )
                 ntxent = test_ntxent(model, test[0], batch_size=args.eval_batch_size, device=self.device)
                 robust = pgd_robustness(classifier, test[0][pgd_rows], test[1][pgd_rows], epsilons=args.pgd_epsilons,
