@@ -432,8 +432,10 @@ def pgd_robustness(
 class Experiment:
     """Runs the protocol for ``args`` and collects one record per seed."""
 
-    def __init__(self, args: argparse.Namespace, out: Path, world: tuple[int, int] | None, device: torch.device):
+    def __init__(self, args: argparse.Namespace, out: Path, world: tuple[int, int] | None, device: torch.device,
+                 data_label: str):
         self.args = args
+        self.data_label = data_label
         self.out = out
         self.world = world
         self.rank0 = world is None or world[0] == 0
@@ -474,7 +476,8 @@ class Experiment:
         classes = _num_classes(train, int(max(y_train.max(), y_test.max())) + 1)
         evaluate = self._evaluator(seed, (x_train, y_train), (x_test, y_test), classes)
         build = self.build(shape)
-        key = {"recipe": RECIPE, "seed": seed, "rows": len(train), "shape": list(shape), "width": args.width,
+        key = {"recipe": RECIPE, "data": self.data_label, "seed": seed, "rows": len(train), "shape": list(shape),
+               "width": args.width,
                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                "weight_decay": args.weight_decay, "warmup_fraction": args.warmup_fraction}
         checkpoint = self.out / "models" / f"simclr-seed{seed}.pt" if self.world is None else None
@@ -653,7 +656,7 @@ def markdown(summary: Sequence[dict[str, Any]], epsilons: Sequence[float], *, da
     attacked = [row for row in summary if "attack" in row]
     if attacked:
         attack_header = ["preset", "ASR %", "f_x = 0 %", "mean MI", "mean f_x", "moved from δ₀ L∞", "moved L2",
-                         "‖x' − x‖∞", "max |probe − cache|", "attack s"]
+                         "‖x' − x‖∞", "max |probe − cache|", "attack s (this run)"]
         attack_body = [[row["key"][4:], common.format_stat(row["attack"]["asr_pct"], 1),
                         common.format_stat(row["attack"]["criterion_zero_pct"], 1),
                         common.format_stat(row["attack"]["mean_mi"], 4),
@@ -697,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             train, test, label = load_data(args)
         except common.MissingDataset as error:
             parser.error(str(error))
-        experiment = Experiment(args, out, world, device)
+        experiment = Experiment(args, out, world, device, label)
         for position, seed in enumerate(args.seeds):
             experiment.runs.append(experiment.run(seed, train, test, first=position == 0))
         if not rank0:
