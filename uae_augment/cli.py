@@ -37,7 +37,7 @@ logger = logging.getLogger("uae_augment.cli")
 
 ATTACKS = ("mine-uae", "l2-uae", "gaussian", "minmax")
 PRESET_NAMES = ("paper", "fast", "strong")
-CRITERIA = ("auto", "reconstruction", "margin")
+CRITERIA = ("auto", "reconstruction", "margin", "contrastive")
 
 
 class CLIError(Exception):
@@ -183,7 +183,17 @@ def build_attack(args: argparse.Namespace, model: nn.Module, sample: torch.Tenso
         if reserved in overrides:
             raise CLIError(f"use {flag} instead of --set {reserved}=...")
     criterion_kind = args.criterion
-    if criterion_kind == "auto":
+    contrastive_model = callable(getattr(model, "criterion", None))  # SimCLR builds its own criterion
+    if criterion_kind == "auto" and contrastive_model and args.attack != "minmax":
+        criterion_kind = "contrastive"
+    if (criterion_kind == "contrastive") != contrastive_model:
+        raise CLIError(
+            f"--model {args.model} needs --criterion contrastive" if contrastive_model
+            else f"--criterion contrastive needs a contrastive model (simclr-resnet18), not --model {args.model}"
+        )
+    if criterion_kind == "contrastive":
+        criterion = model.criterion(seed=args.seed, n_views=4)  # 4 views: NT-Xent without a negative bank
+    elif criterion_kind == "auto":
         if args.attack == "minmax":
             criterion_kind = "margin"
         elif args.attack in ("mine-uae", "l2-uae"):
@@ -196,7 +206,8 @@ def build_attack(args: argparse.Namespace, model: nn.Module, sample: torch.Tenso
             f" (output shaped like its input), but --model {args.model} is not one; use an"
             " autoencoder model, or --attack minmax / --criterion margin for a classifier"
         )
-    criterion = Reconstruction(model) if criterion_kind == "reconstruction" else ClassifierMargin(model)
+    if criterion_kind != "contrastive":
+        criterion = Reconstruction(model) if criterion_kind == "reconstruction" else ClassifierMargin(model)
     if args.attack == "gaussian":
         if args.preset is not None:
             logger.warning("--preset is ignored by --attack gaussian (set sigma with --set sigma=...)")
@@ -396,7 +407,8 @@ def _add_precompute(subparsers: Any) -> None:
     parser.add_argument("--attack", choices=ATTACKS, default="mine-uae",
                         help="mine-uae, l2-uae and gaussian are unsupervised; minmax is the supervised MINE attack")
     parser.add_argument("--criterion", choices=CRITERIA, default="auto",
-                        help="attack criterion (auto: reconstruction for autoencoders, margin for classifiers)")
+                        help="attack criterion (auto: reconstruction for autoencoders, margin for classifiers,"
+                        " contrastive (NT-Xent over replayed views) for simclr-resnet18)")
     parser.add_argument("--preset", choices=PRESET_NAMES, default=None,
                         help="attack preset (default: paper; ignored by gaussian)")
     parser.add_argument("--set", action="append", default=[], type=parse_assignment, metavar="KEY=VALUE",

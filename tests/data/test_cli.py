@@ -244,3 +244,22 @@ def test_build_parser_does_not_import_the_demo_for_other_commands(monkeypatch):
     monkeypatch.delitem(sys.modules, "uae_augment.demo", raising=False)
     build_parser(["inspect", "x.h5"])
     assert "uae_augment.demo" not in sys.modules
+
+
+def test_simclr_models_get_the_contrastive_criterion(capsys):
+    from uae_augment.cli import CLIError, build_attack
+    from uae_augment.contrastive import Contrastive
+    from uae_augment.models import build_model
+
+    model = build_model("simclr-resnet18", (3, 32, 32), width=4)
+    sample = torch.rand(1, 3, 32, 32)
+    args = build_parser(["precompute", "cifar10", "--model", "simclr-resnet18", "--out", "x.h5"]).parse_args(
+        ["precompute", "cifar10", "--model", "simclr-resnet18", "--out", "x.h5", "--preset", "fast"]
+    )
+    assert isinstance(build_attack(args, model, sample).criterion, Contrastive)
+    args.attack = "minmax"  # a margin on 128-d projections would be meaningless: refused
+    with pytest.raises(CLIError, match="needs --criterion contrastive"):
+        build_attack(args, model, sample)
+    args.attack, args.criterion = "mine-uae", "contrastive"
+    with pytest.raises(CLIError, match="needs a contrastive model"):
+        build_attack(args, build_model("conv-ae", (3, 32, 32)), sample)

@@ -13,6 +13,7 @@ from uae_augment.models import (
     DenseAutoencoder,
     LeNet,
     MLPClassifier,
+    SimCLR,
     SparseAutoencoder,
     available_models,
     build_model,
@@ -27,6 +28,7 @@ CASES = {
     "cw-classifier": ((3, 32, 32), {"classes": 4}, CWClassifier),
     "lenet": ((1, 28, 28), {}, LeNet),
     "mlp": ((561,), {"hidden": (16,), "classes": 6}, MLPClassifier),
+    "simclr-resnet18": ((3, 32, 32), {"width": 4}, SimCLR),
 }
 
 
