@@ -369,7 +369,8 @@ def summarise(
             original = common.mean_std([r["original"]["test_mse"] for r in group])
             row: dict[str, Any] = {
                 "dataset": data.name, "data_label": data.label, "published_as": data.published,
-                "model": kind, "seeds": [r["seed"] for r in group], "original": original,
+                "model": kind, "seeds": [r["seed"] for r in group], "train_size": group[0]["train_size"],
+                "test_size": group[0]["test_size"], "original": original,
             }
             control = None
             if all("same_steps" in r for r in group):
@@ -391,6 +392,10 @@ def summarise(
                 }
             summary.append(row)
     return summary
+
+
+def _source(seeds: int, train_size: int) -> str:
+    return f"ours ({seeds} seed{'s' if seeds > 1 else ''}, {train_size:,} train rows)"
 
 
 def _cell(stat: dict[str, Any], change: float | None = None) -> str:
@@ -417,7 +422,7 @@ def markdown(summary: Sequence[dict[str, Any]], methods: Sequence[str], *, faile
     rows = []
     for row in summary:
         n = len(row["seeds"])
-        ours = [row["data_label"], row["model"], f"ours ({n} seed{'s' if n > 1 else ''})",
+        ours = [row["data_label"], row["model"], _source(n, row["train_size"]),
                 _cell(row["original"]),
                 _cell(row["same_steps"], row["same_steps"]["change_vs_original_pct"]) if "same_steps" in row else "—"]
         ours += [_cell(row["methods"][m]["test_mse"], row["methods"][m]["change_vs_original_pct"]) for m in methods]

@@ -268,7 +268,10 @@ def summarise(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict
         group = [r for r in runs if r["dataset"] == name]
         if not group:
             continue
-        row: dict[str, Any] = {"dataset": name, "seeds": [r["seed"] for r in group], "k": group[0]["k"]}
+        row: dict[str, Any] = {
+            "dataset": name, "seeds": [r["seed"] for r in group], "k": group[0]["k"],
+            "train_size": group[0]["train_size"], "test_size": group[0]["test_size"],
+        }
         for arm in ("original", "mine", "same_steps"):
             if all(arm in r for r in group):
                 row[arm] = {
@@ -296,7 +299,7 @@ def markdown(summary: Sequence[dict[str, Any]], *, failed: str, skipped: Sequenc
         n = len(row["seeds"])
         control = row.get("same_steps")
         ours = [
-            f"{row['dataset']} (K={row['k']})", f"ours ({n} seed{'s' if n > 1 else ''})",
+            f"{row['dataset']} (K={row['k']})", f"ours ({n} seed{'s' if n > 1 else ''}, {row['train_size']:,} train rows)",
             common.format_stat(row["original"]["test_mse"]),
             common.format_stat(control["test_mse"]) if control else "—",
             f"{common.format_stat(row['mine']['test_mse'])} ({common.format_pct(row['re_change_vs_original_pct'])})",

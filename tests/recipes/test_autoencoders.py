@@ -148,7 +148,7 @@ def test_markdown_table_has_our_rows_beside_the_published_ones(tiny: tuple[Path,
     assert table in printed  # the recipe prints the table
     rows = table_rows(table)
     main_rows = [row for row in rows if row[2].startswith(("ours", "paper"))]
-    assert [row[2] for row in main_rows] == ["ours (2 seeds)", "paper (MNIST)"] * 2
+    assert [row[2] for row in main_rows] == ["ours (2 seeds, 52 train rows)", "paper (MNIST)"] * 2
     assert all(len(row) == 5 + len(recipe.METHODS) + 1 for row in main_rows)
     sparse_paper = main_rows[1]
     assert sparse_paper[1] == "" and sparse_paper[3] == "0.00561" and sparse_paper[5] == "0.00243 (+56.7%)"
@@ -263,7 +263,7 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
     results = read_results(tmp_path)
     assert len(results["summary"]) == len(recipe.MODEL_KINDS)
     assert len(results["runs"]) == len(recipe.MODEL_KINDS) * len(recipe.QUICK["seeds"])
-    assert "| mnist-5k (4,000-digit subset) | conv | ours (2 seeds) |" in done.stdout
+    assert "| mnist-5k (4,000-digit subset) | conv | ours (2 seeds, 400 train rows) |" in done.stdout
     for kind in recipe.MODEL_KINDS:
         assert_png(tmp_path / f"grid-mnist-5k-{kind}.png", min_side=200)
 

@@ -97,7 +97,7 @@ def test_table_grid_config_and_log(tiny: tuple[Path, str]) -> None:
     table = (out / "results.md").read_text()
     assert table in printed
     rows = table_rows(table)
-    assert rows[0][:2] == ["mnist-5k (K=50)", "ours (2 seeds)"]
+    assert rows[0][:2] == ["mnist-5k (K=50)", "ours (2 seeds, 48 train rows)"]
     assert rows[1] == ["", "paper", "0.01170", "—", "0.01142 (+2.4%)", "94.97%", "—", "95.41%", "99.98%"]
     assert rows[2][0] == "mnist-5k" and rows[2][1] == "3 / 6 / 6"
     assert_png(out / "grid-mnist-5k.png", min_side=150)
@@ -142,5 +142,5 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     results = read_results(tmp_path)
     assert len(results["runs"]) == len(recipe.QUICK["seeds"])
-    assert "| mnist-5k (K=50) | ours (2 seeds) |" in done.stdout
+    assert "| mnist-5k (K=50) | ours (2 seeds, 1,000 train rows) |" in done.stdout
     assert_png(tmp_path / "grid-mnist-5k.png", min_side=150)
