@@ -305,29 +305,6 @@ def sample_shape(dataset: Dataset) -> tuple[int, ...]:
     return tuple(dataset[0][0].shape)
 
 
-@torch.no_grad()
-def reconstruction_mse(
-    model: nn.Module,
-    x: torch.Tensor,
-    *,
-    device: torch.device,
-    batch_size: int = 1000,
-    reconstruct: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> float:
-    """Per-feature mean squared reconstruction error mean((x - g(x))^2) over all of ``x``.
-
-    ``reconstruct`` replaces ``model.__call__`` as g (e.g. a decoder's unclamped output).
-    """
-    model.eval()
-    g = reconstruct or model
-    total, count = 0.0, 0
-    for rows in x.split(batch_size):
-        rows = rows.to(device)
-        total += float((g(rows) - rows).pow(2).sum())
-        count += rows.numel()
-    return total / count
-
-
 # --------------------------------------------------------------------------- training and augmentation
 
 

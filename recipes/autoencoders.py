@@ -59,6 +59,7 @@ if __package__ in (None, ""):  # run as a script: make `recipes` importable
 
 from recipes import _common as common  # noqa: E402
 from uae_augment import MINEUAE, PRESETS, Attack, GaussianNoise, LpUAE, Reconstruction  # noqa: E402
+from uae_augment.evaluation import reconstruction_error  # noqa: E402
 from uae_augment.models import build_model  # noqa: E402
 from uae_augment.plots import perturbation_picture, save_image_grid  # noqa: E402
 
@@ -343,8 +344,9 @@ class Experiment:
             model, history = common.train_model(build, augmentation.dataset, trainer, seed=seed, device=self.device)
         return {**entry, "test_mse": self._test_mse(model, x_test), **_brief(history)}
 
-    def _test_mse(self, model: nn.Module, x_test: torch.Tensor) -> float:
-        return common.reconstruction_mse(model, x_test, device=self.device)
+    @staticmethod
+    def _test_mse(model: nn.Module, x_test: torch.Tensor) -> float:
+        return float(reconstruction_error(model, x_test))
 
 
 def _brief(history: dict[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,7 @@ if __package__ in (None, ""):  # run as a script: make `recipes` importable
 
 from recipes import _common as common  # noqa: E402
 from uae_augment import MINEUAE, PRESETS, Reconstruction  # noqa: E402
+from uae_augment.evaluation import reconstruction_error  # noqa: E402
 from uae_augment.models import ConcreteAutoencoder, build_model, fit_concrete  # noqa: E402
 from uae_augment.plots import perturbation_picture, save_image_grid  # noqa: E402
 
@@ -136,12 +137,23 @@ class Evaluation:
         return {"test_mse": self.test_mse, "accuracy_pct": self.accuracy_pct, "selected_features": self.selected}
 
 
+class DecoderOutput(nn.Module):
+    """The concrete AE's unclamped decoder output as the reconstruction (what its authors score)."""
+
+    def __init__(self, model: ConcreteAutoencoder):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.reconstruct_linear(x)
+
+
 def evaluate(
     model: ConcreteAutoencoder, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
     *, device: torch.device, seed: int,
 ) -> Evaluation:
     """Decoder test MSE and ExtraTrees(50) test accuracy on the selected features."""
-    mse = common.reconstruction_mse(model, test[0], device=device, reconstruct=model.reconstruct_linear)
+    mse = float(reconstruction_error(DecoderOutput(model), test[0]))
     selected = model.selected_features().cpu()
     forest = ExtraTreesClassifier(n_estimators=EXTRA_TREES, random_state=seed, n_jobs=1)
     forest.fit(train[0].flatten(1)[:, selected].numpy(), train[1].numpy())
