@@ -100,7 +100,8 @@ def test_supervised_attacks_tables_and_figures(attacks_run: tuple[Path, str]) ->
     paper = [row for row in rows if row[1] == "paper"]
     assert [row[0] for row in paper] == ["MinMax", "penalty-based"]
     assert paper[0][2:] == ["100%", "51.29"] and paper[1][2:] == ["100%", "28.28"]
-    assert [row[1] for row in rows[:6]] == ["paper", "ours, attack's own MINE", "ours, evaluator"] * 2
+    assert [row[1] for row in rows[:8]] == ["paper", "ours, attack's own MINE", "ours, evaluator",
+                                            "ours, evaluator, images both fooled"] * 2
     detail = [row for row in rows if len(row) == 11]
     assert [row[0] for row in detail] == [*(supervised_attacks.LABELS[a] for a in supervised_attacks.ATTACKS),
                                           "reference: x' = x", "reference: x' = another test image"]
