@@ -65,7 +65,6 @@ from uae_augment.plots import perturbation_picture, save_image_grid  # noqa: E40
 
 RECIPE = "autoencoders"
 MODEL_KINDS = ("sparse", "dense", "conv", "adversarial")
-MODEL_LABELS = {"sparse": "sparse", "dense": "dense", "conv": "conv", "adversarial": "adversarial"}
 DATASETS = ("mnist", "fashion-mnist", "svhn")
 SVHN_STAND_IN = "cifar10"
 
@@ -124,20 +123,21 @@ METHODS: dict[str, Method] = {
     )
 }
 
-# SPEC.md section 6 (the OCR'd report; None where the report is illegible).
-# Test reconstruction error per method and training-set ASR (%).
-_P = dict[str, Any]
+Published = dict[str, Any]
+"""One row of the published table: test error per method key ("original", "mine", "l2",
+"ga-0.01", "ga-0.001"; None where the OCR'd report is illegible) and "asr" (%) per method."""
 
 
 def _published(original: float | None, mine: float | None, l2: float | None, ga1: float | None,
-               ga2: float | None, asr: tuple[float, float, float, float]) -> _P:
+               ga2: float | None, asr: tuple[float, float, float, float]) -> Published:
     return {
         "original": original, "mine": mine, "l2": l2, "ga-0.01": ga1, "ga-0.001": ga2,
         "asr": dict(zip(("mine", "l2", "ga-0.01", "ga-0.001"), asr)),
     }
 
 
-PUBLISHED: dict[str, dict[str, _P]] = {
+# SPEC.md section 6: test reconstruction error per method and training-set ASR (%).
+PUBLISHED: dict[str, dict[str, Published]] = {
     "MNIST": {
         "sparse": _published(0.00561, 0.00243, 0.00348, 0.00280, 0.00280, (100, 99.18, 54.10, 63.95)),
         "dense": _published(0.00258, 0.00228, 0.00286, 0.00244, 0.00238, (92.99, 99.94, 48.53, 58.47)),
@@ -407,7 +407,7 @@ def _cell(stat: dict[str, Any], change: float | None = None) -> str:
     return text
 
 
-def _published_cell(values: _P, key: str) -> str:
+def _published_cell(values: Published, key: str) -> str:
     value, original = values.get(key), values.get("original")
     if value is None:
         return "?"
