@@ -506,8 +506,9 @@ def markdown(summary: Sequence[dict[str, Any]], args: argparse.Namespace) -> str
                       f" both budgets in {row['mi_ranking_agree']} of {len(row['seeds'])} seed(s).", ""]
     lines += [
         "How to read the MI columns. A MINE attack's own estimate measures how well *that attack's* statistics",
-        "network learned during the attack (MinMax: 1 Adam step per iteration, warm-started; penalty: 20 steps per",
-        "iteration, re-initialised every binary-search round), so its scale differs between attacks and the",
+        f"network learned during the attack (here MinMax: 1 Adam step per iteration at lr {PRESETS[args.preset]['mine_lr']:g},"
+        f" warm-started; penalty: {20 if args.penalty_mine_steps is None else args.penalty_mine_steps} per iteration at lr 2e-5,",
+        "re-initialised every binary-search round), so its scale differs between attacks and the",
         "gradient attacks have none. The evaluator trains a fresh per-sample MINE with the same budget on every",
         "final pair (x, x') (one network per image, the same initialisation for every attack), so its numbers rank",
         "attacks: higher means x' keeps more information about x. Its absolute value depends on the budget (the DV",
