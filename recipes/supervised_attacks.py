@@ -71,6 +71,7 @@ from uae_augment import (  # noqa: E402
     PRESETS,
     Attack,
     AttackResult,
+    BySampler,
     ClassifierMargin,
     MinMaxAttack,
     PenaltyAttack,
@@ -156,6 +157,12 @@ c0 = 1e-3 they need hundreds of iterations on CIFAR-10 (measured on this quick v
 after 100 MinMax iterations). The penalty attack runs 2 rounds of MinMax's 30 iterations (the
 paper: 9 rounds of 1000): each round restarts from delta_0, so shorter rounds cannot reach the
 distortion MNIST needs (measured: 14% ASR with 4 rounds of 10)."""
+
+
+def _feature_map_lr(preset: str) -> float:
+    """The preset's MINE learning rate for the C&W nets (convolutional: feature-map mode)."""
+    lr = PRESETS[preset]["mine_lr"]
+    return lr.resolve("feature_maps") if isinstance(lr, BySampler) else float(lr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -506,7 +513,7 @@ def markdown(summary: Sequence[dict[str, Any]], args: argparse.Namespace) -> str
                       f" both budgets in {row['mi_ranking_agree']} of {len(row['seeds'])} seed(s).", ""]
     lines += [
         "How to read the MI columns. A MINE attack's own estimate measures how well *that attack's* statistics",
-        f"network learned during the attack (here MinMax: 1 Adam step per iteration at lr {PRESETS[args.preset]['mine_lr']:g},"
+        f"network learned during the attack (here MinMax: 1 Adam step per iteration at lr {_feature_map_lr(args.preset):g},"
         f" warm-started; penalty: {20 if args.penalty_mine_steps is None else args.penalty_mine_steps} per iteration at lr 2e-5,",
         "re-initialised every binary-search round), so its scale differs between attacks and the",
         "gradient attacks have none. The evaluator trains a fresh per-sample MINE with the same budget on every",

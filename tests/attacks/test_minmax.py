@@ -17,6 +17,7 @@ from tests.helpers import (
 from tests.reference import reference_minmax
 from uae_augment import (
     MINEUAE,
+    BySampler,
     ClassifierMargin,
     GaussianNoise,
     LpUAE,
@@ -65,7 +66,8 @@ def test_unsupervised_random_projection_matches_reference():
     )
     assert attack.sampler_for((1, 8, 8)).mode == "random_projection"
     result = attack(x, index=torch.arange(10, 13))
-    _assert_rows_match_reference(attack, x, result, supervised=False, start=10, steps=5, mine_steps=2, hidden=None)
+    _assert_rows_match_reference(attack, x, result, supervised=False, start=10, steps=5, mine_steps=2, hidden=None,
+                                 mine_lr=5e-4)
 
 
 def test_supervised_matches_reference():
@@ -185,6 +187,29 @@ def test_presets_and_overrides_and_config():
     assert json.loads(json.dumps(config)) == config
     assert config["attack"] == "MINEUAE" and config["preset"] == "fast" and config["criterion"] == "Reconstruction"
     assert "MINEUAE(" in repr(attack)
+
+
+def test_fast_preset_learning_rate_follows_the_sampler_mode():
+    preset = resolve_preset("fast", "unsupervised", {})["mine_lr"]
+    assert preset == BySampler(feature_maps=1.5e-5, random_projection=5e-4)
+    dense = MINEUAE(Reconstruction(digits_dense_autoencoder()), preset="fast")
+    x = digits()[0][:4]
+    assert dense.similarity(x, torch.arange(4)).mine.optimizer.param_groups[0]["lr"] == 5e-4
+    conv = MINEUAE(Reconstruction(digits_conv_autoencoder()), preset="fast")
+    assert conv.similarity(x, torch.arange(4)).mine.optimizer.param_groups[0]["lr"] == 1.5e-5
+    assert MINEUAE(Reconstruction(digits_dense_autoencoder()), preset="fast", mine_lr=1e-3).similarity(
+        x, torch.arange(4)).mine.optimizer.param_groups[0]["lr"] == 1e-3
+    assert conv.config()["mine_lr"] == {"feature_maps": 1.5e-5, "random_projection": 5e-4}
+    with pytest.raises(ValueError, match="mine_lr must be > 0"):
+        MINEUAE(Reconstruction(digits_dense_autoencoder()), mine_lr=BySampler(1e-5, 0.0))
+
+
+def test_fast_preset_succeeds_on_a_dense_model():
+    """Random-projection MINE: the fast preset's DV estimate must rise above 0 within the attack."""
+    x = digits()[0][:16]
+    result = MINEUAE(Reconstruction(digits_dense_autoencoder()), preset="fast", record_history=True)(x)
+    assert result.mi_trace[:, -1].mean() > result.mi_trace[:, 0].mean() + 0.5
+    assert result.success[result.criterion == 0].float().mean() > 0.9
 
 
 def test_history_and_bookkeeping_fields():

@@ -4,7 +4,7 @@ from .base import Attack
 from .gradient import BIM, FGSM, IFGSM, PGD, ClassifierAttack
 from .lbfgs import LBFGS
 from .lp_uae import LpUAE
-from .minmax import MINEUAE, PRESETS, MinMaxAttack
+from .minmax import MINEUAE, PRESETS, BySampler, MinMaxAttack
 from .noise import GaussianNoise
 from .penalty import PenaltyAttack
 from .result import AttackResult
@@ -23,5 +23,6 @@ __all__ = [
     "MinMaxAttack",
     "PGD",
     "PRESETS",
+    "BySampler",
     "PenaltyAttack",
 ]
