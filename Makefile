@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test test-slow demo lint bench clean
+.PHONY: venv test test-slow demo demo-attack lint bench clean
 
 venv: $(STAMP)
 
@@ -22,7 +22,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# The main job: the autoencoder recipe's quick mode on the embedded MNIST-5k (prints its table).
 demo: $(STAMP)
+	$(PY) recipes/autoencoders.py --quick
+
+# The engine alone: MINE-UAEs of 64 digits against a conv autoencoder, image grid + JSON.
+demo-attack: $(STAMP)
 	$(PY) -m uae_augment.cli demo
 
 lint: $(STAMP)
