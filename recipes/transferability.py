@@ -16,7 +16,12 @@ Reproduces the cross-model table of ``references/adversarial-examples-lecture-a.
    the diagonal when the attack always succeeds), with rows of Gaussian noise of
    matched distortion (per image, the same RMS distortion as A's example) and
    of RMS distortion 0.1 and 0.3 (the paper's noise rows);
-4. bound each model's Lipschitz constant layer by layer
+4. the cross-training table of the same document: the training set is split into two
+   fixed random halves P1 and P2; sigmoid nets FC100-100-10 and FC123-456-10 are
+   trained on P1 and FC100-100-10' on P2, and each one's L-BFGS examples are fed
+   to all three (plus matched noise and noise of RMS 0.06, the paper's row);
+   ``--no-cross-training`` skips it;
+5. bound each model's Lipschitz constant layer by layer
    (``uae_augment.evaluation.lipschitz_bounds``: exact spectral norms of dense
    layers, power iteration on the actual convolution operators, 1/4 for a sigmoid).
 
@@ -40,6 +45,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Subset
 
 if __package__ in (None, ""):  # run as a script: make `recipes` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -56,8 +62,11 @@ RECIPE = "transferability"
 class WeightDecayMLP(MLPClassifier):
     """``MLPClassifier`` whose loss adds weight_decay / 2 · Σ‖W‖² over its weight matrices."""
 
-    def __init__(self, input_shape: Sequence[int], hidden: Sequence[int], weight_decay: float, epochs: int):
-        super().__init__(input_shape, hidden=hidden)
+    def __init__(
+        self, input_shape: Sequence[int], hidden: Sequence[int], weight_decay: float, epochs: int,
+        activation: str = "relu",
+    ):
+        super().__init__(input_shape, hidden=hidden, activation=activation)
         self.weight_decay = float(weight_decay)
         self.fit_settings = FitSettings(epochs=epochs, batch_size=128)
 
@@ -155,11 +164,40 @@ PUBLISHED: dict[str, Any] = {
     "columns": list(TABLE_MODELS) + ["av. distortion"],
 }
 
+@dataclasses.dataclass(frozen=True)
+class CrossTrainingSpec:
+    """A model of the cross-training table: hidden widths (sigmoid) and its half of the training set."""
+
+    name: str
+    hidden: tuple[int, ...]
+    part: str  # "P1" or "P2"
+
+
+CROSS_TRAINING = (
+    CrossTrainingSpec("FC100-100-10", (100, 100), "P1"),
+    CrossTrainingSpec("FC123-456-10", (123, 456), "P1"),
+    CrossTrainingSpec("FC100-100-10'", (100, 100), "P2"),
+)
+CROSS_TRAINING_DECAY = 1e-5
+CROSS_TRAINING_NOISE = 0.06
+
+# The cross-training table of references/adversarial-examples-lecture-a.md (error rates in %).
+PUBLISHED_CROSS_TRAINING: dict[str, Any] = {
+    "rows": {
+        "FC100-100-10 (av. stddev 0.062)": [100, 26.2, 5.9],
+        "FC123-456-10 (av. stddev 0.059)": [6.25, 100, 5.1],
+        "FC100-100-10' (av. stddev 0.058)": [8.2, 8.2, 100],
+        "Gaussian noise, stddev=0.06": [2.2, 2.6, 2.4],
+    },
+    "columns": [spec.name for spec in CROSS_TRAINING],
+}
+
 QUICK: dict[str, Any] = {
     "dataset": "mnist-5k",
     "seeds": [0],
     "epochs": 8,
     "ae_epochs": 10,
+    "cross_epochs": 20,
     "images": 100,
     "search_steps": 6,
     "max_iter": 60,
@@ -186,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--train-rows", type=int, default=None, help="fixed random subset of N training rows (default: all)")
     group.add_argument("--images", type=int, default=1000,
                        help="test images to attack, among those every model classifies correctly (default: %(default)s)")
+    group.add_argument("--cross-training", action=argparse.BooleanOptionalAction, default=True,
+                       help="also the cross-training table (sigmoid nets on two disjoint halves of the training set)"
+                            " (default: %(default)s)")
+    group.add_argument("--cross-epochs", type=int, default=None,
+                       help="training epochs of the cross-training nets (default: --epochs; sigmoid nets learn"
+                            " more slowly than ReLU nets)")
     attack = parser.add_argument_group("attack (box-constrained L-BFGS)")
     attack.add_argument("--search-steps", type=int, default=10, help="constants c tried per image (default: %(default)s)")
     attack.add_argument("--max-iter", type=int, default=100, help="L-BFGS-B iterations per constant (default: %(default)s)")
@@ -240,6 +284,43 @@ def train_models(
     return models, records
 
 
+def split_halves(dataset: Any) -> dict[str, Subset]:
+    """Two disjoint fixed random halves P1 and P2 of a data set (seeded by ``common.SUBSET_SEED``)."""
+    generator = torch.Generator().manual_seed(common.SUBSET_SEED)
+    order = torch.randperm(len(dataset), generator=generator)
+    half = len(dataset) // 2
+    return {"P1": Subset(dataset, order[:half].sort().values.tolist()),
+            "P2": Subset(dataset, order[half:2 * half].sort().values.tolist())}
+
+
+def train_cross_training(
+    train: Any, shape: tuple[int, ...], classes: int, args: argparse.Namespace,
+    seed: int, device: torch.device, out: Path, timer: common.StageTimer,
+) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """Trains (or reloads) the three sigmoid nets of the cross-training table on their halves."""
+    parts = split_halves(train)
+    models: dict[str, nn.Module] = {}
+    records: dict[str, Any] = {}
+    epochs = args.epochs if args.cross_epochs is None else args.cross_epochs
+    for spec in CROSS_TRAINING:
+        key = {"dataset": args.dataset, "rows": len(parts[spec.part]), "part": spec.part, "seed": seed,
+               "model": f"cross-training {spec.name}", "epochs": epochs}
+
+        def build(spec: CrossTrainingSpec = spec) -> nn.Module:
+            return WeightDecayMLP(shape, spec.hidden, CROSS_TRAINING_DECAY, epochs, activation="sigmoid")
+
+        with timer.stage(f"seed{seed}/cross-training/train/{spec.name}"):
+            model, record = common.train_model(
+                build, parts[spec.part],
+                common.fit_trainer(device=device, seed=seed, progress=not args.no_progress),
+                seed=seed, device=device,
+                checkpoint=out / "models" / f"cross-{_file_name(spec.name)}-seed{seed}.pt", key=key,
+            )
+        models[spec.name] = model.eval()
+        records[spec.name] = {**_brief(record), "part": spec.part, "rows": len(parts[spec.part])}
+    return models, records
+
+
 def _file_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in name)
 
@@ -282,6 +363,29 @@ def published_markdown() -> str:
     header = ["crafted on \\ fed to", *PUBLISHED["columns"]]
     rows = [[row, *(f"{v:g}%" for v in values[:-1]), f"{values[-1]:g}"] for row, values in PUBLISHED["rows"].items()]
     return "\n".join(["### Published (Szegedy et al. 2014, MNIST)", "", common.markdown_table(header, rows)])
+
+
+def cross_training_markdown(matrix: dict[str, Any], accuracies: dict[str, float], n: int) -> str:
+    """Our cross-training table (error rates of each column's model on the row's examples)."""
+    targets = matrix["targets"]
+    header = ["crafted on \\ fed to", *targets, "av. distortion (RMS)"]
+    rows = [[row, *(_pct(matrix["error"][row][t]) for t in targets), f"{matrix['distortion_rms'][row]:.3f}"]
+            for row in matrix["rows"]]
+    rows.append(["clean test accuracy", *(_pct(accuracies[t]) for t in targets), "—"])
+    published = [[row, *(f"{v:g}%" for v in values)] for row, values in PUBLISHED_CROSS_TRAINING["rows"].items()]
+    parts = ", ".join(f"{spec.name} on {spec.part}" for spec in CROSS_TRAINING)
+    return "\n".join([
+        f"### Cross-training generalisation ({n} test digits)",
+        "",
+        f"Sigmoid nets (λ = {CROSS_TRAINING_DECAY:g}) trained on two disjoint halves of the training set: {parts}.",
+        "Each row's L-BFGS examples are fed to every net; the digits are classified correctly by all three.",
+        "",
+        common.markdown_table(header, rows),
+        "",
+        "Published (Szegedy et al. 2014, MNIST halves of 30,000 images):",
+        "",
+        common.markdown_table(["crafted on \\ fed to", *PUBLISHED_CROSS_TRAINING["columns"]], published),
+    ])
 
 
 def lipschitz_markdown(reports: dict[str, Any]) -> str:
@@ -340,10 +444,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         with timer.stage(f"seed{seed}/lipschitz"):
             reports = {name: lipschitz_bounds(model, shape, tol=1e-6).as_dict() for name, model in models.items()}
         result = matrix.as_dict()
-        runs.append({"seed": seed, "training": training, "test_accuracy": accuracies, "images": len(rows),
-                     "image_index": rows.tolist(), "transfer": result, "lipschitz": reports})
-        sections.append(f"## Seed {seed}\n\n" + matrix_markdown(result, accuracies, len(rows)) + "\n\n"
-                        + lipschitz_markdown(reports))
+        run = {"seed": seed, "training": training, "test_accuracy": accuracies, "images": len(rows),
+               "image_index": rows.tolist(), "transfer": result, "lipschitz": reports}
+        section = matrix_markdown(result, accuracies, len(rows)) + "\n\n" + lipschitz_markdown(reports)
+        if args.cross_training:
+            run["cross_training"] = cross_training(train, shape, classes, x_test, y_test, args, seed, device, out, timer)
+            section += "\n\n" + cross_training_markdown(
+                run["cross_training"]["transfer"], run["cross_training"]["test_accuracy"], run["cross_training"]["images"])
+        runs.append(run)
+        sections.append(f"## Seed {seed}\n\n" + section)
         if seed == args.seeds[0]:
             grid = _examples(sources, x, y, rows, out / "examples.png")
     timer.close()
@@ -357,12 +466,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models": {name: MODELS[name].description for name in args.models},
         "runs": runs,
         "published": PUBLISHED,
+        "published_cross_training": PUBLISHED_CROSS_TRAINING,
         "figures": [str(grid)],
         "wall_time": {"total_s": round(timer.total_s, 2), "cpu_s": round(timer.total_cpu_s, 2), "stages": timer.records},
     })
     print(table)
     print(f"outputs in {out} (total wall time {timer.total_s:.0f} s)")
     return 0
+
+
+def cross_training(
+    train: Any, shape: tuple[int, ...], classes: int, x_test: torch.Tensor, y_test: torch.Tensor,
+    args: argparse.Namespace, seed: int, device: torch.device, out: Path, timer: common.StageTimer,
+) -> dict[str, Any]:
+    """The cross-training experiment of one seed: training records, accuracies and the transfer matrix."""
+    models, training = train_cross_training(train, shape, classes, args, seed, device, out, timer)
+    accuracies = {name: accuracy(model, x_test, y_test) for name, model in models.items()}
+    rows = correctly_classified(models, x_test, y_test, count=args.images, seed=common.SUBSET_SEED).to(device)
+    if len(rows) == 0:
+        raise RuntimeError(f"no test digit is classified correctly by all cross-training nets (accuracies"
+                           f" {accuracies}); train longer (--epochs) or pass --no-cross-training")
+    sources = {
+        name: (model, LBFGS(model, search_steps=args.search_steps, max_iter=args.max_iter, seed=seed,
+                            progress=not args.no_progress))
+        for name, model in models.items()
+    }
+    with timer.stage(f"seed{seed}/cross-training/transfer"):
+        matrix = transfer_matrix(sources, models, x_test[rows], y_test[rows], noise_stds=[CROSS_TRAINING_NOISE],
+                                 seed=seed, index=rows.cpu())
+    return {"training": training, "test_accuracy": accuracies, "images": len(rows), "image_index": rows.tolist(),
+            "transfer": matrix.as_dict()}
 
 
 def _examples(sources: dict[str, Any], x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, path: Path) -> Path:

@@ -105,6 +105,8 @@ def test_mlp_on_tabular_rows_and_labels_are_required(digits):
     assert history.metrics[-1]["accuracy"] > history.metrics[0]["accuracy"]
     linear = MLPClassifier((64,), hidden=(), classes=10)
     assert [type(m) for m in linear.layers] == [nn.Flatten, nn.Linear]
+    sigmoid = MLPClassifier((64,), hidden=(16, 8), activation="sigmoid")
+    assert [type(m) for m in sigmoid.layers] == [nn.Flatten, nn.Linear, nn.Sigmoid, nn.Linear, nn.Sigmoid, nn.Linear]
     with pytest.raises(ValueError, match="needs labels"):
         fit(model, rows, epochs=1, progress=False)
 
@@ -119,6 +121,7 @@ def test_mlp_on_tabular_rows_and_labels_are_required(digits):
         (lambda: LeNet((1, 12, 12)), ValueError),
         (lambda: MLPClassifier((64,), classes=0), ValueError),
         (lambda: MLPClassifier((64,), hidden="wide"), TypeError),
+        (lambda: MLPClassifier((64,), activation="tanh"), ValueError),
         (lambda: cw_mnist()(torch.rand(2, 3, 32, 32)), ValueError),
     ],
 )

@@ -220,7 +220,7 @@ def test_adversarial_training_rerun_loads_the_weights(training_run: tuple[Path, 
 
 TRANSFER_MODELS = ["FC10(1e-4)", "FC100-100-10", "AE400-10"]
 TRANSFER_FLAGS = [
-    "--quick", "--train-rows", "300", "--epochs", "2", "--ae-epochs", "1", "--images", "8",
+    "--quick", "--train-rows", "300", "--epochs", "2", "--cross-epochs", "40", "--ae-epochs", "1", "--images", "8",
     "--search-steps", "2", "--max-iter", "10", "--models", *TRANSFER_MODELS,
 ]
 
@@ -255,6 +255,35 @@ def test_transferability_json_is_consistent(transfer_run: tuple[Path, str]) -> N
     assert run["test_accuracy"]["FC100-100-10"] == pytest.approx(correct)
     first = torch.linalg.matrix_norm(model.layers[1].weight.detach().double(), ord=2)
     assert run["lipschitz"]["FC100-100-10"]["layers"][1]["norm"] == pytest.approx(float(first), rel=1e-9)
+
+
+def test_transferability_cross_training(transfer_run: tuple[Path, str]) -> None:
+    out, _ = transfer_run
+    (run,) = read_results(out)["runs"]
+    cross = run["cross_training"]
+    names = [spec.name for spec in transferability.CROSS_TRAINING]
+    assert cross["transfer"]["targets"] == names
+    assert [cross["training"][n]["part"] for n in names] == ["P1", "P1", "P2"]
+    assert cross["training"][names[0]]["rows"] == cross["training"][names[2]]["rows"] == 150
+    for name in names:
+        assert cross["transfer"]["error"][name][name] == pytest.approx(cross["transfer"]["attack_success"][name])
+        assert cross["transfer"]["clean_error"][name] == 0.0
+    assert "noise rms=0.06" in cross["transfer"]["rows"]
+    # the halves are disjoint and the P2 net's accuracy is recomputed from its checkpoint
+    train = common.subset_rows(load_dataset("mnist-5k", split="train"), 300)
+    halves = transferability.split_halves(train)
+    assert not set(halves["P1"].indices) & set(halves["P2"].indices)
+    model = transferability.WeightDecayMLP((1, 28, 28), (100, 100), 1e-5, epochs=40, activation="sigmoid")
+    state = torch.load(out / "models" / "cross-FC100-100-10_-seed0.pt", weights_only=False)["state_dict"]
+    model.load_state_dict(state)
+    x_test, y_test = _mnist_test()
+    with torch.no_grad():
+        correct = float((model.eval()(x_test).argmax(1) == y_test).double().mean())
+    assert cross["test_accuracy"][names[2]] == pytest.approx(correct)
+    table = (out / "results.md").read_text()
+    assert "### Cross-training generalisation" in table
+    published = [row for row in table_rows(table) if row[0] == "Gaussian noise, stddev=0.06"]
+    assert published == [["Gaussian noise, stddev=0.06", "2.2%", "2.6%", "2.4%"]]
 
 
 def test_transferability_tables_and_figure(transfer_run: tuple[Path, str]) -> None:

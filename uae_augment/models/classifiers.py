@@ -206,7 +206,7 @@ class LeNet(_Classifier):
 class MLPClassifier(_Classifier):
     """A small fully connected classifier for images or tabular rows (not from the release).
 
-    Flatten, then Linear + ReLU for each hidden width, then Linear(classes)
+    Flatten, then Linear + activation for each hidden width, then Linear(classes)
     logits. Training (this library's choice): Adam lr 1e-3, cross-entropy,
     20 epochs, batch 128. No convolution: MINE uses random projections.
 
@@ -214,6 +214,10 @@ class MLPClassifier(_Classifier):
         input_shape: shape of one input, e.g. (1, 28, 28) or (561,).
         hidden: hidden widths (may be empty for a linear classifier).
         classes: number of classes.
+        activation: ``"relu"`` or ``"sigmoid"`` (Szegedy et al.'s cross-training nets).
+
+    Raises:
+        ValueError: on an unknown activation.
 
     Example:
         >>> import torch
@@ -224,9 +228,16 @@ class MLPClassifier(_Classifier):
     fit_settings = FitSettings(epochs=20, batch_size=128)
 
     def __init__(
-        self, input_shape: Sequence[int] | int, hidden: Sequence[int] = (256,), classes: int = 10
+        self,
+        input_shape: Sequence[int] | int,
+        hidden: Sequence[int] = (256,),
+        classes: int = 10,
+        activation: str = "relu",
     ):
         super().__init__()
+        activations = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+        if activation not in activations:
+            raise ValueError(f"activation must be one of {sorted(activations)}, got {activation!r}")
         self.input_shape = normalise_shape(input_shape)
         empty = isinstance(hidden, Sequence) and len(hidden) == 0
         hidden = () if empty else normalise_shape(hidden, name="hidden")
@@ -235,7 +246,7 @@ class MLPClassifier(_Classifier):
         layers: list[nn.Module] = [nn.Flatten()]
         sizes = (flat_size(self.input_shape), *hidden)
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-            layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+            layers += [nn.Linear(fan_in, fan_out), activations[activation]()]
         self.layers = nn.Sequential(*layers, nn.Linear(sizes[-1], classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
