@@ -80,7 +80,7 @@ QUICK: dict[str, Any] = {
     "tries": 1,
     "train_rows": 1000,
     "preset": "fast",
-    "attack_steps": 5,
+    "attack_steps": 40,  # the paper's T: random-projection MINE needs it to reach MI > 0 (5 gave ASR 0)
     "projections": 100,
     "probe": 8,
     "threads": 1,  # one torch thread: several threads spin-wait badly on a CPU shared with other jobs

@@ -23,7 +23,7 @@ from .helpers import PYTHON, REPO, assert_png, finite, read_results, table_rows
 TRAIN_ROWS, TEST_ROWS = 52, 40  # 52 rows: one batch of 100; the 104 augmented rows: two
 TINY = [
     "--quick", "--train-rows", str(TRAIN_ROWS), "--test-rows", str(TEST_ROWS), "--epochs", "1",
-    "--attack-steps", "2", "--projections", "8", "--probe", "2", "--no-progress", "--log-level", "WARNING",
+    "--attack-steps", "2", "--dense-attack-steps", "3", "--projections", "8", "--probe", "2", "--no-progress", "--log-level", "WARNING",
 ]
 MODELS = ["sparse", "dense"]  # random-projection MINE: cheap; the conv AE runs in `tiny_conv`
 SEEDS = [0, 1]
@@ -127,7 +127,7 @@ def test_init_only_returns_the_attacks_starting_point(tiny: tuple[Path, str]) ->
     results = read_results(out)
     run = next(r for r in results["runs"] if r["model"] == "dense" and r["seed"] == 0)
     assert run["methods"]["init-only"]["probe"]["moved_linf"] == 0.0
-    assert run["methods"]["mine"]["attack"]["steps"] == 2
+    assert run["methods"]["mine"]["attack"]["steps"] == 3  # --dense-attack-steps (no convolution)
     cached, _ = UAECache(out / "cache" / "mnist-5k-dense-seed0-init-only.h5").rows(range(TRAIN_ROWS))
     model = build_model("dense-ae", (1, 28, 28))
     model.load_state_dict(torch.load(out / "models" / "mnist-5k-dense-seed0.pt", weights_only=False)["state_dict"])
@@ -213,6 +213,19 @@ def test_failed_uaes_can_be_dropped(tmp_path: Path) -> None:
     assert entry["augmented_size"] == TRAIN_ROWS + successful
     assert entry["steps"] == math.ceil((TRAIN_ROWS + successful) / 100)
     assert "Failed UAEs: drop" in (tmp_path / "results.md").read_text()
+
+
+def test_dense_models_get_their_own_attack_steps() -> None:
+    parser = recipe.build_parser()
+    quick = common.parse_config(parser, ["--quick"], recipe.QUICK)
+    dense = Reconstruction(build_model("dense-ae", (1, 28, 28)))
+    conv = Reconstruction(build_model("conv-ae", (1, 28, 28)))
+    assert recipe.attack_steps(dense, quick) == 40 and recipe.attack_steps(conv, quick) == 5
+    assert recipe.METHODS["mine"].build(dense, quick, 0).steps == 40
+    assert recipe.METHODS["mine-strong"].build(conv, quick, 0).steps == 5
+    assert recipe.METHODS["l2"].build(dense, quick, 0).steps == 40
+    plain = common.parse_config(parser, ["--attack-steps", "7", "--strong-steps", "9"], recipe.QUICK)
+    assert recipe.attack_steps(dense, plain) == 7 and recipe.attack_steps(dense, plain, strong=True) == 9
 
 
 def test_yaml_config_sits_between_the_quick_preset_and_the_flags(tmp_path: Path) -> None:
