@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 import uae_augment
 from uae_augment import Attack, AttackResult, UAEAugmented, UAECache, fit, load_dataset, precompute
-from uae_augment.data import ProvenanceMismatchError
+from uae_augment.data import ProvenanceMismatchError, dataset_info, resolve_data_root
 
 logger = logging.getLogger("recipes")
 
@@ -259,12 +259,13 @@ def load_splits(
 
 
 def dataset_available(name: str, root: Path | None, **options: Any) -> bool:
-    """Whether :func:`uae_augment.load_dataset` finds the data set's file."""
-    try:
-        load_dataset(name, root=root, split="train", **options)
-    except FileNotFoundError:
-        return False
-    return True
+    """Whether :func:`uae_augment.load_dataset` finds the data set's file (checked without loading it).
+
+    ``options`` are accepted for symmetry with :func:`load_splits`; they do not change the file.
+    """
+    del options
+    file = dataset_info(name).file
+    return file is None or (resolve_data_root(root) / file).is_file()
 
 
 SUBSET_SEED = 0

@@ -74,3 +74,12 @@ def test_stage_timer_logs_every_stage_even_when_it_raises(tmp_path: Path) -> Non
     assert [line.split("\t")[0] for line in lines[1:]] == ["first", "second", "total"]
     assert [r["stage"] for r in timer.records] == ["first", "second"]
     assert all(r["seconds"] >= 0 and r["cpu_s"] >= 0 for r in timer.records)
+
+
+def test_dataset_available_checks_the_file_without_loading(tmp_path: Path) -> None:
+    assert common.dataset_available("mnist-5k", tmp_path)  # embedded: no file needed
+    assert not common.dataset_available("cifar10", tmp_path)
+    (tmp_path / "cifar10.npz").write_bytes(b"not read")  # existence is what counts; load_dataset validates
+    assert common.dataset_available("cifar10", tmp_path)
+    with pytest.raises(ValueError, match="unknown data set"):
+        common.dataset_available("no-such-set", tmp_path)
