@@ -28,6 +28,7 @@ class Stream(IntEnum):
     VIEWS = 6
     REPLACE = 7
     EVALUATOR = 8
+    TARGET = 9
 
 
 def _splitmix64(state: int) -> int:

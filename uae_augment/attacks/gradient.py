@@ -59,8 +59,6 @@ Norm = Literal["linf", "l2"]
 _LOSSES = ("ce", "margin")
 _TARGETS = ("given", "least_likely", "random")
 _NORMS = ("linf", "l2")
-# Extra key of the DELTA_INIT stream for random targets: random starts use keys 0, 1, ...
-_RANDOM_TARGET_KEY = 1 << 20
 
 
 class ClassifierAttack(Attack):
@@ -150,7 +148,7 @@ class ClassifierAttack(Attack):
         draws = torch.stack(
             [
                 torch.randint(0, logits.shape[1] - 1, (), generator=g)
-                for g in sample_generators(self.seed, index, Stream.DELTA_INIT, _RANDOM_TARGET_KEY)
+                for g in sample_generators(self.seed, index, Stream.TARGET)
             ]
         ).to(y.device)
         return draws + (draws >= y).long()
