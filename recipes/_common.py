@@ -550,6 +550,26 @@ def write_json(path: Path, data: Any) -> Path:
     return path
 
 
+def write_outputs(
+    out: Path, recipe: str, args: argparse.Namespace, timer: StageTimer, table: str, fields: dict[str, Any]
+) -> None:
+    """A run's final outputs: ``results.md`` (the table), ``results.json`` and the printed table.
+
+    The JSON holds the recipe's name, the resolved config, the environment, the
+    recipe's own ``fields`` and the per-stage wall and CPU time of ``timer``.
+    """
+    (out / TABLE_FILE).write_text(table)
+    write_json(out / RESULTS_FILE, {
+        "recipe": recipe,
+        "config": resolved_config(args),
+        "environment": environment(),
+        **fields,
+        "wall_time": {"total_s": round(timer.total_s, 2), "cpu_s": round(timer.total_cpu_s, 2), "stages": timer.records},
+    })
+    print(table)
+    print(f"outputs in {out} (total wall time {timer.total_s:.0f} s)")
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None

@@ -351,7 +351,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarise(runs, args.methods)
     data_label = args.dataset if args.train_rows is None else f"{args.dataset} ({len(x)} training rows)"
     table = markdown(summary, args, data_label)
-    (out / common.TABLE_FILE).write_text(table)
     figures = [
         save_curves({LABELS[m]: v for m, v in curves.items()}, out / "training_curves.png",
                     ylabel="mean training loss", title="training loss per epoch (first seed)"),
@@ -363,19 +362,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             out / "examples.png", title=f"{LABELS[args.methods[0]]}: test images, ε = {args.epsilon:g}",
         ),
     ]
-    common.write_json(out / common.RESULTS_FILE, {
-        "recipe": RECIPE,
-        "config": common.resolved_config(args),
-        "environment": common.environment(),
+    common.write_outputs(out, RECIPE, args, timer, table, {
         "dataset": {"name": args.dataset, "train_size": len(x), "test_size": len(x_test)},
         "runs": runs,
         "summary": summary,
         "published": PUBLISHED,
         "figures": [str(p) for p in figures],
-        "wall_time": {"total_s": round(timer.total_s, 2), "cpu_s": round(timer.total_cpu_s, 2), "stages": timer.records},
     })
-    print(table)
-    print(f"outputs in {out} (total wall time {timer.total_s:.0f} s)")
     return 0
 
 

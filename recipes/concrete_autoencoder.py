@@ -383,22 +383,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiment.timer.close()
     summary = summarise(experiment.runs, names)
     table = markdown(summary, failed=args.failed, skipped=skipped)
-    (out / common.TABLE_FILE).write_text(table)
-    common.write_json(out / common.RESULTS_FILE, {
-        "recipe": RECIPE,
-        "config": common.resolved_config(args),
-        "environment": common.environment(),
+    common.write_outputs(out, RECIPE, args, experiment.timer, table, {
         "failed_uaes": args.failed,
         "skipped": skipped,
         "runs": experiment.runs,
         "summary": summary,
         "published": PUBLISHED,
         "grids": experiment.grids,
-        "wall_time": {"total_s": round(experiment.timer.total_s, 2), "cpu_s": round(experiment.timer.total_cpu_s, 2),
-                      "stages": experiment.timer.records},
     })
-    print(table)
-    print(f"outputs in {out} (total wall time {experiment.timer.total_s:.0f} s)")
     return 0
 
 

@@ -709,7 +709,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = summarise(experiment.runs, args.pgd_epsilons)
         table = markdown(summary, args.pgd_epsilons, data=label, seeds=len(args.seeds),
                          pgd_rows=min(args.pgd_rows, len(test)), pgd_steps=args.pgd_steps)  # type: ignore[arg-type]
-        (out / common.TABLE_FILE).write_text(table)
         curves_path = None
         if experiment.curves:
             window = max(1, max(len(v) for v in experiment.curves.values()) // 40)
@@ -717,21 +716,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           out / "loss_curves.png", xlabel="optimisation step",
                                           ylabel=f"NT-Xent (running mean of {window})",
                                           title=f"SimCLR training loss, seed {args.seeds[0]}"))
-        common.write_json(out / common.RESULTS_FILE, {
-            "recipe": RECIPE,
-            "config": common.resolved_config(args),
-            "environment": common.environment(),
+        common.write_outputs(out, RECIPE, args, experiment.timer, table, {
             "world_size": 1 if world is None else world[1],
             "data": label,
             "runs": experiment.runs,
             "summary": summary,
             "grid": experiment.grid,
             "loss_curves": curves_path,
-            "wall_time": {"total_s": round(experiment.timer.total_s, 2),
-                          "cpu_s": round(experiment.timer.total_cpu_s, 2), "stages": experiment.timer.records},
         })
-        print(table)
-        print(f"outputs in {out} (total wall time {experiment.timer.total_s:.0f} s)")
     return 0
 
 

@@ -553,21 +553,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = markdown(summary, args)
     if skipped:
         table += "\nSkipped: " + "; ".join(f"{s['dataset']} ({s['reason']})" for s in skipped) + "\n"
-    (out / common.TABLE_FILE).write_text(table)
-    common.write_json(out / common.RESULTS_FILE, {
-        "recipe": RECIPE,
-        "config": common.resolved_config(args),
-        "environment": common.environment(),
+    common.write_outputs(out, RECIPE, args, experiment.timer, table, {
         "skipped": skipped,
         "runs": experiment.runs,
         "summary": summary,
         "published": PUBLISHED,
         "figures": experiment.figures,
-        "wall_time": {"total_s": round(experiment.timer.total_s, 2), "cpu_s": round(experiment.timer.total_cpu_s, 2),
-                      "stages": experiment.timer.records},
     })
-    print(table)
-    print(f"outputs in {out} (total wall time {experiment.timer.total_s:.0f} s)")
     return 0
 
 

@@ -457,21 +457,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             grid = _examples(sources, x, y, rows, out / "examples.png")
     timer.close()
     table = "\n\n".join([*sections, published_markdown()]) + "\n"
-    (out / common.TABLE_FILE).write_text(table)
-    common.write_json(out / common.RESULTS_FILE, {
-        "recipe": RECIPE,
-        "config": common.resolved_config(args),
-        "environment": common.environment(),
+    common.write_outputs(out, RECIPE, args, timer, table, {
         "dataset": {"name": args.dataset, "train_size": len(train), "test_size": len(x_test)},
         "models": {name: MODELS[name].description for name in args.models},
         "runs": runs,
         "published": PUBLISHED,
         "published_cross_training": PUBLISHED_CROSS_TRAINING,
         "figures": [str(grid)],
-        "wall_time": {"total_s": round(timer.total_s, 2), "cpu_s": round(timer.total_cpu_s, 2), "stages": timer.records},
     })
-    print(table)
-    print(f"outputs in {out} (total wall time {timer.total_s:.0f} s)")
     return 0
 
 
