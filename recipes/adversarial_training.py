@@ -102,6 +102,7 @@ QUICK: dict[str, Any] = {
     "lr": 0.01,
     "madry_steps": 5,
     "pgd_steps": 10,
+    "threads": 1,  # one torch thread: several threads spin-wait badly on a CPU shared with other jobs
 }
 
 

@@ -96,6 +96,7 @@ QUICK: dict[str, Any] = {
     "pgd_rows": 128,
     "pgd_steps": 20,
     "probe": 8,
+    "threads": 1,  # one torch thread: several threads spin-wait badly on a CPU shared with other jobs
 }
 
 

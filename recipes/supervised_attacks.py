@@ -148,6 +148,7 @@ QUICK: dict[str, Any] = {
     "lbfgs_search_steps": 3,
     "lbfgs_max_iter": 20,
     "mi_steps": 600,
+    "threads": 1,  # one torch thread: several threads spin-wait badly on a CPU shared with other jobs
 }
 """The minutes-long CPU preset. Deviations that keep it short: Adam (lr 1e-3) trains the victims,
 because the release's SGD stays at chance level for the first epochs on a 2,000-image CIFAR-10

@@ -201,6 +201,7 @@ QUICK: dict[str, Any] = {
     "images": 100,
     "search_steps": 6,
     "max_iter": 60,
+    "threads": 1,  # one torch thread: several threads spin-wait badly on a CPU shared with other jobs
 }
 
 
@@ -212,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  python recipes/transferability.py --quick           # MNIST-5k, minutes on a CPU\n"
             "  python recipes/transferability.py --seeds 0         # MNIST, 1000 images\n"
-            "  python recipes/transferability.py --quick --models FC10(1e-4) FC100-100-10 AE400-10\n"
+            "  python recipes/transferability.py --quick --models 'FC10(1e-4)' FC100-100-10 AE400-10\n"
             f"\nquick preset: {QUICK}"
         ),
     )
