@@ -221,7 +221,8 @@ def test_dense_models_get_their_own_attack_steps() -> None:
     dense = Reconstruction(build_model("dense-ae", (1, 28, 28)))
     conv = Reconstruction(build_model("conv-ae", (1, 28, 28)))
     assert recipe.attack_steps(dense, quick) == 40 and recipe.attack_steps(conv, quick) == 5
-    assert recipe.METHODS["mine"].build(dense, quick, 0).steps == 40
+    mine = recipe.METHODS["mine"].build(dense, quick, 0)
+    assert mine.steps == 40 and mine.projection_dim == 32 and mine.projections == 100
     assert recipe.METHODS["mine-strong"].build(conv, quick, 0).steps == 5
     assert recipe.METHODS["l2"].build(dense, quick, 0).steps == 40
     plain = common.parse_config(parser, ["--attack-steps", "7", "--strong-steps", "9"], recipe.QUICK)
