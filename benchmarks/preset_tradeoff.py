@@ -23,6 +23,7 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-from uae_augment import MINEUAE, PRESETS, AttackResult, Reconstruction, per_sample_mi  # noqa: E402
+from uae_augment import MINEUAE, PRESETS, AttackResult, BySampler, Reconstruction, per_sample_mi  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "preset_tradeoff.json"
 PRESET_NAMES = ("paper", "fast", "strong")
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "seed": args.seed,
             "steps_override": args.steps,
             "mine_steps_override": args.mine_steps,
-            "presets": {name: {k: v for k, v in PRESETS[name].items() if k != "batch_size"} for name in PRESET_NAMES},
+            "presets": {name: {k: asdict(v) if isinstance(v, BySampler) else v for k, v in PRESETS[name].items()
+                               if k != "batch_size"} for name in PRESET_NAMES},
             "init": "MINEUAE(preset='fast', steps=1): its only iterate clip(x + delta_0), glorot delta_0",
             "evaluator": {
                 "function": "uae_augment.per_sample_mi(x, x_adv)",
