@@ -191,6 +191,25 @@ def setup_run(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
+def start_run(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, quick: Mapping[str, Any], recipe: str,
+    *, save: bool = True,
+) -> tuple[argparse.Namespace, Path]:
+    """A recipe's start: parsed settings (:func:`parse_config`), logging and threads applied, the output
+    folder (``--out`` or :func:`default_out`) and, with ``save``, its ``config.yaml``."""
+    args = parse_config(parser, argv, quick)
+    setup_run(args)
+    out = args.out or default_out(recipe, args.quick)
+    if save:
+        save_config(args, out, argv)
+    return args, out
+
+
+QUICK_THREADS = 1
+"""Torch threads of every ``--quick`` preset: on a CPU shared with other jobs several OpenMP
+threads spin-wait (measured up to ~10x slower per training step with 2 threads at load 5)."""
+
+
 # --------------------------------------------------------------------------- seeds and devices
 
 
@@ -548,6 +567,19 @@ def write_json(path: Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_finite(data), indent=2, sort_keys=False) + "\n")
     return path
+
+
+class RecipeRun:
+    """What every recipe's experiment holds: its settings, output folder, device, progress
+    switch, stage timer (``out/wall_time.log``) and the per-seed records it collects."""
+
+    def __init__(self, args: argparse.Namespace, out: Path):
+        self.args = args
+        self.out = out
+        self.device = resolve_device(args.device)
+        self.progress = not args.no_progress
+        self.timer = StageTimer(out / WALL_TIME_FILE)
+        self.runs: list[dict[str, Any]] = []
 
 
 def write_outputs(

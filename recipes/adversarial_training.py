@@ -102,7 +102,7 @@ QUICK: dict[str, Any] = {
     "lr": 0.01,
     "madry_steps": 5,
     "pgd_steps": 10,
-    "threads": 1,  # one torch thread: several threads spin-wait badly on a CPU shared with other jobs
+    "threads": common.QUICK_THREADS,
 }
 
 
@@ -300,11 +300,9 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, data_label: str)
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the recipe; prints the Markdown tables; returns the exit status (0 on success)."""
     parser = build_parser()
-    args = common.parse_config(parser, argv, QUICK)
-    common.setup_run(args)
+    args, out = common.start_run(parser, argv, QUICK, RECIPE, save=False)
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
-    out = args.out or common.default_out(RECIPE, args.quick)
     common.save_config(args, out, argv)
     device = common.resolve_device(args.device)
     progress = not args.no_progress

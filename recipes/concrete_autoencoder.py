@@ -84,7 +84,7 @@ QUICK: dict[str, Any] = {
     "projections": 100,
     "projection_dim": 32,  # ~3x cheaper than 128 (measured): projecting x' dominates a dense model's attack
     "probe": 8,
-    "threads": 1,  # one torch thread: several threads spin-wait badly on a CPU shared with other jobs
+    "threads": common.QUICK_THREADS,
 }
 
 
@@ -182,16 +182,11 @@ def concrete_trainer(args: argparse.Namespace, *, device: torch.device, seed: in
     return train
 
 
-class Experiment:
+class Experiment(common.RecipeRun):
     """Runs the protocol for the configuration ``args`` and collects the per-seed records."""
 
     def __init__(self, args: argparse.Namespace, out: Path):
-        self.args = args
-        self.out = out
-        self.device = common.resolve_device(args.device)
-        self.progress = not args.no_progress
-        self.timer = common.StageTimer(out / common.WALL_TIME_FILE)
-        self.runs: list[dict[str, Any]] = []
+        super().__init__(args, out)
         self.grids: list[str] = []
 
     def run(self, name: str) -> None:
@@ -373,10 +368,7 @@ def resolve_datasets(requested: Sequence[str], root: Path | None) -> tuple[list[
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the recipe; prints the Markdown table; returns the exit status (0 on success)."""
     parser = build_parser()
-    args = common.parse_config(parser, argv, QUICK)
-    common.setup_run(args)
-    out = args.out or common.default_out(RECIPE, args.quick)
-    common.save_config(args, out, argv)
+    args, out = common.start_run(parser, argv, QUICK, RECIPE)
     names, skipped = resolve_datasets(args.datasets, args.data_root)
     if not names:
         parser.error("none of the requested data sets is available: " + "; ".join(s["dataset"] for s in skipped))

@@ -96,7 +96,7 @@ QUICK: dict[str, Any] = {
     "pgd_rows": 128,
     "pgd_steps": 20,
     "probe": 8,
-    "threads": 1,  # one torch thread: several threads spin-wait badly on a CPU shared with other jobs
+    "threads": common.QUICK_THREADS,
 }
 
 
@@ -690,9 +690,7 @@ def _smoothed(values: Sequence[float], window: int) -> list[float]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the recipe; rank 0 prints the Markdown table; returns the exit status."""
     parser = build_parser()
-    args = common.parse_config(parser, argv, QUICK)
-    common.setup_run(args)
-    out = args.out or common.default_out(RECIPE, args.quick)
+    args, out = common.start_run(parser, argv, QUICK, RECIPE, save=False)  # rank 0 saves it
     with distributed(args.device) as (world, device):
         rank0 = world is None or world[0] == 0
         if rank0:

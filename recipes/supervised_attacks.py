@@ -148,7 +148,7 @@ QUICK: dict[str, Any] = {
     "lbfgs_search_steps": 3,
     "lbfgs_max_iter": 20,
     "mi_steps": 600,
-    "threads": 1,  # one torch thread: several threads spin-wait badly on a CPU shared with other jobs
+    "threads": common.QUICK_THREADS,
 }
 """The minutes-long CPU preset. Deviations that keep it short: Adam (lr 1e-3) trains the victims,
 because the release's SGD stays at chance level for the first epochs on a 2,000-image CIFAR-10
@@ -311,16 +311,11 @@ def attack_record(
 # --------------------------------------------------------------------------- one data set
 
 
-class Experiment:
+class Experiment(common.RecipeRun):
     """Runs the protocol per data set and seed; collects records, curves and grids."""
 
     def __init__(self, args: argparse.Namespace, out: Path):
-        self.args = args
-        self.out = out
-        self.device = common.resolve_device(args.device)
-        self.progress = not args.no_progress
-        self.timer = common.StageTimer(out / common.WALL_TIME_FILE)
-        self.runs: list[dict[str, Any]] = []
+        super().__init__(args, out)
         self.figures: list[str] = []
 
     def run(self, data: DataSpec, seed: int, *, figures: bool) -> None:
@@ -534,10 +529,7 @@ def markdown(summary: Sequence[dict[str, Any]], args: argparse.Namespace) -> str
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the recipe; prints the Markdown tables; returns the exit status (0 on success)."""
     parser = build_parser()
-    args = common.parse_config(parser, argv, QUICK)
-    common.setup_run(args)
-    out = args.out or common.default_out(RECIPE, args.quick)
-    common.save_config(args, out, argv)
+    args, out = common.start_run(parser, argv, QUICK, RECIPE)
     experiment = Experiment(args, out)
     available, skipped = [], []
     for name in args.datasets:

@@ -201,7 +201,7 @@ QUICK: dict[str, Any] = {
     "images": 100,
     "search_steps": 6,
     "max_iter": 60,
-    "threads": 1,  # one torch thread: several threads spin-wait badly on a CPU shared with other jobs
+    "threads": common.QUICK_THREADS,
 }
 
 
@@ -415,10 +415,7 @@ def lipschitz_markdown(reports: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the recipe; prints the Markdown tables; returns the exit status (0 on success)."""
     parser = build_parser()
-    args = common.parse_config(parser, argv, QUICK)
-    common.setup_run(args)
-    out = args.out or common.default_out(RECIPE, args.quick)
-    common.save_config(args, out, argv)
+    args, out = common.start_run(parser, argv, QUICK, RECIPE)
     device = common.resolve_device(args.device)
     timer = common.StageTimer(out / common.WALL_TIME_FILE)
     try:
