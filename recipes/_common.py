@@ -51,15 +51,21 @@ WALL_TIME_FILE = "wall_time.log"
 # --------------------------------------------------------------------------- configuration
 
 
-def base_parser(description: str, *, epilog: str | None = None) -> argparse.ArgumentParser:
+def base_parser(
+    description: str, *, examples: Sequence[str] = (), quick: Mapping[str, Any] | None = None
+) -> argparse.ArgumentParser:
     """An argparse parser with the options every recipe shares.
 
     Shared options: ``--config``, ``--quick``, ``--out``, ``--seeds``, ``--device``,
-    ``--data-root``, ``--no-progress``, ``--log-level``.
+    ``--data-root``, ``--no-progress``, ``--log-level``. The description is the first
+    paragraph of ``description`` (a recipe passes its module docstring); the epilog lists
+    the example command lines and the ``--quick`` preset.
     """
+    epilog = "".join(["examples:\n" if examples else "", *(f"  {line}\n" for line in examples),
+                      f"\nquick preset: {dict(quick)}" if quick is not None else ""])
     parser = argparse.ArgumentParser(
-        description=description,
-        epilog=epilog,
+        description=description.strip().split("\n\n")[0],
+        epilog=epilog or None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     group = parser.add_argument_group("run")

@@ -108,16 +108,11 @@ QUICK: dict[str, Any] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface."""
-    parser = common.base_parser(
-        description=__doc__.split("\n\n")[0],
-        epilog=(
-            "examples:\n"
-            "  python recipes/adversarial_training.py --quick          # MNIST-5k, minutes on a CPU\n"
-            "  python recipes/adversarial_training.py --seeds 0        # the reference's setting (MNIST, 30 epochs)\n"
-            "  python recipes/adversarial_training.py --quick --methods standard madry --epsilon 0.3\n"
-            f"\nquick preset: {QUICK}"
-        ),
-    )
+    parser = common.base_parser(__doc__, quick=QUICK, examples=[
+        "python recipes/adversarial_training.py --quick          # MNIST-5k, minutes on a CPU",
+        "python recipes/adversarial_training.py --seeds 0        # the reference's setting (MNIST, 30 epochs)",
+        "python recipes/adversarial_training.py --quick --methods standard madry --epsilon 0.3",
+    ])
     group = parser.add_argument_group("experiment")
     group.add_argument("--dataset", default="mnist", help="data set (default: %(default)s; 'mnist-5k' needs no files)")
     group.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="training methods (default: all)")

@@ -180,16 +180,11 @@ QUICK: dict[str, Any] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface."""
-    parser = common.base_parser(
-        description=__doc__.split("\n\n")[0],
-        epilog=(
-            "examples:\n"
-            "  python recipes/autoencoders.py --quick                      # MNIST-5k, minutes on a CPU\n"
-            "  python recipes/autoencoders.py --config recipes/configs/autoencoders_full.yaml\n"
-            "  python recipes/autoencoders.py --quick --models conv --methods mine ga-0.01 --seeds 0\n"
-            f"\nquick preset: {QUICK}"
-        ),
-    )
+    parser = common.base_parser(__doc__, quick=QUICK, examples=[
+        "python recipes/autoencoders.py --quick                      # MNIST-5k, minutes on a CPU",
+        "python recipes/autoencoders.py --config recipes/configs/autoencoders_full.yaml",
+        "python recipes/autoencoders.py --quick --models conv --methods mine ga-0.01 --seeds 0",
+    ])
     group = parser.add_argument_group("experiment")
     group.add_argument("--datasets", nargs="+", default=list(DATASETS),
                        help="data sets; 'svhn' falls back to cifar10 (32x32x3) when its file is absent (default: %(default)s)")

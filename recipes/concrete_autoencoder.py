@@ -90,16 +90,11 @@ QUICK: dict[str, Any] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface."""
-    parser = common.base_parser(
-        description=__doc__.split("\n\n")[0],
-        epilog=(
-            "examples:\n"
-            "  python recipes/concrete_autoencoder.py --quick              # MNIST-5k, minutes on a CPU\n"
-            "  python recipes/concrete_autoencoder.py --config recipes/configs/concrete_autoencoder_full.yaml\n"
-            "  python recipes/concrete_autoencoder.py --datasets isolet mice-protein --epochs 200 --seeds 0 1\n"
-            f"\nquick preset: {QUICK}"
-        ),
-    )
+    parser = common.base_parser(__doc__, quick=QUICK, examples=[
+        "python recipes/concrete_autoencoder.py --quick              # MNIST-5k, minutes on a CPU",
+        "python recipes/concrete_autoencoder.py --config recipes/configs/concrete_autoencoder_full.yaml",
+        "python recipes/concrete_autoencoder.py --datasets isolet mice-protein --epochs 200 --seeds 0 1",
+    ])
     group = parser.add_argument_group("experiment")
     group.add_argument("--datasets", nargs="+", default=list(DATASETS),
                        help="data sets (absent files are skipped and listed) (default: %(default)s)")

@@ -105,17 +105,12 @@ QUICK: dict[str, Any] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface (defaults: the release's full settings)."""
-    parser = common.base_parser(
-        description=__doc__.split("\n\n")[0],
-        epilog=(
-            "examples:\n"
-            "  python recipes/simclr.py --quick                        # minutes on a CPU\n"
-            "  python recipes/simclr.py --out outputs/simclr            # the release's settings (GPU)\n"
-            "  torchrun --nproc_per_node=2 recipes/simclr.py --quick --device cpu\n"
-            "  python recipes/simclr.py --quick --image-folder ~/data/stl10 --image-size 32\n"
-            f"\nquick preset: {QUICK}"
-        ),
-    )
+    parser = common.base_parser(__doc__, quick=QUICK, examples=[
+        "python recipes/simclr.py --quick                        # minutes on a CPU",
+        "python recipes/simclr.py --out outputs/simclr            # the release's settings (GPU)",
+        "torchrun --nproc_per_node=2 recipes/simclr.py --quick --device cpu",
+        "python recipes/simclr.py --quick --image-folder ~/data/stl10 --image-size 32",
+    ])
     parser.set_defaults(seeds=[0])
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="cifar10", help="data set name for load_dataset (default: %(default)s)")

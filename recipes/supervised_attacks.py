@@ -168,16 +168,11 @@ def _feature_map_lr(preset: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface."""
-    parser = common.base_parser(
-        description=__doc__.split("\n\n")[0],
-        epilog=(
-            "examples:\n"
-            "  python recipes/supervised_attacks.py --quick            # MNIST-5k + a CIFAR-10 subset, 50 images\n"
-            "  python recipes/supervised_attacks.py --seeds 0 --device cuda   # the paper's setting (GPU: hours)\n"
-            "  python recipes/supervised_attacks.py --quick --datasets mnist-5k --attacks minmax pgd\n"
-            f"\nquick preset: {QUICK}"
-        ),
-    )
+    parser = common.base_parser(__doc__, quick=QUICK, examples=[
+        "python recipes/supervised_attacks.py --quick            # MNIST-5k + a CIFAR-10 subset, 50 images",
+        "python recipes/supervised_attacks.py --seeds 0 --device cuda   # the paper's setting (GPU: hours)",
+        "python recipes/supervised_attacks.py --quick --datasets mnist-5k --attacks minmax pgd",
+    ])
     group = parser.add_argument_group("experiment")
     group.add_argument("--datasets", nargs="+", default=["mnist", "cifar10"], choices=list(DATASETS),
                        help="data sets (default: %(default)s)")

@@ -207,16 +207,11 @@ QUICK: dict[str, Any] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface."""
-    parser = common.base_parser(
-        description=__doc__.split("\n\n")[0],
-        epilog=(
-            "examples:\n"
-            "  python recipes/transferability.py --quick           # MNIST-5k, minutes on a CPU\n"
-            "  python recipes/transferability.py --seeds 0         # MNIST, 1000 images\n"
-            "  python recipes/transferability.py --quick --models 'FC10(1e-4)' FC100-100-10 AE400-10\n"
-            f"\nquick preset: {QUICK}"
-        ),
-    )
+    parser = common.base_parser(__doc__, quick=QUICK, examples=[
+        "python recipes/transferability.py --quick           # MNIST-5k, minutes on a CPU",
+        "python recipes/transferability.py --seeds 0         # MNIST, 1000 images",
+        "python recipes/transferability.py --quick --models 'FC10(1e-4)' FC100-100-10 AE400-10",
+    ])
     group = parser.add_argument_group("experiment")
     group.add_argument("--dataset", default="mnist", help="data set (default: %(default)s; 'mnist-5k' needs no files)")
     group.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="models (default: all)")
