@@ -9,7 +9,6 @@ import hashlib
 import json
 import logging
 import math
-import operator
 import os
 import platform
 import socket
@@ -26,6 +25,7 @@ from torch.utils.data import Dataset
 
 from .._model_state import state_hash
 from ..attacks.base import Attack
+from ._items import dataset_length, split_item
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ ROW_FIELDS: dict[str, tuple[np.dtype, Any]] = {
     "done": (np.dtype(bool), False),
 }
 RESULT_FIELDS = ("adversarial", "success", "mi", "criterion", "label", "index")
+LABEL_FIELD = "label"
+"""The one optional dataset: stored only when the dataset's items have labels."""
 ENVIRONMENT_KEY = "environment"
 SHARD_KEY = "shard"
 
@@ -73,41 +75,6 @@ class ProvenanceMismatchError(CacheError):
 
 for _error in (CacheError, CacheLockedError, ProvenanceMismatchError):
     _error.__module__ = "uae_augment.data.cache"  # where users import them from
-
-
-# --------------------------------------------------------------------------- dataset items
-
-
-def dataset_length(dataset: Dataset) -> int:
-    try:
-        length = len(dataset)  # type: ignore[arg-type]
-    except TypeError as error:
-        raise TypeError(
-            f"dataset must be a map-style dataset with __len__, got {type(dataset).__name__}"
-        ) from error
-    if length == 0:
-        raise ValueError("dataset is empty: there is nothing to precompute")
-    return length
-
-
-def split_item(item: Any, position: int) -> tuple[torch.Tensor, int]:
-    """(x, integer label) of a dataset item (x, y[, extra...])."""
-    if not isinstance(item, (tuple, list)) or len(item) < 2:
-        raise TypeError(
-            f"item {position} of the dataset must be a tuple (x, y, ...), got {type(item).__name__}"
-        )
-    x, y = item[0], item[1]
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        found = f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise TypeError(
-            f"the sample of item {position} must be a float tensor with values in [0, 1], got {found}"
-        )
-    if isinstance(y, torch.Tensor) and y.numel() == 1 and not y.is_floating_point() and y.dtype != torch.bool:
-        return x, int(y.item())
-    try:
-        return x, operator.index(y)
-    except TypeError:
-        raise TypeError(f"the label of item {position} must be an integer, got {y!r}") from None
 
 
 # --------------------------------------------------------------------------- provenance
@@ -249,6 +216,12 @@ class Layout:
     sample_shape: tuple[int, ...]
     dtype: str
     chunk_rows: int
+    labelled: bool = True
+
+    @property
+    def result_fields(self) -> tuple[str, ...]:
+        """The per-row results this file stores (``label`` only when labelled)."""
+        return RESULT_FIELDS if self.labelled else tuple(f for f in RESULT_FIELDS if f != LABEL_FIELD)
 
     @property
     def chunks(self) -> int:
@@ -289,6 +262,8 @@ def create_file(path: Path, layout: Layout, provenance: dict[str, Any], compress
                 **options,
             )
             for name, (dtype, fill) in ROW_FIELDS.items():
+                if name == LABEL_FIELD and not layout.labelled:
+                    continue
                 handle.create_dataset(
                     name,
                     shape=(layout.rows,),
@@ -352,7 +327,8 @@ def read_layout(handle: h5py.File, path: Path) -> Layout:
     try:
         found_format = handle.attrs.get("format")
         version = handle.attrs.get("format_version")
-        missing = [name for name in ("adversarial", *ROW_FIELDS) if name not in handle]
+        missing = [name for name in ("adversarial", *ROW_FIELDS) if name not in handle and name != LABEL_FIELD]
+        labelled = LABEL_FIELD in handle
     except (OSError, RuntimeError, KeyError) as error:
         raise CacheError(f"{path} is damaged: its structure cannot be read ({error})") from error
     if found_format != FORMAT:
@@ -375,13 +351,15 @@ def read_layout(handle: h5py.File, path: Path) -> Layout:
         )
     rows = adversarial.shape[0]
     for name, (dtype, _) in ROW_FIELDS.items():
+        if name == LABEL_FIELD and not labelled:
+            continue
         dataset = handle[name]
         if dataset.shape != (rows,) or dataset.dtype != dtype:
             raise CacheError(
                 f"{path}: dataset {name!r} must be {dtype} of shape ({rows},), found"
                 f" {dataset.dtype} {dataset.shape}"
             )
-    return Layout(rows, tuple(adversarial.shape[1:]), adversarial.dtype.name, adversarial.chunks[0])
+    return Layout(rows, tuple(adversarial.shape[1:]), adversarial.dtype.name, adversarial.chunks[0], labelled)
 
 
 def read_provenance(handle: h5py.File, path: Path) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from .._model_state import model_device
 from ..attacks.base import Attack
 from . import _distributed, _lock
 from ._cache_format import (
-    RESULT_FIELDS,
     ROW_FIELDS,
     SHARD_KEY,
     CacheError,
@@ -35,8 +34,8 @@ from ._cache_format import (
     read_layout,
     read_provenance,
     shard_path,
-    split_item,
 )
+from ._items import batch_labels, require_labels, split_item, stack_samples
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 
 class _Rows(Dataset):
-    """The rows still to attack: item j is (global index, x, y) of ``dataset[indices[j]]``."""
+    """The rows still to attack: item j is (global index, x, y or None) of ``dataset[indices[j]]``."""
 
     def __init__(self, dataset: Dataset, indices: np.ndarray):
         self.dataset = dataset
@@ -53,20 +52,20 @@ class _Rows(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, j: int) -> tuple[int, torch.Tensor, int]:
+    def __getitem__(self, j: int) -> tuple[int, torch.Tensor, int | None]:
         index = int(self.indices[j])
         x, y = split_item(self.dataset[index], index)
         return index, x, y
 
 
-def _collate(items: list[tuple[int, torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    shapes = {tuple(x.shape) for _, x, _ in items}
-    if len(shapes) > 1:
-        raise ValueError(f"rows {items[0][0]}..{items[-1][0]} have different sample shapes {sorted(shapes)}")
-    index = torch.tensor([i for i, _, _ in items], dtype=torch.long)
-    x = torch.stack([x for _, x, _ in items]).float()
-    y = torch.tensor([y for _, _, y in items], dtype=torch.long)
-    return index, x, y
+def _collate(
+    items: list[tuple[int, torch.Tensor, int | None]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(index, x, y) of a batch of rows; y is None when the rows have no labels."""
+    positions = [i for i, _, _ in items]
+    index = torch.tensor(positions, dtype=torch.long)
+    x = stack_samples([x for _, x, _ in items], positions[0], positions[-1]).float()
+    return index, x, batch_labels([y for _, _, y in items], positions)
 
 
 def attack_device(attack: Attack) -> torch.device:
@@ -82,7 +81,8 @@ class _ChunkWriter:
 
     def __init__(self, handle: h5py.File, layout: Layout, done: np.ndarray, path: Path):
         self.handle = handle
-        self.datasets = {name: handle[name] for name in (*RESULT_FIELDS, "done")}
+        self.fields = layout.result_fields
+        self.datasets = {name: handle[name] for name in (*self.fields, "done")}
         self.layout = layout
         self.done = done
         self.path = path
@@ -104,7 +104,7 @@ class _ChunkWriter:
             buffer = self.pending.get(chunk)
             if buffer is None:
                 buffer = self.pending[chunk] = self._start(chunk)
-            for name in RESULT_FIELDS:
+            for name in self.fields:
                 buffer[name][positions[rows] - start] = values[name][rows]
             self.missing[chunk] -= int(rows.sum())
             if self.missing[chunk] == 0:
@@ -127,16 +127,16 @@ class _ChunkWriter:
         start, stop = self.layout.chunk_range(chunk)
         self.missing[chunk] = int((~self.done[start:stop]).sum())
         if self.missing[chunk] < stop - start:  # some rows are done already: keep them
-            return {name: self.datasets[name][start:stop] for name in RESULT_FIELDS}
+            return {name: self.datasets[name][start:stop] for name in self.fields}
         shape = (stop - start, *self.layout.sample_shape)
         buffer = {"adversarial": np.empty(shape, dtype=self.layout.dtype)}
-        for name in RESULT_FIELDS[1:]:
+        for name in self.fields[1:]:
             buffer[name] = np.empty(stop - start, dtype=ROW_FIELDS[name][0])
         return buffer
 
     def _write(self, chunk: int, buffer: dict[str, np.ndarray]) -> None:
         start, stop = self.layout.chunk_range(chunk)
-        for name in RESULT_FIELDS:
+        for name in self.fields:
             self.datasets[name][start:stop] = buffer[name]
         del self.missing[chunk]
 
@@ -221,7 +221,8 @@ def _prepare(
     rows = stop - start
     sample_shape = tuple(provenance["dataset"]["sample_shape"])
     chunk_rows = options.chunk_rows or auto_chunk_rows(sample_shape, options.dtype, rows)
-    layout = Layout(rows, sample_shape, options.dtype, min(chunk_rows, rows))
+    labelled = split_item(dataset[start], start)[1] is not None
+    layout = Layout(rows, sample_shape, options.dtype, min(chunk_rows, rows), labelled)
     create_file(path, layout, provenance, options.compression)
     with open_for_writing(path) as handle:
         handle["index"][:] = np.arange(start, stop)
@@ -279,7 +280,8 @@ def _attack_rows(
         done = handle["done"][...]
         writer = _ChunkWriter(handle, layout, done, path)
         for index, x, y in batches:
-            labels = y.to(device) if attack.requires_labels else None
+            _check_labels(attack, y, layout, int(index[0]), path)
+            labels = y.to(device) if attack.requires_labels and y is not None else None
             result = attack(x.to(device), labels, index=index)
             adversarial = result.adversarial.detach().cpu()
             if tuple(adversarial.shape) != (len(index), *layout.sample_shape):
@@ -287,20 +289,30 @@ def _attack_rows(
                     f"{type(attack).__name__} returned adversarial examples of shape"
                     f" {tuple(adversarial.shape)} for inputs of shape {tuple(x.shape)}"
                 )
-            writer.add(
-                index.numpy() - start,
-                {
-                    "adversarial": adversarial.numpy().astype(layout.dtype, copy=False),
-                    "success": result.success.detach().cpu().numpy().astype(bool),
-                    "mi": result.mi.detach().cpu().float().numpy(),
-                    "criterion": result.criterion.detach().cpu().float().numpy(),
-                    "label": y.numpy(),
-                    "index": index.numpy(),
-                },
-            )
+            values = {
+                "adversarial": adversarial.numpy().astype(layout.dtype, copy=False),
+                "success": result.success.detach().cpu().numpy().astype(bool),
+                "mi": result.mi.detach().cpu().float().numpy(),
+                "criterion": result.criterion.detach().cpu().float().numpy(),
+                "index": index.numpy(),
+            }
+            if y is not None:
+                values["label"] = y.numpy()
+            writer.add(index.numpy() - start, values)
             bar.update(len(index))
         writer.close()
     logger.info("%s: all %d rows done", path, layout.rows)
+
+
+def _check_labels(attack: Attack, y: torch.Tensor | None, layout: Layout, first: int, path: Path) -> None:
+    """Raises ValueError when a batch's labels do not fit the file or the attack."""
+    require_labels(attack, y is not None, first)
+    if (y is not None) != layout.labelled:
+        raise ValueError(
+            f"item {first} of the dataset {'has a label' if y is not None else 'has no label'}, but"
+            f" {path} {'stores' if layout.labelled else 'has no'} labels (from the first row it was"
+            " created with): the items of a dataset must all have labels or all have none"
+        )
 
 
 def _join(path: Path, shards: list[tuple[Path, int, int]], provenance: dict[str, Any], options: WriteOptions) -> None:
@@ -336,12 +348,15 @@ def _copy_shards(
     rows = ranges[-1][1]
     sample_shape = tuple(provenance["dataset"]["sample_shape"])
     chunk_rows = options.chunk_rows or auto_chunk_rows(sample_shape, options.dtype, rows)
-    layout = Layout(rows, sample_shape, options.dtype, min(chunk_rows, rows))
+    labelled = {read_layout(handle, Path(handle.filename)).labelled for handle in handles}
+    if len(labelled) > 1:
+        raise CacheError(f"the shards of {path} disagree on whether the dataset has labels")
+    layout = Layout(rows, sample_shape, options.dtype, min(chunk_rows, rows), labelled.pop())
     staging = path.with_name(f".{path.name}.joining-{os.getpid()}")
     try:
         create_file(staging, layout, provenance, options.compression)
         with h5py.File(staging, "r+") as final:
-            for name in RESULT_FIELDS[1:]:
+            for name in layout.result_fields[1:]:
                 for handle, (start, stop) in zip(handles, ranges):
                     final[name][start:stop] = handle[name][...]
             for chunk in range(layout.chunks):

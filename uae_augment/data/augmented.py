@@ -1,7 +1,8 @@
 """A dataset wrapper that serves a base dataset together with its unsupervised adversarial examples.
 
-:class:`UAEAugmented` keeps the base dataset's item structure (``(x, y)`` or
-``(x, y, extra...)``) and replaces only the sample. The UAEs are generated once,
+:class:`UAEAugmented` keeps the base dataset's item structure (a bare sample,
+``(x, y)``, ``(x, y, extra...)`` or a dict with a named sample key) and replaces
+only the sample. The UAEs are generated once,
 in batches, in the main process (kept in memory, or written to an HDF5 cache
 with :func:`~uae_augment.data.cache.precompute`), and afterwards only read, so
 the wrapper works inside DataLoader workers like any other dataset.
@@ -9,6 +10,7 @@ the wrapper works inside DataLoader workers like any other dataset.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import operator
 import os
@@ -23,6 +25,15 @@ from tqdm.auto import tqdm
 from .._validation import check_images
 from ..attacks.base import Attack
 from ..attacks.result import AttackResult
+from ._items import (
+    FLAG_KEY,
+    Item,
+    batch_labels,
+    dataset_length,
+    parse_item,
+    require_labels,
+    stack_samples,
+)
 from .cache import UAECache, _attack_device, precompute
 from .transforms import check_probability, ensure_main_process, replacement_mask
 
@@ -31,6 +42,7 @@ logger = logging.getLogger(__name__)
 AugmentMode = Literal["concat", "replace", "pair"]
 _MODES: tuple[str, ...] = ("concat", "replace", "pair")
 
+_SOURCE = "the base dataset"
 _IN_WORKER_HINT = (
     "Call .materialize() on the UAEAugmented dataset in the main process before creating the"
     " DataLoader (it generates every UAE once and keeps them in memory), or pass cache=path to"
@@ -55,8 +67,14 @@ class UAEAugmented(Dataset):
       persistent workers see it too).
     * ``"pair"``: length N; item ``i`` is ``((clean, uae), y, extra...)``.
 
-    Items keep the base dataset's structure: ``(sample, y, extra...)``, plus a
-    trailing bool "is UAE" when ``return_flag=True`` (not in pair mode).
+    Items keep the base dataset's structure, with only the sample replaced:
+    ``(sample, y, extra...)``, plus a trailing bool "is UAE" when
+    ``return_flag=True`` (not in pair mode). Unlabelled data works in every
+    mode (with attacks that need no labels): a bare-sample item stays a bare
+    sample (``(sample, is_uae)`` with ``return_flag``; ``(clean, uae)`` in pair
+    mode), a ``(x,)`` tuple stays one, and a dict item (``sample_key`` names its
+    sample) keeps its other entries, gets ``"is_uae"`` with ``return_flag``, and
+    holds ``(clean, uae)`` under ``sample_key`` in pair mode.
     ``transform`` runs on the sample after the choice between clean and UAE
     (on both in pair mode), so random augmentations belong there, not in the
     base dataset (whose samples must be deterministic: the UAE of item ``i``
@@ -76,8 +94,10 @@ class UAEAugmented(Dataset):
     which each worker opens lazily.
 
     Args:
-        dataset: a map-style dataset of ``(x, y, extra...)`` items, ``x`` a float
-            tensor with values in [0, 1] (all of one shape).
+        dataset: a map-style dataset of ``(x, y, extra...)`` items, of bare
+            samples ``x`` or ``(x,)`` tuples, or of dicts with ``x`` under
+            ``sample_key``; ``x`` a float tensor with values in [0, 1] (all of
+            one shape).
         attack: a uae_augment attack, e.g. ``MINEUAE(Reconstruction(ae))``; its
             models may live on any device (inputs are moved there, results
             kept on the CPU).
@@ -86,18 +106,21 @@ class UAEAugmented(Dataset):
         cache: path of an HDF5 cache file (created or reused), or None for memory.
         batch_size: number of base samples per attack call during generation.
         transform: callable applied to the chosen sample (each of clean and UAE in pair mode).
-        target_transform: callable applied to the label.
+        target_transform: callable applied to the label (labelled items only).
         return_flag: append a bool "is UAE" to every item (concat and replace modes).
         seed: seed of the replace-mode draws (the attack has its own seed).
         progress: show tqdm progress bars while generating.
+        sample_key: the key of the sample in dict items (None for tensors and tuples).
 
     Raises:
         TypeError: ``attack`` is not an Attack, a transform is not callable, the
-            base dataset has no length, or its items are not ``(x, y, ...)``
-            tuples with a float tensor ``x``.
+            base dataset has no length, or its items are none of the accepted
+            structures, or have no float tensor sample.
         ValueError: unknown mode, ``p`` outside [0, 1], ``batch_size < 1``,
             an empty dataset, samples outside [0, 1], ``return_flag`` in pair
-            mode, or a cache that does not match the dataset.
+            mode (or on dicts that hold ``"is_uae"``), a supervised attack or a
+            ``target_transform`` on unlabelled items, or a cache that does not
+            match the dataset.
 
     Example:
         >>> from torch import nn
@@ -127,6 +150,7 @@ class UAEAugmented(Dataset):
         return_flag: bool = False,
         seed: int = 0,
         progress: bool = True,
+        sample_key: str | None = None,
     ) -> None:
         if not isinstance(attack, Attack):
             raise TypeError(f"attack must be a uae_augment Attack, got {type(attack).__name__}")
@@ -139,14 +163,7 @@ class UAEAugmented(Dataset):
                 raise TypeError(f"{name} must be callable or None, got {type(function).__name__}")
         if return_flag and mode == "pair":
             raise ValueError("return_flag has no meaning in pair mode (every item holds both samples)")
-        try:
-            size = len(dataset)  # type: ignore[arg-type]
-        except TypeError as error:
-            raise TypeError(
-                f"dataset must be a map-style dataset with a length, got {type(dataset).__name__}"
-            ) from error
-        if size == 0:
-            raise ValueError("dataset is empty: there is nothing to augment")
+        size = dataset_length(dataset, "augment")
 
         self.dataset = dataset
         self.attack = attack
@@ -158,6 +175,7 @@ class UAEAugmented(Dataset):
         self.return_flag = bool(return_flag)
         self.seed = int(seed)
         self.progress = bool(progress)
+        self.sample_key = sample_key
         self.cache_path = Path(cache) if cache is not None else None
         self._size = size
         # Shared memory, so that set_epoch reaches persistent DataLoader workers too.
@@ -165,8 +183,7 @@ class UAEAugmented(Dataset):
         self._result: AttackResult | None = None
         self._cache: UAECache | None = None
 
-        first, _, _ = _split_item(dataset[0], 0)
-        check_images(first.unsqueeze(0), name="sample 0 of the base dataset")
+        self._check_first_item(self._item(0))
         if self.cache_path is not None:
             self._attach_cache()
 
@@ -175,10 +192,10 @@ class UAEAugmented(Dataset):
     def __len__(self) -> int:
         return 2 * self._size if self.mode == "concat" else self._size
 
-    def __getitem__(self, index: int) -> tuple[Any, ...]:
+    def __getitem__(self, index: int) -> Any:
         return self.__getitems__([index])[0]
 
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, ...]]:
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         """Batched fetching (used by ``DataLoader``): one UAE read for the whole batch."""
         positions = [self._position(i) for i in indices]
         base = [p % self._size for p in positions]
@@ -188,20 +205,21 @@ class UAEAugmented(Dataset):
             is_uae = replacement_mask(self.p, self.seed, base, self.epoch).tolist()
         else:
             is_uae = [True] * len(base)
-        items = [_split_item(self.dataset[b], b) for b in base]
+        items = [self._item(b) for b in base]
         wanted = [b for b, flag in zip(base, is_uae) if flag]
         uae_rows = iter(self._uae_rows(wanted)) if wanted else iter(())
 
-        out: list[tuple[Any, ...]] = []
-        for (x, y, extra), flag in zip(items, is_uae):
+        out: list[Any] = []
+        for item, flag in zip(items, is_uae):
+            x = item.sample
             uae = next(uae_rows).to(x.dtype) if flag else None
             if self.mode == "pair":
                 sample: Any = (self._transform(x), self._transform(uae))
             else:
                 sample = self._transform(uae if uae is not None else x)
-            label = self.target_transform(y) if self.target_transform is not None else y
-            flag_part = (flag,) if self.return_flag else ()
-            out.append((sample, label, *extra, *flag_part))
+            if self.target_transform is not None:
+                item = dataclasses.replace(item, label=self.target_transform(item.label))
+            out.append(item.with_sample(sample, flag if self.return_flag else None))
         return out
 
     # ------------------------------------------------------------------ epochs and generation
@@ -297,6 +315,8 @@ class UAEAugmented(Dataset):
             parts.append(f"target_transform={self.target_transform!r}")
         if self.return_flag:
             parts.append("return_flag=True")
+        if self.sample_key is not None:
+            parts.append(f"sample_key={self.sample_key!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
     # ------------------------------------------------------------------ internals
@@ -309,6 +329,24 @@ class UAEAugmented(Dataset):
         if not 0 <= position < length:
             raise IndexError(f"index {index} is out of range for {type(self).__name__} of length {length}")
         return position
+
+    def _item(self, index: int) -> Item:
+        return parse_item(self.dataset[index], index, sample_key=self.sample_key, source=_SOURCE)
+
+    def _check_first_item(self, first: Item) -> None:
+        """Checks item 0 against the attack and the options (labels, flag key, sample range)."""
+        check_images(first.sample.unsqueeze(0), name="sample 0 of the base dataset")
+        require_labels(self.attack, first.labelled, 0, _SOURCE)
+        if self.target_transform is not None and not first.labelled:
+            raise ValueError(
+                f"target_transform needs labels, but item 0 of the base dataset is {first.describe()}"
+                " without one"
+            )
+        if self.return_flag and first.mapping is not None and FLAG_KEY in first.mapping:
+            raise ValueError(
+                f"return_flag=True adds the key {FLAG_KEY!r} to dict items, but item 0 of the base"
+                " dataset already has it"
+            )
 
     def _transform(self, sample: Any) -> Any:
         return self.transform(sample) if self.transform is not None else sample
@@ -324,27 +362,25 @@ class UAEAugmented(Dataset):
 
     def _read_batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stacks the base samples (and labels, when the attack needs them) at ``index``."""
-        items = [_split_item(self.dataset[i], i) for i in index.tolist()]
-        first, last = int(index[0]), int(index[-1])
-        shapes = {tuple(x.shape) for x, _, _ in items}
-        if len(shapes) > 1:
-            raise ValueError(
-                f"samples {first}..{last} of the base dataset have different shapes {sorted(shapes)};"
-                " the attack needs samples of one shape"
-            )
+        positions = index.tolist()
+        items = [self._item(i) for i in positions]
+        first, last = positions[0], positions[-1]
         x = check_images(
-            torch.stack([x for x, _, _ in items]), name=f"samples {first}..{last} of the base dataset"
+            stack_samples([item.sample for item in items], first, last, _SOURCE),
+            name=f"samples {first}..{last} of the base dataset",
         )
         if not self.attack.requires_labels:
             return x, None
-        return x, torch.tensor([_label(y, i) for (_, y, _), i in zip(items, index.tolist())])
+        labels = batch_labels([item.label for item in items], positions, _SOURCE)
+        require_labels(self.attack, labels is not None, first, _SOURCE)
+        return x, labels
 
     def _attach_cache(self) -> None:
         ensure_main_process("Precomputing the UAE cache of UAEAugmented", _IN_WORKER_HINT)
         assert self.cache_path is not None
         path = precompute(
             self.dataset, self.attack, self.cache_path,
-            batch_size=self.batch_size, progress=self.progress,
+            batch_size=self.batch_size, progress=self.progress, sample_key=self.sample_key,
         )
         cache = UAECache(path)
         if len(cache) != self._size:
@@ -360,38 +396,3 @@ class UAEAugmented(Dataset):
             return self._cache.success, self._cache.mi
         return None
 
-
-def _split_item(item: Any, index: int) -> tuple[torch.Tensor, Any, tuple[Any, ...]]:
-    """Splits a base item into (x, y, extras), checking its structure."""
-    if not isinstance(item, (tuple, list)) or len(item) < 2:
-        found = type(item).__name__
-        if isinstance(item, (tuple, list)):
-            found = f"a {found} of length {len(item)}"
-        raise TypeError(
-            f"item {index} of the base dataset must be a tuple (x, y, ...) with a sample and a label,"
-            f" got {found}"
-        )
-    x = item[0]
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        found = f"a tensor of dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise TypeError(
-            f"the sample of item {index} of the base dataset must be a float tensor with values in"
-            f" [0, 1] (give the base dataset a ToTensor-like transform, and put random augmentations"
-            f" in UAEAugmented(transform=...)), got {found}"
-        )
-    return x, item[1], tuple(item[2:])
-
-
-def _label(y: Any, index: int) -> int:
-    """An integer class label from a Python/NumPy integer or a one-element integer tensor."""
-    if isinstance(y, torch.Tensor):
-        if y.numel() == 1 and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool):
-            return int(y.item())
-    else:
-        try:
-            return operator.index(y)
-        except TypeError:
-            pass
-    raise TypeError(
-        f"the attack needs integer class labels, but item {index} of the base dataset has label {y!r}"
-    )

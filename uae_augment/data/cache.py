@@ -7,7 +7,9 @@ DataLoader workers work). The file layout (format version 1):
 * datasets, all preallocated with N rows and chunked along the sample axis:
   ``adversarial`` (N, ...) float32 or float16 (compressed: lzf, gzip + shuffle,
   or none), ``success`` bool, ``mi`` float32, ``criterion`` float32, ``label``
-  int64, ``index`` int64 (the row's global dataset index) and ``done`` bool;
+  int64 (only when the dataset's items have labels: an unlabelled dataset, of
+  bare samples, ``(x,)`` tuples or dicts, has no ``label`` dataset), ``index``
+  int64 (the row's global dataset index) and ``done`` bool;
 * root attributes: ``format``, ``format_version``, ``provenance`` (a JSON
   record: library and torch versions, attack config, seed, model state hash,
   dataset fingerprint, dtype; plus an ``environment`` part with python, h5py,
@@ -74,6 +76,7 @@ from ._cache_format import (
     shard_path,
 )
 from ._cache_writer import WriteOptions, attack_device, precompute_distributed, write_file
+from ._items import KeyedSamples, dataset_length, parse_item, require_labels
 from .transforms import ensure_main_process
 
 __all__ = [
@@ -116,6 +119,7 @@ def precompute(
     num_workers: int = 0,
     progress: bool = True,
     chunk_rows: int | None = None,
+    sample_key: str | None = None,
 ) -> Path:
     """Attacks every row of ``dataset`` once and stores the results in an HDF5 cache.
 
@@ -138,7 +142,9 @@ def precompute(
     Args:
         dataset: a map-style dataset of (x, y[, extra...]) items: x a float
             tensor with values in [0, 1], y an integer label (stored in ``label``;
-            passed to the attack when it requires labels).
+            passed to the attack when it requires labels); or of unlabelled items:
+            bare samples x, ``(x,)`` tuples, or dicts with x under ``sample_key``
+            (no ``label`` is stored; the attack must not require labels).
         attack: a uae_augment :class:`~uae_augment.attacks.base.Attack`; it runs
             on the device of its models.
         path: the cache file (``.h5``).
@@ -150,14 +156,18 @@ def precompute(
             always runs in this process).
         progress: show a tqdm bar (rows, rate, ETA).
         chunk_rows: rows per chunk of ``adversarial`` (default: about 64 KiB per chunk).
+        sample_key: the key of the sample in dict items (None for tensors and tuples).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        TypeError: ``attack`` is not an Attack, or the items are not (x, y, ...)
-            with a float tensor x and an integer y.
-        ValueError: empty dataset, bad options, samples outside [0, 1] (from the attack).
+        TypeError: ``attack`` is not an Attack, or the items are not bare samples,
+            (x[, y, ...]) tuples or dicts with ``sample_key``, with a float tensor x
+            and an integer y.
+        ValueError: empty dataset, bad options, samples outside [0, 1] (from the
+            attack), a supervised attack on unlabelled items, or items of which
+            some have labels and some do not.
         ProvenanceMismatchError: the existing file was written for another
             dataset, model state, attack config, seed or dtype (the message names
             the differing fields).
@@ -194,6 +204,10 @@ def precompute(
         chunk_rows=chunk_rows,
     )
     path = Path(path)
+    if sample_key is not None:
+        dataset = KeyedSamples(dataset, sample_key)
+    dataset_length(dataset, "precompute")
+    require_labels(attack, parse_item(dataset[0], 0).labelled, 0)
     provenance = cache_provenance(dataset, attack, options.dtype)
     group = _distributed.world()
     if group is not None:
@@ -210,7 +224,8 @@ class UAECache(Dataset):
     Items are ``(uae, label)``, or ``(uae, label, success, mi)`` with
     ``return_flags``: ``uae`` a float32 tensor of the sample's shape in [0, 1]
     (float16 caches are converted), ``label`` an int, ``success`` a bool, ``mi``
-    a float. The per-row arrays (labels, flags, done mask) are read into memory
+    a float. A cache of an unlabelled dataset (see :attr:`labelled`) mirrors it:
+    items are the bare ``uae``, or ``(uae, success, mi)``. The per-row arrays (labels, flags, done mask) are read into memory
     at construction; ``adversarial`` is read on demand through a per-process
     handle, opened lazily (so the object pickles without it and works in
     DataLoader workers), and kept decompressed in memory within
@@ -221,7 +236,7 @@ class UAECache(Dataset):
     Args:
         path: the cache file.
         transform: callable applied to each ``uae`` on item access.
-        target_transform: callable applied to each label on item access.
+        target_transform: callable applied to each label on item access (labelled caches only).
         return_flags: also return ``success`` and ``mi``.
         allow_partial: open an unfinished cache; reading a row that is not done
             raises :class:`CacheError`.
@@ -239,6 +254,7 @@ class UAECache(Dataset):
         CacheError: the file is not a readable uae-augment cache (truncated,
             corrupt, not HDF5, missing datasets), is being written, or is
             unfinished and ``allow_partial`` is False. The message names the path.
+        ValueError: a ``target_transform`` for a cache without labels.
 
     Example:
         >>> import tempfile, os
@@ -274,9 +290,11 @@ class UAECache(Dataset):
             self._layout = read_layout(handle, self.path)
             self._provenance = read_provenance(handle, self.path)
             self.compression: str | None = handle["adversarial"].compression
-            arrays = {name: read_all(handle[name], self.path) for name in ROW_FIELDS}
+            arrays = {name: read_all(handle[name], self.path) for name in ROW_FIELDS if name in handle}
+        if target_transform is not None and not self._layout.labelled:
+            raise ValueError(f"target_transform was given, but {self.path} holds no labels (unlabelled dataset)")
         self._done = torch.from_numpy(arrays["done"])
-        self._labels = torch.from_numpy(arrays["label"])
+        self._labels = torch.from_numpy(arrays["label"]) if self._layout.labelled else None
         self._index = torch.from_numpy(arrays["index"])
         self._success = torch.from_numpy(arrays["success"])
         self._mi = torch.from_numpy(arrays["mi"])
@@ -287,7 +305,7 @@ class UAECache(Dataset):
                 " precompute(..., resume=True) (CLI: rerun the same `uae-augment precompute`),"
                 " or pass allow_partial=True to read the done rows"
             )
-        self._label_list: list[int] = self._labels.tolist()
+        self._label_list: list[int] | None = None if self._labels is None else self._labels.tolist()
         self._done_flags: np.ndarray = arrays["done"]
         self._reset_handle()
         self._reset_blocks()
@@ -447,34 +465,39 @@ class UAECache(Dataset):
             out[order[first:last]] = self._block(chunk)[ordered[first:last] - chunk * chunk_rows]
         return torch.from_numpy(out)
 
-    def rows(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def rows(
+        self, indices: Sequence[int] | torch.Tensor | np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Vectorised read of several rows (any order, repeats allowed), without transforms.
 
         Args:
             indices: row indices (negative ones count from the end).
 
         Returns:
-            ``(adversarial, labels)``: float32 (B, ...) and int64 (B,), in the order of ``indices``.
+            ``(adversarial, labels)``: float32 (B, ...) and int64 (B,) (None for an
+            unlabelled cache), in the order of ``indices``.
 
         Raises:
             IndexError: an index is out of range.
             CacheError: a row is not done, or the file is damaged.
         """
         positions = self._positions(indices)
-        return self._read(positions), self._labels[positions].clone()
+        labels = None if self._labels is None else self._labels[positions].clone()
+        return self._read(positions), labels
 
-    def _item(self, position: int, uae: torch.Tensor) -> tuple[Any, ...]:
-        label: Any = self._label_list[position]
+    def _item(self, position: int, uae: torch.Tensor) -> Any:
         sample: Any = uae
         if self.transform is not None:
             sample = self.transform(sample)
-        if self.target_transform is not None:
-            label = self.target_transform(label)
+        label_part: tuple[Any, ...] = ()
+        if self._label_list is not None:
+            label = self._label_list[position]
+            label_part = (self.target_transform(label) if self.target_transform is not None else label,)
         if self.return_flags:
-            return sample, label, bool(self._success[position]), float(self._mi[position])
-        return sample, label
+            return sample, *label_part, bool(self._success[position]), float(self._mi[position])
+        return (sample, *label_part) if label_part else sample
 
-    def __getitem__(self, index: int) -> tuple[Any, ...]:
+    def __getitem__(self, index: int) -> Any:
         position = operator.index(index)
         if -len(self) <= position < 0:
             position += len(self)
@@ -490,7 +513,7 @@ class UAECache(Dataset):
         positions = self._positions([position])
         return self._item(position, self._read(positions)[0])
 
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, ...]]:
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         """Batched item access (DataLoader calls it with a batch of indices)."""
         positions = self._positions(list(indices))
         uaes = self._read(positions)
@@ -537,9 +560,14 @@ class UAECache(Dataset):
         return self._done.clone()
 
     @property
-    def labels(self) -> torch.Tensor:
-        """(N,) int64 labels (-1 for rows not done)."""
-        return self._labels.clone()
+    def labelled(self) -> bool:
+        """Whether the file stores labels (False for a cache of an unlabelled dataset)."""
+        return self._layout.labelled
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """(N,) int64 labels (-1 for rows not done), or None for an unlabelled cache."""
+        return None if self._labels is None else self._labels.clone()
 
     @property
     def indices(self) -> torch.Tensor:

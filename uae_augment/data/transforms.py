@@ -10,8 +10,8 @@ generates once (in memory or into an HDF5 cache) and then only reads.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Literal, overload
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, overload
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from .._seeding import Stream, sample_generators, stacked_uniform
 from .._validation import check_images, resolve_index
 from ..attacks.base import Attack
 from ..attacks.result import AttackResult
+from ._items import parse_item
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,12 @@ class UAETransform(nn.Module):
 
     Used in the training loop after the DataLoader, like torchvision's
     ``CutMix``/``MixUp``: ``x, y = uae(x, y)``, or ``x = uae(x)`` for
-    unsupervised training (only ``x`` is returned when ``y`` is None).
+    unsupervised training (only ``x`` is returned when ``y`` is None). With
+    ``sample_key``, a batch is a dict (the default collation of dict items)
+    holding the (N, ...) samples under that key: ``batch = uae(batch)`` returns
+    a new dict with the samples augmented and the other entries kept (in
+    ``append`` mode every other entry, a tensor or list with N rows, gets the
+    rows of the attacked samples appended, like labels).
 
     * ``mode="replace"``: each sample is replaced by its UAE with probability
       ``p``; the batch keeps its shape and its labels.
@@ -139,6 +145,7 @@ class UAETransform(nn.Module):
         p: probability that a sample is attacked, in [0, 1].
         mode: ``"replace"`` or ``"append"``.
         seed: seed of the Bernoulli draws (the attack has its own seed).
+        sample_key: the key of the samples in dict batches (None: tensor batches).
 
     Raises:
         TypeError: ``attack`` is not an :class:`~uae_augment.attacks.base.Attack`.
@@ -153,7 +160,15 @@ class UAETransform(nn.Module):
         (torch.Size([16, 1, 2, 2]), [0, 1, 2])
     """
 
-    def __init__(self, attack: Attack, p: float = 1.0, mode: TransformMode = "replace", seed: int = 0):
+    def __init__(
+        self,
+        attack: Attack,
+        p: float = 1.0,
+        mode: TransformMode = "replace",
+        seed: int = 0,
+        *,
+        sample_key: str | None = None,
+    ):
         super().__init__()
         if not isinstance(attack, Attack):
             raise TypeError(f"attack must be a uae_augment Attack, got {type(attack).__name__}")
@@ -163,6 +178,7 @@ class UAETransform(nn.Module):
         self.p = check_probability(p)
         self.mode: TransformMode = mode
         self.seed = int(seed)
+        self.sample_key = sample_key
         self.epoch = 0
         self.calls = 0
         self.samples_seen = 0
@@ -183,31 +199,57 @@ class UAETransform(nn.Module):
         self, x: torch.Tensor, y: torch.Tensor, *, index: torch.Tensor | Sequence[int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
+    @overload
+    def forward(
+        self, x: Mapping[str, Any], y: None = None, *, index: torch.Tensor | Sequence[int] | None = None
+    ) -> dict[str, Any]: ...
+
     def forward(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor | Mapping[str, Any],
         y: torch.Tensor | None = None,
         *,
         index: torch.Tensor | Sequence[int] | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | dict[str, Any]:
         """Augments one batch.
 
         Args:
-            x: float tensor (N, ...) with values in [0, 1].
+            x: float tensor (N, ...) with values in [0, 1]; or, with
+                ``sample_key``, a dict holding such a tensor under that key.
             y: optional labels (N, ...) (any tensor whose first axis is N);
-                required when ``attack.requires_labels``.
+                required when ``attack.requires_labels``; not with dict batches.
             index: optional (N,) global sample indices (see the class docstring).
 
         Returns:
-            ``x_out`` when ``y`` is None, else ``(x_out, y_out)``. ``replace``:
-            shapes unchanged (``x`` itself when no sample is drawn); ``append``:
-            N + (number of attacked samples) rows.
+            ``x_out`` when ``y`` is None, else ``(x_out, y_out)``; a dict batch
+            gives a new dict. ``replace``: shapes unchanged (``x`` itself when
+            no sample is drawn); ``append``: N + (number of attacked samples) rows.
 
         Raises:
             RuntimeError: when called inside a DataLoader worker.
             TypeError, ValueError: invalid ``x``, ``y`` or ``index`` (also
-                missing labels for a supervised attack).
+                missing labels for a supervised attack, a dict batch without
+                ``sample_key``, or a dict entry without N rows in append mode).
         """
+        if self.sample_key is None and not isinstance(x, Mapping):
+            return self._augment(x, y, index)
+        if y is not None:
+            raise TypeError("dict batches carry no separate labels: call uae(batch) without y")
+        batch = parse_item(x, None, sample_key=self.sample_key, source="the batch")
+        assert batch.mapping is not None and batch.sample_key is not None
+        out = self._augment(batch.sample, None, index)
+        if self.mode == "replace" or self.last_result is None:
+            return batch.with_sample(out)
+        assert self.last_mask is not None
+        rows = self.last_mask.nonzero().squeeze(1)
+        n = batch.sample.shape[0]
+        entries = {key: _append_rows(value, rows, n, key) for key, value in batch.mapping.items()}
+        return {**entries, batch.sample_key: out}
+
+    def _augment(
+        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor | Sequence[int] | None
+    ) -> Any:
+        """The tensor path of :meth:`forward`: ``x_out`` or ``(x_out, y_out)``."""
         ensure_main_process(
             "UAETransform",
             "Apply it to whole batches in the training loop, after the DataLoader; for per-item"
@@ -261,7 +303,25 @@ class UAETransform(nn.Module):
         return (
             f"attack={self.attack!r}, p={self.p}, mode={self.mode!r}, seed={self.seed},"
             f" epoch={self.epoch}, calls={self.calls}"
+            + (f", sample_key={self.sample_key!r}" if self.sample_key is not None else "")
         )
+
+
+def _append_rows(value: Any, rows: torch.Tensor, n: int, key: str) -> Any:
+    """A dict batch entry with its ``rows`` appended (append mode), like the labels.
+
+    Raises:
+        ValueError: the entry is not a tensor, list or tuple with ``n`` rows.
+    """
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
+        return torch.cat([value, value.index_select(0, rows.to(value.device))])
+    if isinstance(value, (list, tuple)) and len(value) == n:
+        return type(value)([*value, *(value[r] for r in rows.tolist())])
+    found = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+    raise ValueError(
+        f"append mode appends the attacked rows to every entry of a dict batch, so entry {key!r}"
+        f" must be a tensor, list or tuple with {n} rows, got {found}"
+    )
 
 
 def _outputs(
