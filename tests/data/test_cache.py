@@ -383,9 +383,9 @@ def test_bad_arguments(tmp_path, rows300):
         precompute(rows300, make_attack(), tmp_path / "a.h5", compression="zstd")
     with pytest.raises(ValueError, match="empty"):
         precompute(torch.utils.data.Subset(rows300, []), make_attack(), tmp_path / "a.h5")
-    unlabeled = torch.utils.data.TensorDataset(torch.rand(4, 1, 8, 8))
-    with pytest.raises(TypeError, match=r"tuple \(x, y"):
-        precompute(unlabeled, make_attack(), tmp_path / "a.h5")
+    keyed = [{"image": torch.rand(1, 8, 8)}] * 4  # dict items need sample_key (tests/data/test_unlabelled.py)
+    with pytest.raises(TypeError, match="pass sample_key"):
+        precompute(keyed, make_attack(), tmp_path / "a.h5")
 
 
 # --------------------------------------------------------------------------- locks

@@ -21,7 +21,7 @@ from .._seeding import Stream, sample_generators, stacked_uniform
 from .._validation import check_images, resolve_index
 from ..attacks.base import Attack
 from ..attacks.result import AttackResult
-from ._items import parse_item
+from ._items import parse_item, require_labels
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +236,7 @@ class UAETransform(nn.Module):
         if y is not None:
             raise TypeError("dict batches carry no separate labels: call uae(batch) without y")
         batch = parse_item(x, None, sample_key=self.sample_key, source="the batch")
+        require_labels(self.attack, False, None, "the batch")
         assert batch.mapping is not None and batch.sample_key is not None
         out = self._augment(batch.sample, None, index)
         if self.mode == "replace" or self.last_result is None:
