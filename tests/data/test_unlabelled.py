@@ -223,7 +223,7 @@ def test_malformed_items_and_sample_keys_raise_clear_errors(base, noise):
     cases = [
         (ListDataset([{KEY: x}]), None, r"is a dict \(keys \['image'\]\): pass sample_key"),
         (ListDataset([{"img": x}]), KEY, r"has no sample key 'image': its keys are \['img'\]"),
-        (ListDataset([(x, 1)]), KEY, "sample_key='image' expects dict items, but item 0.* is a tuple"),
+        (ListDataset([(x, 1)]), KEY, "sample_key='image' expects dicts, but item 0.* is a tuple"),
         (ListDataset([()]), None, "empty tuple"),
         (ListDataset(["x"]), None, "float tensor sample, a tuple .* got str"),
         (ListDataset([{KEY: x.numpy()}]), KEY, "sample of item 0 .*float tensor.*ndarray"),

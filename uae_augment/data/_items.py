@@ -121,7 +121,7 @@ def parse_item(
     if sample_key is not None:
         if not isinstance(item, Mapping):
             raise TypeError(
-                f"sample_key={sample_key!r} expects dict items, but {name} is a {type(item).__name__}"
+                f"sample_key={sample_key!r} expects dicts, but {name} is a {type(item).__name__}"
                 " (leave sample_key=None for bare samples and (x, y, ...) tuples)"
             )
         if sample_key not in item:
