@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import h5py
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -347,3 +348,24 @@ def test_item_parser_round_trips_every_structure(x):
     assert_same(parsed.with_sample(other), {"id": 1, KEY: other})
     assert_same(parsed.with_sample(other, False), {"id": 1, KEY: other, "is_uae": False})
     assert parse_item(TensorDataset(x)[0], 0).kind == "tuple"
+
+
+def test_unlabelled_shards_join_to_the_single_process_file(tmp_path, base, noise):
+    """The sharded writer and the join (as rank 0 runs them after the barrier), in one process."""
+    from uae_augment.data._cache_format import SHARD_KEY, cache_provenance, shard_path
+    from uae_augment.data._cache_writer import WriteOptions, _join, write_file
+
+    dataset = Unlabelled(base, "bare")
+    path = tmp_path / "joined.h5"
+    options = WriteOptions(16, True, "float32", "lzf", 0, False, 8)
+    provenance = cache_provenance(dataset, noise)
+    shards = [(shard_path(path, rank, 2), start, stop) for rank, (start, stop) in enumerate([(0, 16), (16, N)])]
+    for rank, (shard, start, stop) in enumerate(shards):
+        shard_record = {**provenance, SHARD_KEY: {"rank": rank, "world_size": 2, "start": start, "stop": stop}}
+        write_file(dataset, noise, shard, start, stop, shard_record, options)
+    _join(path, shards, provenance, options)
+    single = precompute(dataset, noise, tmp_path / "single.h5", batch_size=16, chunk_rows=8, progress=False)
+    with h5py.File(path, "r") as joined, h5py.File(single, "r") as reference:
+        assert sorted(joined) == sorted(reference) and "label" not in joined
+        for name in reference:
+            np.testing.assert_array_equal(joined[name][...], reference[name][...], err_msg=name)
