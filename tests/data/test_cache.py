@@ -323,18 +323,12 @@ def test_resume_after_a_kill_mid_batch_is_bitwise_the_uninterrupted_run(tmp_path
     attack = make_attack("batchmean")
     attacked = fresh_attack_counter(attack)
     precompute(digits_rows(120), attack, path, batch_size=12, chunk_rows=8, progress=False)
-    assert attacked == list(range(24, 120))  # the cut batch from its start, rows 24..31 not rewritten
     straight = precompute(
         digits_rows(120), make_attack("batchmean"), tmp_path / "straight.h5", batch_size=12, chunk_rows=8,
         progress=False,
     )
     assert_same_rows(path, straight)
-    # The same kill with chunks as large as batches leaves no cut batch; still bitwise equal.
-    aligned = tmp_path / "aligned.h5"
-    assert run_until_killed(aligned, *options[:-1], "12", "--kill-at", "40").sum() == 36
-    precompute(digits_rows(120), make_attack("batchmean"), aligned, batch_size=12, chunk_rows=12, progress=False)
-    with h5py.File(aligned) as a, h5py.File(straight) as b:
-        np.testing.assert_array_equal(a["adversarial"][...], b["adversarial"][...])
+    assert attacked == list(range(24, 120))  # the cut batch from its start; rows 24..31 are not rewritten
 
 
 def test_whole_batches_extends_rows_to_their_grid_batches():
