@@ -324,6 +324,23 @@ def _number(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}"
 
 
+def _origin(origin: dict[str, Any] | None) -> str:
+    """``mnist/train``, ``mnist/train (a subset)``, or ``unnamed`` when the provenance does not know it."""
+    if not origin:
+        return "unnamed"
+    text = f"{origin.get('name')}/{origin.get('split') or '?'}"
+    return f"{text} (a subset)" if origin.get("subset") else text
+
+
+def _fingerprint(dataset: dict[str, Any]) -> str:
+    """The rows hashed and the leading hex digits of each field's digest (older files: the one digest)."""
+    digests = dataset.get("sha256", "")
+    if not isinstance(digests, dict):
+        return f"fingerprint {str(digests)[:16]} of {dataset.get('rows_hashed', '?')} rows"
+    fields = ", ".join(f"{name} {digest[:12]}" for name, digest in digests.items())
+    return f"sha256 of all {dataset.get('rows_hashed')} rows: {fields}"
+
+
 def format_summary(summary: dict[str, Any], provenance: dict[str, Any], *, histogram: bool = False) -> str:
     """Human-readable report of :meth:`UAECache.summary` and the provenance record."""
     attack = dict(provenance.get("attack", {}))
@@ -334,8 +351,8 @@ def format_summary(summary: dict[str, Any], provenance: dict[str, Any], *, histo
         f"cache       {summary['path']}",
         f"coverage    {summary['done']} / {summary['rows']} rows done ({100 * summary['coverage']:.1f}%)",
         f"attack      {attack.pop('attack', '?')} {json.dumps(attack, sort_keys=True)}",
-        f"dataset     {dataset.get('length')} rows of shape {tuple(dataset.get('sample_shape', ()))},"
-        f" fingerprint {str(dataset.get('sha256', ''))[:16]}",
+        f"dataset     {_origin(provenance.get('dataset_origin'))}, {dataset.get('length')} rows of shape"
+        f" {tuple(dataset.get('sample_shape', ()))}, {_fingerprint(dataset)}",
         f"model       state hash {str(provenance.get('model_state_hash', ''))[:16]}",
         f"storage     {summary['dtype']}, compression {summary['compression']}, {summary['chunk_rows']}"
         f" rows per chunk, {summary['file_bytes'] / 2**20:.2f} MiB",

@@ -12,7 +12,10 @@ sharded path through the Python API)::
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,6 +26,7 @@ from torch.utils.data import Dataset, Subset
 
 from uae_augment import MINEUAE, GaussianNoise, Reconstruction, load_dataset
 from uae_augment.attacks.base import Attack
+from uae_augment.attacks.result import AttackResult
 from uae_augment.data.cache import precompute
 
 
@@ -41,30 +45,56 @@ def digits_rows(limit: int | None = None) -> Dataset:
     return data if limit is None else Subset(data, range(limit))
 
 
+class BatchMeanNoise(GaussianNoise):
+    """Gaussian noise shifted by 1e-3 x (batch mean - 0.5): every row depends on its whole batch.
+
+    A stand-in, in exaggerated form, for kernels whose rounding depends on the
+    batch: a row equals the uninterrupted run's only when attacked in the same batch.
+    """
+
+    def _attack_batch(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> AttackResult:
+        result = super()._attack_batch(x, y, index)
+        result.adversarial = torch.clamp(result.adversarial + 1e-3 * (x.mean() - 0.5), 0.0, 1.0)
+        return result
+
+
 def make_attack(kind: str = "gaussian", seed: int = 0, sigma: float = 0.01, model_seed: int = 0) -> Attack:
-    """A cheap real attack: Gaussian noise, or a 2-step MINE-UAE ("mine")."""
+    """A cheap real attack: Gaussian noise, a 2-step MINE-UAE ("mine") or :class:`BatchMeanNoise` ("batchmean")."""
     criterion = Reconstruction(tiny_autoencoder(model_seed))
     if kind == "gaussian":
         return GaussianNoise(criterion, sigma=sigma, seed=seed)
+    if kind == "batchmean":
+        return BatchMeanNoise(criterion, sigma=sigma, seed=seed)
     if kind == "mine":
         return MINEUAE(criterion, preset="fast", steps=2, mine_steps=1, seed=seed)
     raise ValueError(f"unknown attack kind {kind!r}")
 
 
 class SlowRows(Dataset):
-    """Delays every item (so that a writer can be killed mid-run); can fail at one index."""
+    """Delays every item (so that a writer can be killed mid-run); can fail at, or SIGKILL its process at, one index.
 
-    def __init__(self, dataset: Dataset, delay_s: float, fail_at: int | None = None):
+    The failure and the kill happen when the row is read for attacking: its
+    second read in this process (the first is the dataset fingerprint's).
+    """
+
+    def __init__(
+        self, dataset: Dataset, delay_s: float, fail_at: int | None = None, kill_at: int | None = None
+    ):
         self.dataset = dataset
         self.delay_s = delay_s
         self.fail_at = fail_at
+        self.kill_at = kill_at
+        self.reads: collections.Counter[int] = collections.Counter()
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int):
-        if index == self.fail_at:
+        self.reads[index] += 1
+        if index == self.fail_at and self.reads[index] == 2:
             raise RuntimeError(f"injected failure at row {index}")
+        if index == self.kill_at and self.reads[index] == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(self.delay_s)
         return self.dataset[index]
 
@@ -72,19 +102,20 @@ class SlowRows(Dataset):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--attack", default="gaussian", choices=["gaussian", "mine"])
+    parser.add_argument("--attack", default="gaussian", choices=["gaussian", "mine", "batchmean"])
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--chunk-rows", type=int, default=None)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds of sleep per item")
-    parser.add_argument("--fail-at", type=int, default=None, help="row whose read raises")
+    parser.add_argument("--fail-at", type=int, default=None, help="row whose read (for attacking) raises")
+    parser.add_argument("--kill-at", type=int, default=None, help="row whose read (for attacking) SIGKILLs the process")
     parser.add_argument("--distributed", action="store_true", help="init a gloo group (torchrun)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
     if args.distributed:
         torch.distributed.init_process_group("gloo")
     try:
-        dataset = SlowRows(digits_rows(args.limit), args.delay, args.fail_at)
+        dataset = SlowRows(digits_rows(args.limit), args.delay, args.fail_at, args.kill_at)
         path = precompute(
             dataset,
             make_attack(args.attack),

@@ -25,8 +25,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.data._precompute_worker import digits_rows, make_attack
-from uae_augment.data import _distributed
-from uae_augment.data._cache_writer import GridBatches
+from uae_augment import UAEAugmented
+from uae_augment.data import _cache_writer, _distributed
+from uae_augment.data._cache_writer import GridBatches, whole_batches
 from uae_augment.data.cache import (
     CHUNK_BYTES,
     CacheError,
@@ -42,6 +43,8 @@ from uae_augment.data.cache import (
 REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "tests" / "data" / "_precompute_worker.py"
 DONE_MARKER = "written and marked done"
+# Scripts run with their own folder first on sys.path: make them import this checkout's uae_augment.
+WORKER_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 def stacked(dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +79,7 @@ def fresh_attack_counter(attack) -> list[int]:
 
 def run_script(args: list[str], timeout_s: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout_s
+        [sys.executable, *args], cwd=REPO, env=WORKER_ENV, capture_output=True, text=True, timeout=timeout_s
     )
 
 
@@ -250,7 +253,7 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted_run(tmp_path, caplog):
     writer = subprocess.Popen(
         [sys.executable, str(WORKER), "--out", str(path), "--limit", "600", "--batch-size", "8",
          "--chunk-rows", "8", "--delay", "0.005"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, env=WORKER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
         marks = 0
@@ -291,11 +294,70 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted_run(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="uae_augment"):
         precompute(digits_rows(600), attack, path, batch_size=64, progress=False)
     assert "took over the stale lock" in caplog.text
+    assert "started with batch_size=8, resumed with batch_size=64" in caplog.text
     assert not lock.exists()
-    assert sorted(attacked) == np.flatnonzero(~done_before).tolist()
+    # The rows not done, with the done rows of their (64-row) grid batches.
+    assert sorted(attacked) == whole_batches(np.flatnonzero(~done_before), 0, 600, 64).tolist()
+    assert set(np.flatnonzero(~done_before)) <= set(attacked)
 
     uninterrupted = precompute(digits_rows(600), make_attack("gaussian"), tmp_path / "straight.h5", progress=False)
     assert_same_rows(path, uninterrupted)
+
+
+def run_until_killed(path: Path, *args: str) -> np.ndarray:
+    """Runs the worker script until it SIGKILLs itself (``--kill-at``); returns the file's done mask."""
+    writer = run_script([str(WORKER), "--out", str(path), *args])
+    assert writer.returncode == -signal.SIGKILL, writer.stderr[-3000:]
+    with h5py.File(path, "r") as handle:
+        return handle["done"][...]
+
+
+def test_resume_after_a_kill_mid_batch_is_bitwise_the_uninterrupted_run(tmp_path):
+    # Batches of 12 rows, chunks of 8: killed while reading row 40 (batch 36..47), batches 0..2 were
+    # attacked but only chunks 0..3 (rows 0..31) saved, so batch 24..35 was cut at row 32. Every row of
+    # BatchMeanNoise depends on its whole batch: attacking rows 32..35 alone would change them.
+    path = tmp_path / "cut.h5"
+    options = ["--attack", "batchmean", "--limit", "120", "--batch-size", "12", "--chunk-rows", "8"]
+    done = run_until_killed(path, *options, "--kill-at", "40")
+    assert np.flatnonzero(done).tolist() == list(range(32))
+    attack = make_attack("batchmean")
+    attacked = fresh_attack_counter(attack)
+    precompute(digits_rows(120), attack, path, batch_size=12, chunk_rows=8, progress=False)
+    straight = precompute(
+        digits_rows(120), make_attack("batchmean"), tmp_path / "straight.h5", batch_size=12, chunk_rows=8,
+        progress=False,
+    )
+    assert_same_rows(path, straight)
+    assert attacked == list(range(24, 120))  # the cut batch from its start; rows 24..31 are not rewritten
+
+
+def test_whole_batches_extends_rows_to_their_grid_batches():
+    assert whole_batches(np.array([5, 6, 13]), 0, 20, 4).tolist() == [4, 5, 6, 7, 12, 13, 14, 15]
+    assert whole_batches(np.array([17, 18]), 10, 18 + 1, 8).tolist() == [16, 17, 18]  # clipped to [start, stop)
+    assert whole_batches(np.array([], dtype=np.int64), 0, 20, 4).size == 0
+
+
+def test_progress_counts_rows_saved_not_rows_attacked(tmp_path, monkeypatch):
+    positions: list[int] = []
+
+    class RecordingBar:
+        def __init__(self, *, initial: int = 0, **_: object):
+            self.n = initial
+
+        def update(self, n: int) -> None:
+            self.n += n
+            positions.append(self.n)
+
+        def __enter__(self) -> RecordingBar:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(_cache_writer, "tqdm", RecordingBar)
+    precompute(digits_rows(48), make_attack(), tmp_path / "bar.h5", batch_size=12, chunk_rows=8)
+    # After batch k (rows up to 12k+11) the saved rows are the complete 8-row chunks, not 12(k+1).
+    assert positions == [8, 24, 32, 48]
 
 
 def test_finished_file_is_reused_without_attacking(gaussian_cache, rows300):
@@ -337,6 +399,71 @@ def test_same_rows_in_another_dataset_order_is_refused(tmp_path, rows300):
     shuffled = torch.utils.data.Subset(digits_rows(), list(range(299, -1, -1)))
     with pytest.raises(ProvenanceMismatchError, match=r"dataset\.sha256"):
         precompute(shuffled, make_attack("gaussian"), path, progress=False)
+
+
+class ChangedRows(torch.utils.data.Dataset):
+    """``base`` with some rows' sample, label or extra changed; items (x, y, extra) with ``extra=True``."""
+
+    def __init__(self, base, rows=(), *, sample=False, label=False, extra=False, with_extra=False):
+        self.base, self.rows = base, set(rows)
+        self.sample, self.label, self.extra, self.with_extra = sample, label, extra, with_extra
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        x, y = self.base[index]
+        changed = index in self.rows
+        if changed and self.sample:
+            x = x.flip(-1)
+        if changed and self.label:
+            y = (y + 1) % 10
+        if not self.with_extra:
+            return x, y
+        return x, y, {"weight": torch.tensor([0.5 if changed and self.extra else 1.0])}
+
+
+# The rows the former 64-row sample never hashed: 12 rows hashed 0..2, 40 rows 0..24, 100 rows skipped row 1.
+@pytest.mark.parametrize(("rows", "changed"), [(12, 11), (40, 35), (100, 1)])
+@pytest.mark.parametrize("field", ["sample", "label", "extra"])
+def test_a_change_to_any_row_is_refused_naming_the_field_and_row(tmp_path, rows, changed, field):
+    path = tmp_path / "f.h5"
+    precompute(ChangedRows(digits_rows(rows), with_extra=True), make_attack(), path, progress=False)
+    other = ChangedRows(digits_rows(rows), [changed], with_extra=True, **{field: True})
+    name = {"sample": "sample", "label": "label", "extra": "extra[0]"}[field]
+    with pytest.raises(ProvenanceMismatchError) as raised:
+        precompute(other, make_attack(), path, progress=False)
+    message = str(raised.value)
+    assert f"dataset.sha256.{name} (the data set's {name} changed, first at row {changed})" in message
+    assert message.count("dataset.sha256.") == 1  # only the changed field is named
+
+
+def test_changed_rows_are_refused_by_uae_augmented_and_located_in_large_sets(tmp_path):
+    # The reported case: 40 digits cached, rows 30..39 replaced (images and labels), reopened.
+    path = tmp_path / "fp.h5"
+    UAEAugmented(digits_rows(40), make_attack(), cache=path, progress=False)
+    replaced = ChangedRows(digits_rows(40), range(30, 40), sample=True, label=True)
+    with pytest.raises(ProvenanceMismatchError, match=r"label changed, first at row 30\).*sample changed, first at row 30"):
+        UAEAugmented(replaced, make_attack(), cache=path, progress=False)
+    # 1437 rows: blocks of 12 rows, the first differing block is named.
+    fingerprint = cache_provenance(digits_rows(), make_attack())["dataset"]
+    assert fingerprint["block_rows"] == 12 and len(fingerprint["blocks"]["sample"]) == 120
+    large = tmp_path / "large.h5"
+    precompute(digits_rows(), make_attack(), large, progress=False)
+    with pytest.raises(ProvenanceMismatchError, match=r"sample changed, first at rows 996\.\.1007\)"):
+        precompute(ChangedRows(digits_rows(), [1000, 1400], sample=True), make_attack(), large, progress=False)
+
+
+def test_dataset_name_and_split_are_recorded_but_not_compared(tmp_path, rows300, gaussian_cache):
+    provenance = UAECache(gaussian_cache).provenance
+    assert provenance["dataset_origin"] == {"name": "digits", "split": "train", "subset": True}
+    assert provenance["dataset"]["rows_hashed"] == 300
+    # The same rows without a name (a plain wrapper) are the same data: the file is reused as it is.
+    attack = make_attack("gaussian")
+    attacked = fresh_attack_counter(attack)
+    assert precompute(ChangedRows(rows300), attack, gaussian_cache, progress=False) == gaussian_cache
+    assert attacked == []
+    assert "dataset_origin" not in cache_provenance(ChangedRows(rows300), attack)
 
 
 # --------------------------------------------------------------------------- damaged files
@@ -433,7 +560,8 @@ def test_torchrun_shards_fail_together_resume_and_join_to_the_single_process_res
     path = tmp_path / "dist.h5"
     common = [str(WORKER), "--distributed", "--out", str(path), "--limit", "300", "--chunk-rows", "16"]
     # Ranks take whole batches of 64 rows: rank 0 rows 0..191, rank 1 rows 192..299.
-    # Rank 1 fails at row 291 (its second batch; a row the fingerprint does not read): every rank stops with an error, none hangs.
+    # Rank 1 fails at row 291 (its second batch; the failure is injected into the read for attacking,
+    # after the fingerprint's read): every rank stops with an error, none hangs.
     failed = torchrun([*common, "--fail-at", "291"])
     assert failed.returncode != 0
     assert "ERROR RuntimeError: injected failure at row 291" in failed.stdout  # rank 1

@@ -206,6 +206,11 @@ def test_inspect_text_json_partial_and_damaged(tmp_path, checkpoints, capsys):
     cache = UAECache(out)
     for expected in ("50 / 50 rows done", f"ASR         {cache.asr:.4g}", "GaussianNoise", "MI ", "criterion"):
         assert expected in text
+    digests = cache.provenance["dataset"]["sha256"]
+    assert (
+        "dataset     digits/train (a subset), 50 rows of shape (1, 8, 8), sha256 of all 50 rows:"
+        f" label {digests['label'][:12]}, sample {digests['sample'][:12]}\n"
+    ) in text
     assert main(["inspect", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["summary"]["done"] == 50 and report["summary"]["asr"] == pytest.approx(cache.asr)

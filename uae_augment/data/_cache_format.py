@@ -5,6 +5,7 @@ See :mod:`uae_augment.data.cache` for the layout; this module is private.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -21,11 +22,11 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from .._model_state import state_hash
 from ..attacks.base import Attack
-from ._items import dataset_length, split_item
+from ._items import dataset_length, integer_label, parse_item
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,10 @@ ROW_CHUNK = 1 << 16
 """Rows per chunk of the small per-row datasets."""
 READ_CACHE_BYTES = 1024 * 1024 * 1024
 """Default memory budget of a :class:`UAECache` for decompressed rows (1 GiB: MNIST or CIFAR-10 in float32)."""
-FINGERPRINT_ROWS = 64
-"""Rows (evenly spaced, first and last included) hashed into the dataset fingerprint."""
+FINGERPRINT_BLOCKS = 128
+"""Most row blocks of the dataset fingerprint (each has a short digest, to name the first differing rows)."""
+BLOCK_DIGEST_CHARS = 12
+"""Hex characters kept of each block digest (the full per-field SHA-256 decides equality)."""
 GZIP_LEVEL = 4
 
 ROW_FIELDS: dict[str, tuple[np.dtype, Any]] = {
@@ -58,6 +61,9 @@ RESULT_FIELDS = ("adversarial", "success", "mi", "criterion", "label", "index")
 LABEL_FIELD = "label"
 """The one optional dataset: stored only when the dataset's items have labels."""
 ENVIRONMENT_KEY = "environment"
+ORIGIN_KEY = "dataset_origin"
+RECORDED_ONLY = (ENVIRONMENT_KEY, ORIGIN_KEY)
+"""Provenance parts that are recorded but not compared (they do not change the rows)."""
 SHARD_KEY = "shard"
 
 
@@ -80,19 +86,23 @@ for _error in (CacheError, CacheLockedError, ProvenanceMismatchError):
 # --------------------------------------------------------------------------- provenance
 
 
-def dataset_fingerprint(dataset: Dataset, rows: int = FINGERPRINT_ROWS) -> dict[str, Any]:
-    """A cheap identity of a dataset: length, sample shape and a hash of a few rows.
+def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
+    """The identity of a dataset: length, sample shape and SHA-256 digests of every row, per field.
 
-    The hash covers the samples (as float32) and labels of ``rows`` evenly spaced
-    rows, the first and last included, so it is deterministic and costs
-    ``rows`` item reads whatever the dataset's size.
+    Every row counts: the samples (as float32, with their shapes), the labels
+    and each extra item entry are hashed into one digest per field
+    (``"sample"``, ``"label"``, ``"extra[k]"``), so a change to any row is
+    detected whatever the dataset's size. Rows are hashed in
+    ``block_rows``-row blocks (at most :data:`FINGERPRINT_BLOCKS` blocks; one
+    row per block up to that many rows); the short per-block digests let a
+    mismatch name the first differing rows. Costs one read of every item.
 
     Args:
         dataset: a map-style dataset of (x, y[, extra...]) items, x a float tensor.
-        rows: how many rows to hash.
 
     Returns:
-        ``{"length", "sample_shape", "rows_hashed", "sha256"}`` (JSON-serialisable).
+        ``{"length", "sample_shape", "rows_hashed", "block_rows", "sha256":
+        {field: hex}, "blocks": {field: [short hex per block]}}`` (JSON-serialisable).
 
     Raises:
         ValueError: if the dataset is empty.
@@ -101,33 +111,73 @@ def dataset_fingerprint(dataset: Dataset, rows: int = FINGERPRINT_ROWS) -> dict[
     Example:
         >>> from uae_augment import load_dataset
         >>> fp = dataset_fingerprint(load_dataset("digits"))
-        >>> fp["length"], fp["sample_shape"]
-        (1437, [1, 8, 8])
+        >>> fp["length"], fp["sample_shape"], fp["rows_hashed"], sorted(fp["sha256"])
+        (1437, [1, 8, 8], 1437, ['label', 'sample'])
     """
     length = dataset_length(dataset)
-    positions = sorted({round(k * (length - 1) / max(rows - 1, 1)) for k in range(min(rows, length))})
-    digest = hashlib.sha256()
+    block_rows = math.ceil(length / FINGERPRINT_BLOCKS)
+    blocks: dict[str, list[str]] = {}
     shape: tuple[int, ...] | None = None
-    for position in positions:
-        x, y = split_item(dataset[position], position)
-        if shape is None:
-            shape = tuple(x.shape)
-        digest.update(f"{position}:{tuple(x.shape)}:{y};".encode())
-        digest.update(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    for block, first in enumerate(range(0, length, block_rows)):
+        hashers: dict[str, Any] = collections.defaultdict(hashlib.sha256)
+        for position in range(first, min(first + block_rows, length)):
+            item = dataset[position]
+            parsed = parse_item(item, position)
+            x = parsed.sample
+            y = None if parsed.label is None else integer_label(parsed.label, position)
+            shape = tuple(x.shape) if shape is None else shape
+            hashers["sample"].update(f"{tuple(x.shape)};".encode())
+            hashers["sample"].update(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            hashers["label"].update(f"{y!r};".encode())
+            for k, value in enumerate(parsed.extras):
+                hashers[f"extra[{k}]"].update(_value_bytes(value))
+        for name in hashers.keys() - blocks.keys():  # a field first seen in this block: empty before
+            blocks[name] = [_EMPTY_DIGEST] * block
+        for name, digests in blocks.items():
+            digests.append(hashers[name].hexdigest() if name in hashers else _EMPTY_DIGEST)
     assert shape is not None
     return {
         "length": length,
         "sample_shape": list(shape),
-        "rows_hashed": len(positions),
-        "sha256": digest.hexdigest(),
+        "rows_hashed": length,
+        "block_rows": block_rows,
+        "sha256": {name: hashlib.sha256("".join(d).encode()).hexdigest() for name, d in sorted(blocks.items())},
+        "blocks": {name: [d[:BLOCK_DIGEST_CHARS] for d in digests] for name, digests in sorted(blocks.items())},
     }
+
+
+_EMPTY_DIGEST = hashlib.sha256().hexdigest()
+
+
+def _value_bytes(value: Any) -> bytes:
+    """Canonical bytes of an extra item entry: dtype, shape and data of arrays, else its repr."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().contiguous()
+        data = value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b""
+        return f"tensor:{value.dtype}:{tuple(value.shape)};".encode() + data
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        return f"ndarray:{value.dtype}:{value.shape};".encode() + np.ascontiguousarray(value).tobytes()
+    return f"{type(value).__name__}:{value!r};".encode()
+
+
+def dataset_origin(dataset: Dataset) -> dict[str, Any] | None:
+    """``{"name", "split", "subset"}`` of a :func:`load_dataset` set (or a Subset of one), else None."""
+    subset = False
+    while isinstance(dataset, Subset):
+        dataset, subset = dataset.dataset, True
+    name = getattr(dataset, "name", None)
+    if not isinstance(name, str):
+        return None
+    split = getattr(dataset, "split", None)
+    return {"name": name, "split": split if isinstance(split, str) else None, "subset": subset}
 
 
 def cache_provenance(dataset: Dataset, attack: Attack, dtype: str = "float32") -> dict[str, Any]:
     """The provenance record :func:`precompute` writes for ``(dataset, attack, dtype)``.
 
-    Everything except the ``"environment"`` part is compared on resume; two
-    runs with equal records produce equal rows.
+    Everything except the ``"environment"`` and ``"dataset_origin"`` (data-set
+    name and split, when known) parts is compared on resume; two runs with
+    equal records produce equal rows.
 
     Raises:
         TypeError: if ``attack`` is not a uae_augment ``Attack`` or the items are malformed.
@@ -149,6 +199,7 @@ def cache_provenance(dataset: Dataset, attack: Attack, dtype: str = "float32") -
             "model_state_hash": state_hash(attack.models()),
             "dataset": dataset_fingerprint(dataset),
             "dtype": dtype,
+            **({ORIGIN_KEY: origin} if (origin := dataset_origin(dataset)) else {}),
             ENVIRONMENT_KEY: {
                 "python": platform.python_version(),
                 "h5py": h5py.__version__,
@@ -167,7 +218,7 @@ def normalise(record: Any) -> Any:
 
 
 def identity_part(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k != ENVIRONMENT_KEY}
+    return {k: v for k, v in record.items() if k not in RECORDED_ONLY}
 
 
 def provenance_hash(record: dict[str, Any]) -> str:
@@ -197,10 +248,52 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def dataset_differences(stored: Any, expected: Any) -> list[str]:
+    """The differing fields of two dataset fingerprints, each sample/label/extra field with its first differing rows.
+
+    Rows are located through the per-block digests when both records have the
+    same length and blocks; records without them (older files) are compared
+    field by field.
+    """
+    if not (isinstance(stored, dict) and isinstance(expected, dict) and "blocks" in stored and "blocks" in expected):
+        return differences(stored, expected, "dataset.")
+    found = differences(
+        {k: v for k, v in stored.items() if k not in ("sha256", "blocks", "rows_hashed")},
+        {k: v for k, v in expected.items() if k not in ("sha256", "blocks", "rows_hashed")},
+        "dataset.",
+    )
+    same_grid = stored["length"] == expected["length"] and stored["block_rows"] == expected["block_rows"]
+    for field in sorted(set(stored["sha256"]) | set(expected["sha256"])):
+        if stored["sha256"].get(field) == expected["sha256"].get(field):
+            continue
+        name = f"dataset.sha256.{field}"
+        if field not in stored["sha256"] or field not in expected["sha256"]:
+            side = "file" if field in stored["sha256"] else "now"
+            found.append(f"{name} (only in the {side}'s items)")
+        elif same_grid:
+            where = _first_differing_rows(stored, expected, field)
+            found.append(f"{name} (the data set's {field} changed, first at {where})")
+        else:
+            found.append(f"{name} (the data set changed)")
+    return found
+
+
+def _first_differing_rows(stored: dict[str, Any], expected: dict[str, Any], field: str) -> str:
+    pairs = zip(stored["blocks"][field], expected["blocks"][field])
+    block = next((k for k, (a, b) in enumerate(pairs) if a != b), None)
+    if block is None:  # the block digests agree (truncated): only the full digest differs
+        return "an unknown row"
+    first = block * stored["block_rows"]
+    last = min(first + stored["block_rows"], stored["length"]) - 1
+    return f"row {first}" if first == last else f"rows {first}..{last}"
+
+
 def check_provenance(path: Path, stored: dict[str, Any], expected: dict[str, Any]) -> None:
     if provenance_hash(stored) == provenance_hash(expected):
         return
-    differing = differences(identity_part(stored), identity_part(expected)) or ["(hash only)"]
+    stored, expected = identity_part(stored), identity_part(expected)
+    differing = dataset_differences(stored.pop("dataset", None), expected.pop("dataset", None))
+    differing = [*differing, *differences(stored, expected)] or ["(hash only)"]
     raise ProvenanceMismatchError(
         f"{path} was written for another configuration; differing fields: {'; '.join(differing)}."
         " Write to another path, or pass resume=False (CLI: --no-resume) to overwrite it"

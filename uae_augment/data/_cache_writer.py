@@ -39,6 +39,9 @@ from ._items import batch_labels, require_labels, split_item, stack_samples
 
 logger = logging.getLogger(__name__)
 
+BATCH_SIZE_KEY = "batch_size"
+"""Root attribute: the batch size a file was started with (a resume with another one warns)."""
+
 # --------------------------------------------------------------------------- reading the rows to attack
 
 
@@ -89,12 +92,24 @@ class _ChunkWriter:
         self.pending: dict[int, dict[str, np.ndarray]] = {}
         self.missing: dict[int, int] = {}
 
-    def add(self, positions: np.ndarray, values: dict[str, np.ndarray]) -> None:
+    def add(self, positions: np.ndarray, values: dict[str, np.ndarray]) -> int:
         """Buffers a batch of rows; writes the chunks it completes, flushes, then marks them done.
 
-        Only chunks that are not done are ever (re)written, so space HDF5 frees
-        and reuses between two flushes never belongs to a chunk marked done.
+        Rows already done are skipped (a resume re-attacks the done rows of a cut
+        batch only to give its other rows their batch). Only chunks that are not
+        done are ever (re)written, so space HDF5 frees and reuses between two
+        flushes never belongs to a chunk marked done.
+
+        Args:
+            positions: (B,) rows of the file (global index minus the file's start).
+            values: the arrays of :data:`RESULT_FIELDS`, each with B rows.
+
+        Returns:
+            How many rows this call marked done (written and flushed).
         """
+        new = ~self.done[positions]
+        if not new.all():
+            positions, values = positions[new], {name: value[new] for name, value in values.items()}
         chunk_of = positions // self.layout.chunk_rows
         complete: list[int] = []
         for chunk in np.unique(chunk_of):
@@ -111,7 +126,7 @@ class _ChunkWriter:
                 self._write(chunk, self.pending.pop(chunk))
                 complete.append(chunk)
         if not complete:
-            return
+            return 0
         self.handle.flush()
         for chunk in complete:
             start, stop = self.layout.chunk_range(chunk)
@@ -122,6 +137,7 @@ class _ChunkWriter:
             "%s: rows %d..%d written and marked done",
             self.path.name, self.layout.chunk_range(complete[0])[0], self.layout.chunk_range(complete[-1])[1] - 1,
         )
+        return sum(stop - start for start, stop in map(self.layout.chunk_range, complete))
 
     def _start(self, chunk: int) -> dict[str, np.ndarray]:
         start, stop = self.layout.chunk_range(chunk)
@@ -216,7 +232,14 @@ def _prepare(
             check_provenance(path, read_provenance(handle, path), provenance)
             layout = read_layout(handle, path)
             done = read_all(handle["done"], path)
+            started_with = handle.attrs.get(BATCH_SIZE_KEY)
         logger.info("resuming %s: %d of %d rows done", path, int(done.sum()), layout.rows)
+        if started_with is not None and int(started_with) != options.batch_size and done.any():
+            logger.warning(
+                "%s was started with batch_size=%d, resumed with batch_size=%d: the rows are not bitwise"
+                " those of one uninterrupted run (resume with batch_size=%d for that)",
+                path, started_with, options.batch_size, started_with,
+            )
         return layout, np.flatnonzero(~done)
     rows = stop - start
     sample_shape = tuple(provenance["dataset"]["sample_shape"])
@@ -226,15 +249,36 @@ def _prepare(
     create_file(path, layout, provenance, options.compression)
     with open_for_writing(path) as handle:
         handle["index"][:] = np.arange(start, stop)
+        handle.attrs[BATCH_SIZE_KEY] = options.batch_size
     return layout, np.arange(rows)
+
+
+def whole_batches(rows: np.ndarray, start: int, stop: int, batch_size: int) -> np.ndarray:
+    """Every global row in [start, stop) of the grid batches (``index // batch_size``) that hold ``rows``.
+
+    A resume attacks these: the done rows of a batch cut by a kill are attacked
+    again with the rest of their batch (and not written), so every row is
+    attacked in the batch of an uninterrupted run.
+
+    Args:
+        rows: sorted global rows still to do.
+
+    Returns:
+        Sorted global rows, a superset of ``rows``.
+    """
+    cells = np.unique(rows // batch_size).tolist()
+    if not cells:
+        return rows
+    return np.concatenate([np.arange(max(c * batch_size, start), min((c + 1) * batch_size, stop)) for c in cells])
 
 
 class GridBatches:
     """Positions in ``indices`` (sorted global rows) grouped by ``index // batch_size``, lazily.
 
-    Batches sit on one global grid, so a sharded run and the untouched part of a
-    resumed run hand the attack exactly the batches of one uninterrupted run
-    (bitwise equal results even where kernels round differently per batch size).
+    Batches sit on one global grid, so a sharded run and a resumed run (which
+    attacks :func:`whole_batches`) hand the attack exactly the batches of one
+    uninterrupted run (bitwise equal results even where kernels round
+    differently per batch size).
     Used as a DataLoader ``batch_sampler``.
     """
 
@@ -259,18 +303,21 @@ def _attack_rows(
     todo: np.ndarray,
     options: WriteOptions,
 ) -> None:
+    rows = whole_batches(start + todo, start, start + layout.rows, options.batch_size)
+    if rows.size > todo.size:
+        logger.info("%s: attacking %d done rows again with the rest of their batch", path, rows.size - todo.size)
     loader = DataLoader(
-        _Rows(dataset, start + todo),
-        batch_sampler=GridBatches(start + todo, options.batch_size),
+        _Rows(dataset, rows),
+        batch_sampler=GridBatches(rows, options.batch_size),
         num_workers=options.num_workers,
         collate_fn=_collate,
     )
     device = attack_device(attack)
-    bar = tqdm(
+    bar = tqdm(  # counts rows saved (written, flushed and marked done)
         total=layout.rows,
         initial=layout.rows - todo.size,
-        desc=f"precompute {path.name}",
-        unit="sample",
+        desc=f"precompute {path.name} (rows saved)",
+        unit="row",
         disable=not options.progress,
         dynamic_ncols=True,
     )
@@ -298,8 +345,7 @@ def _attack_rows(
             }
             if y is not None:
                 values["label"] = y.numpy()
-            writer.add(index.numpy() - start, values)
-            bar.update(len(index))
+            bar.update(writer.add(index.numpy() - start, values))
         writer.close()
     logger.info("%s: all %d rows done", path, layout.rows)
 

@@ -12,16 +12,21 @@ DataLoader workers work). The file layout (format version 1):
   int64 (the row's global dataset index) and ``done`` bool;
 * root attributes: ``format``, ``format_version``, ``provenance`` (a JSON
   record: library and torch versions, attack config, seed, model state hash,
-  dataset fingerprint, dtype; plus an ``environment`` part with python, h5py,
-  HDF5 and numpy versions that is recorded but not compared) and
-  ``provenance_hash`` (SHA-256 of the compared part).
+  dataset fingerprint (SHA-256 of every row, per field, see
+  :func:`dataset_fingerprint`), dtype; plus an ``environment`` part with
+  python, h5py, HDF5 and numpy versions and a ``dataset_origin`` part with the
+  data set's name and split, both recorded but not compared),
+  ``provenance_hash`` (SHA-256 of the compared part) and ``batch_size`` (the
+  batch size the file was started with).
 
 Crash safety (a writer may be killed at any moment, e.g. ``kill -9``): every
 chunk of ``adversarial`` is written as a whole, once its rows are all attacked;
 after each batch the file is flushed, and only then the rows of the chunks it
 completed are marked ``done`` (and flushed again). The per-row datasets are uncompressed with their space allocated at
-creation, so writing them never touches the file's metadata. A resume re-attacks
-exactly the rows not marked done. Files are created under a temporary name and
+creation, so writing them never touches the file's metadata. A resume attacks
+the rows not marked done together with the done rows of their grid batches
+(``index // batch_size``), writing only the former, so every row is attacked in
+the batch of an uninterrupted run. Files are created under a temporary name and
 renamed into place once preallocated, and a lock file ``<path>.lock`` stops a
 second writer.
 
@@ -55,7 +60,7 @@ from ._cache_format import (
     CHUNK_BYTES,
     COMPRESSIONS,
     DTYPES,
-    FINGERPRINT_ROWS,
+    FINGERPRINT_BLOCKS,
     FORMAT,
     FORMAT_VERSION,
     READ_CACHE_BYTES,
@@ -85,7 +90,7 @@ __all__ = [
     "CacheError",
     "CacheLockedError",
     "DTYPES",
-    "FINGERPRINT_ROWS",
+    "FINGERPRINT_BLOCKS",
     "FORMAT",
     "FORMAT_VERSION",
     "ProvenanceMismatchError",
@@ -136,8 +141,12 @@ def precompute(
     every rank returns the final path. Because batches sit on that one grid of
     global rows, a sharded run gives the attack exactly the batches of a single
     uninterrupted run, so the rows are bitwise equal even where PyTorch kernels
-    round differently for different batch sizes (a resumed run differs from an
-    uninterrupted one at most in the batch that was cut).
+    round differently for different batch sizes. A resume attacks each batch a
+    kill cut again as a whole (writing only its missing rows), so with the same
+    ``batch_size`` it is bitwise equal to an uninterrupted run too; another
+    ``batch_size`` gives rows within the attack's batch-size tolerance (logged
+    as a warning). The dataset is fingerprinted by hashing every row (one read
+    of every item, about 2.6 s for 60,000 MNIST rows).
 
     Args:
         dataset: a map-style dataset of (x, y[, extra...]) items: x a float
@@ -154,7 +163,7 @@ def precompute(
         compression: ``"lzf"``, ``"gzip"`` (level 4, with shuffle) or None.
         num_workers: DataLoader workers reading the dataset (the attack itself
             always runs in this process).
-        progress: show a tqdm bar (rows, rate, ETA).
+        progress: show a tqdm bar of the rows saved (written, flushed and marked done), rate, ETA.
         chunk_rows: rows per chunk of ``adversarial`` (default: about 64 KiB per chunk).
         sample_key: the key of the sample in dict items (None for tensors and tuples).
 
@@ -169,8 +178,9 @@ def precompute(
             attack), a supervised attack on unlabelled items, or items of which
             some have labels and some do not.
         ProvenanceMismatchError: the existing file was written for another
-            dataset, model state, attack config, seed or dtype (the message names
-            the differing fields).
+            dataset (any row's sample, label or extra entries changed), model
+            state, attack config, seed or dtype (the message names the differing
+            fields, and for a changed row field its first changed row).
         CacheLockedError: another live process is writing ``path``.
         CacheError: the existing file is damaged (resume=False rebuilds it).
         RuntimeError: called inside a DataLoader worker.
