@@ -30,6 +30,7 @@ from .data import (
     available_datasets,
     load_dataset,
     precompute,
+    random_subset,
 )
 from .mine import estimate_mi, per_sample_mi
 from .training import FitHistory, fit
@@ -69,5 +70,6 @@ __all__ = [
     "load_dataset",
     "per_sample_mi",
     "precompute",
+    "random_subset",
     "__version__",
 ]
