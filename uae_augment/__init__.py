@@ -33,6 +33,7 @@ from .data import (
     random_subset,
 )
 from .mine import estimate_mi, per_sample_mi
+from .models import Normalized
 from .training import FitHistory, fit
 
 __version__ = "0.1.0"
@@ -55,6 +56,7 @@ __all__ = [
     "LpUAE",
     "MINEUAE",
     "MinMaxAttack",
+    "Normalized",
     "PGD",
     "PRESETS",
     "BySampler",
