@@ -2,7 +2,7 @@
 
 Examples::
 
-    uae-augment precompute mnist --data-root ../shared/datasets --model conv-ae \\
+    uae-augment precompute mnist --data-root /path/to/datasets --model conv-ae \\
         --checkpoint conv_ae.pt --attack mine-uae --preset fast --out mnist_convae.h5
     torchrun --nproc_per_node=4 -m uae_augment.cli precompute mnist ... --out mnist_convae.h5
     uae-augment inspect mnist_convae.h5 --json

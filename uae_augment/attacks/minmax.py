@@ -1,4 +1,4 @@
-"""The MinMax attack (SPEC.md section 2): supervised MINE attacks and unsupervised UAEs."""
+"""The MinMax attack (docs/method.md section 2): supervised MINE attacks and unsupervised UAEs."""
 
 from __future__ import annotations
 
