@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 HIGH_LOAD = 1.5
 """1-minute load average above which a run is flagged as measured on a busy machine."""
 
@@ -145,11 +144,14 @@ def mnist_source(dataset: str, root: str | None) -> tuple[str, str | None]:
     """(data-set name, root) for MNIST: full MNIST when its canonical file exists, else mnist-5k.
 
     ``dataset`` is ``auto``, ``mnist`` or ``mnist-5k``. ``auto`` looks for
-    ``mnist.npz`` in ``root``, then ``$UAE_DATA_ROOT``, then ``../shared/datasets``.
+    ``mnist.npz`` in ``root``, then in :func:`uae_augment.data.resolve_data_root`'s
+    folder (``$UAE_DATA_ROOT``, else the repository's ``datasets/``).
     """
     if dataset != "auto":
         return dataset, root
-    candidates = [root, os.environ.get("UAE_DATA_ROOT"), str(SHARED_DATASETS)]
+    from uae_augment.data import resolve_data_root
+
+    candidates = [root, str(resolve_data_root())]
     for candidate in candidates:
         if candidate and (Path(candidate) / "mnist.npz").is_file():
             return "mnist", candidate

@@ -1,6 +1,6 @@
 """Attack speed of MINE-UAE: the per-sample reference loop vs the batched engine vs the presets.
 
-The paper configuration (SPEC.md sections 1, 2 and 7): a 28x28 ConvAutoencoder
+The paper configuration (docs/method.md sections 1, 2 and 7): a 28x28 ConvAutoencoder
 trained briefly on MNIST-5k, feature-map MINE with K = 16 maps of 28x28, the
 release statistics network (two 11664 -> 512 -> 10 branches, ~12M parameters
 per sample), 40 attack iterations x 20 MINE Adam steps. Measured, in one run:

@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--dataset", default="auto", choices=["auto", "mnist", "mnist-5k"],
-                        help="auto: full MNIST when mnist.npz is found (--root, $UAE_DATA_ROOT, ../shared/datasets)")
+                        help="auto: full MNIST when mnist.npz is found (--root, else $UAE_DATA_ROOT or datasets/)")
     parser.add_argument("--root", default=None, help="data root holding mnist.npz")
     parser.add_argument("--train-rows", type=int, default=10000, help="training rows for the autoencoder")
     parser.add_argument("--epochs", type=int, default=3, help="autoencoder training epochs")

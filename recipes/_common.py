@@ -37,7 +37,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import uae_augment
-from uae_augment import Attack, AttackResult, UAEAugmented, UAECache, fit, load_dataset, precompute
+from uae_augment import (
+    Attack,
+    AttackResult,
+    UAEAugmented,
+    UAECache,
+    fit,
+    load_dataset,
+    precompute,
+    random_subset,
+)
 from uae_augment.data import ProvenanceMismatchError, dataset_info, resolve_data_root
 
 logger = logging.getLogger("recipes")
@@ -300,21 +309,13 @@ SUBSET_SEED = 0
 def subset_rows(dataset: Dataset, rows: int | None) -> Dataset:
     """A fixed random subset of ``rows`` items (all of them when ``rows`` is None or larger).
 
-    The rows are drawn without replacement by a generator seeded with
-    :data:`SUBSET_SEED` and kept in their original order. A prefix would not do:
-    some splits (e.g. ``mnist-5k``) are sorted by class.
+    :func:`uae_augment.random_subset` with :data:`SUBSET_SEED`: the rows are drawn
+    without replacement and kept in their original order.
 
     Raises:
         ValueError: if ``rows`` < 1.
     """
-    size = len(dataset)  # type: ignore[arg-type]
-    if rows is None or rows >= size:
-        return dataset
-    if rows < 1:
-        raise ValueError(f"rows must be >= 1, got {rows}")
-    generator = torch.Generator().manual_seed(SUBSET_SEED)
-    chosen = torch.randperm(size, generator=generator)[:rows].sort().values
-    return Subset(dataset, chosen.tolist())
+    return random_subset(dataset, rows, SUBSET_SEED)
 
 
 def stack(dataset: Dataset, batch_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:

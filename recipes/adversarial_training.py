@@ -78,7 +78,7 @@ LABELS = {
 COLUMNS = ("correct", "error", "confidence", "confidence_correct", "confidence_error")
 COLUMN_LABELS = ("correctly predicted", "error", "confidence", "confidence when correct", "confidence when wrong")
 
-# SPEC.md section 6, last table (references/harnessing-adversarial-examples.md): the
+# docs/method.md section 6, last table (the "Harnessing adversarial examples" report): the
 # reference's "standard training" and "adversarial training" (= our fgsm-augment).
 PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
     "standard": {

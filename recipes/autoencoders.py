@@ -34,7 +34,7 @@ same-steps control serves all methods. ``--failed drop`` trains on the clean
 set plus the successful UAEs only (the control then matches the MINE-UAE run).
 
 Outputs in ``--out``: ``results.json`` (per-seed values, mean/std summaries, the
-published figures, the environment), ``results.md`` (the tables, SPEC.md section
+published figures, the environment), ``results.md`` (the tables, docs/method.md section
 6 layout with the published figures beside ours), ``config.yaml`` (the resolved
 configuration), ``wall_time.log`` (seconds per stage), ``grid-<data>-<ae>.png``
 (clean | UAE | perturbation per method), ``cache/`` (the UAE caches) and
@@ -143,7 +143,7 @@ def _published(original: float | None, mine: float | None, l2: float | None, ga1
     }
 
 
-# SPEC.md section 6: test reconstruction error per method and training-set ASR (%).
+# docs/method.md section 6: test reconstruction error per method and training-set ASR (%).
 PUBLISHED: dict[str, dict[str, Published]] = {
     "MNIST": {
         "sparse": _published(0.00561, 0.00243, 0.00348, 0.00280, 0.00280, (100, 99.18, 54.10, 63.95)),
@@ -422,7 +422,7 @@ def _published_cell(values: Published, key: str) -> str:
 
 
 def markdown(summary: Sequence[dict[str, Any]], methods: Sequence[str], *, failed: str, skipped: Sequence[dict[str, str]]) -> str:
-    """The results as Markdown: the main table (SPEC.md section 6 layout) and two diagnostics."""
+    """The results as Markdown: the main table (docs/method.md section 6 layout) and two diagnostics."""
     columns = [METHODS[m] for m in methods]
     header = ["data", "AE", "source", "original", "same-steps clean", *(m.label for m in columns),
               "ASR % " + " / ".join(m.label for m in columns)]

@@ -62,7 +62,7 @@ K_OVERRIDES = {"mice-protein": 10}
 DATASET_OPTIONS: dict[str, dict[str, Any]] = {"coil20": {"size": 20}}
 EXTRA_TREES = 50
 
-# SPEC.md section 6: test reconstruction error, test accuracy (%) and ASR (%).
+# docs/method.md section 6: test reconstruction error, test accuracy (%) and ASR (%).
 PUBLISHED: dict[str, dict[str, float]] = {
     "mnist": {"re_original": 0.01170, "re_mine": 0.01142, "acc_original": 94.97, "acc_mine": 95.41, "asr": 99.98},
     "fashion-mnist": {"re_original": 0.01307, "re_mine": 0.01254, "acc_original": 84.92, "acc_mine": 85.24, "asr": 99.99},
@@ -296,7 +296,7 @@ def summarise(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict
 
 
 def markdown(summary: Sequence[dict[str, Any]], *, failed: str, skipped: Sequence[dict[str, str]]) -> str:
-    """The results table (SPEC.md section 6 layout, published figures beside ours)."""
+    """The results table (docs/method.md section 6 layout, published figures beside ours)."""
     header = ["data", "source", "RE original", "RE same-steps clean", "RE MINE-UAE", "acc original",
               "acc same-steps clean", "acc MINE-UAE", "ASR"]
     rows = []

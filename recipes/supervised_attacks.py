@@ -1,8 +1,8 @@
 """Supervised adversarial examples: MinMax vs penalty-based MINE attacks vs PGD, FGSM and L-BFGS.
 
-Reproduces the supervised table of the MinMax paper (SPEC.md section 6) on the
+Reproduces the supervised table of the MinMax paper (docs/method.md section 6) on the
 release's victims, the Carlini & Wagner 4-conv nets for MNIST and CIFAR-10
-(SPEC.md section 5: SGD lr 0.01, momentum 0.9, Nesterov, batch 128, 50 epochs),
+(docs/method.md section 5: SGD lr 0.01, momentum 0.9, Nesterov, batch 128, 50 epochs),
 which the recipe trains and saves under ``--out/models``:
 
 1. train the classifier (reruns with the same settings reload it) and measure its
@@ -122,7 +122,7 @@ class Victim(CWClassifier):
             return [torch.optim.Adam(self.parameters(), lr=self.lr)]
         return [torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, nesterov=True)]
 
-# SPEC.md section 6: 1000 adversarial examples; ASR in %, MI as the paper's MINE reports it.
+# docs/method.md section 6: 1000 adversarial examples; ASR in %, MI as the paper's MINE reports it.
 PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
     "MNIST": {"penalty": {"asr_pct": 100.0, "mi": 28.28}, "minmax": {"asr_pct": 100.0, "mi": 51.29}},
     "CIFAR-10": {"penalty": {"asr_pct": 100.0, "mi": 13.69}, "minmax": {"asr_pct": 100.0, "mi": 17.14}},

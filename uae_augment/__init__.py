@@ -30,8 +30,10 @@ from .data import (
     available_datasets,
     load_dataset,
     precompute,
+    random_subset,
 )
 from .mine import estimate_mi, per_sample_mi
+from .models import Normalized
 from .training import FitHistory, fit
 
 __version__ = "0.1.0"
@@ -54,6 +56,7 @@ __all__ = [
     "LpUAE",
     "MINEUAE",
     "MinMaxAttack",
+    "Normalized",
     "PGD",
     "PRESETS",
     "BySampler",
@@ -69,5 +72,6 @@ __all__ = [
     "load_dataset",
     "per_sample_mi",
     "precompute",
+    "random_subset",
     "__version__",
 ]

@@ -2,7 +2,7 @@
 
 Examples::
 
-    uae-augment precompute mnist --data-root ../shared/datasets --model conv-ae \\
+    uae-augment precompute mnist --data-root /path/to/datasets --model conv-ae \\
         --checkpoint conv_ae.pt --attack mine-uae --preset fast --out mnist_convae.h5
     torchrun --nproc_per_node=4 -m uae_augment.cli precompute mnist ... --out mnist_convae.h5
     uae-augment inspect mnist_convae.h5 --json
@@ -215,7 +215,7 @@ def build_attack(args: argparse.Namespace, model: nn.Module, sample: torch.Tenso
         kwargs: dict[str, Any] = {"seed": args.seed, **overrides}
     else:
         cls = {"mine-uae": MINEUAE, "l2-uae": LpUAE, "minmax": MinMaxAttack}[args.attack]
-        kwargs = {"preset": args.preset or "paper", "seed": args.seed, **overrides}
+        kwargs = {"preset": args.preset, "seed": args.seed, **overrides}  # None: the attack's default
         if args.attack == "minmax":
             kwargs["mode"] = "supervised"
     try:
@@ -225,6 +225,31 @@ def build_attack(args: argparse.Namespace, model: nn.Module, sample: torch.Tenso
         raise CLIError(
             f"--set: {error}; --attack {args.attack} accepts: {', '.join(accepted)}"
         ) from error
+
+
+LONG_JOB_S = 1800.0
+"""Jobs estimated longer than this (one CPU core) are announced with a warning before they start."""
+
+
+def warn_if_long(attack: Any, rows: int, sample_shape: tuple[int, ...]) -> float | None:
+    """Logs a warning with the estimate when a MINE attack on ``rows`` samples may take over 30 min.
+
+    Returns:
+        The one-core estimate in seconds, or None for attacks without MINE steps.
+    """
+    from .attacks.minmax import MinMaxAttack, estimate_cpu_seconds
+
+    if not isinstance(attack, MinMaxAttack) or "mine_steps" not in attack.config():
+        return None
+    seconds = estimate_cpu_seconds(attack, rows, sample_shape)
+    if seconds > LONG_JOB_S:
+        logger.warning(
+            "this job may take about %.1f hours on one CPU core (%d rows, preset %r, estimated from "
+            "benchmarks/results/attack_speed.json); more threads or a GPU shorten it, --limit or "
+            "--preset fast (~50x cheaper than paper) too",
+            seconds / 3600, rows, attack.preset,
+        )
+    return seconds
 
 
 def _accepted_options(cls: type) -> set[str]:
@@ -284,6 +309,8 @@ def run_precompute(args: argparse.Namespace) -> int:
             rows = Subset(dataset, range(args.limit))
         model = build_victim(args, dataset.sample_shape, dataset.num_classes).to(device)
         attack = build_attack(args, model, dataset[0][0].to(device))
+        if rank == 0:
+            warn_if_long(attack, len(rows), dataset.sample_shape)
         started = time.perf_counter()
         path = precompute(
             rows,
@@ -427,14 +454,14 @@ def _add_precompute(subparsers: Any) -> None:
                         help="attack criterion (auto: reconstruction for autoencoders, margin for classifiers,"
                         " contrastive (NT-Xent over replayed views) for simclr-resnet18)")
     parser.add_argument("--preset", choices=PRESET_NAMES, default=None,
-                        help="attack preset (default: paper; ignored by gaussian)")
+                        help="attack preset (default: fast for mine-uae/l2-uae, paper for minmax; ignored by gaussian)")
     parser.add_argument("--set", action="append", default=[], type=parse_assignment, metavar="KEY=VALUE",
                         help="attack option override, JSON-ish value, e.g. steps=10, sigma=0.001 (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="attack seed (and model init seed without --checkpoint)")
     parser.add_argument("--out", type=Path, required=True, help="cache file to write (.h5)")
     parser.add_argument("--batch-size", type=_positive_int, default=256, help="rows per batch handed to the attack")
     parser.add_argument("--no-resume", action="store_true", help="overwrite an existing file instead of resuming it")
-    parser.add_argument("--limit", type=_positive_int, default=None, help="attack only the first N rows")
+    parser.add_argument("--limit", type=_positive_int, default=None, help="attack only the first N rows (rows are served in a fixed shuffled order, so a random sample)")
     parser.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader workers reading the data")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="storage dtype of the UAEs")
     parser.add_argument("--compression", choices=("lzf", "gzip", "none"), default="lzf", help="compression of the UAEs")

@@ -1,6 +1,6 @@
 """The contrastive (SimCLR) attack criterion and replayable, differentiable SimCLR views.
 
-SPEC.md section 3: for an encoder ``backbone`` and projection head ``head``,
+docs/method.md section 3: for an encoder ``backbone`` and projection head ``head``,
 
     f_x(x + delta) = max(0, L(x + delta) - L(x)),
 

@@ -1,4 +1,4 @@
-"""Attack criteria f_x: non-negative, zero exactly when the attack succeeds (SPEC.md section 3).
+"""Attack criteria f_x: non-negative, zero exactly when the attack succeeds (docs/method.md section 3).
 
 A criterion is used in two stages: :meth:`Criterion.prepare` computes what it
 needs from the clean batch once (without gradients), and calling the criterion

@@ -19,7 +19,7 @@ import torch
 
 from .attacks import MINEUAE, PRESETS
 from .criteria import Reconstruction
-from .data import load_dataset
+from .data import load_dataset, random_subset
 from .mine import per_sample_mi
 from .models import ConvAutoencoder
 from .plots import perturbation_picture, save_image_grid
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the demo's options to ``parser``."""
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=3, help="autoencoder training epochs (default: %(default)s)")
-    parser.add_argument("--train-rows", type=int, default=None, help="train on the first N digits only (default: all 4,000)")
+    parser.add_argument("--train-rows", type=int, default=None, help="train on N digits drawn at random with --seed (default: all 4,000)")
     parser.add_argument("--samples", type=int, default=64, help="training digits to attack (default: %(default)s)")
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="fast",
@@ -71,7 +71,7 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     train = load_dataset("mnist-5k", split="train")
     if train_rows is not None:
-        train = torch.utils.data.Subset(train, range(min(train_rows, len(train))))
+        train = random_subset(train, train_rows, seed)  # a prefix could follow the classes
     torch.manual_seed(seed)
     model = ConvAutoencoder(in_channels=1, image_size=28)
     started = time.perf_counter()
@@ -95,7 +95,7 @@ def demo(
     )
     summary: dict[str, Any] = {
         "dataset": "mnist-5k (train)",
-        "model": "ConvAutoencoder (SPEC.md section 5)",
+        "model": "ConvAutoencoder (docs/method.md section 5)",
         "epochs": epochs,
         "train_loss_per_epoch": [float(v) for v in history.losses],
         "train_seconds": train_s,

@@ -1,4 +1,4 @@
-"""Batched per-sample MINE (SPEC.md section 1) and a general MINE estimator.
+"""Batched per-sample MINE (docs/method.md section 1) and a general MINE estimator.
 
 Per-sample MINE estimates how much information a candidate x' = clip(x + delta)
 keeps about x from the pair alone: a *sampler* turns x and x' into K paired

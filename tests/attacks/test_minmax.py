@@ -53,7 +53,9 @@ def test_unsupervised_feature_maps_match_reference(batch):
     settings = dict(steps=6, mine_steps=3, hidden=64)
     # The paper's MINE lr: at lr ~1e-3 Adam's sign-like first steps amplify float
     # rounding between the two implementations into visible trajectory differences.
-    attack = MINEUAE(Reconstruction(digits_conv_autoencoder()), steps=6, mine_steps=3, statistics_hidden=64, seed=5)
+    attack = MINEUAE(
+        Reconstruction(digits_conv_autoencoder()), preset="paper", steps=6, mine_steps=3, statistics_hidden=64, seed=5
+    )
     result = attack(x)
     _assert_rows_match_reference(attack, x, result, supervised=False, **settings)
 
@@ -187,6 +189,35 @@ def test_presets_and_overrides_and_config():
     assert json.loads(json.dumps(config)) == config
     assert config["attack"] == "MINEUAE" and config["preset"] == "fast" and config["criterion"] == "Reconstruction"
     assert "MINEUAE(" in repr(attack)
+
+
+def test_default_preset_is_fast_unsupervised_and_the_release_supervised():
+    conv = Reconstruction(digits_conv_autoencoder())
+    for attack in (MINEUAE(conv), MinMaxAttack(conv, mode="unsupervised"), LpUAE(conv)):
+        assert attack.preset == "fast" and attack.config()["preset"] == "fast"
+        assert attack.steps == 40 and attack.statistics_hidden is None
+    assert MINEUAE(conv).mine_steps == 5
+    supervised = MinMaxAttack(ClassifierMargin(digits_classifier()))
+    assert supervised.preset == "paper" and supervised.steps == 1000 and supervised.statistics_hidden == 512
+    paper = MINEUAE(conv, preset="paper")  # still available and the release's values
+    assert (paper.steps, paper.mine_steps, paper.statistics_hidden, paper.mine_lr) == (40, 20, 512, 1.5e-5)
+
+
+def test_long_jobs_are_announced_with_an_estimate(caplog):
+    from uae_augment.attacks.minmax import estimate_cpu_seconds
+    from uae_augment.cli import warn_if_long
+
+    conv = Reconstruction(digits_conv_autoencoder())
+    paper, fast = MINEUAE(conv, preset="paper"), MINEUAE(conv)
+    assert estimate_cpu_seconds(paper, 8, (1, 28, 28)) == pytest.approx(8 * 55.0)
+    assert estimate_cpu_seconds(fast, 8, (1, 28, 28)) == pytest.approx(8 * 1.1)
+    assert estimate_cpu_seconds(MINEUAE(conv, preset="paper", steps=20), 8, (1, 28, 28)) == pytest.approx(4 * 55.0)
+    with caplog.at_level("WARNING", logger="uae_augment.cli"):
+        assert warn_if_long(fast, 1000, (1, 28, 28)) == pytest.approx(1100.0)
+        assert not caplog.records
+        assert warn_if_long(paper, 60000, (1, 28, 28)) == pytest.approx(60000 * 55.0)
+    assert "may take about 916.7 hours" in caplog.text and "'paper'" in caplog.text
+    assert warn_if_long(LpUAE(conv), 10**6, (1, 28, 28)) is None
 
 
 def test_fast_preset_learning_rate_follows_the_sampler_mode():

@@ -22,17 +22,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from uae_augment.data import datasets as datasets_module
 from uae_augment.data.datasets import (
     DATASETS,
     ENV_DATA_ROOT,
+    ORDER_SEED,
     ArrayDataset,
     DatasetFormatError,
     available_datasets,
     dataset_info,
     load_dataset,
+    random_subset,
     resolve_data_root,
 )
 
@@ -62,7 +64,8 @@ def _assert_unit_float(ds: ArrayDataset) -> None:
 def _assert_stratified_split(train: ArrayDataset, test: ArrayDataset, labels: np.ndarray) -> None:
     """Disjoint, covering, 80/20 overall and within one sample of 20% in every class."""
     train_idx, test_idx = train.indices.numpy(), test.indices.numpy()
-    assert np.all(np.diff(train_idx) > 0) and np.all(np.diff(test_idx) > 0)  # file order kept
+    for idx in (train_idx, test_idx):  # each split served in the fixed shuffled order
+        assert np.array_equal(idx, np.sort(idx)[np.random.default_rng(ORDER_SEED).permutation(len(idx))])
     assert not set(train_idx) & set(test_idx)
     assert sorted(np.concatenate([train_idx, test_idx])) == list(range(len(labels)))
     assert (len(train), len(test)) == _stratified_sizes(labels)
@@ -184,6 +187,28 @@ def test_embedded_split_is_deterministic_and_follows_the_seed(mnist_5k: dict[str
     assert torch.equal(other.targets.bincount(), mnist_5k["test"].targets.bincount())
 
 
+@pytest.mark.parametrize("name", ["mnist-5k", "digits"])
+@pytest.mark.parametrize("split", ["train", "test", "all"])
+def test_embedded_splits_start_with_mixed_classes_in_a_stable_order(name: str, split: str) -> None:
+    ds = load_dataset(name, split=split)
+    assert len(set(ds.targets[:50].tolist())) >= 5  # mnist-5k's file has 500 zeros first
+    again = load_dataset(name, split=split)
+    assert torch.equal(again.indices, ds.indices) and torch.equal(again.data, ds.data)
+
+
+def test_random_subset_is_seeded_mixed_and_not_a_prefix() -> None:
+    train = load_dataset("mnist-5k")
+    subset = random_subset(train, 50, seed=3)
+    assert isinstance(subset, Subset) and len(subset) == 50
+    assert subset.indices == random_subset(train, 50, seed=3).indices == sorted(subset.indices)
+    assert subset.indices != random_subset(train, 50, seed=4).indices
+    assert subset.indices != list(range(50))
+    assert len({int(train.targets[i]) for i in subset.indices}) >= 5
+    assert random_subset(train, None) is train and random_subset(train, 10**6) is train
+    with pytest.raises(ValueError, match="rows must be >= 1"):
+        random_subset(train, 0)
+
+
 def test_digits_are_scaled_by_one_sixteenth() -> None:
     from sklearn.datasets import load_digits
 
@@ -227,11 +252,23 @@ def test_image_files_load_as_chw_pixels_over_255(raw, loaded, name: str, split: 
     ds = loaded(name, split)
     _assert_unit_float(ds)
     assert len(ds) == len(labels) and ds.sample_shape == dataset_info(name).shape
-    assert torch.equal(ds.targets, torch.from_numpy(labels))
+    offset = len(raw(dataset_info(name).file)["y_train"]) if split == "test" else 0
+    file_rows = ds.indices.numpy() - offset
+    assert np.array_equal(np.sort(file_rows), np.arange(len(labels)))
+    assert torch.equal(ds.targets, torch.from_numpy(labels[file_rows]))
     channels_last = pixels if pixels.ndim == 4 else pixels[..., None]
     for index in np.random.default_rng(0).choice(len(ds), size=20, replace=False):
-        expected = torch.from_numpy(channels_last[index].transpose(2, 0, 1) / 255.0).float()
+        expected = torch.from_numpy(channels_last[file_rows[index]].transpose(2, 0, 1) / 255.0).float()
         assert torch.allclose(ds[int(index)][0], expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "cifar10", "isolet", "coil20", "mice-protein"])
+def test_every_split_of_a_file_starts_with_mixed_classes(loaded, data_root: Path, name: str) -> None:
+    if not (data_root / dataset_info(name).file).is_file():
+        pytest.skip(f"{dataset_info(name).file} not in {data_root}")
+    for split in ("train", "test"):
+        ds = loaded(name, split)
+        assert len(set(ds.targets[:50].tolist())) >= 5, f"{name} {split}"  # cifar10/coil20 files are class-major
 
 
 def test_mnist_5k_digits_are_real_mnist_training_digits(raw, mnist_5k: dict[str, ArrayDataset]) -> None:
@@ -249,8 +286,9 @@ def test_isolet_is_min_max_scaled_with_training_statistics(raw, loaded) -> None:
         ds = loaded("isolet", split)
         _assert_unit_float(ds)
         assert ds.sample_shape == (617,) and ds.num_classes == 26
-        assert torch.equal(ds.targets, torch.from_numpy(arrays[f"y_{split}"]))
-        expected = np.clip((arrays[f"x_{split}"] - low) / (high - low), 0, 1)
+        file_rows = ds.indices.numpy() - (len(arrays["y_train"]) if split == "test" else 0)
+        assert torch.equal(ds.targets, torch.from_numpy(arrays[f"y_{split}"][file_rows]))
+        expected = np.clip((arrays[f"x_{split}"][file_rows] - low) / (high - low), 0, 1)
         assert torch.allclose(ds.data, torch.from_numpy(expected).float(), atol=1e-6)
     train = loaded("isolet", "train").data
     assert torch.allclose(train.min(0).values, torch.zeros(617)) and torch.allclose(train.max(0).values, torch.ones(617))
@@ -472,8 +510,10 @@ def test_download_builds_grey_images_through_torchvision(
         assert sorted(written.files) == ["x_test", "x_train", "y_test", "y_train"]
         assert np.array_equal(written["x_train"], pixels[train_rows]) and written["x_train"].dtype == np.uint8
         assert np.array_equal(written["y_test"], labels[test_rows]) and written["y_test"].dtype == np.int64
-    assert torch.equal(test.data, torch.from_numpy(pixels[test_rows] / 255.0).float().unsqueeze(1))
-    assert torch.equal(test.targets, torch.from_numpy(labels[test_rows]))
+    served = test_rows[test.indices.numpy() - len(train_rows)]  # the fixed shuffled order
+    assert sorted(served) == list(test_rows)
+    assert torch.equal(test.data, torch.from_numpy(pixels[served] / 255.0).float().unsqueeze(1))
+    assert torch.equal(test.targets, torch.from_numpy(labels[served]))
 
 
 class _FakeCIFAR10:
@@ -523,7 +563,8 @@ def test_download_builds_colour_images_channels_last(
         assert np.array_equal(written["x_train"], colour_patches[:40])  # (N, 32, 32, 3) like CIFAR-10
         assert np.array_equal(written["x_test"], colour_patches[40:60])
         assert np.array_equal(written["y_test"], np.arange(20) % 10)
-    expected = torch.from_numpy(colour_patches[:40].transpose(0, 3, 1, 2) / 255.0).float()
+    served = colour_patches[:40][train.indices.numpy()]  # the fixed shuffled order
+    expected = torch.from_numpy(served.transpose(0, 3, 1, 2) / 255.0).float()
     assert train.sample_shape == (3, 32, 32) and torch.equal(train.data, expected)
 
     monkeypatch.setattr(tv_datasets, class_name, _no_network)  # built once: later loads read the file

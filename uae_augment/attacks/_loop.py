@@ -1,6 +1,6 @@
 """The MinMax optimisation loop shared by MinMaxAttack, PenaltyAttack and LpUAE.
 
-One loop (SPEC.md section 2) with a pluggable similarity term s(x, x'):
+One loop (docs/method.md section 2) with a pluggable similarity term s(x, x'):
 
     L(delta, c) = c * f_x(x') + sign * s(x, x'),   x' = clip(x + delta, 0, 1)
 
@@ -141,7 +141,7 @@ class LoopSettings:
 
 
 class _BestIterate:
-    """Keeps each sample's best iterate (SPEC.md section 2, step 5)."""
+    """Keeps each sample's best iterate (docs/method.md section 2, step 5)."""
 
     def __init__(self, x: torch.Tensor, supervised: bool):
         n = x.shape[0]

@@ -1,4 +1,4 @@
-"""Gradient attacks on classifiers: FGSM, I-FGSM (BIM) and PGD (SPEC.md section 4).
+"""Gradient attacks on classifiers: FGSM, I-FGSM (BIM) and PGD (docs/method.md section 4).
 
 Every attack here takes a classifier that maps x (N, ...) in [0, 1] to logits
 (N, C), is called ``attack(x, y, *, index=None)`` and returns the shared

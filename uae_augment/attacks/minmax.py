@@ -1,4 +1,4 @@
-"""The MinMax attack (SPEC.md section 2): supervised MINE attacks and unsupervised UAEs."""
+"""The MinMax attack (docs/method.md section 2): supervised MINE attacks and unsupervised UAEs."""
 
 from __future__ import annotations
 
@@ -76,6 +76,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+DEFAULT_PRESET: dict[str, str] = {"unsupervised": "fast", "supervised": "paper"}
+"""The preset used when none is given. Unsupervised: ``fast``, measured 45x cheaper than
+``paper`` with UAEs within 3e-4 of its (README, Presets). Supervised: the release's ``paper``."""
+
 _TUNABLE = (
     "epsilon",
     "steps",
@@ -121,7 +125,8 @@ class MinMaxAttack(Attack):
     network per iteration, and the dual update
     c <- max(0, (1 - beta gamma_t) c + beta f_x), gamma_t = (t+1)^(-gamma_power).
 
-    Presets (explicit keyword arguments override them):
+    Presets (explicit keyword arguments override them; the default, ``preset=None``,
+    is :data:`DEFAULT_PRESET`: ``"fast"`` unsupervised, ``"paper"`` supervised):
 
     * ``"paper"``: the release's values: epsilon 1.0, alpha 0.01, beta 0.1,
       c0 1e-3, MINE Adam lr 1.5e-5, T = 1000 / 40 (supervised / unsupervised),
@@ -137,7 +142,8 @@ class MinMaxAttack(Attack):
     Args:
         criterion: the attack criterion f_x (e.g. ``ClassifierMargin``, ``Reconstruction``).
         mode: ``"supervised"`` or ``"unsupervised"``.
-        preset: ``"paper"``, ``"fast"`` or ``"strong"``.
+        preset: ``"paper"``, ``"fast"`` or ``"strong"``; None: ``"fast"`` for
+            ``mode="unsupervised"``, ``"paper"`` (T = 1000) for ``mode="supervised"``.
         epsilon: L-infinity bound on delta.
         steps: T, attack iterations.
         mine_steps: S, MINE Adam steps per iteration.
@@ -168,7 +174,7 @@ class MinMaxAttack(Attack):
         criterion: Criterion,
         mode: Mode = "supervised",
         *,
-        preset: str = "paper",
+        preset: str | None = None,
         epsilon: float | None = None,
         steps: int | None = None,
         mine_steps: int | None = None,
@@ -204,6 +210,7 @@ class MinMaxAttack(Attack):
             "delta_update": delta_update,
             "batch_size": batch_size,
         }
+        preset = DEFAULT_PRESET.get(mode, "paper") if preset is None else preset
         values = resolve_preset(preset, mode, overrides)
         if statistics_hidden != "preset":
             values["statistics_hidden"] = statistics_hidden
@@ -317,6 +324,29 @@ def _check_settings(values: dict[str, Any]) -> None:
     hidden = values["statistics_hidden"]
     if hidden is not None and int(hidden) < 1:
         raise ValueError(f"statistics_hidden must be >= 1 or None, got {hidden}")
+
+
+CPU_SECONDS_PER_IMAGE: dict[str, float] = {"paper": 55.0, "fast": 1.1, "strong": 1.2}
+"""One-core seconds per 28x28 image of each unsupervised preset (T = 40) against the release's
+conv autoencoder, batch 64 (``benchmarks/results/attack_speed.json``: 55.1, 1.09, 1.21)."""
+
+
+def estimate_cpu_seconds(attack: MinMaxAttack, rows: int, sample_shape: tuple[int, ...]) -> float:
+    """A rough one-core wall-time estimate of attacking ``rows`` samples of ``sample_shape``.
+
+    Scales :data:`CPU_SECONDS_PER_IMAGE` of the attack's preset by its attack and
+    MINE steps (cost ~ T * (S + 1)) and by the sample size relative to 28x28. It is
+    an order of magnitude, meant for "this will take hours" warnings, not a benchmark.
+
+    Raises:
+        ValueError: if ``rows`` < 0.
+    """
+    if rows < 0:
+        raise ValueError(f"rows must be >= 0, got {rows}")
+    reference = resolve_preset(attack.preset, "unsupervised", {})
+    per_unit = CPU_SECONDS_PER_IMAGE[attack.preset] / (reference["steps"] * (reference["mine_steps"] + 1))
+    units = attack.settings["steps"] * (attack.settings["mine_steps"] + 1)
+    return rows * per_unit * units * math.prod(sample_shape) / (28 * 28)
 
 
 class MINEUAE(MinMaxAttack):

@@ -1,4 +1,4 @@
-"""Gaussian-noise augmentation (the GA baseline of SPEC.md section 4)."""
+"""Gaussian-noise augmentation (the GA baseline of docs/method.md section 4)."""
 
 from __future__ import annotations
 

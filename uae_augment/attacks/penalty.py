@@ -1,4 +1,4 @@
-"""Penalty-based MINE attack: C&W-style binary search over a fixed c (SPEC.md section 4)."""
+"""Penalty-based MINE attack: C&W-style binary search over a fixed c (docs/method.md section 4)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from .datasets import (
     available_datasets,
     dataset_info,
     load_dataset,
+    random_subset,
     resolve_data_root,
 )
 from .transforms import UAETransform, replacement_mask
@@ -31,6 +32,7 @@ __all__ = [
     "dataset_info",
     "load_dataset",
     "precompute",
+    "random_subset",
     "replacement_mask",
     "resolve_data_root",
 ]

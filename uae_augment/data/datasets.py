@@ -2,7 +2,7 @@
 
 Every data set has one canonical file ``<root>/<file>.npz`` holding exactly four
 arrays ``x_train, y_train, x_test, y_test`` (the layout of
-``../shared/datasets/PROVENANCE.md``): labels int64 from 0, image pixels uint8
+``datasets/README.md``): labels int64 from 0, image pixels uint8
 in the upstream layout (grey (N, H, W) or colour (N, H, W, 3)), tabular data
 float32 (N, D). Where upstream has no train/test split, every row is in
 ``x_train`` and the test arrays are empty. :func:`load_dataset` reads that file
@@ -15,7 +15,12 @@ it into an :class:`ArrayDataset`:
 * sets without an upstream test split get a stratified 80/20 split drawn with a
   fixed seed (option ``seed``, default 0);
 * ``mice-protein`` fills each missing value with the mean of that feature over
-  the training rows of the sample's class before scaling.
+  the training rows of the sample's class before scaling;
+* every split is served in a fixed shuffled order (the permutation
+  ``numpy.random.default_rng(ORDER_SEED).permutation(n)`` of its rows, ``ORDER_SEED = 0``),
+  because several canonical files are sorted by class (``mnist-5k``, ``coil20``,
+  the shared CIFAR-10 copy, ...): the first N rows of any split are a random
+  sample of it. ``ArrayDataset.indices`` maps each row back to the file.
 
 The data root is the ``root`` argument, else the environment variable
 ``UAE_DATA_ROOT``, else the repository's ``datasets/`` folder (in a source
@@ -41,7 +46,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +56,8 @@ ENV_DATA_ROOT = "UAE_DATA_ROOT"
 SPLITS = ("train", "test", "all")
 CANONICAL_KEYS = ("x_train", "y_train", "x_test", "y_test")
 HELD_OUT_FRACTION = 0.2
+ORDER_SEED = 0
+"""Seed of the fixed permutation in which :func:`load_dataset` serves every split."""
 """Share of the rows that go to the test split of sets without an upstream split."""
 
 UPSTREAM_FOLDER = "upstream"
@@ -284,6 +291,38 @@ def available_datasets() -> tuple[str, ...]:
     return tuple(sorted(_SPECS))
 
 
+def random_subset(dataset: Dataset, rows: int | None, seed: int = 0) -> Dataset:
+    """A seeded random subset of ``rows`` items, in the data set's order (all items when ``rows`` is None or larger).
+
+    Use it instead of a prefix (``Subset(ds, range(n))``) for any data set whose
+    order may follow the classes.
+
+    Args:
+        dataset: a map-style data set with ``len``.
+        rows: how many items to keep.
+        seed: seed of the ``torch.randperm`` draw (same seed, same rows).
+
+    Returns:
+        ``dataset`` itself, or a :class:`~torch.utils.data.Subset` of it.
+
+    Raises:
+        ValueError: if ``rows`` < 1.
+
+    Example:
+        >>> subset = random_subset(load_dataset("digits"), 100, seed=0)
+        >>> len(subset), len(set(int(y) for _, y in subset)) == 10
+        (100, True)
+    """
+    size = len(dataset)  # type: ignore[arg-type]
+    if rows is not None and rows < 1:
+        raise ValueError(f"rows must be >= 1 (or None for all), got {rows}")
+    if rows is None or rows >= size:
+        return dataset
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(size, generator=generator)[:rows].sort().values
+    return Subset(dataset, chosen.tolist())
+
+
 def dataset_info(name: str) -> DatasetInfo:
     """The registry entry of a data set (name, kind, shape, classes, licence, ...).
 
@@ -329,7 +368,9 @@ def load_dataset(
 
     Returns:
         An :class:`ArrayDataset`; ``data`` is float32 (N, C, H, W) for images or
-        (N, D) for tabular sets, values in [0, 1]; ``targets`` int64 (N,).
+        (N, D) for tabular sets, values in [0, 1]; ``targets`` int64 (N,). The
+        rows come in a fixed shuffled order (:data:`ORDER_SEED`), the same in
+        every call; ``indices`` holds each row's position in the canonical file.
 
     Raises:
         ValueError: unknown name (lists the available ones), bad split, bad option value.
@@ -366,7 +407,8 @@ def load_dataset(
         source = resolve_data_root(root) / spec.info.file
         arrays = _canonical_arrays(spec, source, download)
 
-    rows = _split_rows(arrays, spec.has_test_split, seed)
+    split_rows = _split_rows(arrays, spec.has_test_split, seed)
+    rows = {part: _served_order(part_rows) for part, part_rows in split_rows.items()}
     preprocess = spec.fit(rows["train"].x, rows["train"].y, **settings)
     wanted = _Rows.concatenate([rows["train"], rows["test"]]) if split == "all" else rows[split]
     data = preprocess(wanted.x, wanted.y)
@@ -558,6 +600,12 @@ def _split_rows(arrays: _Arrays, has_test_split: bool, seed: int | None) -> dict
         part: _Rows(every.x[chosen], every.y[chosen].astype(np.int64), every.index[chosen])
         for part, chosen in (("train", np.sort(train_idx)), ("test", np.sort(test_idx)))
     }
+
+
+def _served_order(rows: _Rows) -> _Rows:
+    """The rows permuted by ``default_rng(ORDER_SEED).permutation(n)``: no class blocks at the start."""
+    order = np.random.default_rng(ORDER_SEED).permutation(len(rows.y))
+    return _Rows(rows.x[order], rows.y[order], rows.index[order])
 
 
 # --------------------------------------------------------------------------- preprocessing

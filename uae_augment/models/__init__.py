@@ -1,4 +1,4 @@
-"""Reference models of the release (SPEC.md section 5) and their training protocol."""
+"""Reference models of the release (docs/method.md section 5), their training protocol, and ``Normalized``."""
 
 from typing import Any
 
@@ -19,6 +19,7 @@ from .classifiers import (
     cw_mnist,
 )
 from .concrete import ConcreteAutoencoder, ConcreteFit, ConcreteSelector, fit_concrete
+from .normalized import Normalize, Normalized
 from .registry import MODELS, available_models, build_model
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "LeNet",
     "MLPClassifier",
     "MODELS",
+    "Normalize",
+    "Normalized",
     "ReferenceModel",
     "SimCLR",
     "SparseAutoencoder",

@@ -1,4 +1,4 @@
-"""Reference autoencoders of the release (SPEC.md section 5); inputs and outputs in [0, 1].
+"""Reference autoencoders of the release (docs/method.md section 5); inputs and outputs in [0, 1].
 
 Every model maps a batch of shape (N, *input_shape) to a reconstruction of the
 same shape in [0, 1], so :class:`uae_augment.Reconstruction` can wrap it, and

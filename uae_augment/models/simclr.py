@@ -1,6 +1,6 @@
 """SimCLR (Chen et al., 2020) on a CIFAR ResNet-18, with lightly's projection head and NT-Xent loss.
 
-The release's SimCLR setting (SPEC.md section 5): ResNet-18 with the CIFAR stem,
+The release's SimCLR setting (docs/method.md section 5): ResNet-18 with the CIFAR stem,
 projection head, NT-Xent with temperature 0.5, colour-jitter strength 0.5, no
 blur; LARS, learning rate 1.0, weight decay 1e-4, batch 512, 1000 epochs. The
 views come from :class:`~uae_augment.contrastive.SimCLRViews` (lightly's
