@@ -535,6 +535,44 @@ class _JointStatistics(nn.Module):
         return self.net(torch.cat([a, b], dim=1)).squeeze(1)
 
 
+def _split_rows(n: int, holdout: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random disjoint (training, held-out) row indices; each part gets at least 2 rows."""
+    held_out = min(max(2, round(holdout * n)), n - 2)
+    rows = torch.randperm(n, generator=generator)
+    return rows[held_out:], rows[:held_out]
+
+
+def _heldout_bound(
+    network: _JointStatistics, a: torch.Tensor, b: torch.Tensor, permutations: torch.Tensor
+) -> float:
+    """DV bound of ``network`` on pairs a (m, d_a), b (m, d_b); marginal pairs b[p] pooled over ``permutations`` (P, m)."""
+    with torch.no_grad():
+        joint = network(a, b)
+        marginal = network(a.repeat(permutations.shape[0], 1), b[permutations.reshape(-1)])
+        return float(joint.mean() - (torch.logsumexp(marginal, dim=0) - math.log(marginal.numel())))
+
+
+def _ascent_step(
+    network: _JointStatistics,
+    optimizer: torch.optim.Optimizer,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    shuffled_b: torch.Tensor,
+    moving_average: torch.Tensor | None,
+    ema_rate: float,
+) -> torch.Tensor:
+    """One Adam step on the moving-average-corrected DV gradient; returns the new moving average."""
+    joint = network(a, b)
+    exp_marginal = network(a, shuffled_b).exp().mean()
+    current = exp_marginal.detach()
+    moving_average = current if moving_average is None else (1 - ema_rate) * moving_average + ema_rate * current
+    loss = -(joint.mean() - exp_marginal / moving_average)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return moving_average
+
+
 def estimate_mi(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -544,16 +582,26 @@ def estimate_mi(
     lr: float = 1e-3,
     hidden: int = 128,
     ema_rate: float = 0.01,
+    holdout: float = 0.3,
+    eval_every: int = 100,
+    patience: int = 5,
     evaluations: int = 20,
     seed: int = 0,
 ) -> float:
-    """MINE estimate (nats) of I(A; B) from paired samples a (n, d_a), b (n, d_b).
+    """Held-out MINE estimate (nats) of I(A; B) from paired samples a (n, d_a), b (n, d_b).
 
-    Trains an MLP statistics network on the Donsker-Varadhan bound with the
-    moving-average-corrected gradient of Belghazi et al. (2018): the gradient of
-    log E[exp T] is replaced by grad E[exp T] / (moving average of E[exp T]),
-    which removes the minibatch bias. The returned estimate is the DV bound on
-    all n pairs, averaged over ``evaluations`` random pairings for the marginal.
+    The pairs are split at random: a fraction ``holdout`` is held out and the
+    MLP statistics network T is trained on the rest, on the Donsker-Varadhan
+    bound with the moving-average-corrected gradient of Belghazi et al. (2018)
+    (the gradient of log E[exp T] is replaced by grad E[exp T] / (moving average
+    of E[exp T]), which removes the minibatch bias). Every ``eval_every`` steps
+    the DV bound of T is evaluated on the held-out pairs (the marginal term
+    pooled over ``evaluations`` fixed pairings); training stops after
+    ``patience`` evaluations without improvement (or after ``steps``) and the
+    best held-out bound is returned. Scoring on pairs T never trained on keeps
+    the estimate from rewarding memorised pairs, which inflated the former
+    training-set score (0.58 nats for independent 10-dimensional Gaussians at
+    n = 10,000).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -563,42 +611,43 @@ def estimate_mi(
         True
 
     Raises:
-        ValueError: on mismatched or too few samples.
+        ValueError: on mismatched, non-finite or fewer than 4 samples, or a
+            ``holdout`` outside (0, 1).
     """
     if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[0]:
         raise ValueError(f"a and b must be (n, d) with equal n, got {tuple(a.shape)} and {tuple(b.shape)}")
     n = a.shape[0]
-    if n < 2:
-        raise ValueError("estimate_mi needs at least 2 paired samples")
+    if n < 4:
+        raise ValueError(f"estimate_mi needs at least 4 paired samples (2 to train, 2 held out), got {n}")
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout must be a fraction in (0, 1), got {holdout}")
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise ValueError("a and b must be finite")
     generator = torch.Generator().manual_seed(derive_seed(seed, int(Stream.EVALUATOR)))
     a, b = a.float().cpu(), b.float().cpu()
+    train_rows, heldout_rows = _split_rows(n, holdout, generator)
+    train_a, train_b = a[train_rows], b[train_rows]
+    heldout_a, heldout_b = a[heldout_rows], b[heldout_rows]
+    pairings = torch.stack([torch.randperm(len(heldout_rows), generator=generator) for _ in range(evaluations)])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, 0))
         network = _JointStatistics(a.shape[1], b.shape[1], hidden)
     optimizer = torch.optim.Adam(network.parameters(), lr=lr)
-    moving_average: torch.Tensor | None = None
-    batch = min(batch_size, n)
+    best = _heldout_bound(network, heldout_a, heldout_b, pairings)
+    checks_without_gain, moving_average = 0, None
+    batch = min(batch_size, len(train_rows))
     with torch.enable_grad():
-        for _ in range(steps):
-            rows = torch.randint(0, n, (batch,), generator=generator)
-            shuffled = torch.randint(0, n, (batch,), generator=generator)
-            joint = network(a[rows], b[rows])
-            exp_marginal = network(a[rows], b[shuffled]).exp().mean()
-            moving_average = (
-                exp_marginal.detach()
-                if moving_average is None
-                else (1 - ema_rate) * moving_average + ema_rate * exp_marginal.detach()
+        for step in range(1, steps + 1):
+            rows = torch.randint(0, len(train_rows), (batch,), generator=generator)
+            shuffled = torch.randint(0, len(train_rows), (batch,), generator=generator)
+            moving_average = _ascent_step(
+                network, optimizer, train_a[rows], train_b[rows], train_b[shuffled], moving_average, ema_rate
             )
-            loss = -(joint.mean() - exp_marginal / moving_average)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    with torch.no_grad():
-        joint = network(a, b)
-        bounds = [
-            donsker_varadhan(joint, network(a, b[torch.randperm(n, generator=generator)]))
-            for _ in range(evaluations)
-        ]
-    return float(torch.stack(bounds).mean())
+            if step % eval_every and step != steps:
+                continue
+            bound = _heldout_bound(network, heldout_a, heldout_b, pairings)
+            checks_without_gain = 0 if bound > best else checks_without_gain + 1
+            best = max(best, bound)
+            if checks_without_gain >= patience:
+                break
+    return best
