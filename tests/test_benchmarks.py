@@ -33,7 +33,7 @@ def _run(script: str, *args: str, out: Path) -> dict:
     return written
 
 
-@pytest.mark.parametrize("script", ["attack_speed.py", "preset_tradeoff.py"])
+@pytest.mark.parametrize("script", ["attack_speed.py", "preset_tradeoff.py", "estimate_mi_accuracy.py"])
 def test_help(script):
     completed = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True, timeout=60, check=False

@@ -65,27 +65,60 @@ def test_donsker_varadhan_matches_formula_and_does_not_overflow():
     assert huge.item() == pytest.approx(2.0 - (1000.0 + math.log((1 + math.exp(-1) + math.exp(-2)) / 3)), abs=1e-3)
 
 
-def test_estimate_mi_on_correlated_gaussians_within_ten_percent():
-    generator = torch.Generator().manual_seed(1)
-    rho, n = 0.8, 20000
-    a = torch.randn(n, 2, generator=generator)
-    b = rho * a + math.sqrt(1 - rho**2) * torch.randn(n, 2, generator=generator)
-    true_mi = -math.log(1 - rho**2)  # 2 dims x -0.5 log(1 - rho^2) = 1.02 nats
-    estimate = estimate_mi(a, b, steps=3000, seed=0)
-    assert abs(estimate - true_mi) / true_mi < 0.10, (estimate, true_mi)
+@pytest.fixture
+def one_thread():
+    """estimate_mi's small matrices: one thread is ~10x faster than two on a busy 2-core machine (measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
-def test_estimate_mi_near_zero_for_independent_samples():
-    generator = torch.Generator().manual_seed(2)
-    a, b = torch.randn(5000, 2, generator=generator), torch.randn(5000, 2, generator=generator)
-    assert abs(estimate_mi(a, b, steps=800, seed=0)) < 0.1
+def _gaussian_pairs(n, d, rho, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, d, generator=generator)
+    return a, rho * a + math.sqrt(1 - rho**2) * torch.randn(n, d, generator=generator)
+
+
+def _assert_close_to_analytic_mi(estimate, d, rho):
+    true_mi = -d / 2 * math.log(1 - rho**2)
+    error = abs(estimate - true_mi)
+    assert error <= 0.1 or error <= 0.15 * true_mi, (estimate, true_mi)
+
+
+@pytest.mark.parametrize("d,rho,steps", [(10, 0.0, 400), (2, 0.8, 1000)])
+def test_estimate_mi_matches_analytic_gaussian_mi(d, rho, steps, one_thread):
+    a, b = _gaussian_pairs(4000, d, rho)
+    _assert_close_to_analytic_mi(estimate_mi(a, b, steps=steps, batch_size=256, seed=0), d, rho)
+
+
+JUDGED_GRID = [  # truth <= 2 nats; d = 10 at rho 0.6 and 0.8 (2.23, 5.11) is only reported by the benchmark
+    (d, rho) for d in (2, 10) for rho in (0.0, 0.2, 0.4, 0.6, 0.8) if -d / 2 * math.log(1 - rho**2) <= 2.0
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("d,rho", JUDGED_GRID)
+def test_estimate_mi_matches_analytic_gaussian_mi_full_grid(d, rho, one_thread):
+    """The README's table: n = 10,000 with the defaults, within 15 % or 0.1 nats."""
+    a, b = _gaussian_pairs(10000, d, rho)
+    _assert_close_to_analytic_mi(estimate_mi(a, b, seed=0), d, rho)
+
+
+def test_estimate_mi_is_deterministic_and_needs_held_out_pairs(one_thread):
+    a, b = _gaussian_pairs(200, 2, 0.5)
+    assert estimate_mi(a, b, steps=20, eval_every=5, seed=3) == estimate_mi(a, b, steps=20, eval_every=5, seed=3)
+    with pytest.raises(ValueError, match="at least 6 paired samples"):
+        estimate_mi(a[:5], b[:5])
+    with pytest.raises(ValueError, match=r"holdout must be a fraction in \(0, 1\), got 1.0"):
+        estimate_mi(a, b, holdout=1.0)
 
 
 def test_estimate_mi_rejects_bad_input():
     with pytest.raises(ValueError, match="equal n"):
-        estimate_mi(torch.zeros(5, 2), torch.zeros(4, 2))
+        estimate_mi(torch.zeros(6, 2), torch.zeros(7, 2))
     with pytest.raises(ValueError, match="finite"):
-        estimate_mi(torch.full((5, 2), float("nan")), torch.zeros(5, 2))
+        estimate_mi(torch.full((6, 2), float("nan")), torch.zeros(6, 2))
 
 
 def test_training_raises_the_bound_on_dependent_samples():

@@ -8,6 +8,17 @@ result deep inside an optimisation loop.
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+_CONV_SAMPLE_AXES = {
+    nn.Conv1d: "(C, L)",
+    nn.Conv2d: "(C, H, W)",
+    nn.Conv3d: "(C, D, H, W)",
+    nn.ConvTranspose1d: "(C, L)",
+    nn.ConvTranspose2d: "(C, H, W)",
+    nn.ConvTranspose3d: "(C, D, H, W)",
+}
+_DENSE_INPUT_LAYERS = (nn.Linear, nn.Flatten, nn.Bilinear, nn.Embedding)
 
 
 def check_images(x: object, *, name: str = "x", min_rank: int = 2) -> torch.Tensor:
@@ -94,3 +105,54 @@ def check_positive(value: float, name: str, *, allow_zero: bool = False) -> floa
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound}, got {value}")
     return value
+
+
+def expected_sample_shape(model: nn.Module) -> tuple[str, int] | None:
+    """What one sample for ``model`` looks like: (description, rank), or None when it cannot tell.
+
+    ``model.input_shape`` when the model declares it (the reference models do),
+    else the model's input layer: ``model.first_layer`` when declared (None
+    declares a dense model), otherwise the first convolution, linear, flatten
+    or embedding layer in module order. A convolution fixes the sample rank
+    (Conv2d: (C, H, W)); a dense input layer does not (None).
+    """
+    declared_shape = getattr(model, "input_shape", None)
+    if isinstance(declared_shape, tuple) and all(isinstance(size, int) for size in declared_shape):
+        return str(declared_shape), len(declared_shape)
+    declared_layer = getattr(model, "first_layer", model)
+    if not isinstance(declared_layer, nn.Module):
+        return None
+    for layer in declared_layer.modules():
+        if type(layer) in _CONV_SAMPLE_AXES:
+            axes = _CONV_SAMPLE_AXES[type(layer)]
+            return f"{axes} (its first layer is a {type(layer).__name__})", axes.count(",") + 1
+        if isinstance(layer, _DENSE_INPUT_LAYERS):
+            return None
+    return None
+
+
+def check_batch_rank(x: torch.Tensor, model: nn.Module, *, name: str = "x") -> None:
+    """Checks that ``x`` is a batch (N, *sample) of the samples ``model`` expects, before it runs.
+
+    Catches a single sample passed without its batch axis (x of shape (1, 28, 28)
+    for a Conv2d model) instead of leaving it to torch's convolution errors.
+
+    Raises:
+        ValueError: if ``x``'s rank is not 1 + the sample rank the model expects
+            (see :func:`expected_sample_shape`); nothing is checked when the model
+            does not tell.
+    """
+    expected = expected_sample_shape(model)
+    if expected is None or x.dim() == expected[1] + 1:
+        return
+    description, sample_rank = expected
+    shape = tuple(x.shape)
+    if x.dim() == sample_rank:
+        raise ValueError(
+            f"{name} is missing its batch axis: got shape {shape}, but {type(model).__name__} takes"
+            f" batches (N, ...) of samples {description}; pass {name}[None] / {name}.unsqueeze(0) for one sample"
+        )
+    raise ValueError(
+        f"{name} must be a batch (N, ...) of rank {sample_rank + 1} for {type(model).__name__}, whose"
+        f" samples are {description}; got shape {shape}"
+    )

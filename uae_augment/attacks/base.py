@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._model_state import frozen, model_device
-from .._validation import check_images, check_labels, resolve_index
+from .._validation import check_batch_rank, check_images, check_labels, resolve_index
 from .result import AttackResult
 
 logger = logging.getLogger(__name__)
@@ -81,10 +81,13 @@ class Attack(abc.ABC):
 
         Raises:
             TypeError: non-tensor or non-float ``x``, non-integer labels or index.
-            ValueError: empty batch, wrong rank, NaN/Inf, values outside [0, 1],
+            ValueError: empty batch, wrong rank (a missing batch axis is named as such:
+                the rank comes from the first of :meth:`models`, the one that
+                takes ``x``), NaN/Inf, values outside [0, 1],
                 missing labels, mismatched shapes, or a model on another device.
         """
         x = check_images(x)
+        check_batch_rank(x, self.models()[0])
         labels = check_labels(y, x.shape[0], required=self.requires_labels, device=x.device)
         global_index = resolve_index(index, x.shape[0])
         self._check_devices(x.device)

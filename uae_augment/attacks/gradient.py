@@ -46,7 +46,13 @@ from torch import nn
 
 from .._model_state import frozen
 from .._seeding import Stream, sample_generators, stacked_normal, stacked_uniform
-from .._validation import check_images, check_labels, check_positive, resolve_index
+from .._validation import (
+    check_batch_rank,
+    check_images,
+    check_labels,
+    check_positive,
+    resolve_index,
+)
 from ..criteria import margin
 from ._loop import initial_delta
 from .base import Attack
@@ -131,6 +137,7 @@ class ClassifierAttack(Attack):
             TypeError, ValueError: on bad input, as :meth:`Attack.__call__`.
         """
         x = check_images(x)
+        check_batch_rank(x, self.model)
         labels = check_labels(y, x.shape[0], required=True, device=x.device)
         global_index = resolve_index(index, x.shape[0])
         self._check_devices(x.device)

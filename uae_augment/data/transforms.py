@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import get_worker_info
 
 from .._seeding import Stream, sample_generators, stacked_uniform
-from .._validation import check_images, resolve_index
+from .._validation import check_batch_rank, check_images, resolve_index
 from ..attacks.base import Attack
 from ..attacks.result import AttackResult
 from ._items import parse_item, require_labels
@@ -258,6 +258,7 @@ class UAETransform(nn.Module):
             " UAEAugmented(dataset, attack, cache=path)).",
         )
         x = check_images(x)
+        check_batch_rank(x, self.attack.models()[0])  # also when no sample is drawn
         n = x.shape[0]
         if y is not None:
             if not isinstance(y, torch.Tensor):
