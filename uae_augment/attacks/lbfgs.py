@@ -29,9 +29,12 @@ samples (the quasi-Newton memory and the line search act on the concatenated
 vector), so every sample gets its own SciPy L-BFGS-B run and its own c-search,
 each in its own thread. The threads run in lockstep: once all of them wait for
 a function value, the model evaluates all requested points in one batched call
-(on x's device). A sample's trajectory is therefore exactly that of a lone
-per-sample run, whatever else is in the batch (up to floating-point effects of
-the model's batched kernels), and deterministic. The optimiser state lives in
+(on x's device), padded to a multiple of 8 rows
+(:func:`~uae_augment.attacks.base.pad_rows`) so that its shape never shrinks to
+the 1- or 2-row batches whose kernels round differently. A sample's trajectory
+is therefore that of a lone per-sample run, bit for bit whatever else is in
+the batch and however many samples have finished (tested in batches of 1, 2, 5
+and 12 with 1 and 2 threads), and deterministic. The optimiser state lives in
 float64 NumPy on the CPU; the model sees x's dtype.
 
 The result follows the conventions of :mod:`uae_augment.attacks.gradient`:
