@@ -16,6 +16,43 @@ from .result import AttackResult
 
 logger = logging.getLogger(__name__)
 
+EVALUATION_BLOCK = 8
+"""Every chunk (and every L-BFGS model call) is padded to a multiple of this many rows.
+
+BLAS and oneDNN pick their kernels, blocking and thread split by the number of
+rows: on an AMD EPYC batches of 1 to 3 rows (1: GEMV), and with 2 threads also
+of 5, 7 and 9 rows, give a row other bits than the same row inside a larger
+batch, while multiples of 8 (8 to 512 rows, offsets 0 and 3) give identical
+rows for ``nn.Linear`` and ``nn.Conv2d``, forward and backward.
+"""
+
+
+def pad_rows(tensor: torch.Tensor, block: int = EVALUATION_BLOCK) -> torch.Tensor:
+    """Appends copies of the last row until the row count is a multiple of ``block``.
+
+    Args:
+        tensor: (N, ...) with N >= 1.
+        block: the row multiple (>= 1).
+
+    Returns:
+        (ceil(N / block) * block, ...): ``tensor`` itself when no row is missing.
+    """
+    missing = -tensor.shape[0] % block
+    if missing == 0:
+        return tensor
+    return torch.cat([tensor, tensor[-1:].expand(missing, *tensor.shape[1:])])
+
+
+def padding_rows(index: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the rows :func:`pad_rows` appended to a chunk (they repeat the last index).
+
+    Global indices are unique (:func:`~uae_augment._validation.resolve_index`),
+    so a row whose index equals its predecessor's is padding.
+    """
+    repeated = torch.zeros(index.shape[0], dtype=torch.bool, device=index.device)
+    repeated[1:] = index[1:] == index[:-1]
+    return repeated
+
 
 class Attack(abc.ABC):
     """Base class of every attack: ``result = attack(x, y=None, *, index=None)``.
@@ -25,7 +62,11 @@ class Attack(abc.ABC):
     puts the models into eval mode with frozen parameters (restoring both
     afterwards), splits the input into chunks of ``batch_size`` and joins the
     per-chunk results. Results never depend on the chunking: all randomness of
-    sample ``i`` comes from generators seeded by ``(seed, index[i])``.
+    sample ``i`` comes from generators seeded by ``(seed, index[i])``, and every
+    chunk is padded to a multiple of :data:`EVALUATION_BLOCK` rows (copies of
+    its last row, discarded afterwards), so no kernel sees a batch shape whose
+    rounding differs from that of a larger batch (see README, "Batch
+    independence", for what is tested bitwise).
 
     Args:
         seed: base seed of all per-sample random generators.
@@ -35,6 +76,8 @@ class Attack(abc.ABC):
     """
 
     requires_labels: bool = False
+    # Rows of each chunk handed to _attack_batch are padded to a multiple of this.
+    _chunk_block: int = EVALUATION_BLOCK
 
     def __init__(self, *, seed: int = 0, batch_size: int | None = None, progress: bool = False):
         if batch_size is not None and batch_size < 1:
@@ -100,16 +143,28 @@ class Attack(abc.ABC):
         with frozen(self.models()), bar:
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
-                part = self._attack_batch(
-                    x[start:stop].detach(),
-                    None if labels is None else labels[start:stop],
-                    global_index[start:stop],
-                )
-                parts.append(part)
+                parts.append(self._attack_chunk(x[start:stop].detach(), labels, global_index, start, stop))
                 bar.update(stop - start)
         result = AttackResult.cat(parts).to(x.device)
         logger.debug("%s on %d samples: ASR %.4f", type(self).__name__, n, result.asr)
         return result
+
+    def _attack_chunk(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None,
+        index: torch.Tensor,
+        start: int,
+        stop: int,
+    ) -> AttackResult:
+        """Attacks rows ``start:stop`` (``x`` holds them) padded to ``_chunk_block`` rows."""
+        block = self._chunk_block
+        part = self._attack_batch(
+            pad_rows(x, block),
+            None if labels is None else pad_rows(labels[start:stop], block),
+            pad_rows(index[start:stop], block),
+        )
+        return part[: stop - start] if len(part) != stop - start else part
 
     def _check_devices(self, device: torch.device) -> None:
         for model in self.models():

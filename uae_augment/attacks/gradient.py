@@ -55,7 +55,7 @@ from .._validation import (
 )
 from ..criteria import margin
 from ._loop import initial_delta
-from .base import Attack
+from .base import Attack, pad_rows
 from .result import AttackResult
 
 Loss = Literal["ce", "margin"]
@@ -161,11 +161,19 @@ class ClassifierAttack(Attack):
         return draws + (draws >= y).long()
 
     def _logits(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
-        if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+        """The model's logits (N, C) for x (N, ...), evaluated on x padded by :func:`pad_rows`.
+
+        Raises:
+            ValueError: on logits that are not (N, C >= 2) or a label >= C.
+        """
+        padded = pad_rows(x)
+        logits = self.model(padded)
+        if logits.dim() != 2 or logits.shape[0] != padded.shape[0]:
             raise ValueError(
-                f"the classifier must return logits ({x.shape[0]}, classes), got {tuple(logits.shape)}"
+                f"the classifier must return logits ({padded.shape[0]}, classes) for"
+                f" {padded.shape[0]} inputs, got {tuple(logits.shape)}"
             )
+        logits = logits[: x.shape[0]]
         if logits.shape[1] < 2:
             raise ValueError(f"the classifier must have >= 2 classes, got {logits.shape[1]}")
         if int(labels.max()) >= logits.shape[1]:

@@ -29,9 +29,12 @@ samples (the quasi-Newton memory and the line search act on the concatenated
 vector), so every sample gets its own SciPy L-BFGS-B run and its own c-search,
 each in its own thread. The threads run in lockstep: once all of them wait for
 a function value, the model evaluates all requested points in one batched call
-(on x's device). A sample's trajectory is therefore exactly that of a lone
-per-sample run, whatever else is in the batch (up to floating-point effects of
-the model's batched kernels), and deterministic. The optimiser state lives in
+(on x's device), padded to a multiple of 8 rows
+(:func:`~uae_augment.attacks.base.pad_rows`) so that its shape never shrinks to
+the 1- or 2-row batches whose kernels round differently. A sample's trajectory
+is therefore that of a lone per-sample run, bit for bit whatever else is in
+the batch and however many samples have finished (tested in batches of 1, 2, 5
+and 12 with 1 and 2 threads), and deterministic. The optimiser state lives in
 float64 NumPy on the CPU; the model sees x's dtype.
 
 The result follows the conventions of :mod:`uae_augment.attacks.gradient`:
@@ -57,6 +60,7 @@ from scipy.optimize import Bounds, minimize
 from torch import nn
 
 from .._validation import check_positive
+from .base import pad_rows, padding_rows
 from .gradient import ClassifierAttack, Target
 from .result import AttackResult
 
@@ -260,7 +264,9 @@ class LBFGS(ClassifierAttack):
             own = nn.functional.one_hot(y, clean_logits.shape[1]).bool()
             aimed = clean_logits.masked_fill(own, float("-inf")).argmax(dim=1)
         starts = x.detach().double().cpu().numpy().reshape(x.shape[0], -1)
-        attacked = [int(i) for i in torch.nonzero(~self._succeeded(clean_logits, judged)).flatten()]
+        # Padding rows (copies of the last row) keep their start; they are discarded.
+        wanted = ~self._succeeded(clean_logits, judged) & ~padding_rows(index).to(x.device)
+        attacked = [int(i) for i in torch.nonzero(wanted).flatten()]
         outcomes = dict.fromkeys(range(x.shape[0]), _Outcome(np.empty(0), 0, 0, float("nan")))
 
         def evaluate_batch(rows: list[int], points: np.ndarray, cs: np.ndarray) -> list[_Evaluation]:
@@ -285,9 +291,14 @@ class LBFGS(ClassifierAttack):
     def _evaluate(
         self, x: torch.Tensor, aimed: torch.Tensor, points: np.ndarray, cs: np.ndarray
     ) -> list[_Evaluation]:
-        """Per-row c ||x' - x||^2 + CE(Z(x'), t), its gradient and the logits, in one batched pass."""
-        candidate = torch.from_numpy(points).to(device=x.device, dtype=x.dtype).view_as(x)
-        c = torch.from_numpy(cs).to(device=x.device, dtype=x.dtype)
+        """Per-row c ||x' - x||^2 + CE(Z(x'), t), its gradient and the logits, in one batched pass.
+
+        The pass runs on the rows padded by :func:`pad_rows`, so its shape never
+        depends on how many samples are still being optimised.
+        """
+        candidate = pad_rows(torch.from_numpy(points).to(device=x.device, dtype=x.dtype).view_as(x))
+        c = pad_rows(torch.from_numpy(cs).to(device=x.device, dtype=x.dtype))
+        x, aimed = pad_rows(x), pad_rows(aimed)
         with torch.enable_grad():
             candidate.requires_grad_(True)
             logits = self._logits(candidate, aimed)
@@ -296,7 +307,7 @@ class LBFGS(ClassifierAttack):
             )
             (grad,) = torch.autograd.grad(values.sum(), candidate)
         values_np = values.detach().double().cpu().numpy()
-        grads_np = grad.detach().double().cpu().numpy().reshape(len(points), -1)
+        grads_np = grad.detach().double().cpu().numpy().reshape(candidate.shape[0], -1)
         logits = logits.detach()
         return [_Evaluation(float(values_np[k]), grads_np[k], logits[k : k + 1]) for k in range(len(points))]
 
