@@ -565,7 +565,9 @@ def standardised_projection_mi(
     R(t) = (1 - cos^2)^(n/2) E[exp(cos t r s)] for independent r, s ~ chi_n,
     n = dim - 1. Computed on a tanh-spaced t grid and an r, s grid in float64.
     It lies between the Gaussian forms of dim - 2 and dim - 1 coordinates
-    (see :func:`projection_mi`); tests check it against Monte Carlo.
+    (see :func:`projection_mi`). Accuracy: at dim 8 and 32 the default grid agrees
+    with a 3x finer radius grid to 1e-9; at dim 3 (the slowest radius convergence)
+    it is within 0.4% of the circular closed form at cos 0.8 (checked in the tests).
 
     Args:
         cos: |cos| < 1, the uncentred cosine of the two inputs.
@@ -585,7 +587,7 @@ def standardised_projection_mi(
     n, rho = dim - 1, float(cos)
     dtype = torch.float64
     r_max = (math.sqrt(n) + 10.0) / math.sqrt(1.0 - abs(rho))
-    radius = torch.linspace(r_max / radius_points, r_max, radius_points, dtype=dtype)
+    radius = (torch.arange(radius_points, dtype=dtype) + 0.5) * (r_max / radius_points)  # midpoints
     log_weight = (n - 1) * torch.log(radius) - radius.pow(2) / 2
     log_weight = log_weight - torch.logsumexp(log_weight, 0)
     pair_weight = (log_weight[:, None] + log_weight[None, :]).reshape(-1)
