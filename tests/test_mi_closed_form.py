@@ -109,12 +109,18 @@ def test_standardised_mi_rejects_bad_arguments():
 
 
 def test_per_sample_mine_is_monotone_in_cos_and_below_the_exact_mi_and_log_k():
-    # K = 128 projections of length 8, 300 Adam steps (about 1 s)
+    # K = 128 projections of length 8, 300 Adam steps (about 3 s on one thread)
     cos = torch.tensor([0.6, 0.9, 0.99])
     x = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
-    estimate = per_sample_mi(x, with_cosine(x, cos), steps=300, projections=128, projection_dim=8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        estimate = per_sample_mi(x, with_cosine(x, cos), steps=300, projections=128, projection_dim=8)
+    finally:
+        torch.set_num_threads(threads)
     assert (estimate.diff() > 0).all(), estimate
-    exact = torch.tensor([standardised_projection_mi(float(c), 8) for c in cos])
+    # a coarse grid (within 1% of the default one here; MINE is 2.5-7x below)
+    exact = torch.tensor([standardised_projection_mi(float(c), 8, angle_points=301, radius_points=100) for c in cos])
     assert (estimate < exact).all(), (estimate, exact)
     assert (estimate < math.log(128)).all()
 
