@@ -6,7 +6,8 @@ One loop (docs/method.md section 2) with a pluggable similarity term s(x, x'):
 
 with sign = -1 for supervised attacks (maximise similarity while misclassifying)
 and +1 for unsupervised ones (minimise similarity while f_x = 0). The MINE term
-is s = I_theta; the L2 baseline uses s = -||x' - x||^2.
+is s = I_theta; the analytic term is the exact MI of the random-projection
+pairs, -(p/2) log(1 - cos^2(x, x')); the L2 baseline uses s = -||x' - x||^2.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from .._seeding import Stream, sample_generators, stacked_uniform
 from ..criteria import Criterion
-from ..mine import PerSampleMINE, Sampler
+from ..mine import PerSampleMINE, Sampler, projection_mi
 from .result import AttackResult
 
 
@@ -104,6 +105,37 @@ class MISimilarity:
         return values > 0
 
 
+class AnalyticMISimilarity:
+    """s = -(p/2) log(1 - cos^2(x, x')): the exact MI of Gaussian random-projection pairs.
+
+    The training-free counterpart of :class:`MISimilarity` for the
+    random-projection sampler (see :func:`~uae_augment.mine.projection_mi`):
+    cos is the uncentred cosine of the flattened x and x'; the value does not
+    depend on the number of projections or their seed.
+
+    Args:
+        x: clean batch (B, ...).
+        dim: p, the projected sample length.
+    """
+
+    reports_mi = True
+
+    def __init__(self, x: torch.Tensor, dim: int):
+        self.x = x.flatten(1)
+        self.dim = dim
+
+    def value(self, x_adv: torch.Tensor) -> torch.Tensor:
+        cos = torch.nn.functional.cosine_similarity(self.x, x_adv.flatten(1), dim=1)
+        return projection_mi(cos, self.dim)
+
+    def update(self, x_adv: torch.Tensor) -> None:
+        return None
+
+    @staticmethod
+    def valid(values: torch.Tensor) -> torch.Tensor:
+        return values > 0
+
+
 class L2Similarity:
     """s = -||x' - x||_2^2 (the L2-UAE baseline's dissimilarity, negated)."""
 
@@ -123,7 +155,7 @@ class L2Similarity:
         return torch.ones_like(values, dtype=torch.bool)
 
 
-Similarity = MISimilarity | L2Similarity
+Similarity = MISimilarity | AnalyticMISimilarity | L2Similarity
 
 
 @dataclass

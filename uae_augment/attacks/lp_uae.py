@@ -10,7 +10,7 @@ from ..criteria import Criterion
 from ._loop import L2Similarity
 from .minmax import MinMaxAttack
 
-_MINE_KEYS = ("mine_steps", "mine_lr", "statistics_hidden", "sampler", "projections", "projection_dim")
+_MINE_KEYS = ("mine_steps", "mine_lr", "statistics_hidden", "sampler", "projections", "projection_dim", "mi")
 
 
 class LpUAE(MinMaxAttack):

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..criteria import Criterion
 from ..mine import Sampler, build_sampler
-from ._loop import LoopSettings, MISimilarity, initial_delta, run_minmax
+from ._loop import AnalyticMISimilarity, LoopSettings, MISimilarity, initial_delta, run_minmax
 from .base import Attack
 from .result import AttackResult
 
@@ -157,6 +157,10 @@ class MinMaxAttack(Attack):
             else random projections), ``"feature_maps"`` or ``"random_projection"``.
         feature_layer: overrides the first layer used for feature maps.
         projections, projection_dim: K and the sample length of random-projection mode.
+        mi: ``"mine"`` (per-sample MINE, the release) or ``"analytic"``: the exact,
+            training-free MI of random-projection pairs, -(p/2) log(1 - cos^2(x, x'))
+            with p = ``projection_dim`` (no statistics network; the MINE settings
+            are unused; needs ``sampler`` 'auto' or 'random_projection').
         record_history: keep per-iteration MI and f_x traces in the result.
         seed, batch_size, progress: see :class:`~uae_augment.attacks.base.Attack`.
 
@@ -190,6 +194,7 @@ class MinMaxAttack(Attack):
         feature_layer: nn.Module | None = None,
         projections: int = 500,
         projection_dim: int = 128,
+        mi: Literal["mine", "analytic"] = "mine",
         record_history: bool = False,
         seed: int = 0,
         batch_size: int | None = None,
@@ -216,6 +221,7 @@ class MinMaxAttack(Attack):
             values["statistics_hidden"] = statistics_hidden
         super().__init__(seed=seed, batch_size=values["batch_size"], progress=progress)
         _check_settings(values)
+        _check_mi(mi, sampler)
         if mode == "supervised" and not criterion.requires_labels:
             raise ValueError(f"mode='supervised' needs a labelled criterion, got {type(criterion).__name__}")
         self.criterion = criterion
@@ -226,6 +232,7 @@ class MinMaxAttack(Attack):
         self.feature_layer = feature_layer
         self.projections = projections
         self.projection_dim = projection_dim
+        self.mi = mi
         self.record_history = record_history
         self.requires_labels = criterion.requires_labels
         self._samplers: dict[tuple[int, ...], Sampler] = {}
@@ -250,6 +257,7 @@ class MinMaxAttack(Attack):
             "sampler": self.sampler_kind,
             "projections": self.projections,
             "projection_dim": self.projection_dim,
+            **({"mi": self.mi} if self.mi != "mine" else {}),
             **self.criterion.config(),
         }
 
@@ -281,8 +289,12 @@ class MinMaxAttack(Attack):
             record_history=self.record_history,
         )
 
-    def similarity(self, x: torch.Tensor, index: torch.Tensor, init_round: int = 0) -> MISimilarity:
-        """A fresh per-sample MINE similarity term for the batch ``x``."""
+    def similarity(
+        self, x: torch.Tensor, index: torch.Tensor, init_round: int = 0
+    ) -> MISimilarity | AnalyticMISimilarity:
+        """A fresh similarity term for the batch ``x``: per-sample MINE, or the analytic MI."""
+        if self.mi == "analytic":
+            return AnalyticMISimilarity(x, self.projection_dim)
         sampler = self.sampler_for(tuple(x.shape[1:]))
         lr = self.settings["mine_lr"]
         return MISimilarity(
@@ -302,6 +314,16 @@ class MinMaxAttack(Attack):
         delta0 = initial_delta(self.settings["delta_init"], x, index, self.seed, self.settings["epsilon"])
         c0 = torch.full((x.shape[0],), float(self.settings["c0"]), device=x.device)
         return run_minmax(x, reference, self.criterion, self.similarity(x, index), delta0, c0, self.loop_settings())
+
+
+def _check_mi(mi: str, sampler: str) -> None:
+    if mi not in ("mine", "analytic"):
+        raise ValueError(f"mi must be 'mine' or 'analytic', got {mi!r}")
+    if mi == "analytic" and sampler == "feature_maps":
+        raise ValueError(
+            "mi='analytic' is the closed form of the random-projection sampler; got sampler='feature_maps'"
+            " (use sampler='auto' or 'random_projection')"
+        )
 
 
 def _check_settings(values: dict[str, Any]) -> None:
