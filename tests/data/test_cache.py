@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from tests.data._precompute_worker import digits_rows, make_attack
 from uae_augment import UAEAugmented
+from uae_augment.attacks.base import padding_rows
 from uae_augment.data import _cache_writer, _distributed
 from uae_augment.data._cache_writer import GridBatches, whole_batches
 from uae_augment.data.cache import (
@@ -65,12 +66,16 @@ def assert_same_rows(first: Path, second: Path) -> None:
 
 
 def fresh_attack_counter(attack) -> list[int]:
-    """Records the global indices the attack is asked for (the attack config stays the same)."""
+    """Records the global indices the attack is asked for (the attack config stays the same).
+
+    A chunk padded to a multiple of the evaluation block repeats its last index; the repeats
+    are padding, not rows asked for, and are not recorded.
+    """
     seen: list[int] = []
     original = attack._attack_batch
 
     def recording(x, y, index):
-        seen.extend(index.tolist())
+        seen.extend(index[~padding_rows(index)].tolist())
         return original(x, y, index)
 
     attack._attack_batch = recording

@@ -236,7 +236,7 @@ def _prepare(
         logger.info("resuming %s: %d of %d rows done", path, int(done.sum()), layout.rows)
         if started_with is not None and int(started_with) != options.batch_size and done.any():
             logger.warning(
-                "%s was started with batch_size=%d, resumed with batch_size=%d: the rows are not bitwise"
+                "%s was started with batch_size=%d, resumed with batch_size=%d: the rows may not be bitwise"
                 " those of one uninterrupted run (resume with batch_size=%d for that)",
                 path, started_with, options.batch_size, started_with,
             )
