@@ -8,9 +8,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-
 from .._model_state import frozen, model_device
+from .._progress import Progress
 from .._validation import check_images, check_labels, resolve_index
 from .result import AttackResult
 
@@ -31,7 +30,9 @@ class Attack(abc.ABC):
         seed: base seed of all per-sample random generators.
         batch_size: largest number of samples attacked together (memory knob;
             ``None`` attacks all at once).
-        progress: show a tqdm progress bar over samples.
+        progress: show a tqdm progress bar over samples (moving once per chunk) and
+            log an estimate of the total time after the first chunk (see
+            :class:`~uae_augment._progress.Progress`).
     """
 
     requires_labels: bool = False
@@ -91,8 +92,9 @@ class Attack(abc.ABC):
         n = x.shape[0]
         chunk = self.batch_size or n
         parts: list[AttackResult] = []
-        bar = tqdm(
-            total=n, desc=type(self).__name__, unit="sample", disable=not self.progress, leave=False
+        bar = Progress(
+            n, type(self).__name__, unit="sample", enabled=self.progress,
+            preset=getattr(self, "preset", None), log=logger, leave=False,
         )
         with frozen(self.models()), bar:
             for start in range(0, n, chunk):

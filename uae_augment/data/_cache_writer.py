@@ -13,9 +13,9 @@ import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .._model_state import model_device
+from .._progress import Progress
 from ..attacks.base import Attack
 from . import _distributed, _lock
 from ._cache_format import (
@@ -313,12 +313,14 @@ def _attack_rows(
         collate_fn=_collate,
     )
     device = attack_device(attack)
-    bar = tqdm(  # counts rows saved (written, flushed and marked done)
-        total=layout.rows,
-        initial=layout.rows - todo.size,
-        desc=f"precompute {path.name} (rows saved)",
+    bar = Progress(  # counts rows saved (written, flushed and marked done), once per batch
+        layout.rows,
+        f"precompute {path.name} (rows saved)",
         unit="row",
-        disable=not options.progress,
+        enabled=options.progress,
+        initial=layout.rows - todo.size,
+        preset=getattr(attack, "preset", None),
+        log=logger,
         dynamic_ncols=True,
     )
     # Start the workers before the file is opened for writing: no process forks with it open.
