@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+
 from .._model_state import frozen, model_device
 from .._progress import Progress
 from .._validation import check_images, check_labels, resolve_index
