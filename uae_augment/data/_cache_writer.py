@@ -172,6 +172,13 @@ class WriteOptions:
     chunk_rows: int | None
 
 
+def new_chunk_rows(sample_shape: tuple[int, ...], rows: int, options: WriteOptions) -> int:
+    """Rows per chunk of a new file: ``options.chunk_rows``, else about ``CHUNK_BYTES`` but at
+    most one batch, so that every batch completes (and saves) its chunks and the bar moves
+    once per batch."""
+    return options.chunk_rows or min(auto_chunk_rows(sample_shape, options.dtype, rows), options.batch_size)
+
+
 def finished_and_matching(path: Path, provenance: dict[str, Any]) -> bool:
     """Whether ``path`` is a finished cache with this provenance (no lock needed to reuse it).
 
@@ -243,7 +250,7 @@ def _prepare(
         return layout, np.flatnonzero(~done)
     rows = stop - start
     sample_shape = tuple(provenance["dataset"]["sample_shape"])
-    chunk_rows = options.chunk_rows or auto_chunk_rows(sample_shape, options.dtype, rows)
+    chunk_rows = new_chunk_rows(sample_shape, rows, options)
     labelled = split_item(dataset[start], start)[1] is not None
     layout = Layout(rows, sample_shape, options.dtype, min(chunk_rows, rows), labelled)
     create_file(path, layout, provenance, options.compression)
@@ -395,7 +402,7 @@ def _copy_shards(
 ) -> None:
     rows = ranges[-1][1]
     sample_shape = tuple(provenance["dataset"]["sample_shape"])
-    chunk_rows = options.chunk_rows or auto_chunk_rows(sample_shape, options.dtype, rows)
+    chunk_rows = new_chunk_rows(sample_shape, rows, options)
     labelled = {read_layout(handle, Path(handle.filename)).labelled for handle in handles}
     if len(labelled) > 1:
         raise CacheError(f"the shards of {path} disagree on whether the dataset has labels")

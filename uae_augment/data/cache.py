@@ -164,7 +164,8 @@ def precompute(
         num_workers: DataLoader workers reading the dataset (the attack itself
             always runs in this process).
         progress: show a tqdm bar of the rows saved (written, flushed and marked done), rate, ETA.
-        chunk_rows: rows per chunk of ``adversarial`` (default: about 64 KiB per chunk).
+        chunk_rows: rows per chunk of ``adversarial`` (default: about 64 KiB per chunk, at most
+            ``batch_size`` rows, so that every batch saves its rows and the bar moves per batch).
         sample_key: the key of the sample in dict items (None for tensors and tuples).
 
     Returns:
