@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
-from uae_augment import Attack, AttackResult, fit, load_dataset, precompute
-from uae_augment import _progress
+from uae_augment import Attack, AttackResult, _progress, fit, load_dataset, precompute
 from uae_augment.data.augmented import UAEAugmented
 from uae_augment.models.autoencoders import DenseAutoencoder
 from uae_augment.models.concrete import ConcreteAutoencoder, fit_concrete
