@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -10,7 +11,9 @@ import torch
 from torch.utils.data import Subset
 
 from uae_augment import Attack, AttackResult, _progress, fit, load_dataset, precompute
+from uae_augment.data import transforms
 from uae_augment.data.augmented import UAEAugmented
+from uae_augment.data.transforms import UAETransform
 from uae_augment.models.autoencoders import DenseAutoencoder
 from uae_augment.models.concrete import ConcreteAutoencoder, fit_concrete
 
@@ -86,7 +89,7 @@ def test_no_estimate_when_one_batch_does_all_or_progress_is_off(bars, caplog):
 @pytest.mark.parametrize("preset", ["paper", "fast"])
 def test_long_estimates_warn_and_the_paper_preset_gets_a_hint(bars, caplog, monkeypatch, preset):
     clock = iter([0.0, 100.0])  # construction, then the first batch: 100 s for 1 of 100 rows
-    monkeypatch.setattr(_progress.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(_progress, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     caplog.set_level(logging.INFO)
     with _progress.Progress(100, "precompute", unit="row", preset=preset) as bar:
         bar.update(1)
@@ -98,7 +101,7 @@ def test_long_estimates_warn_and_the_paper_preset_gets_a_hint(bars, caplog, monk
 
 def test_estimate_resumes_count_only_the_rows_this_run_does(bars, caplog, monkeypatch):
     clock = iter([0.0, 10.0])
-    monkeypatch.setattr(_progress.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(_progress, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     caplog.set_level(logging.INFO)
     with _progress.Progress(100, "job", unit="row", initial=90) as bar:
         bar.update(5)
@@ -159,3 +162,14 @@ def test_fit_concrete_logs_every_retry_with_its_reason_and_epochs(bars, caplog):
     assert len(retries) == 2
     assert "try 1/3 did not converge" in retries[0] and "with 2 epochs" in retries[0]
     assert "try 2/3 did not converge" in retries[1] and "with 4 epochs" in retries[1]
+
+
+@pytest.mark.parametrize("seconds, level", [(1.0, logging.DEBUG), (21.0, logging.INFO)])
+def test_uae_transform_logs_the_time_of_a_slow_call(monkeypatch, caplog, seconds, level):
+    clock = iter([0.0, seconds])
+    monkeypatch.setattr(transforms, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    caplog.set_level(logging.DEBUG, logger="uae_augment.data.transforms")
+    UAETransform(Flip(), p=1.0)(torch.rand(4, 1, 2, 2))
+    (record,) = [r for r in caplog.records if r.name == "uae_augment.data.transforms"]
+    assert record.levelno == level
+    assert record.getMessage().endswith(f"attacked 4 of 4 samples, ASR 1.0000, in {_progress.format_seconds(seconds)}")

@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 LONG_RUN_SECONDS = 30 * 60
 """Estimated totals above this are logged as a WARNING."""
 
+SLOW_CALL_SECONDS = 5.0
+"""Single calls that take longer than this log their time at INFO (see :func:`log_duration`)."""
+
 PAPER_HINT = (
     "the 'paper' preset runs the release's 20 MINE steps per iteration; preset='fast' costs a"
     " fraction of it (the README compares the two)"
@@ -37,6 +40,13 @@ def format_seconds(seconds: float) -> str:
     if minutes < 60:
         return f"{minutes} min"
     return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def log_duration(log: logging.Logger, seconds: float, message: str, *args: Any) -> None:
+    """Logs ``message % args`` plus `` in <seconds>``: at INFO when the call took longer than
+    :data:`SLOW_CALL_SECONDS`, else at DEBUG (per-call work with no bar of its own)."""
+    level = logging.INFO if seconds > SLOW_CALL_SECONDS else logging.DEBUG
+    log.log(level, message + " in %s", *args, format_seconds(seconds))
 
 
 def estimate_total(elapsed: float, done: int, total: int) -> float:
