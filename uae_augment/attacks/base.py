@@ -100,16 +100,31 @@ class Attack(abc.ABC):
         with frozen(self.models()), bar:
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
-                part = self._attack_batch(
+                args = (
                     x[start:stop].detach(),
                     None if labels is None else labels[start:stop],
                     global_index[start:stop],
                 )
+                part = self._attack_batch(*args)
+                part.clean_success = self._clean_success(*args)
                 parts.append(part)
                 bar.update(stop - start)
         result = AttackResult.cat(parts).to(x.device)
-        logger.debug("%s on %d samples: ASR %.4f", type(self).__name__, n, result.asr)
+        logger.debug(
+            "%s on %d samples: ASR %.4f (all inputs %.4f)", type(self).__name__, n, result.asr, result.asr_all
+        )
         return result
+
+    def _clean_success(
+        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor
+    ) -> torch.Tensor | None:
+        """(N,) bool: whether each clean input already meets a supervised attack's
+        criterion (see ``AttackResult.clean_success``); None for unsupervised attacks."""
+        criterion = getattr(self, "criterion", None)
+        if not self.requires_labels or criterion is None:
+            return None
+        with torch.no_grad():
+            return criterion(x, criterion.prepare(x, y, index)) == 0
 
     def _check_devices(self, device: torch.device) -> None:
         for model in self.models():
