@@ -28,15 +28,17 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+from ._names import DATASET_NAMES, PRESET_NAMES
+
+if TYPE_CHECKING:  # torch is imported inside the commands: `--help` does not import it
+    import torch
+    from torch import nn
 
 logger = logging.getLogger("uae_augment.cli")
 
 ATTACKS = ("mine-uae", "l2-uae", "gaussian", "minmax")
-PRESET_NAMES = ("paper", "fast", "strong")
 CRITERIA = ("auto", "reconstruction", "margin", "contrastive")
 
 
@@ -95,6 +97,8 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         CLIError: missing file, a file ``weights_only`` refuses (e.g. a pickled
             ``nn.Module``), or contents that are not a state dict.
     """
+    import torch
+
     if not path.is_file():
         raise CLIError(f"checkpoint {path} does not exist")
     try:
@@ -131,6 +135,8 @@ def _describe(value: object) -> str:
 
 def build_victim(args: argparse.Namespace, input_shape: tuple[int, ...], num_classes: int | None) -> nn.Module:
     """The model named by ``--model`` (with ``--model-arg``), its checkpoint loaded, in eval mode."""
+    import torch
+
     from .models import MODELS, build_model
 
     kwargs = dict(args.model_arg)
@@ -168,6 +174,8 @@ def _parameters(fn: Any) -> set[str]:
 
 
 def _is_autoencoder(model: nn.Module, sample: torch.Tensor) -> bool:
+    import torch
+
     with torch.no_grad():
         output = model(sample[None])
     return tuple(output.shape) == (1, *sample.shape)
@@ -241,6 +249,8 @@ def _accepted_options(cls: type) -> set[str]:
 
 
 def _resolve_device(name: str, local_rank: int | None) -> torch.device:
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank or 0)
@@ -258,6 +268,7 @@ def _resolve_device(name: str, local_rank: int | None) -> torch.device:
 
 def run_precompute(args: argparse.Namespace) -> int:
     """``uae-augment precompute``: attacks a named data set into an HDF5 cache."""
+    import torch
     import torch.distributed as dist
     from torch.utils.data import Subset
 
@@ -397,8 +408,6 @@ def _verbosity() -> argparse.ArgumentParser:
 
 
 def _add_precompute(subparsers: Any) -> None:
-    from .data.datasets import available_datasets
-
     parser = subparsers.add_parser(
         "precompute",
         help="attack every row of a data set into a resumable HDF5 cache",
@@ -411,8 +420,8 @@ def _add_precompute(subparsers: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         parents=[_verbosity()],
     )
-    parser.add_argument("dataset", choices=available_datasets(), metavar="DATASET",
-                        help=f"data set name: {', '.join(available_datasets())}")
+    parser.add_argument("dataset", choices=DATASET_NAMES, metavar="DATASET",
+                        help=f"data set name: {', '.join(DATASET_NAMES)}")
     parser.add_argument("--split", default="train", choices=("train", "test", "all"), help="data split")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="folder with the canonical .npz files (default: $UAE_DATA_ROOT or datasets/)")
