@@ -12,6 +12,7 @@ its first batch: at INFO, or at WARNING when the estimate exceeds
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
@@ -144,3 +145,23 @@ class Progress:
             message += "; %s"
             args.append(PAPER_HINT)
         self.log.log(level, message, *args)
+
+
+class TqdmLoggingHandler(logging.StreamHandler):
+    """A stream handler that writes through ``tqdm.write``: a log line clears the progress
+    bars on its stream, is written on a line of its own, and the bars are redrawn below it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging must never raise (logging.Handler convention)
+            self.handleError(record)
+
+
+def configure_logging(level: int, fmt: str) -> None:
+    """Sends the root logger's records at ``level`` and above to stderr through
+    :class:`TqdmLoggingHandler` (used by the CLI and the recipes)."""
+    handler = TqdmLoggingHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    logging.basicConfig(level=level, handlers=[handler])
+

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import importlib
 import inspect
 import json
@@ -306,6 +307,7 @@ def run_precompute(args: argparse.Namespace) -> int:
             compression=None if args.compression == "none" else args.compression,
             num_workers=args.num_workers,
             progress=not args.no_progress and rank == 0,
+            model_origin=model_origin(args),
         )
         elapsed = time.perf_counter() - started
         if rank == 0:
@@ -316,6 +318,26 @@ def run_precompute(args: argparse.Namespace) -> int:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def model_origin(args: argparse.Namespace) -> dict[str, Any]:
+    """The model name and its checkpoint (path and SHA-256), recorded in the cache's provenance."""
+    origin: dict[str, Any] = {"model": args.model, "checkpoint": None}
+    if args.checkpoint is not None:
+        digest = hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest()
+        origin.update(checkpoint=str(Path(args.checkpoint).resolve()), sha256=digest)
+    return origin
+
+
+def _model_line(provenance: dict[str, Any]) -> str:
+    """``model ...`` of :func:`format_summary`: the state hash, and the checkpoint when known."""
+    line = f"state hash {str(provenance.get('model_state_hash', ''))[:16]}"
+    origin = provenance.get("model_origin")
+    if not origin:
+        return f"{line}, checkpoint unknown (not written by the CLI)"
+    if origin.get("checkpoint") is None:
+        return f"{origin.get('model')} without a checkpoint (random initialisation), {line}"
+    return f"{origin.get('model')} from {origin['checkpoint']} (sha256 {str(origin.get('sha256'))[:16]}), {line}"
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -364,7 +386,7 @@ def format_summary(summary: dict[str, Any], provenance: dict[str, Any], *, histo
         f"attack      {attack.pop('attack', '?')} {json.dumps(attack, sort_keys=True)}",
         f"dataset     {_origin(provenance.get('dataset_origin'))}, {dataset.get('length')} rows of shape"
         f" {tuple(dataset.get('sample_shape', ()))}, {_fingerprint(dataset)}",
-        f"model       state hash {str(provenance.get('model_state_hash', ''))[:16]}",
+        f"model       {_model_line(provenance)}",
         f"storage     {summary['dtype']}, compression {summary['compression']}, {summary['chunk_rows']}"
         f" rows per chunk, {summary['file_bytes'] / 2**20:.2f} MiB",
         f"versions    uae-augment {provenance.get('library_version')}, torch {provenance.get('torch_version')},"
@@ -514,10 +536,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbosity: int) -> None:
+    """Logs to stderr through tqdm, so that log lines and progress bars never interleave."""
+    from ._progress import configure_logging
+
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     prefix = f"[rank {rank}] " if rank is not None else ""
-    logging.basicConfig(level=level, format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s")
+    configure_logging(level, f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
