@@ -100,28 +100,41 @@ class Attack(abc.ABC):
         with frozen(self.models()), bar:
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
-                args = (
+                part = self._attack_batch(
                     x[start:stop].detach(),
                     None if labels is None else labels[start:stop],
                     global_index[start:stop],
                 )
-                part = self._attack_batch(*args)
-                part.clean_success = self._clean_success(*args)
                 parts.append(part)
                 bar.update(stop - start)
+            clean_success = self._clean_success(x.detach(), labels, global_index, chunk)
         result = AttackResult.cat(parts).to(x.device)
+        result.clean_success = None if clean_success is None else clean_success.to(x.device)
         logger.debug(
             "%s on %d samples: ASR %.4f (all inputs %.4f)", type(self).__name__, n, result.asr, result.asr_all
         )
         return result
 
     def _clean_success(
-        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor, chunk: int
     ) -> torch.Tensor | None:
-        """(N,) bool: whether each clean input already meets a supervised attack's
-        criterion (see ``AttackResult.clean_success``); None for unsupervised attacks."""
+        """(N,) bool: whether each clean input already meets a supervised attack's criterion
+        (see ``AttackResult.clean_success``), evaluated in chunks of ``chunk``; None for
+        unsupervised attacks."""
+        if not self.requires_labels or y is None:
+            return None
+        parts = [
+            self._clean_success_chunk(x[a : a + chunk], y[a : a + chunk], index[a : a + chunk])
+            for a in range(0, x.shape[0], chunk)
+        ]
+        return None if parts[0] is None else torch.cat(parts)
+
+    def _clean_success_chunk(
+        self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor
+    ) -> torch.Tensor | None:
+        """:meth:`_clean_success` of one chunk: the clean criterion is 0 (criterion attacks)."""
         criterion = getattr(self, "criterion", None)
-        if not self.requires_labels or criterion is None:
+        if criterion is None:
             return None
         with torch.no_grad():
             return criterion(x, criterion.prepare(x, y, index)) == 0
