@@ -47,6 +47,7 @@ from uae_augment import (
     precompute,
     random_subset,
 )
+from uae_augment._progress import configure_logging
 from uae_augment.data import ProvenanceMismatchError, dataset_info, resolve_data_root
 
 logger = logging.getLogger("recipes")
@@ -191,13 +192,13 @@ def save_config(args: argparse.Namespace, out: Path, argv: Sequence[str] | None)
 
 
 def setup_run(args: argparse.Namespace) -> None:
-    """Applies the run options: log level (records go to stderr) and torch CPU threads.
+    """Applies the run options: log level (records go to stderr, through tqdm) and torch CPU threads.
 
     Raises:
         ValueError: if ``--threads`` is below 1.
     """
     level = getattr(logging, args.log_level)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(level, "%(asctime)s %(levelname)s %(name)s: %(message)s")  # through tqdm: no interleaving
     for name in ("recipes", "uae_augment"):
         logging.getLogger(name).setLevel(level)
     if args.threads is not None:

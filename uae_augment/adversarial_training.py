@@ -294,7 +294,7 @@ def madry_step(
     loss = F.cross_entropy(model(result.adversarial.detach()), y)
     _update(optimizer, loss)
     value = float(loss.detach())
-    return {"loss": value, "adversarial_loss": value, "attack_success": result.asr}
+    return {"loss": value, "adversarial_loss": value, "attack_success": result.asr_all}
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import importlib
 import inspect
 import json
@@ -28,15 +29,17 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+from ._names import DATASET_NAMES, PRESET_NAMES
+
+if TYPE_CHECKING:  # torch is imported inside the commands: `--help` does not import it
+    import torch
+    from torch import nn
 
 logger = logging.getLogger("uae_augment.cli")
 
 ATTACKS = ("mine-uae", "l2-uae", "gaussian", "minmax")
-PRESET_NAMES = ("paper", "fast", "strong")
 CRITERIA = ("auto", "reconstruction", "margin", "contrastive")
 
 
@@ -95,6 +98,8 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         CLIError: missing file, a file ``weights_only`` refuses (e.g. a pickled
             ``nn.Module``), or contents that are not a state dict.
     """
+    import torch
+
     if not path.is_file():
         raise CLIError(f"checkpoint {path} does not exist")
     try:
@@ -131,6 +136,8 @@ def _describe(value: object) -> str:
 
 def build_victim(args: argparse.Namespace, input_shape: tuple[int, ...], num_classes: int | None) -> nn.Module:
     """The model named by ``--model`` (with ``--model-arg``), its checkpoint loaded, in eval mode."""
+    import torch
+
     from .models import MODELS, build_model
 
     kwargs = dict(args.model_arg)
@@ -168,6 +175,8 @@ def _parameters(fn: Any) -> set[str]:
 
 
 def _is_autoencoder(model: nn.Module, sample: torch.Tensor) -> bool:
+    import torch
+
     with torch.no_grad():
         output = model(sample[None])
     return tuple(output.shape) == (1, *sample.shape)
@@ -266,6 +275,8 @@ def _accepted_options(cls: type) -> set[str]:
 
 
 def _resolve_device(name: str, local_rank: int | None) -> torch.device:
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank or 0)
@@ -283,6 +294,7 @@ def _resolve_device(name: str, local_rank: int | None) -> torch.device:
 
 def run_precompute(args: argparse.Namespace) -> int:
     """``uae-augment precompute``: attacks a named data set into an HDF5 cache."""
+    import torch
     import torch.distributed as dist
     from torch.utils.data import Subset
 
@@ -322,6 +334,7 @@ def run_precompute(args: argparse.Namespace) -> int:
             compression=None if args.compression == "none" else args.compression,
             num_workers=args.num_workers,
             progress=not args.no_progress and rank == 0,
+            model_origin=model_origin(args),
         )
         elapsed = time.perf_counter() - started
         if rank == 0:
@@ -332,6 +345,26 @@ def run_precompute(args: argparse.Namespace) -> int:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def model_origin(args: argparse.Namespace) -> dict[str, Any]:
+    """The model name and its checkpoint (path and SHA-256), recorded in the cache's provenance."""
+    origin: dict[str, Any] = {"model": args.model, "checkpoint": None}
+    if args.checkpoint is not None:
+        digest = hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest()
+        origin.update(checkpoint=str(Path(args.checkpoint).resolve()), sha256=digest)
+    return origin
+
+
+def _model_line(provenance: dict[str, Any]) -> str:
+    """``model ...`` of :func:`format_summary`: the state hash, and the checkpoint when known."""
+    line = f"state hash {str(provenance.get('model_state_hash', ''))[:16]}"
+    origin = provenance.get("model_origin")
+    if not origin:
+        return f"{line}, checkpoint unknown (not written by the CLI)"
+    if origin.get("checkpoint") is None:
+        return f"{origin.get('model')} without a checkpoint (random initialisation), {line}"
+    return f"{origin.get('model')} from {origin['checkpoint']} (sha256 {str(origin.get('sha256'))[:16]}), {line}"
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -380,7 +413,7 @@ def format_summary(summary: dict[str, Any], provenance: dict[str, Any], *, histo
         f"attack      {attack.pop('attack', '?')} {json.dumps(attack, sort_keys=True)}",
         f"dataset     {_origin(provenance.get('dataset_origin'))}, {dataset.get('length')} rows of shape"
         f" {tuple(dataset.get('sample_shape', ()))}, {_fingerprint(dataset)}",
-        f"model       state hash {str(provenance.get('model_state_hash', ''))[:16]}",
+        f"model       {_model_line(provenance)}",
         f"storage     {summary['dtype']}, compression {summary['compression']}, {summary['chunk_rows']}"
         f" rows per chunk, {summary['file_bytes'] / 2**20:.2f} MiB",
         f"versions    uae-augment {provenance.get('library_version')}, torch {provenance.get('torch_version')},"
@@ -424,8 +457,6 @@ def _verbosity() -> argparse.ArgumentParser:
 
 
 def _add_precompute(subparsers: Any) -> None:
-    from .data.datasets import available_datasets
-
     parser = subparsers.add_parser(
         "precompute",
         help="attack every row of a data set into a resumable HDF5 cache",
@@ -438,8 +469,8 @@ def _add_precompute(subparsers: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         parents=[_verbosity()],
     )
-    parser.add_argument("dataset", choices=available_datasets(), metavar="DATASET",
-                        help=f"data set name: {', '.join(available_datasets())}")
+    parser.add_argument("dataset", choices=DATASET_NAMES, metavar="DATASET",
+                        help=f"data set name: {', '.join(DATASET_NAMES)}")
     parser.add_argument("--split", default="train", choices=("train", "test", "all"), help="data split")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="folder with the canonical .npz files (default: $UAE_DATA_ROOT or datasets/)")
@@ -532,10 +563,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbosity: int) -> None:
+    """Logs to stderr through tqdm, so that log lines and progress bars never interleave."""
+    from ._progress import configure_logging
+
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     prefix = f"[rank {rank}] " if rank is not None else ""
-    logging.basicConfig(level=level, format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s")
+    configure_logging(level, f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,15 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .attacks import MINEUAE, PRESETS
-from .criteria import Reconstruction
-from .data import load_dataset, random_subset
-from .mine import per_sample_mi
-from .models import ConvAutoencoder
-from .plots import perturbation_picture, save_image_grid
-from .training import fit
+from ._names import PRESET_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-rows", type=int, default=None, help="train on N digits drawn at random with --seed (default: all 4,000)")
     parser.add_argument("--samples", type=int, default=64, help="training digits to attack (default: %(default)s)")
     parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="fast",
+        "--preset", choices=sorted(PRESET_NAMES), default="fast",
         help="attack preset (default: %(default)s; 'paper' is the release's, ~20x slower)",
     )
     parser.add_argument("--steps", type=int, default=None, help="attack iterations (default: the preset's, 40)")
@@ -65,6 +57,16 @@ def demo(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Trains the conv AE, attacks ``samples`` training digits, writes grid + JSON; returns the summary."""
+    import torch  # here, not at the top: `uae-augment demo --help` does not import torch
+
+    from .attacks import MINEUAE
+    from .criteria import Reconstruction
+    from .data import load_dataset, random_subset
+    from .mine import per_sample_mi
+    from .models import ConvAutoencoder
+    from .plots import perturbation_picture, save_image_grid
+    from .training import fit
+
     if samples < 1 or epochs < 1:
         raise ValueError(f"samples and epochs must be >= 1, got samples={samples}, epochs={epochs}")
     out = Path(out)

@@ -322,7 +322,8 @@ class TransferMatrix:
         l2: (rows,) mean L2 distortion.
         linf: (rows,) mean L-infinity distortion.
         clean_error: (targets,) error rate of every target on the clean inputs.
-        attack_success: source name -> the attack's own success rate on its model.
+        attack_success: source name -> the attack's own success rate on its model
+            (``AttackResult.asr``: over the inputs that model classified correctly).
     """
 
     rows: list[str]

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
-from tqdm.auto import tqdm
 
 from ._model_state import model_device
+from ._progress import Progress
 from ._seeding import derive_seed
 from ._validation import check_images
 from .adversarial_training import *  # noqa: F403  (re-exports the adversarial-training steps)
@@ -90,7 +90,8 @@ def fit(
             ``max_steps`` and no ``epochs``, as many epochs as ``max_steps`` needs.
         batch_size: default the model's release setting (``default_fit(len(dataset))``).
         seed: seed of the data order and of the training step's randomness.
-        progress: show a tqdm bar with the running mean loss of the epoch.
+        progress: show a tqdm bar (one update per step) with the epoch and the running mean
+            loss of the epoch, and log an estimate of the total time after the first step.
         device: where to train; default the model's current device. The model is
             moved there and stays there.
         num_workers: DataLoader worker processes.
@@ -176,7 +177,7 @@ def fit(
             on_fit_start(total_steps)
         model.train()
         try:
-            with tqdm(total=total_steps, desc=f"fit {name}", disable=not progress) as bar:
+            with Progress(total_steps, f"fit {name}", unit="step", enabled=progress, log=logger) as bar:
                 for epoch in range(epochs):
                     if history.steps >= total_steps:
                         break

@@ -104,7 +104,10 @@ def test_outputs_respect_ball_box_and_flags_match_recomputation(epsilon):
         )
         assert torch.equal(result.criterion == 0, result.success)
         assert bool(result.mi.isnan().all())
-        assert result.asr == pytest.approx(float(expected.float().mean()))
+        assert result.asr_all == pytest.approx(float(expected.float().mean()))
+        already = (_predict(model, x) == aimed) if attack.targeted else (_predict(model, x) != y)
+        assert torch.equal(result.clean_success, already), attack
+        assert result.asr == pytest.approx(float(expected[~already].float().mean())), attack
 
 
 def test_l2_pgd_respects_l2_ball_and_box():

@@ -25,9 +25,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.data._precompute_worker import digits_rows, make_attack
-from uae_augment import UAEAugmented
+from uae_augment import UAEAugmented, _progress
 from uae_augment.attacks.base import padding_rows
-from uae_augment.data import _cache_writer, _distributed
+from uae_augment.data import _distributed
 from uae_augment.data._cache_writer import GridBatches, whole_batches
 from uae_augment.data.cache import (
     CHUNK_BYTES,
@@ -171,7 +171,8 @@ def test_dtype_and_compression(tmp_path, rows300, dtype, compression):
         assert stored.dtype == np.dtype(dtype) and stored.compression == compression
         assert stored.shuffle == (compression == "gzip")
         assert stored.chunks[1:] == (1, 8, 8)
-        assert stored.chunks[0] == min(300, CHUNK_BYTES // (64 * np.dtype(dtype).itemsize))
+        # about CHUNK_BYTES, at most one batch (default 256 rows): every batch saves its rows
+        assert stored.chunks[0] == min(300, CHUNK_BYTES // (64 * np.dtype(dtype).itemsize), 256)
     cache = UAECache(path)
     assert cache.dtype == dtype
     uae, _ = cache.rows(range(300))
@@ -346,20 +347,19 @@ def test_progress_counts_rows_saved_not_rows_attacked(tmp_path, monkeypatch):
     positions: list[int] = []
 
     class RecordingBar:
-        def __init__(self, *, initial: int = 0, **_: object):
+        def __init__(self, *, initial: int = 0, desc: str = "", **_: object):
             self.n = initial
+            self.mine = desc.startswith("precompute")  # not the attack's own (disabled) bar
 
         def update(self, n: int) -> None:
             self.n += n
-            positions.append(self.n)
+            if self.mine:
+                positions.append(self.n)
 
-        def __enter__(self) -> RecordingBar:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
+        def close(self) -> None:
             pass
 
-    monkeypatch.setattr(_cache_writer, "tqdm", RecordingBar)
+    monkeypatch.setattr(_progress, "tqdm", RecordingBar)
     precompute(digits_rows(48), make_attack(), tmp_path / "bar.h5", batch_size=12, chunk_rows=8)
     # After batch k (rows up to 12k+11) the saved rows are the complete 8-row chunks, not 12(k+1).
     assert positions == [8, 24, 32, 48]

@@ -9,6 +9,7 @@ Python API (the same model, checkpoint and attack built by hand).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -211,6 +212,10 @@ def test_inspect_text_json_partial_and_damaged(tmp_path, checkpoints, capsys):
         "dataset     digits/train (a subset), 50 rows of shape (1, 8, 8), sha256 of all 50 rows:"
         f" label {digests['label'][:12]}, sample {digests['sample'][:12]}\n"
     ) in text
+    checkpoint = checkpoints["ae"].resolve()
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert f"model       conv-ae from {checkpoint} (sha256 {digest[:16]}), state hash " in text
+    assert cache.provenance["model_origin"] == {"model": "conv-ae", "checkpoint": str(checkpoint), "sha256": digest}
     assert main(["inspect", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["summary"]["done"] == 50 and report["summary"]["asr"] == pytest.approx(cache.asr)

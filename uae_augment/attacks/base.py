@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._model_state import frozen, model_device
+from .._progress import Progress
 from .._validation import check_batch_rank, check_images, check_labels, resolve_index
 from .result import AttackResult
 
@@ -72,7 +72,9 @@ class Attack(abc.ABC):
         seed: base seed of all per-sample random generators.
         batch_size: largest number of samples attacked together (memory knob;
             ``None`` attacks all at once).
-        progress: show a tqdm progress bar over samples.
+        progress: show a tqdm progress bar over samples (moving once per chunk) and
+            log an estimate of the total time after the first chunk (see
+            :class:`~uae_augment._progress.Progress`).
     """
 
     requires_labels: bool = False
@@ -138,16 +140,21 @@ class Attack(abc.ABC):
         n = x.shape[0]
         chunk = self.batch_size or n
         parts: list[AttackResult] = []
-        bar = tqdm(
-            total=n, desc=type(self).__name__, unit="sample", disable=not self.progress, leave=False
+        bar = Progress(
+            n, type(self).__name__, unit="sample", enabled=self.progress,
+            preset=getattr(self, "preset", None), log=logger, leave=False,
         )
         with frozen(self.models()), bar:
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
                 parts.append(self._attack_chunk(x[start:stop].detach(), labels, global_index, start, stop))
                 bar.update(stop - start)
+            clean_success = self._clean_success(x.detach(), labels, global_index, chunk)
         result = AttackResult.cat(parts).to(x.device)
-        logger.debug("%s on %d samples: ASR %.4f", type(self).__name__, n, result.asr)
+        result.clean_success = None if clean_success is None else clean_success.to(x.device)
+        logger.debug(
+            "%s on %d samples: ASR %.4f (all inputs %.4f)", type(self).__name__, n, result.asr, result.asr_all
+        )
         return result
 
     def _attack_chunk(
@@ -166,6 +173,35 @@ class Attack(abc.ABC):
             pad_rows(index[start:stop], block),
         )
         return part[: stop - start] if len(part) != stop - start else part
+
+    def _clean_success(
+        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor, chunk: int
+    ) -> torch.Tensor | None:
+        """(N,) bool: whether each clean input already meets a supervised attack's criterion
+        (see ``AttackResult.clean_success``), evaluated in chunks of ``chunk`` padded like the
+        attack's own; None for unsupervised attacks."""
+        if not self.requires_labels or y is None:
+            return None
+        parts = []
+        for a in range(0, x.shape[0], chunk):
+            rows = min(chunk, x.shape[0] - a)
+            part = self._clean_success_chunk(
+                *(pad_rows(t[a : a + chunk], self._chunk_block) for t in (x, y, index))
+            )
+            if part is None:
+                return None
+            parts.append(part[:rows])
+        return torch.cat(parts)
+
+    def _clean_success_chunk(
+        self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor
+    ) -> torch.Tensor | None:
+        """:meth:`_clean_success` of one chunk: the clean criterion is 0 (criterion attacks)."""
+        criterion = getattr(self, "criterion", None)
+        if criterion is None:
+            return None
+        with torch.no_grad():
+            return criterion(x, criterion.prepare(x, y, index)) == 0
 
     def _check_devices(self, device: torch.device) -> None:
         for model in self.models():

@@ -199,6 +199,13 @@ class ClassifierAttack(Attack):
             (grad,) = torch.autograd.grad(self._objective(logits, labels).sum(), x_adv)
         return grad, logits.detach()
 
+    def _clean_success_chunk(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: whether the clean input is already misclassified (untargeted) or
+        classified as its target (targeted)."""
+        with torch.no_grad():
+            targets = self._aim(x, y, index)
+            return self._succeeded(self._logits(x, targets), targets)
+
     def _succeeded(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         predicted = logits.argmax(dim=1)
         return predicted == labels if self.targeted else predicted != labels

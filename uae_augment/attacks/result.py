@@ -32,6 +32,10 @@ class AttackResult:
         final_c: (N,) final trade-off constant c (NaN where not applicable).
         mi_trace: optional (N, T) MI of every iterate.
         criterion_trace: optional (N, T) f_x of every iterate.
+        clean_success: (N,) bool for supervised (label-taking) attacks: whether
+            the clean input already met the criterion before the attack (it was
+            misclassified, or already classified as the target); None for
+            unsupervised attacks. :attr:`asr` leaves these inputs out.
     """
 
     adversarial: torch.Tensor
@@ -45,6 +49,7 @@ class AttackResult:
     final_c: torch.Tensor = field(default=None)  # type: ignore[assignment]
     mi_trace: torch.Tensor | None = None
     criterion_trace: torch.Tensor | None = None
+    clean_success: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.adversarial.shape[0]
@@ -61,6 +66,8 @@ class AttackResult:
             if getattr(self, name) is None:
                 setattr(self, name, default.clone())
         self.success = self.success.bool()
+        if self.clean_success is not None:
+            self.clean_success = self.clean_success.bool()
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None and value.shape[0] != n:
@@ -97,23 +104,52 @@ class AttackResult:
 
     @property
     def asr(self) -> float:
-        """Attack success rate: the fraction of successful samples."""
+        """Attack success rate, as torchattacks users expect it.
+
+        Supervised attacks (``clean_success`` known): the fraction of successful
+        samples among the inputs the model classified correctly (untargeted) or
+        not yet as the target (targeted), so that inputs the model already gets
+        wrong do not count as successes with zero perturbation; NaN when there
+        is no such input. Unsupervised attacks: the fraction of successful
+        samples (equal to :attr:`asr_all`).
+        """
+        if self.clean_success is None:
+            return self.asr_all
+        attacked = ~self.clean_success
+        if not attacked.any():
+            return float("nan")
+        return float(self.success[attacked].float().mean())
+
+    @property
+    def asr_all(self) -> float:
+        """The fraction of successful samples over all inputs (including those that
+        already met the criterion before the attack)."""
         return float(self.success.float().mean())
+
+    @property
+    def clean_accuracy(self) -> float | None:
+        """Supervised attacks: the fraction of inputs that did not meet the criterion
+        before the attack (untargeted: the model's accuracy on them); None otherwise."""
+        return None if self.clean_success is None else float((~self.clean_success).float().mean())
 
     def perturbation(self, x: torch.Tensor) -> torch.Tensor:
         """The effective perturbation ``adversarial - x``."""
         return self.adversarial - x.to(self.adversarial.device)
 
     def summary(self, x: torch.Tensor | None = None) -> dict[str, float]:
-        """Scalar summary: ASR, mean MI, mean criterion, and distortions when ``x`` is given."""
+        """Scalar summary: ASR (see :attr:`asr`), ASR over all inputs, mean MI, mean criterion,
+        the clean accuracy for supervised attacks, and distortions when ``x`` is given."""
         out = {
             "n": float(len(self)),
             "asr": self.asr,
+            "asr_all": self.asr_all,
             "mean_mi": _nanmean(self.mi),
             "mean_criterion": float(self.criterion.float().mean()),
             "mean_moved_linf": _nanmean(self.moved_linf),
             "mean_moved_l2": _nanmean(self.moved_l2),
         }
+        if self.clean_success is not None:
+            out["clean_accuracy"] = float((~self.clean_success).float().mean())
         if x is not None:
             delta = self.perturbation(x).flatten(1)
             out["mean_linf"] = float(delta.abs().amax(dim=1).mean())

@@ -62,7 +62,8 @@ LABEL_FIELD = "label"
 """The one optional dataset: stored only when the dataset's items have labels."""
 ENVIRONMENT_KEY = "environment"
 ORIGIN_KEY = "dataset_origin"
-RECORDED_ONLY = (ENVIRONMENT_KEY, ORIGIN_KEY)
+MODEL_ORIGIN_KEY = "model_origin"
+RECORDED_ONLY = (ENVIRONMENT_KEY, ORIGIN_KEY, MODEL_ORIGIN_KEY)
 """Provenance parts that are recorded but not compared (they do not change the rows)."""
 SHARD_KEY = "shard"
 
@@ -172,12 +173,15 @@ def dataset_origin(dataset: Dataset) -> dict[str, Any] | None:
     return {"name": name, "split": split if isinstance(split, str) else None, "subset": subset}
 
 
-def cache_provenance(dataset: Dataset, attack: Attack, dtype: str = "float32") -> dict[str, Any]:
+def cache_provenance(
+    dataset: Dataset, attack: Attack, dtype: str = "float32", model_origin: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The provenance record :func:`precompute` writes for ``(dataset, attack, dtype)``.
 
-    Everything except the ``"environment"`` and ``"dataset_origin"`` (data-set
-    name and split, when known) parts is compared on resume; two runs with
-    equal records produce equal rows.
+    Everything except the ``"environment"``, ``"dataset_origin"`` (data-set
+    name and split, when known) and ``"model_origin"`` (``model_origin``, e.g.
+    the checkpoint file the CLI loaded) parts is compared on resume; two runs
+    with equal records produce equal rows.
 
     Raises:
         TypeError: if ``attack`` is not a uae_augment ``Attack`` or the items are malformed.
@@ -200,6 +204,7 @@ def cache_provenance(dataset: Dataset, attack: Attack, dtype: str = "float32") -
             "dataset": dataset_fingerprint(dataset),
             "dtype": dtype,
             **({ORIGIN_KEY: origin} if (origin := dataset_origin(dataset)) else {}),
+            **({MODEL_ORIGIN_KEY: model_origin} if model_origin else {}),
             ENVIRONMENT_KEY: {
                 "python": platform.python_version(),
                 "h5py": h5py.__version__,

@@ -13,9 +13,9 @@ import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .._model_state import model_device
+from .._progress import Progress
 from ..attacks.base import Attack
 from . import _distributed, _lock
 from ._cache_format import (
@@ -172,6 +172,13 @@ class WriteOptions:
     chunk_rows: int | None
 
 
+def new_chunk_rows(sample_shape: tuple[int, ...], rows: int, options: WriteOptions) -> int:
+    """Rows per chunk of a new file: ``options.chunk_rows``, else about ``CHUNK_BYTES`` but at
+    most one batch, so that every batch completes (and saves) its chunks and the bar moves
+    once per batch."""
+    return options.chunk_rows or min(auto_chunk_rows(sample_shape, options.dtype, rows), options.batch_size)
+
+
 def finished_and_matching(path: Path, provenance: dict[str, Any]) -> bool:
     """Whether ``path`` is a finished cache with this provenance (no lock needed to reuse it).
 
@@ -243,7 +250,7 @@ def _prepare(
         return layout, np.flatnonzero(~done)
     rows = stop - start
     sample_shape = tuple(provenance["dataset"]["sample_shape"])
-    chunk_rows = options.chunk_rows or auto_chunk_rows(sample_shape, options.dtype, rows)
+    chunk_rows = new_chunk_rows(sample_shape, rows, options)
     labelled = split_item(dataset[start], start)[1] is not None
     layout = Layout(rows, sample_shape, options.dtype, min(chunk_rows, rows), labelled)
     create_file(path, layout, provenance, options.compression)
@@ -313,12 +320,14 @@ def _attack_rows(
         collate_fn=_collate,
     )
     device = attack_device(attack)
-    bar = tqdm(  # counts rows saved (written, flushed and marked done)
-        total=layout.rows,
-        initial=layout.rows - todo.size,
-        desc=f"precompute {path.name} (rows saved)",
+    bar = Progress(  # counts rows saved (written, flushed and marked done), once per batch
+        layout.rows,
+        f"precompute {path.name} (rows saved)",
         unit="row",
-        disable=not options.progress,
+        enabled=options.progress,
+        initial=layout.rows - todo.size,
+        preset=getattr(attack, "preset", None),
+        log=logger,
         dynamic_ncols=True,
     )
     # Start the workers before the file is opened for writing: no process forks with it open.
@@ -393,7 +402,7 @@ def _copy_shards(
 ) -> None:
     rows = ranges[-1][1]
     sample_shape = tuple(provenance["dataset"]["sample_shape"])
-    chunk_rows = options.chunk_rows or auto_chunk_rows(sample_shape, options.dtype, rows)
+    chunk_rows = new_chunk_rows(sample_shape, rows, options)
     labelled = {read_layout(handle, Path(handle.filename)).labelled for handle in handles}
     if len(labelled) > 1:
         raise CacheError(f"the shards of {path} disagree on whether the dataset has labels")

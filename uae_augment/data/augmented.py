@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
+from .._progress import Progress
 from .._validation import check_images
 from ..attacks.base import Attack
 from ..attacks.result import AttackResult
@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 AugmentMode = Literal["concat", "replace", "pair"]
 _MODES: tuple[str, ...] = ("concat", "replace", "pair")
+FailedPolicy = Literal["keep", "drop", "clean"]
+_FAILED: tuple[str, ...] = ("keep", "drop", "clean")
 
 _SOURCE = "the base dataset"
 _IN_WORKER_HINT = (
@@ -81,6 +83,18 @@ class UAEAugmented(Dataset):
     is computed from the sample it returned at generation time).
     ``target_transform`` runs on the label.
 
+    Failed UAEs (``success`` False: the attack criterion was not met, or, for
+    MINE attacks, MI <= 0). ``failed="keep"`` (default) serves them like the
+    others. ``failed="clean"`` serves the clean sample in their place (the
+    ``return_flag`` flag is then False; a pair holds the clean sample twice);
+    lengths are unchanged. ``failed="drop"`` serves only successful UAEs, so
+    the UAEs are generated at construction and, with ``K`` successful samples
+    at base indices ``kept = uae_success.nonzero().flatten()`` (ascending):
+    concat has length ``N + K`` and item ``N + j`` is the UAE of base item
+    ``kept[j]``; pair has length ``K`` and item ``j`` holds base item
+    ``kept[j]``; replace keeps length N and serves base item ``i`` clean
+    whenever its UAE failed.
+
     Generation. The attack runs on batches of ``batch_size`` base samples with
     their global indices ``i`` (the positions in ``dataset``) and with the
     labels when ``attack.requires_labels``, so row ``i`` equals
@@ -109,14 +123,16 @@ class UAEAugmented(Dataset):
         target_transform: callable applied to the label (labelled items only).
         return_flag: append a bool "is UAE" to every item (concat and replace modes).
         seed: seed of the replace-mode draws (the attack has its own seed).
-        progress: show tqdm progress bars while generating.
+        failed: what to do with failed UAEs: ``"keep"``, ``"drop"`` or ``"clean"`` (see above).
+        progress: show a tqdm bar while generating, moving once per batch, and log
+            an estimate of the total time after the first batch.
         sample_key: the key of the sample in dict items (None for tensors and tuples).
 
     Raises:
         TypeError: ``attack`` is not an Attack, a transform is not callable, the
             base dataset has no length, or its items are none of the accepted
             structures, or have no float tensor sample.
-        ValueError: unknown mode, ``p`` outside [0, 1], ``batch_size < 1``,
+        ValueError: unknown mode or ``failed``, ``p`` outside [0, 1], ``batch_size < 1``,
             an empty dataset, samples outside [0, 1], ``return_flag`` in pair
             mode (or on dicts that hold ``"is_uae"``), a supervised attack or a
             ``target_transform`` on unlabelled items, or a cache that does not
@@ -151,11 +167,14 @@ class UAEAugmented(Dataset):
         seed: int = 0,
         progress: bool = True,
         sample_key: str | None = None,
+        failed: FailedPolicy = "keep",
     ) -> None:
         if not isinstance(attack, Attack):
             raise TypeError(f"attack must be a uae_augment Attack, got {type(attack).__name__}")
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if failed not in _FAILED:
+            raise ValueError(f"failed must be one of {_FAILED}, got {failed!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         for name, function in (("transform", transform), ("target_transform", target_transform)):
@@ -176,35 +195,35 @@ class UAEAugmented(Dataset):
         self.seed = int(seed)
         self.progress = bool(progress)
         self.sample_key = sample_key
+        self.failed: FailedPolicy = failed
         self.cache_path = Path(cache) if cache is not None else None
         self._size = size
         # Shared memory, so that set_epoch reaches persistent DataLoader workers too.
         self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
         self._result: AttackResult | None = None
         self._cache: UAECache | None = None
+        self._kept: list[int] | None = None
 
         self._check_first_item(self._item(0))
         if self.cache_path is not None:
             self._attach_cache()
+        if failed == "drop":
+            self.materialize()  # the length depends on which UAEs succeeded
 
     # ------------------------------------------------------------------ dataset protocol
 
     def __len__(self) -> int:
-        return 2 * self._size if self.mode == "concat" else self._size
+        if self.mode == "replace":
+            return self._size
+        uaes = self._size if self.failed != "drop" else len(self._kept_indices())
+        return self._size + uaes if self.mode == "concat" else uaes
 
     def __getitem__(self, index: int) -> Any:
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         """Batched fetching (used by ``DataLoader``): one UAE read for the whole batch."""
-        positions = [self._position(i) for i in indices]
-        base = [p % self._size for p in positions]
-        if self.mode == "concat":
-            is_uae = [p >= self._size for p in positions]
-        elif self.mode == "replace":
-            is_uae = replacement_mask(self.p, self.seed, base, self.epoch).tolist()
-        else:
-            is_uae = [True] * len(base)
+        base, is_uae = self._sources([self._position(i) for i in indices])
         items = [self._item(b) for b in base]
         wanted = [b for b, flag in zip(base, is_uae) if flag]
         uae_rows = iter(self._uae_rows(wanted)) if wanted else iter(())
@@ -214,7 +233,7 @@ class UAEAugmented(Dataset):
             x = item.sample
             uae = next(uae_rows).to(x.dtype) if flag else None
             if self.mode == "pair":
-                sample: Any = (self._transform(x), self._transform(uae))
+                sample: Any = (self._transform(x), self._transform(uae if uae is not None else x))
             else:
                 sample = self._transform(uae if uae is not None else x)
             if self.target_transform is not None:
@@ -260,8 +279,9 @@ class UAEAugmented(Dataset):
             self._size, self.attack, self.batch_size, device,
         )
         parts: list[AttackResult] = []
-        with tqdm(
-            total=self._size, desc="UAEAugmented", unit="sample", disable=not self.progress
+        with Progress(
+            self._size, "UAEAugmented", unit="sample", enabled=self.progress,
+            preset=getattr(self.attack, "preset", None), log=logger,
         ) as bar:
             for start in range(0, self._size, self.batch_size):
                 index = torch.arange(start, min(start + self.batch_size, self._size))
@@ -306,6 +326,8 @@ class UAEAugmented(Dataset):
         parts += [f"samples={len(self)}", f"attack={self.attack!r}"]
         if self.cache_path is not None:
             parts.append(f"cache={str(self.cache_path)!r}")
+        if self.failed != "keep":
+            parts.append(f"failed={self.failed!r}")
         parts.append(f"generated={self.generated}")
         if self.generated:
             parts.append(f"asr={self.asr:.4f}")
@@ -329,6 +351,40 @@ class UAEAugmented(Dataset):
         if not 0 <= position < length:
             raise IndexError(f"index {index} is out of range for {type(self).__name__} of length {length}")
         return position
+
+    def _sources(self, positions: list[int]) -> tuple[list[int], list[bool]]:
+        """The base index of each position, and whether its item serves the UAE."""
+        size = self._size
+        if self.mode == "concat":
+            base = [p if p < size else self._uae_base(p - size) for p in positions]
+            is_uae = [p >= size for p in positions]
+        elif self.mode == "replace":
+            base = list(positions)
+            is_uae = replacement_mask(self.p, self.seed, base, self.epoch).tolist()
+        else:
+            base = [self._uae_base(p) for p in positions]
+            is_uae = [True] * len(base)
+        if self.failed != "keep" and any(is_uae):
+            success = self._success()
+            is_uae = [flag and bool(success[b]) for b, flag in zip(base, is_uae)]
+        return base, is_uae
+
+    def _uae_base(self, position: int) -> int:
+        """The base index of the ``position``-th UAE (after dropping failed ones)."""
+        return self._kept_indices()[position] if self.failed == "drop" else position
+
+    def _kept_indices(self) -> list[int]:
+        if self._kept is None:
+            self._kept = torch.nonzero(self._success()).flatten().tolist()
+        return self._kept
+
+    def _success(self) -> torch.Tensor:
+        """(N,) bool success flags, generating the UAEs first when needed."""
+        if not self.generated:
+            self.materialize()
+        flags = self._flags()
+        assert flags is not None
+        return flags[0]
 
     def _item(self, index: int) -> Item:
         return parse_item(self.dataset[index], index, sample_key=self.sample_key, source=_SOURCE)

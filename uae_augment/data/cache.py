@@ -125,6 +125,7 @@ def precompute(
     progress: bool = True,
     chunk_rows: int | None = None,
     sample_key: str | None = None,
+    model_origin: dict[str, Any] | None = None,
 ) -> Path:
     """Attacks every row of ``dataset`` once and stores the results in an HDF5 cache.
 
@@ -164,8 +165,12 @@ def precompute(
         num_workers: DataLoader workers reading the dataset (the attack itself
             always runs in this process).
         progress: show a tqdm bar of the rows saved (written, flushed and marked done), rate, ETA.
-        chunk_rows: rows per chunk of ``adversarial`` (default: about 64 KiB per chunk).
+        chunk_rows: rows per chunk of ``adversarial`` (default: about 64 KiB per chunk, at most
+            ``batch_size`` rows, so that every batch saves its rows and the bar moves per batch).
         sample_key: the key of the sample in dict items (None for tensors and tuples).
+        model_origin: where the models come from, recorded in the provenance but not
+            compared (JSON-serialisable, e.g. the CLI's ``{"checkpoint": path,
+            "sha256": digest}``; ``uae-augment inspect`` shows it).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -218,7 +223,7 @@ def precompute(
         dataset = KeyedSamples(dataset, sample_key)
     dataset_length(dataset, "precompute")
     require_labels(attack, parse_item(dataset[0], 0).labelled, 0)
-    provenance = cache_provenance(dataset, attack, options.dtype)
+    provenance = cache_provenance(dataset, attack, options.dtype, model_origin)
     group = _distributed.world()
     if group is not None:
         return precompute_distributed(dataset, attack, path, provenance, options, *group)

@@ -10,6 +10,7 @@ generates once (in memory or into an HDF5 cache) and then only reads.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, overload
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import get_worker_info
 
+from .._progress import log_duration
 from .._seeding import Stream, sample_generators, stacked_uniform
 from .._validation import check_batch_rank, check_images, resolve_index
 from ..attacks.base import Attack
@@ -138,6 +140,10 @@ class UAETransform(nn.Module):
     Attacks never run inside DataLoader workers: calling the transform there
     raises a RuntimeError (use ``precompute``/``UAECache`` or
     ``UAEAugmented(..., cache=path)`` for per-item access).
+
+    A call whose attack runs longer than a few seconds logs its time at INFO
+    (see :func:`~uae_augment._progress.log_duration`); pass ``progress=True`` to
+    the attack for a bar over its chunks within a call.
 
     Args:
         attack: a uae_augment attack, e.g. ``MINEUAE(Reconstruction(ae))``; it
@@ -282,6 +288,7 @@ class UAETransform(nn.Module):
         rows = mask.nonzero().squeeze(1)
         device_rows = rows.to(x.device)
         labels = y.index_select(0, rows.to(y.device)) if y is not None else None
+        start = time.perf_counter()
         result = self.attack(
             x.index_select(0, device_rows),
             labels if self.attack.requires_labels else None,
@@ -289,8 +296,8 @@ class UAETransform(nn.Module):
         )
         self.last_result = result
         adversarial = result.adversarial.to(device=x.device, dtype=x.dtype)
-        logger.debug(
-            "UAETransform call %d: attacked %d of %d samples, ASR %.4f",
+        log_duration(
+            logger, time.perf_counter() - start, "UAETransform call %d: attacked %d of %d samples, ASR %.4f,",
             self.calls, rows.numel(), n, result.asr,
         )
         if self.mode == "replace":

@@ -323,6 +323,9 @@ def fit_concrete(
     Trains a fresh model; while its mean max selection probability is below
     ``target`` (0.998) and fewer than ``tries`` trainings have run, doubles the
     epochs and trains a fresh model again (the authors' ``tryout_limit`` = 5).
+    Every try shows :func:`uae_augment.fit`'s bar and time estimate; every
+    retry is logged as a WARNING with its reason and its epochs (with the
+    defaults, the fifth try runs 16 times the first one's epochs).
 
     Args:
         model: a :class:`ConcreteAutoencoder` (every try restarts from a copy of
@@ -366,6 +369,12 @@ def fit_concrete(
         )
         if probabilities[-1] >= target:
             break
+        if attempt + 1 < tries:
+            logger.warning(
+                "concrete AE try %d/%d did not converge (mean max probability %.5f < target %.3f):"
+                " training a fresh model with %d epochs (twice the last try's); %d tries left",
+                attempt + 1, tries, probabilities[-1], target, 2 * epochs, tries - attempt - 1,
+            )
         epochs *= 2
     return ConcreteFit(
         model=candidate,
