@@ -131,7 +131,7 @@ def expected_sample_shape(model: nn.Module) -> tuple[str, int] | None:
     return None
 
 
-def check_batch_rank(x: torch.Tensor, model: nn.Module, *, name: str = "x") -> None:
+def check_batch_rank(x: torch.Tensor, model: nn.Module | None, *, name: str = "x") -> None:
     """Checks that ``x`` is a batch (N, *sample) of the samples ``model`` expects, before it runs.
 
     Catches a single sample passed without its batch axis (x of shape (1, 28, 28)
@@ -140,8 +140,10 @@ def check_batch_rank(x: torch.Tensor, model: nn.Module, *, name: str = "x") -> N
     Raises:
         ValueError: if ``x``'s rank is not 1 + the sample rank the model expects
             (see :func:`expected_sample_shape`); nothing is checked when the model
-            does not tell.
+            does not tell, or when there is no model (``None``: an attack without one).
     """
+    if model is None:
+        return
     expected = expected_sample_shape(model)
     if expected is None or x.dim() == expected[1] + 1:
         return

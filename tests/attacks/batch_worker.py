@@ -109,15 +109,19 @@ def attack_rows(
 
 def result_fields(result: AttackResult) -> dict[str, torch.Tensor]:
     """The result's per-sample tensors by field name (traces left out)."""
-    return {f.name: getattr(result, f.name) for f in fields(result) if not f.name.endswith("_trace")}
+    return {
+        f.name: getattr(result, f.name)
+        for f in fields(result)
+        if not f.name.endswith("_trace") and getattr(result, f.name) is not None
+    }
 
 
 def differences(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[tuple[str, float]]:
     """(field, max |difference|) for every field whose bits differ (NaN payloads and -0 included)."""
     out = []
     for name, want in expected.items():
-        got = found[name]
-        if got.shape != want.shape or got.dtype != want.dtype:
+        got = found.get(name)
+        if got is None or got.shape != want.shape or got.dtype != want.dtype:
             out.append((name, float("inf")))
         elif not torch.equal(_bits(got), _bits(want)):
             gap = (got.double() - want.double()).abs().nan_to_num(nan=float("inf")).max()

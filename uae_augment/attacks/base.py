@@ -132,8 +132,7 @@ class Attack(abc.ABC):
                 missing labels, mismatched shapes, or a model on another device.
         """
         x = check_images(x)
-        for model in self.models()[:1]:  # the model that takes x; an attack may have none
-            check_batch_rank(x, model)
+        check_batch_rank(x, next(iter(self.models()), None))  # the first model takes x
         labels = check_labels(y, x.shape[0], required=self.requires_labels, device=x.device)
         global_index = resolve_index(index, x.shape[0])
         self._check_devices(x.device)

@@ -264,7 +264,7 @@ class UAETransform(nn.Module):
             " UAEAugmented(dataset, attack, cache=path)).",
         )
         x = check_images(x)
-        check_batch_rank(x, self.attack.models()[0])  # also when no sample is drawn
+        check_batch_rank(x, next(iter(self.attack.models()), None))  # also when no sample is drawn
         n = x.shape[0]
         if y is not None:
             if not isinstance(y, torch.Tensor):
