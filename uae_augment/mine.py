@@ -559,9 +559,8 @@ class PerSampleMINE:
         if steps <= 0:
             return last
         permutations = self.permutations(steps)
-        patches = (self.network.patches(u), self.network.patches(v))
         for rows, optimizer in zip(self.sub_batches, self.optimizers):
-            taps = tuple(None if p is None else p[rows] for p in patches)
+            taps = (self.network.patches(u[rows]), self.network.patches(v[rows]))
             for step in range(steps):
                 estimate = self.network.ascent_gradients(
                     u[rows], v[rows], permutations[step, rows], taps, rows, self.workspace
