@@ -462,7 +462,7 @@ def sub_batch_rows(network: StatisticsNetwork, count: int, budget: int = SUB_BAT
     step's temporaries (four K x F feature tensors and two tap tensors for map
     samples, four K x hidden ones with a hidden layer). With more than one torch
     thread the sub-batch is 4x larger: measured on 2 shared cores, 8-row
-    sub-batches spent 3x the CPU time of 32-row ones in thread synchronisation.
+    sub-batches spent 3.4x the CPU time of 32-row ones in thread synchronisation.
     """
     params = sum(p[0].numel() for p in network.parameters())
     temporaries = 4 * count * network.features + 2 * count * network.features // max(network.conv_channels, 1)
