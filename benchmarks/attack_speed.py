@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -162,6 +163,11 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _user_sys_s() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
 def run_configuration(spec: dict[str, Any]) -> dict[str, Any]:
     """Times one configuration; runs inside its own process (``--worker``)."""
     from uae_augment.models import ConvAutoencoder
@@ -209,13 +215,17 @@ def run_configuration(spec: dict[str, Any]) -> dict[str, Any]:
     n = x.shape[0]
     share = CpuShare()
     cpu_before = _cpu_s()
+    user_before, sys_before = _user_sys_s()
     share.start()
     setup_s = timed(1, n)
     full_s = timed(1 + spec["iterations"], n)
     contention = share.stop(_cpu_s() - cpu_before)
+    user_after, sys_after = _user_sys_s()
     result = {
         "setup_s": setup_s,
         "timed_s": full_s,
+        "user_s": user_after - user_before,
+        "sys_s": sys_after - sys_before,
         "baseline_rss_MB": round(baseline_mb, 1),
         "peak_rss_MB": round(_rss_mb(), 1),
         "cpu_share": contention,
@@ -237,12 +247,18 @@ def _available_memory_mb() -> float | None:
     return None
 
 
-def launch(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """Runs one configuration in a fresh Python process and returns its measurements."""
+def launch(spec: dict[str, Any], workdir: Path, library: Path | None = None) -> dict[str, Any]:
+    """Runs one configuration in a fresh Python process and returns its measurements.
+
+    ``library``: a source tree whose ``uae_augment`` the process imports instead of this one's.
+    """
     spec_path = workdir / f"{spec['name']}.json"
     spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ)
+    if library is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(library), env.get("PYTHONPATH", "")])
     completed = subprocess.run(
-        [sys.executable, __file__, "--worker", str(spec_path)], capture_output=True, text=True, check=False
+        [sys.executable, __file__, "--worker", str(spec_path)], capture_output=True, text=True, check=False, env=env
     )
     if completed.returncode != 0:
         raise RuntimeError(f"configuration {spec['name']} failed:\n{completed.stderr[-4000:]}")
@@ -264,6 +280,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", default="1,8,32,64", help="batch sizes of the paper preset")
     parser.add_argument("--presets", default="fast,strong", help="further presets to time")
     parser.add_argument("--preset-images", type=int, default=64, help="images for the further presets")
+    parser.add_argument("--fast-batch-sizes", default="", help="fast preset batch sizes timed with user/sys CPU s")
+    parser.add_argument("--fast-threads", default="", help="extra thread counts for the fast preset at B = 64")
+    parser.add_argument("--fast-images", type=int, default=64, help="images per fast-preset batch-size row")
+    parser.add_argument(
+        "--baseline-ref", default="",
+        help="git ref of an earlier version: every fast_* row also runs on it (git worktree) in the same run",
+    )
     parser.add_argument("--reference-images", type=int, default=2, help="images for the reference loop")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
     parser.add_argument("--train-rows", type=int, default=4000, help="MNIST-5k training rows for the victim")
@@ -300,6 +323,16 @@ def _specs(args: argparse.Namespace, paths: dict[str, str], device: torch.device
             "batch_size": batch, "images_timed": batch, "mine_steps": paper_steps,
             "statistics_hidden": paper["statistics_hidden"],
         })
+    fast = PRESETS["fast"]
+    fast_steps = args.mine_steps if args.mine_steps is not None else fast["mine_steps"]["unsupervised"]
+    fast_rows = [(int(b), args.threads) for b in args.fast_batch_sizes.split(",") if b]
+    fast_rows += [(64, int(t)) for t in args.fast_threads.split(",") if t and int(t) != args.threads]
+    for batch, threads in fast_rows:
+        specs.append({
+            **common, "name": f"fast_B{batch}_T{threads}", "kind": "engine", "preset": "fast",
+            "device": str(device), "batch_size": batch, "images_timed": max(batch, args.fast_images),
+            "mine_steps": fast_steps, "statistics_hidden": fast["statistics_hidden"], "threads": threads,
+        })
     for preset in [p for p in args.presets.split(",") if p]:
         values = PRESETS[preset]
         steps = args.mine_steps if args.mine_steps is not None else values["mine_steps"]["unsupervised"]
@@ -333,7 +366,32 @@ def _summarise(spec: dict[str, Any], raw: dict[str, Any], args: argparse.Namespa
         **({"peak_cuda_MB": raw["peak_cuda_MB"]} if "peak_cuda_MB" in raw else {}),
         "load_1min_before": spec["load_before"],
         "cpu_share": raw["cpu_share"],
+        "threads": spec["threads"],
+        "user_s_per_image": round(raw["user_s"] / n, 4),
+        "sys_s_per_image": round(raw["sys_s"] / n, 4),
+        "sys_fraction_of_cpu": round(raw["sys_s"] / max(raw["user_s"] + raw["sys_s"], 1e-9), 4),
     }
+
+
+def _baseline_tree(ref: str, workdir: Path) -> Path:
+    """A detached git worktree of ``ref`` under ``workdir`` (the earlier version to time)."""
+    root = Path(__file__).resolve().parent.parent
+    tree = workdir / "baseline"
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", ref], capture_output=True, text=True, check=True)
+    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), commit.stdout.strip()],
+                   capture_output=True, check=True)
+    return tree
+
+
+def _baseline_row(spec: dict[str, Any], row: dict[str, Any], raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The baseline's measurements of ``spec`` and this version's speed-up over it (CPU s and wall)."""
+    base = _summarise({**spec, "name": spec["name"] + "_baseline"}, raw, args)
+    base["kind"] = "baseline"
+    cpu_now = row["user_s_per_image"] + row["sys_s_per_image"]
+    cpu_before = base["user_s_per_image"] + base["sys_s_per_image"]
+    base["speedup_cpu_s"] = round(cpu_before / cpu_now, 2)
+    base["speedup_wall_s"] = round(base["s_per_image_measured"] / row["s_per_image_measured"], 2)
+    return base
 
 
 def _skip_for_memory(spec: dict[str, Any], cost: dict[str, float]) -> str | None:
@@ -387,6 +445,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     loads = [machine["load_average_at_start"][0]]
     with tempfile.TemporaryDirectory(prefix="attack_speed_") as tmp:
         workdir = Path(tmp)
+        baseline = _baseline_tree(args.baseline_ref, workdir) if args.baseline_ref else None
         paths = {"state": str(workdir / "model.pt"), "images": str(workdir / "images.pt")}
         torch.save(model.state_dict(), paths["state"])
         torch.save(images[:needed].clone(), paths["images"])
@@ -406,6 +465,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
             rows.append(row)
             print(f"# {row['name']}: {row['s_per_image_extrapolated']} s/image (extrapolated)", file=sys.stderr)
+            if baseline is not None and spec["name"].startswith("fast_"):
+                rows.append(_baseline_row(spec, row, launch(spec, workdir, baseline), args))
+        if baseline is not None:
+            root = Path(__file__).resolve().parent.parent
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(baseline)], check=False)
 
     reference = next((row for row in rows if row["name"] == "reference" and "skipped" not in row), None)
     for row in rows:
@@ -437,6 +501,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cost_model": COST_MODEL,
         },
         "configurations": rows,
+        **({"baseline_ref": args.baseline_ref} if args.baseline_ref else {}),
         "goals": _goals(rows),
     }
     if device.type == "cuda":

@@ -47,6 +47,7 @@ from uae_augment import (
     precompute,
     random_subset,
 )
+from uae_augment._model_state import model_device
 from uae_augment._progress import configure_logging
 from uae_augment.data import ProvenanceMismatchError, dataset_info, resolve_data_root
 
@@ -490,11 +491,14 @@ def probe(attack: Attack, train: Dataset, rows: int, cache: UAECache) -> tuple[t
     Float32 sums over a batch are not bitwise independent of the batch size, and the
     attack's choice of iterate (lowest f_x, lowest MI) can flip on a near-tie, so
     ``probe_rows_differing_from_cache`` counts the rows that differ by more than 1e-5.
+    The attack runs on its model's device; ``x`` and the result are returned on CPU.
     """
     size = len(train)  # type: ignore[arg-type]
     positions = torch.linspace(0, size - 1, min(rows, size)).round().long().unique()
     x, _ = stack(Subset(train, positions.tolist()))
-    result = attack(x, index=positions)
+    models = attack.models()
+    device = model_device(models[0]) if models else x.device
+    result = attack(x.to(device), index=positions).to("cpu")  # the attack runs where its model is
     cached, _ = cache.rows(positions)
     summary = result.summary(x)
     difference = (cached - result.adversarial.cpu()).flatten(1).abs().amax(dim=1)

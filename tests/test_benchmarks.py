@@ -117,3 +117,20 @@ def test_preset_tradeoff_end_to_end(tmp_path):
         )
     asr = {name: presets[name]["shared"]["asr"] for name in presets}
     assert result["asr_difference_points"]["fast_minus_paper"] == pytest.approx(100 * (asr["fast"] - asr["paper"]))
+
+
+def test_attack_speed_reports_kernel_time_and_runs_a_baseline_version(tmp_path):
+    result = _run(
+        "attack_speed.py", "--iterations", "1", "--mine-steps", "1", "--no-reference", "--batch-sizes", "",
+        "--presets", "", "--fast-batch-sizes", "2", "--fast-images", "2", "--preset-images", "2",
+        "--baseline-ref", "HEAD", "--train-rows", "128", "--copy-mb", "8", "--matmul-size", "128",
+        "--extrapolate-to", "5", "--threads", "1", out=tmp_path / "speed.json",
+    )
+    rows = {row["name"]: row for row in result["configurations"]}
+    assert list(rows) == ["fast_B2_T1", "fast_B2_T1_baseline"] and result["baseline_ref"] == "HEAD"
+    for row in rows.values():
+        assert row["user_s_per_image"] > 0 and row["sys_s_per_image"] >= 0 and row["threads"] == 1
+        assert 0 <= row["sys_fraction_of_cpu"] < 1
+    assert rows["fast_B2_T1_baseline"]["speedup_cpu_s"] > 0 and rows["fast_B2_T1_baseline"]["kind"] == "baseline"
+    worktrees = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, check=True).stdout
+    assert "attack_speed_" not in worktrees  # the baseline's worktree is removed again

@@ -151,6 +151,27 @@ def _glorot(generators: Sequence[torch.Generator], shape: Sequence[int], fan_in:
     return stacked_uniform(generators, shape, -limit, limit)
 
 
+class Workspace:
+    """Scratch tensors reused by every MINE step of one attack call.
+
+    ``get`` hands out the first elements of one flat buffer per name, grown only
+    when a larger shape is asked for, so the steps of an attack write into the
+    same memory instead of allocating (and page-faulting) fresh temporaries.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        """A tensor of ``shape`` with ``like``'s dtype and device; contents undefined."""
+        numel = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = torch.empty(numel, dtype=like.dtype, device=like.device)
+            self._buffers[name] = buffer
+        return buffer[:numel].view(*shape)
+
+
 class StatisticsNetwork(nn.Module):
     """B independent release statistics networks T_theta, parameters stacked on dim 0.
 
@@ -223,16 +244,16 @@ class StatisticsNetwork(nn.Module):
     def batch(self) -> int:
         return self.out_weight.shape[0]
 
-    def _features(self, which: str, samples: torch.Tensor) -> torch.Tensor:
+    def _features(self, which: str, samples: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
         """The branch's convolution output, flattened: (B, K, F) (vector samples pass through)."""
         if not self.is_map:
             return samples
         batch, count = samples.shape[:2]
         maps = samples.transpose(0, 1)  # (K, B, H, W): sample b's maps meet filter group b
-        weight = getattr(self, f"{which}_conv_weight").reshape(
+        weight = self._param(f"{which}_conv_weight", rows).reshape(
             batch * self.conv_channels, 1, self.conv_kernel, self.conv_kernel
         )
-        bias = getattr(self, f"{which}_conv_bias").reshape(-1)
+        bias = self._param(f"{which}_conv_bias", rows).reshape(-1)
         conv = F.conv2d(maps, weight, bias, groups=batch)  # (K, B*C, H', W')
         return conv.reshape(count, batch, self.features).transpose(0, 1).contiguous()
 
@@ -251,40 +272,63 @@ class StatisticsNetwork(nn.Module):
         taps = [samples[:, :, p : p + out_h, q : q + out_w] for p in range(kernel) for q in range(kernel)]
         return torch.stack(taps, dim=2).transpose(1, 2).reshape(batch, kernel * kernel, count * out_h * out_w)
 
-    def _features_from_patches(self, which: str, patches: torch.Tensor, count: int) -> torch.Tensor:
-        """:meth:`_features` of samples given by their :meth:`patches`: (B, K, F)."""
-        weight = getattr(self, f"{which}_conv_weight")  # (B, C, k*k)
-        bias = getattr(self, f"{which}_conv_bias").unsqueeze(-1)  # (B, C, 1)
-        conv = torch.baddbmm(bias, weight, patches)  # (B, C, K * H'W')
-        batch = conv.shape[0]
-        return conv.view(batch, self.conv_channels, count, -1).transpose(1, 2).reshape(batch, count, self.features)
+    def _features_from_patches(
+        self, which: str, patches: torch.Tensor, count: int, rows: slice, work: Workspace
+    ) -> torch.Tensor:
+        """:meth:`_features` of samples given by their :meth:`patches`, written into ``work``: (b, K, F)."""
+        weight = self._param(f"{which}_conv_weight", rows)  # (b, C, k*k)
+        bias = self._param(f"{which}_conv_bias", rows).unsqueeze(-1)  # (b, C, 1)
+        batch = weight.shape[0]
+        conv = work.get("conv", (batch, self.conv_channels, patches.shape[2]), patches)
+        torch.baddbmm(bias, weight, patches, out=conv)  # (b, C, K * H'W')
+        features = work.get(f"{which}_features", (batch, count, self.features), patches)
+        features.view(batch, count, self.conv_channels, -1).copy_(conv.view(batch, self.conv_channels, count, -1).transpose(1, 2))
+        return features
 
-    def _linear_stack(self, which: str, features: torch.Tensor) -> list[torch.Tensor]:
-        """Inputs of every linear layer of a branch, then its output."""
+    def _param(self, name: str, rows: slice) -> torch.Tensor:
+        return getattr(self, name)[rows]
+
+    def _linear_stack(
+        self, which: str, features: torch.Tensor, rows: slice = slice(None), work: Workspace | None = None
+    ) -> list[torch.Tensor]:
+        """Inputs of every linear layer of a branch, then its output (hidden ones written into ``work``)."""
         activations = [features]
         for layer in range(self.num_layers):
-            weight = getattr(self, f"{which}_weight{layer}")
-            bias = getattr(self, f"{which}_bias{layer}")
-            activations.append(torch.baddbmm(bias.unsqueeze(1), activations[-1], weight.transpose(1, 2)))
+            weight = self._param(f"{which}_weight{layer}", rows)
+            bias = self._param(f"{which}_bias{layer}", rows).unsqueeze(1)
+            if work is None or layer == self.num_layers - 1:
+                activations.append(torch.baddbmm(bias, activations[-1], weight.transpose(1, 2)))
+            else:
+                shape = (*activations[-1].shape[:2], weight.shape[1])
+                out = work.get(f"{which}_hidden{layer}", shape, features)
+                activations.append(torch.baddbmm(bias, activations[-1], weight.transpose(1, 2), out=out))
         return activations
 
-    def branch(self, which: str, samples: torch.Tensor) -> torch.Tensor:
-        """Applies branch ``which`` ('u' or 'v') to samples (B, K, *sample_shape) -> (B, K, embed)."""
-        return self._linear_stack(which, self._features(which, samples))[-1]
+    def branch(self, which: str, samples: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """Applies branch ``which`` ('u' or 'v') to samples (B, K, *sample_shape) -> (B, K, embed).
+
+        With ``rows``, applies those parameter sets to samples holding only those rows.
+        """
+        return self._linear_stack(which, self._features(which, samples, rows), rows)[-1]
 
     def scores(
-        self, u_embed: torch.Tensor, v_embed: torch.Tensor, permutation: torch.Tensor
+        self, u_embed: torch.Tensor, v_embed: torch.Tensor, permutation: torch.Tensor, rows: slice = slice(None)
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """T on joint pairs (u_k, v_k) and marginal pairs (u_k, v_pi(k)): two (B, K) tensors."""
         joint = torch.relu(u_embed + v_embed)
         shuffled = v_embed.gather(1, permutation.unsqueeze(-1).expand_as(v_embed))
         marginal = torch.relu(u_embed + shuffled)
-        weight = self.out_weight.unsqueeze(-1)
+        weight = self._param("out_weight", rows).unsqueeze(-1)
         return torch.bmm(joint, weight).squeeze(-1), torch.bmm(marginal, weight).squeeze(-1)
 
-    def forward(self, u: torch.Tensor, v: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
-        """The DV bound per sample (B,) for samples u, v (B, K, ...) and permutations (B, K)."""
-        joint, marginal = self.scores(self.branch("u", u), self.branch("v", v), permutation)
+    def forward(
+        self, u: torch.Tensor, v: torch.Tensor, permutation: torch.Tensor, rows: slice = slice(None)
+    ) -> torch.Tensor:
+        """The DV bound per sample (B,) for samples u, v (B, K, ...) and permutations (B, K).
+
+        With ``rows``, u, v and permutation hold only those rows of the batch.
+        """
+        joint, marginal = self.scores(self.branch("u", u, rows), self.branch("v", v, rows), permutation, rows)
         return donsker_varadhan(joint, marginal)
 
     def ascent_gradients(
@@ -293,21 +337,32 @@ class StatisticsNetwork(nn.Module):
         v: torch.Tensor,
         permutation: torch.Tensor,
         patches: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+        rows: slice = slice(None),
+        work: Workspace | None = None,
     ) -> torch.Tensor:
-        """Writes the gradients of ``-sum_b DV_b`` into every ``param.grad``; returns DV (B,).
+        """Writes the gradients of ``-sum_b DV_b`` into every ``param.grad``; returns DV (b,).
 
         A hand-written backward pass for fixed samples u, v: equal to autograd's
         (checked in the tests) but writing each weight gradient straight into a
-        persistent buffer with ``bmm(out=...)``, which avoids re-allocating (and
-        page-faulting) hundreds of MB per step on CPU. ``patches`` are the
-        samples' :meth:`patches` when the caller computed them once for many steps.
+        persistent buffer with ``bmm(out=...)`` and every large temporary into
+        ``work`` (a :class:`Workspace` kept across steps), so a step allocates no
+        large tensor. ``patches`` are the samples' :meth:`patches` when the caller
+        computed them once for many steps. ``rows`` restricts the step to a
+        contiguous sub-batch of the parameter sets (u, v, permutation and patches
+        are then that sub-batch's rows); only those rows of the gradients are written.
         """
+        work = Workspace() if work is None else work
         with torch.no_grad():
             if patches is None:
                 patches = (self.patches(u), self.patches(v))
             taps = {"u": patches[0], "v": patches[1]}
             stacks = {
-                w: self._linear_stack(w, s if taps[w] is None else self._features_from_patches(w, taps[w], s.shape[1]))
+                w: self._linear_stack(
+                    w,
+                    s if taps[w] is None else self._features_from_patches(w, taps[w], s.shape[1], rows, work),
+                    rows,
+                    work,
+                )
                 for w, s in (("u", u), ("v", v))
             }
             u_embed, v_embed = stacks["u"][-1], stacks["v"][-1]
@@ -315,17 +370,18 @@ class StatisticsNetwork(nn.Module):
             joint_pre = u_embed + v_embed
             marginal_pre = u_embed + v_embed.gather(1, index)
             joint_act, marginal_act = torch.relu(joint_pre), torch.relu(marginal_pre)
-            weight = self.out_weight.unsqueeze(-1)
+            out_weight = self._param("out_weight", rows)
+            weight = out_weight.unsqueeze(-1)
             joint = torch.bmm(joint_act, weight).squeeze(-1)
             marginal = torch.bmm(marginal_act, weight).squeeze(-1)
             estimate = donsker_varadhan(joint, marginal)
             # d(-DV)/dT: -1/K on joint scores, softmax on marginal scores
             grad_joint = torch.full_like(joint, -1.0 / joint.shape[1])
             grad_marginal = torch.softmax(marginal, dim=1)
-            self._grad(self.out_weight).copy_(
+            self._grad(self.out_weight)[rows].copy_(
                 (grad_joint.unsqueeze(-1) * joint_act + grad_marginal.unsqueeze(-1) * marginal_act).sum(dim=1)
             )
-            out = self.out_weight.unsqueeze(1)
+            out = out_weight.unsqueeze(1)
             grad_joint_pre = grad_joint.unsqueeze(-1) * out * (joint_pre > 0)
             grad_marginal_pre = grad_marginal.unsqueeze(-1) * out * (marginal_pre > 0)
             grads = {
@@ -333,13 +389,16 @@ class StatisticsNetwork(nn.Module):
                 "v": grad_joint_pre.scatter_add(1, index, grad_marginal_pre),
             }
             for which, samples in (("u", u), ("v", v)):
-                self._branch_backward(which, samples, stacks[which], grads[which], taps[which])
+                self._branch_backward(which, samples, stacks[which], grads[which], taps[which], rows, work)
         return estimate
 
     def _grad(self, parameter: nn.Parameter) -> torch.Tensor:
         if parameter.grad is None:
             parameter.grad = torch.empty_like(parameter)
         return parameter.grad
+
+    def _grad_rows(self, name: str, rows: slice) -> torch.Tensor:
+        return self._grad(getattr(self, name))[rows]
 
     def _branch_backward(
         self,
@@ -348,23 +407,26 @@ class StatisticsNetwork(nn.Module):
         activations: list[torch.Tensor],
         grad_out: torch.Tensor,
         patches: torch.Tensor | None,
+        rows: slice,
+        work: Workspace,
     ) -> None:
         for layer in reversed(range(self.num_layers)):
-            weight = getattr(self, f"{which}_weight{layer}")
-            bias = getattr(self, f"{which}_bias{layer}")
-            torch.bmm(grad_out.transpose(1, 2), activations[layer], out=self._grad(weight))
-            torch.sum(grad_out, dim=1, out=self._grad(bias))
+            weight = self._param(f"{which}_weight{layer}", rows)
+            torch.bmm(grad_out.transpose(1, 2), activations[layer], out=self._grad_rows(f"{which}_weight{layer}", rows))
+            torch.sum(grad_out, dim=1, out=self._grad_rows(f"{which}_bias{layer}", rows))
             if layer > 0 or self.is_map:
-                grad_out = torch.bmm(grad_out, weight)
+                grad_in = work.get(f"grad_input{layer}", activations[layer].shape, grad_out)
+                grad_out = torch.bmm(grad_out, weight, out=grad_in)
         if patches is None:
             return
         batch, count = samples.shape[:2]
-        # (B, K, C * H'W') -> (B, C, K * H'W'), the layout of the patches' columns
-        grad_conv = grad_out.view(batch, count, self.conv_channels, -1).transpose(1, 2).reshape(
-            batch, self.conv_channels, -1
+        # (b, K, C * H'W') -> (b, C, K * H'W'), the layout of the patches' columns
+        grad_conv = work.get("conv", (batch, self.conv_channels, patches.shape[2]), grad_out)
+        grad_conv.view(batch, self.conv_channels, count, -1).copy_(
+            grad_out.view(batch, count, self.conv_channels, -1).transpose(1, 2)
         )
-        torch.sum(grad_conv, dim=2, out=self._grad(getattr(self, f"{which}_conv_bias")))
-        torch.bmm(grad_conv, patches.transpose(1, 2), out=self._grad(getattr(self, f"{which}_conv_weight")))
+        torch.sum(grad_conv, dim=2, out=self._grad_rows(f"{which}_conv_bias", rows))
+        torch.bmm(grad_conv, patches.transpose(1, 2), out=self._grad_rows(f"{which}_conv_weight", rows))
 
 
 def donsker_varadhan(joint: torch.Tensor, marginal: torch.Tensor) -> torch.Tensor:
@@ -382,8 +444,46 @@ def make_adam(parameters: Sequence[nn.Parameter] | nn.Module, lr: float) -> torc
         return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
+SUB_BATCH_BYTES = 24 * 2**20
+"""Working-set budget of one MINE training sub-batch (bytes): its rows' parameters,
+gradients, Adam moments and step temporaries, so that the S steps of an attack
+iteration reuse cached state and every temporary is small enough to be recycled
+by the allocator (no page faults per step)."""
+
+SUB_BATCH_MULTIPLE = 8
+"""Sub-batches hold a multiple of this many rows (measured: at B = 64 with one
+thread, 8-row sub-batches give bitwise the whole-batch results, 3-row ones do not)."""
+
+
+def sub_batch_rows(network: StatisticsNetwork, count: int, budget: int = SUB_BATCH_BYTES) -> int:
+    """Rows per MINE sub-batch: the budget's rows rounded up to a multiple of 8 (x4 with several threads).
+
+    Per row: 4 floats per parameter (value, gradient, two Adam moments) and the
+    step's temporaries (four K x F feature tensors and two tap tensors for map
+    samples, four K x hidden ones with a hidden layer). With more than one torch
+    thread the sub-batch is 4x larger: measured on 2 shared cores, 8-row
+    sub-batches spent 3.4x the CPU time of 32-row ones in thread synchronisation.
+    """
+    params = sum(p[0].numel() for p in network.parameters())
+    temporaries = 4 * count * network.features + 2 * count * network.features // max(network.conv_channels, 1)
+    if network.hidden is not None:
+        temporaries += 4 * count * network.hidden
+    rows = max(1, budget // (4 * (4 * params + temporaries)))
+    rows = -(-rows // SUB_BATCH_MULTIPLE) * SUB_BATCH_MULTIPLE
+    return rows if torch.get_num_threads() == 1 else 4 * rows
+
+
 class PerSampleMINE:
     """B per-sample MINE estimators for one batch: estimate, and train by Adam.
+
+    Training runs sub-batch by sub-batch (:func:`sub_batch_rows` rows each): all
+    ``steps`` Adam steps of one sub-batch, then the next, with one fused Adam per
+    sub-batch over views of the stacked parameters. Samples never interact, so this
+    is the same computation as stepping the whole batch at once: the training steps
+    are bitwise equal with one thread (with several, MKL may split one sample's
+    products differently, as it already does between batch sizes); :meth:`estimate`
+    also runs by sub-batch, and its grouped convolution may round differently from
+    a whole-batch call (within the per-sample reference tolerance of the tests).
 
     Args:
         sample_shape: shape of one paired sample (H, W) or (dim,).
@@ -395,6 +495,7 @@ class PerSampleMINE:
         hidden, embed: statistics-network widths (see :class:`StatisticsNetwork`).
         device: where the parameters live.
         init_round: re-initialisation counter (penalty attacks draw fresh networks).
+        sub_batch: rows per training sub-batch (default :func:`sub_batch_rows`).
     """
 
     def __init__(
@@ -409,13 +510,34 @@ class PerSampleMINE:
         embed: int = 10,
         device: torch.device | str = "cpu",
         init_round: int = 0,
+        sub_batch: int | None = None,
     ):
         init_generators = sample_generators(seed, index, Stream.MINE_INIT, init_round)
         self.network = StatisticsNetwork(sample_shape, init_generators, hidden=hidden, embed=embed).to(device)
-        self.optimizer = make_adam(self.network, lr)
         self._permutation_generators = sample_generators(seed, index, Stream.PERMUTATION, init_round)
         self.count = count
         self.device = torch.device(device)
+        self.workspace = Workspace()
+        rows = sub_batch if sub_batch is not None else sub_batch_rows(self.network, count)
+        if rows < 1:
+            raise ValueError(f"sub_batch must be >= 1, got {rows}")
+        batch = self.network.batch
+        self.sub_batches = [slice(start, min(start + rows, batch)) for start in range(0, batch, rows)]
+        self.optimizers = [make_adam(self._row_views(part), lr) for part in self.sub_batches]
+
+    @property
+    def optimizer(self) -> torch.optim.Adam:
+        """The first sub-batch's Adam (every sub-batch has the same settings)."""
+        return self.optimizers[0]
+
+    def _row_views(self, rows: slice) -> list[torch.Tensor]:
+        """Leaf views of every parameter's ``rows``, with their gradients viewing the gradient buffers."""
+        views = []
+        for parameter in self.network.parameters():
+            view = parameter.detach()[rows]
+            view.grad = self.network._grad(parameter)[rows]
+            views.append(view)
+        return views
 
     def permutations(self, number: int) -> torch.Tensor:
         """The next ``number`` fresh permutations per sample: (number, B, K)."""
@@ -426,7 +548,9 @@ class PerSampleMINE:
         """I_theta(x, x') per sample (B,), differentiable w.r.t. u, v and theta."""
         if permutation is None:
             permutation = self.permutations(1)[0]
-        return self.network(u, v, permutation)
+        # by sub-batch: each sub-batch's temporaries are small enough to be recycled by the allocator
+        parts = [self.network(u[rows], v[rows], permutation[rows], rows) for rows in self.sub_batches]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def train(self, u: torch.Tensor, v: torch.Tensor, steps: int) -> torch.Tensor:
         """``steps`` Adam steps maximising I_theta on fixed (u, v); returns the last estimates (B,)."""
@@ -435,10 +559,14 @@ class PerSampleMINE:
         if steps <= 0:
             return last
         permutations = self.permutations(steps)
-        patches = (self.network.patches(u), self.network.patches(v))
-        for step in range(steps):
-            last = self.network.ascent_gradients(u, v, permutations[step], patches)
-            self.optimizer.step()
+        for rows, optimizer in zip(self.sub_batches, self.optimizers):
+            taps = (self.network.patches(u[rows]), self.network.patches(v[rows]))
+            for step in range(steps):
+                estimate = self.network.ascent_gradients(
+                    u[rows], v[rows], permutations[step, rows], taps, rows, self.workspace
+                )
+                optimizer.step()
+            last[rows] = estimate
         return last
 
 

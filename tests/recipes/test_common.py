@@ -83,3 +83,36 @@ def test_dataset_available_checks_the_file_without_loading(tmp_path: Path) -> No
     assert common.dataset_available("cifar10", tmp_path)
     with pytest.raises(ValueError, match="unknown data set"):
         common.dataset_available("no-such-set", tmp_path)
+
+
+class _RowsStub:
+    """The one cache method ``probe`` reads."""
+
+    def rows(self, positions):
+        return torch.zeros(len(positions), 1, 2, 2), None
+
+
+def test_probe_runs_the_attack_on_its_models_device():
+    # a victim on the meta device stands in for one on a GPU: before, probe passed the CPU batch
+    # and the attack stopped with "... is on meta but x is on cpu"
+    from uae_augment import GaussianNoise, Reconstruction
+
+    noise = GaussianNoise(Reconstruction(torch.nn.Conv2d(1, 1, 1)))
+
+    class SpyAttack:
+        def __init__(self):
+            self.victim = torch.nn.Linear(2, 2, device="meta")
+            self.seen = []
+
+        def models(self):
+            return [self.victim]
+
+        def __call__(self, x, y=None, *, index=None):
+            self.seen.append(x.device)  # a meta victim: x must arrive on meta, not on CPU
+            return noise(torch.rand(x.shape), index=index)
+
+    train = torch.utils.data.TensorDataset(torch.rand(6, 1, 2, 2), torch.zeros(6, dtype=torch.long))
+    attack = SpyAttack()
+    x, result, stats = common.probe(attack, train, 3, _RowsStub())
+    assert attack.seen == [torch.device("meta")]
+    assert x.device.type == "cpu" and result.adversarial.device.type == "cpu" and stats["probe_rows"] == 3

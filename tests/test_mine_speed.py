@@ -1,0 +1,99 @@
+"""Per-sample MINE engine speed invariants: no per-step large allocations, sub-batches equal the whole batch."""
+
+from __future__ import annotations
+
+import resource
+
+import pytest
+import torch
+
+from uae_augment.mine import PerSampleMINE, Workspace, sub_batch_rows
+
+PAGE_BYTES = resource.getpagesize()
+
+
+@pytest.fixture
+def threads():
+    """Sets the torch thread count for one test and restores it afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def _page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _mine(batch: int, shape: tuple[int, ...], count: int, **kwargs) -> PerSampleMINE:
+    return PerSampleMINE(shape, seed=3, index=torch.arange(10, 10 + batch), count=count, lr=1e-3, hidden=None, **kwargs)
+
+
+def test_mine_iterations_allocate_no_large_temporaries(threads):
+    # B = 64 samples of K = 16 maps 28 x 28: every (B, K, F) temporary is 48 MB, above
+    # glibc's largest mmap threshold, so an engine that allocates them per step page-faults
+    # ~12k pages per temporary
+    threads(1)
+    mine = _mine(64, (28, 28), 16)
+    u, v = torch.rand(64, 16, 28, 28), torch.rand(64, 16, 28, 28)
+    temporary_pages = 64 * 16 * mine.network.features * 4 // PAGE_BYTES
+
+    def delta_step() -> torch.Tensor:
+        v_step = v.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(mine.estimate(u, v_step).sum(), v_step)
+        return v_step.detach() - 1e-3 * grad
+
+    mine.train(u, delta_step(), 2)  # first touch of parameters, gradients, Adam moments and workspace
+    moved = delta_step()
+    before = _page_faults()
+    mine.train(u, moved, 2)
+    train_faults = _page_faults() - before
+    assert train_faults < temporary_pages // 4, f"{train_faults} page faults in 2 MINE steps (one temporary: {temporary_pages})"
+
+
+@pytest.mark.parametrize("batch", [1, 5, 16, 21])
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_sub_batches_equal_the_whole_batch(threads, batch, num_threads):
+    # bitwise with one thread for sub-batches of a multiple of 8 rows (fused Adam's vector
+    # tails then fall on the same elements); otherwise float32 tolerance
+    threads(num_threads)
+    u, v = torch.rand(batch, 7, 6, 5), torch.rand(batch, 7, 6, 5)
+    whole = _mine(batch, (6, 5), 7, sub_batch=batch)
+    expected = whole.train(u, v, 3)
+    for rows in (1, 3, 8, 16):
+        parted = _mine(batch, (6, 5), 7, sub_batch=rows)
+        assert len(parted.sub_batches) == -(-batch // rows)
+        last = parted.train(u, v, 3)
+        for (name, a), b in zip(whole.network.named_parameters(), parted.network.parameters()):
+            if num_threads == 1 and rows % 8 == 0:
+                assert torch.equal(a, b), name
+            else:
+                # several threads split the sums over K differently; the output biases' gradients
+                # are near zero and Adam's g / sqrt(v) turns their rounding into moves of up to lr
+                # per step, which the next steps carry into the weights: agree to 3 steps x lr
+                torch.testing.assert_close(a, b, rtol=0, atol=3 * 1e-3, msg=name)
+        torch.testing.assert_close(last, expected, rtol=1e-3, atol=1e-3)
+        permutation = torch.stack([torch.randperm(7) for _ in range(batch)])
+        torch.testing.assert_close(
+            parted.estimate(u, v, permutation), whole.estimate(u, v, permutation), rtol=1e-3, atol=1e-3
+        )
+
+
+def test_sub_batch_rows_follow_the_budget_and_threads(threads):
+    threads(1)
+    network = _mine(4, (28, 28), 16).network
+    assert sub_batch_rows(network, 16) == 8  # ~6.5 MB per row: 3 rows in 24 MB, rounded up to 8
+    assert sub_batch_rows(network, 16, budget=100 * 2**20) == 16
+    threads(2)
+    assert sub_batch_rows(network, 16) == 32
+    with pytest.raises(ValueError, match="sub_batch must be >= 1"):
+        _mine(4, (6, 5), 7, sub_batch=0)
+
+
+def test_workspace_reuses_one_buffer_per_name():
+    work = Workspace()
+    like = torch.zeros(1)
+    big = work.get("a", (4, 5), like)
+    small = work.get("a", (2, 3), like)
+    assert small.data_ptr() == big.data_ptr() and small.shape == (2, 3)
+    assert work.get("a", (5, 5), like).numel() == 25  # grows when asked for more
+    assert work.get("b", (2,), like).data_ptr() != work.get("a", (2,), like).data_ptr()
