@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -31,3 +32,12 @@ def data_root() -> Path:
 @pytest.fixture(autouse=True)
 def _deterministic_threads() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _default_logger_levels() -> None:
+    """A recipe's ``main`` (run by some module fixtures) sets the "uae_augment" and "recipes"
+    logger levels to its --log-level; every test starts from the default (NOTSET) instead, so
+    that no test's logging depends on which tests ran before it."""
+    for name in ("uae_augment", "recipes"):
+        logging.getLogger(name).setLevel(logging.NOTSET)

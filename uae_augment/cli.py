@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._names import DATASET_NAMES, PRESET_NAMES
+from ._names import DATASET_NAMES, PRECOMPUTE_BATCH_SIZE, PRESET_NAMES
 
 if TYPE_CHECKING:  # torch is imported inside the commands: `--help` does not import it
     import torch
@@ -490,7 +490,10 @@ def _add_precompute(subparsers: Any) -> None:
                         help="attack option override, JSON-ish value, e.g. steps=10, sigma=0.001 (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="attack seed (and model init seed without --checkpoint)")
     parser.add_argument("--out", type=Path, required=True, help="cache file to write (.h5)")
-    parser.add_argument("--batch-size", type=_positive_int, default=256, help="rows per batch handed to the attack")
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=PRECOMPUTE_BATCH_SIZE,
+        help="rows per batch handed to the attack (default: %(default)s; the bar moves once per batch)",
+    )
     parser.add_argument("--no-resume", action="store_true", help="overwrite an existing file instead of resuming it")
     parser.add_argument("--limit", type=_positive_int, default=None, help="attack only the first N rows (rows are served in a fixed shuffled order, so a random sample)")
     parser.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader workers reading the data")

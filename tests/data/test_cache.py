@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from tests.data._precompute_worker import digits_rows, make_attack
 from uae_augment import UAEAugmented, _progress
+from uae_augment._names import PRECOMPUTE_BATCH_SIZE
 from uae_augment.attacks.base import padding_rows
 from uae_augment.data import _distributed
 from uae_augment.data._cache_writer import GridBatches, whole_batches
@@ -171,8 +172,8 @@ def test_dtype_and_compression(tmp_path, rows300, dtype, compression):
         assert stored.dtype == np.dtype(dtype) and stored.compression == compression
         assert stored.shuffle == (compression == "gzip")
         assert stored.chunks[1:] == (1, 8, 8)
-        # about CHUNK_BYTES, at most one batch (default 256 rows): every batch saves its rows
-        assert stored.chunks[0] == min(300, CHUNK_BYTES // (64 * np.dtype(dtype).itemsize), 256)
+        # about CHUNK_BYTES, at most one batch (default PRECOMPUTE_BATCH_SIZE rows): every batch saves its rows
+        assert stored.chunks[0] == min(300, CHUNK_BYTES // (64 * np.dtype(dtype).itemsize), PRECOMPUTE_BATCH_SIZE)
     cache = UAECache(path)
     assert cache.dtype == dtype
     uae, _ = cache.rows(range(300))

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
+from .._names import PRECOMPUTE_BATCH_SIZE
 from .._progress import Progress
 from .._validation import check_images
 from ..attacks.base import Attack
@@ -160,7 +161,7 @@ class UAEAugmented(Dataset):
         mode: AugmentMode = "concat",
         p: float = 0.5,
         cache: str | os.PathLike[str] | None = None,
-        batch_size: int = 256,
+        batch_size: int = PRECOMPUTE_BATCH_SIZE,
         transform: Callable[[Any], Any] | None = None,
         target_transform: Callable[[Any], Any] | None = None,
         return_flag: bool = False,

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._names import PRECOMPUTE_BATCH_SIZE
 from ..attacks.base import Attack
 from . import _distributed
 from ._cache_format import (
@@ -117,7 +118,7 @@ def precompute(
     attack: Attack,
     path: str | os.PathLike[str],
     *,
-    batch_size: int = 256,
+    batch_size: int = PRECOMPUTE_BATCH_SIZE,
     resume: bool = True,
     dtype: str = "float32",
     compression: str | None = "lzf",
