@@ -15,7 +15,8 @@ DATASET_NAMES: tuple[str, ...] = (
 PRESET_NAMES: tuple[str, ...] = ("paper", "fast", "strong")
 """The presets of the MINE attacks (:data:`uae_augment.PRESETS`)."""
 
-PRECOMPUTE_BATCH_SIZE = 32
+PRECOMPUTE_BATCH_SIZE = 16
 """Default rows per attack call of ``precompute``, ``UAEAugmented`` and the CLI: small enough that
-the progress bar moves and the time estimate comes within seconds (about 20-40 s of fast-preset
-attacks on one core), large enough to keep the per-image cost (flat from 4 to 64 rows on CPU)."""
+the progress bar moves and the time estimate comes within seconds (16 fast-preset MNIST attacks
+are about 13 CPU s at 0.8 s/image), large enough to keep the per-image cost (0.079 CPU s/image at
+16 rows, 0.080 at 64, 4-iteration benchmark, ``benchmarks/results/attack_speed_fast.json``)."""
