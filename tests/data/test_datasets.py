@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
-from uae_augment.data import datasets as datasets_module
+from uae_augment.data.datasets import canonical, sources
 from uae_augment.data.datasets import (
     DATASETS,
     ENV_DATA_ROOT,
@@ -456,11 +456,11 @@ def test_root_resolution_order_argument_then_env_then_repo_then_cache(
     assert resolve_data_root() == from_env
 
     monkeypatch.delenv(ENV_DATA_ROOT)
-    repo_datasets = Path(datasets_module.__file__).resolve().parents[2] / "datasets"
+    repo_datasets = Path(canonical.__file__).resolve().parents[3] / "datasets"
     assert repo_datasets.is_dir(), "the repository ships datasets/README.md"
     assert resolve_data_root() == repo_datasets
 
-    monkeypatch.setattr(datasets_module, "_REPO_DATASETS", tmp_path / "installed" / "datasets")
+    monkeypatch.setattr(canonical, "_REPO_DATASETS", tmp_path / "installed" / "datasets")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert resolve_data_root() == tmp_path / "cache" / "uae-augment" / "datasets"
 
@@ -693,7 +693,7 @@ def test_download_builds_coil20_from_the_columbia_archive(
 
     monkeypatch.setattr(tv_utils, "download_url", download_url)
     images = load_dataset("coil20", root=tmp_path, split="all", download=True, size=32, as_image=True)
-    assert calls == [(datasets_module.COIL20_URL, str(tmp_path / "upstream"), "coil-20-proc.zip")]
+    assert calls == [(sources.COIL20_URL, str(tmp_path / "upstream"), "coil-20-proc.zip")]
     with np.load(tmp_path / "coil20.npz") as written:
         assert written["x_train"].shape == (1440, 1024) and written["x_train"].dtype == np.float32
         # column-major rows, as in the shared canonical file
@@ -707,4 +707,4 @@ def test_coil20_archive_with_missing_images_is_refused(tmp_path: Path) -> None:
     with zipfile.ZipFile(archive, "w") as zipped:
         zipped.writestr("coil-20-proc/obj1__0.png", b"")
     with pytest.raises(RuntimeError, match="lacks 1439 of the 1440 COIL-20 images"):
-        datasets_module._read_coil20_archive(archive)
+        sources._read_coil20_archive(archive)
