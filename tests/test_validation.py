@@ -18,9 +18,18 @@ from uae_augment import (
     MinMaxAttack,
     PenaltyAttack,
     Reconstruction,
+    UAEAugmented,
     UAETransform,
+    precompute,
 )
-from uae_augment._validation import check_batch_rank, expected_sample_shape
+from uae_augment._validation import (
+    _ATTACK_BASE,
+    check_attack,
+    check_batch_rank,
+    expected_sample_shape,
+)
+from uae_augment.attacks.base import Attack as _AttackBase
+from uae_augment.data._cache_format import cache_provenance
 from uae_augment.models import (
     CIFARResNet18,
     ConvAutoencoder,
@@ -140,3 +149,55 @@ def test_check_batch_rank_accepts_batches_and_names_other_ranks():
     with pytest.raises(ValueError, match=r"rank 4 for Sequential.*got shape \(2, 1, 1, 8, 8\)"):
         check_batch_rank(torch.rand(2, 1, 1, 8, 8), model)
     check_batch_rank(torch.rand(5, 64), nn.Sequential(nn.Linear(64, 3)))  # dense: nothing to check
+
+
+# --------------------------------------------------------------------------- check_attack, Attack.device
+
+
+class _ModelFreeAttack(_AttackBase):
+    """An attack without models (identity), as a user might write one."""
+
+    def models(self) -> list[nn.Module]:
+        return []
+
+    def _attack_batch(self, x, y, index):  # pragma: no cover - never run here
+        raise AssertionError("not attacked in these tests")
+
+    def _config(self) -> dict:
+        return {}
+
+
+class Attack:  # a look-alike with the base's name from another module
+    pass
+
+
+def test_check_attack_accepts_every_attack_subclass_and_names_the_caller_otherwise():
+    from uae_augment.attacks.base import Attack as RealAttack
+
+    assert (RealAttack.__module__, RealAttack.__qualname__) == _ATTACK_BASE
+    noise = GaussianNoise(Reconstruction(_conv_autoencoder()), sigma=0.01)
+    for attack in (noise, _ModelFreeAttack()):
+        assert check_attack(attack, "test") is attack
+    for wrong in (object(), Attack(), RealAttack, "attack"):
+        with pytest.raises(TypeError, match=r"^here: attack must be a uae_augment Attack, got"):
+            check_attack(wrong, "here")
+
+
+def test_the_data_entry_points_refuse_a_non_attack_naming_themselves(tmp_path):
+    dataset = [(torch.zeros(1, 8, 8), 0)]
+    with pytest.raises(TypeError, match="^UAETransform: attack must be"):
+        UAETransform(nn.Identity())
+    with pytest.raises(TypeError, match="^UAEAugmented: attack must be"):
+        UAEAugmented(dataset, nn.Identity())
+    with pytest.raises(TypeError, match="^precompute: attack must be"):
+        precompute(dataset, nn.Identity(), tmp_path / "cache.h5")
+    with pytest.raises(TypeError, match="^cache_provenance: attack must be"):
+        cache_provenance(dataset, nn.Identity())
+
+
+def test_attack_device_is_its_first_models_device_and_cpu_without_models():
+    assert _ModelFreeAttack().device() == torch.device("cpu")
+    on_cpu = GaussianNoise(Reconstruction(_conv_autoencoder()), sigma=0.01)
+    assert on_cpu.device() == torch.device("cpu")
+    on_meta = GaussianNoise(Reconstruction(nn.Linear(4, 4, device="meta")), sigma=0.01)
+    assert on_meta.device() == torch.device("meta")

@@ -1,14 +1,30 @@
-"""Input checks shared by attacks, criteria and data utilities.
+"""Input checks shared by attacks, criteria, models and data utilities.
 
-Every public entry point validates its tensors here so that bad input fails
+Every public entry point validates its arguments here so that bad input fails
 early with a message naming the problem instead of producing a silent wrong
 result deep inside an optimisation loop.
+
+This module sits at the bottom of the package and imports nothing from it.
+:func:`check_attack` therefore recognises :class:`~uae_augment.attacks.Attack`
+by the qualified name of the classes in the argument's MRO (the late-bound
+check below) rather than by importing ``attacks.base``, which itself imports
+these checks; the type appears here only under ``TYPE_CHECKING``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+from torch.utils.data import get_worker_info
+
+if TYPE_CHECKING:
+    from .attacks.base import Attack
+
+_ATTACK_BASE = ("uae_augment.attacks.base", "Attack")
+"""(module, qualified name) of the attack base class that :func:`check_attack` accepts."""
 
 _CONV_SAMPLE_AXES = {
     nn.Conv1d: "(C, L)",
@@ -105,6 +121,86 @@ def check_positive(value: float, name: str, *, allow_zero: bool = False) -> floa
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound}, got {value}")
     return value
+
+
+def positive_int(value: object, name: str) -> int:
+    """Returns ``value`` if it is a positive int (bools excluded).
+
+    Raises:
+        ValueError: otherwise, naming ``name`` and the value found.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def normalise_shape(input_shape: object, *, name: str = "input_shape") -> tuple[int, ...]:
+    """Returns ``input_shape`` (an int or a sequence of positive ints) as a tuple.
+
+    Raises:
+        TypeError: if it is not an int or a sequence of ints.
+        ValueError: if it is empty or holds a non-positive entry.
+    """
+    if isinstance(input_shape, int) and not isinstance(input_shape, bool):
+        input_shape = (input_shape,)
+    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
+        raise TypeError(
+            f"{name} must be a tuple of ints such as (1, 28, 28) or (617,), got {input_shape!r}"
+        )
+    shape = tuple(input_shape)
+    if not shape or any(isinstance(s, bool) or not isinstance(s, int) for s in shape):
+        raise TypeError(f"{name} must be a non-empty tuple of ints, got {input_shape!r}")
+    if any(s < 1 for s in shape):
+        raise ValueError(f"{name} must hold positive sizes, got {shape}")
+    return shape
+
+
+def check_probability(p: float, name: str = "p") -> float:
+    """Returns ``p`` as a float after checking that it is a number in [0, 1].
+
+    Raises:
+        TypeError: if ``p`` is not a real number.
+        ValueError: if ``p`` is NaN or outside [0, 1].
+    """
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"{name} must be a probability (a float in [0, 1]), got {type(p).__name__}")
+    if not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {p}")
+    return float(p)
+
+
+def check_attack(attack: object, where: str) -> Attack:
+    """Returns ``attack`` if it is a uae_augment :class:`~uae_augment.attacks.Attack`.
+
+    Args:
+        attack: the object to check.
+        where: who asks, e.g. ``"UAETransform"``; starts the error message.
+
+    Raises:
+        TypeError: for anything else, naming the type found.
+    """
+    if not any((cls.__module__, cls.__qualname__) == _ATTACK_BASE for cls in type(attack).__mro__):
+        raise TypeError(f"{where}: attack must be a uae_augment Attack, got {type(attack).__name__}")
+    return attack  # type: ignore[return-value]
+
+
+def ensure_main_process(what: str, alternative: str) -> None:
+    """Raises RuntimeError when called inside a DataLoader worker process.
+
+    Args:
+        what: what was attempted, e.g. ``"UAETransform"``.
+        alternative: what to do instead (appended to the message).
+
+    Raises:
+        RuntimeError: inside a ``torch.utils.data`` worker.
+    """
+    worker = get_worker_info()
+    if worker is not None:
+        raise RuntimeError(
+            f"{what} cannot run inside DataLoader worker {worker.id} (of {worker.num_workers}):"
+            " attacks need the model and gradients and must run in the main process."
+            f" {alternative}"
+        )
 
 
 def expected_sample_shape(model: nn.Module) -> tuple[str, int] | None:

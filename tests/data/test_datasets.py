@@ -24,7 +24,6 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
-from uae_augment.data.datasets import canonical, sources
 from uae_augment.data.datasets import (
     DATASETS,
     ENV_DATA_ROOT,
@@ -32,10 +31,12 @@ from uae_augment.data.datasets import (
     ArrayDataset,
     DatasetFormatError,
     available_datasets,
+    canonical,
     dataset_info,
     load_dataset,
     random_subset,
     resolve_data_root,
+    sources,
 )
 
 EXPECTED_NAMES = {

@@ -92,6 +92,14 @@ class Attack(abc.ABC):
     def models(self) -> list[nn.Module]:
         """The models whose gradients the attack uses (frozen during the attack)."""
 
+    def device(self) -> torch.device:
+        """Where the attack runs: the device of its first model; CPU for an attack without models.
+
+        Inputs are moved here before the attack (``precompute``, ``UAEAugmented``).
+        """
+        models = self.models()
+        return model_device(models[0]) if models else torch.device("cpu")
+
     @abc.abstractmethod
     def _attack_batch(
         self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor

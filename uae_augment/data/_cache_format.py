@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .._model_state import state_hash
+from .._validation import check_attack
 from ..attacks.base import Attack
 from ._items import dataset_length, integer_label, parse_item
 
@@ -187,7 +188,7 @@ def cache_provenance(
         TypeError: if ``attack`` is not a uae_augment ``Attack`` or the items are malformed.
         ValueError: on an empty dataset or an unknown ``dtype``.
     """
-    check_attack(attack)
+    check_attack(attack, "cache_provenance")
     dtype = check_dtype(dtype)
     from .. import __version__
 
@@ -482,11 +483,6 @@ def shard_path(path: str | os.PathLike[str], rank: int, world_size: int) -> Path
     """The shard file of ``rank`` (of ``world_size``) for the final cache ``path``."""
     final = Path(path)
     return final.with_name(f"{final.name}.rank{rank}-of-{world_size}.h5")
-
-
-def check_attack(attack: object) -> None:
-    if not isinstance(attack, Attack):
-        raise TypeError(f"attack must be a uae_augment Attack, got {type(attack).__name__}")
 
 
 def check_dtype(dtype: object) -> str:

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .._model_state import model_device
 from .._progress import Progress
 from ..attacks.base import Attack
 from . import _distributed, _lock
@@ -35,7 +34,7 @@ from ._cache_format import (
     read_provenance,
     shard_path,
 )
-from ._items import batch_labels, require_labels, split_item, stack_samples
+from ._items import require_labels, split_item, stack_batch
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +66,8 @@ def _collate(
     """(index, x, y) of a batch of rows; y is None when the rows have no labels."""
     positions = [i for i, _, _ in items]
     index = torch.tensor(positions, dtype=torch.long)
-    x = stack_samples([x for _, x, _ in items], positions[0], positions[-1]).float()
-    return index, x, batch_labels([y for _, _, y in items], positions)
-
-
-def attack_device(attack: Attack) -> torch.device:
-    models = attack.models()
-    return model_device(models[0]) if models else torch.device("cpu")
+    x, y = stack_batch([x for _, x, _ in items], [y for _, _, y in items], positions)
+    return index, x.float(), y
 
 
 # --------------------------------------------------------------------------- writing
@@ -319,7 +313,7 @@ def _attack_rows(
         num_workers=options.num_workers,
         collate_fn=_collate,
     )
-    device = attack_device(attack)
+    device = attack.device()
     bar = Progress(  # counts rows saved (written, flushed and marked done), once per batch
         layout.rows,
         f"precompute {path.name} (rows saved)",

@@ -220,19 +220,35 @@ def require_labels(attack: Any, labelled: bool, index: int | None, source: str =
         )
 
 
-def stack_samples(samples: Sequence[torch.Tensor], first: int, last: int, source: str = "the dataset") -> torch.Tensor:
-    """Stacks the samples of items ``first..last`` into one (B, ...) tensor.
+def stack_batch(
+    samples: Sequence[torch.Tensor],
+    labels: Sequence[Any] | None,
+    positions: Sequence[int],
+    source: str = "the dataset",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stacks the samples of the items at ``positions`` into (B, ...), and their labels into (B,).
+
+    Args:
+        samples: the sample of each item (one shape for all).
+        labels: the label (or None) of each item; None skips the labels (the caller needs none).
+        positions: the item positions, in order (for error messages).
+        source: what holds the items.
+
+    Returns:
+        ``(x, y)``: ``y`` is int64 (B,), or None when ``labels`` is None or no item has a label.
 
     Raises:
-        ValueError: the samples have different shapes.
+        ValueError: the samples have different shapes, or some items have labels and others not.
+        TypeError: a label is not an integer.
     """
     shapes = {tuple(x.shape) for x in samples}
     if len(shapes) > 1:
         raise ValueError(
-            f"samples {first}..{last} of {source} have different shapes {sorted(shapes)};"
+            f"samples {positions[0]}..{positions[-1]} of {source} have different shapes {sorted(shapes)};"
             " the attack needs samples of one shape"
         )
-    return torch.stack(list(samples))
+    x = torch.stack(list(samples))
+    return x, None if labels is None else batch_labels(labels, positions, source)
 
 
 def dataset_length(dataset: Dataset, action: str = "precompute") -> int:

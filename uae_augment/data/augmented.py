@@ -23,20 +23,25 @@ from torch.utils.data import Dataset
 
 from .._names import PRECOMPUTE_BATCH_SIZE
 from .._progress import Progress
-from .._validation import check_images
+from .._validation import (
+    check_attack,
+    check_images,
+    check_probability,
+    ensure_main_process,
+    positive_int,
+)
 from ..attacks.base import Attack
 from ..attacks.result import AttackResult
 from ._items import (
     FLAG_KEY,
     Item,
-    batch_labels,
     dataset_length,
     parse_item,
     require_labels,
-    stack_samples,
+    stack_batch,
 )
-from .cache import UAECache, _attack_device, precompute
-from .transforms import check_probability, ensure_main_process, replacement_mask
+from .cache import UAECache, precompute
+from .transforms import replacement_mask
 
 logger = logging.getLogger(__name__)
 
@@ -170,14 +175,12 @@ class UAEAugmented(Dataset):
         sample_key: str | None = None,
         failed: FailedPolicy = "keep",
     ) -> None:
-        if not isinstance(attack, Attack):
-            raise TypeError(f"attack must be a uae_augment Attack, got {type(attack).__name__}")
+        check_attack(attack, "UAEAugmented")
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         if failed not in _FAILED:
             raise ValueError(f"failed must be one of {_FAILED}, got {failed!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        positive_int(batch_size, "batch_size")
         for name, function in (("transform", transform), ("target_transform", target_transform)):
             if function is not None and not callable(function):
                 raise TypeError(f"{name} must be callable or None, got {type(function).__name__}")
@@ -274,7 +277,7 @@ class UAEAugmented(Dataset):
         if self.generated:
             return self
         ensure_main_process("Generating the UAEs of UAEAugmented", _IN_WORKER_HINT)
-        device = _attack_device(self.attack)
+        device = self.attack.device()
         logger.info(
             "generating %d UAEs with %r in batches of %d on %s",
             self._size, self.attack, self.batch_size, device,
@@ -422,14 +425,11 @@ class UAEAugmented(Dataset):
         positions = index.tolist()
         items = [self._item(i) for i in positions]
         first, last = positions[0], positions[-1]
-        x = check_images(
-            stack_samples([item.sample for item in items], first, last, _SOURCE),
-            name=f"samples {first}..{last} of the base dataset",
-        )
-        if not self.attack.requires_labels:
-            return x, None
-        labels = batch_labels([item.label for item in items], positions, _SOURCE)
-        require_labels(self.attack, labels is not None, first, _SOURCE)
+        wanted = [item.label for item in items] if self.attack.requires_labels else None
+        x, labels = stack_batch([item.sample for item in items], wanted, positions, _SOURCE)
+        check_images(x, name=f"samples {first}..{last} of the base dataset")
+        if wanted is not None:
+            require_labels(self.attack, labels is not None, first, _SOURCE)
         return x, labels
 
     def _attach_cache(self) -> None:

@@ -55,6 +55,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._names import PRECOMPUTE_BATCH_SIZE
+from .._validation import check_attack, ensure_main_process, positive_int
 from ..attacks.base import Attack
 from . import _distributed
 from ._cache_format import (
@@ -70,7 +71,6 @@ from ._cache_format import (
     CacheLockedError,
     ProvenanceMismatchError,
     cache_provenance,
-    check_attack,
     check_compression,
     check_dtype,
     dataset_fingerprint,
@@ -81,9 +81,8 @@ from ._cache_format import (
     read_provenance,
     shard_path,
 )
-from ._cache_writer import WriteOptions, attack_device, precompute_distributed, write_file
+from ._cache_writer import WriteOptions, precompute_distributed, write_file
 from ._items import KeyedSamples, dataset_length, parse_item, require_labels
-from .transforms import ensure_main_process
 
 __all__ = [
     "CHUNK_BYTES",
@@ -109,9 +108,6 @@ logger = logging.getLogger(__name__)
 
 READAHEAD_BYTES = 4 * 1024 * 1024
 """Rows a :class:`UAECache` reads at once into its in-memory copy (aligned spans of chunks)."""
-
-_attack_device = attack_device  # used by uae_augment.data.augmented
-
 
 def precompute(
     dataset: Dataset,
@@ -203,9 +199,8 @@ def precompute(
         (1437, 1437)
     """
     ensure_main_process("precompute", "Call precompute once in the main process, before training.")
-    check_attack(attack)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_attack(attack, "precompute")
+    positive_int(batch_size, "batch_size")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
     if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):

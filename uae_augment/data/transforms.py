@@ -16,11 +16,17 @@ from typing import Any, Literal, overload
 
 import torch
 from torch import nn
-from torch.utils.data import get_worker_info
 
 from .._progress import log_duration
 from .._seeding import Stream, sample_generators, stacked_uniform
-from .._validation import check_batch_rank, check_images, resolve_index
+from .._validation import (
+    check_attack,
+    check_batch_rank,
+    check_images,
+    check_probability,
+    ensure_main_process,
+    resolve_index,
+)
 from ..attacks.base import Attack
 from ..attacks.result import AttackResult
 from ._items import parse_item, require_labels
@@ -29,20 +35,6 @@ logger = logging.getLogger(__name__)
 
 TransformMode = Literal["replace", "append"]
 _MODES: tuple[str, ...] = ("replace", "append")
-
-
-def check_probability(p: float, name: str = "p") -> float:
-    """Returns ``p`` as a float after checking that it is a number in [0, 1].
-
-    Raises:
-        TypeError: if ``p`` is not a real number.
-        ValueError: if ``p`` is NaN or outside [0, 1].
-    """
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise TypeError(f"{name} must be a probability (a float in [0, 1]), got {type(p).__name__}")
-    if not 0.0 <= float(p) <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {p}")
-    return float(p)
 
 
 def replacement_mask(
@@ -79,25 +71,6 @@ def replacement_mask(
         return torch.ones(index.numel(), dtype=torch.bool)
     generators = sample_generators(seed, index, Stream.REPLACE, int(epoch))
     return stacked_uniform(generators, (), 0.0, 1.0, dtype=torch.float64) < p
-
-
-def ensure_main_process(what: str, alternative: str) -> None:
-    """Raises RuntimeError when called inside a DataLoader worker process.
-
-    Args:
-        what: what was attempted, e.g. ``"UAETransform"``.
-        alternative: what to do instead (appended to the message).
-
-    Raises:
-        RuntimeError: inside a ``torch.utils.data`` worker.
-    """
-    worker = get_worker_info()
-    if worker is not None:
-        raise RuntimeError(
-            f"{what} cannot run inside DataLoader worker {worker.id} (of {worker.num_workers}):"
-            " attacks need the model and gradients and must run in the main process."
-            f" {alternative}"
-        )
 
 
 class UAETransform(nn.Module):
@@ -176,8 +149,7 @@ class UAETransform(nn.Module):
         sample_key: str | None = None,
     ):
         super().__init__()
-        if not isinstance(attack, Attack):
-            raise TypeError(f"attack must be a uae_augment Attack, got {type(attack).__name__}")
+        check_attack(attack, "UAETransform")
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         self.attack = attack

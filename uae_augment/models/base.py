@@ -24,6 +24,9 @@ from typing import ClassVar, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from .._validation import normalise_shape as normalise_shape
+from .._validation import positive_int as positive_int
+
 LossParts = dict[str, torch.Tensor]
 
 ADAM_KERAS = {"lr": 1e-3, "eps": 1e-7}
@@ -94,17 +97,6 @@ class ReferenceModel(nn.Module, abc.ABC):
         return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
 
 
-def positive_int(value: object, name: str) -> int:
-    """Returns ``value`` if it is a positive int (bools excluded).
-
-    Raises:
-        ValueError: otherwise, naming ``name`` and the value found.
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def keras_init_(module: nn.Module) -> nn.Module:
     """Keras' default initialisation, as in the release: glorot-uniform weights, zero biases.
 
@@ -116,27 +108,6 @@ def keras_init_(module: nn.Module) -> nn.Module:
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
     return module
-
-
-def normalise_shape(input_shape: object, *, name: str = "input_shape") -> tuple[int, ...]:
-    """Returns ``input_shape`` (an int or a sequence of positive ints) as a tuple.
-
-    Raises:
-        TypeError: if it is not an int or a sequence of ints.
-        ValueError: if it is empty or holds a non-positive entry.
-    """
-    if isinstance(input_shape, int) and not isinstance(input_shape, bool):
-        input_shape = (input_shape,)
-    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
-        raise TypeError(
-            f"{name} must be a tuple of ints such as (1, 28, 28) or (617,), got {input_shape!r}"
-        )
-    shape = tuple(input_shape)
-    if not shape or any(isinstance(s, bool) or not isinstance(s, int) for s in shape):
-        raise TypeError(f"{name} must be a non-empty tuple of ints, got {input_shape!r}")
-    if any(s < 1 for s in shape):
-        raise ValueError(f"{name} must hold positive sizes, got {shape}")
-    return shape
 
 
 def check_input(x: torch.Tensor, input_shape: tuple[int, ...], model: str) -> None:
