@@ -39,7 +39,6 @@ the result equals the single-process one.
 
 from __future__ import annotations
 
-import collections
 import copy
 import logging
 import math
@@ -49,7 +48,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -81,6 +79,8 @@ from ._cache_format import (
     read_provenance,
     shard_path,
 )
+from ._cache_reader import READAHEAD_BYTES, AdversarialRows
+from ._cache_stats import criterion_summary, finite_or_none, stats
 from ._cache_writer import WriteOptions, precompute_distributed, write_file
 from ._items import KeyedSamples, dataset_length, parse_item, require_labels
 
@@ -106,8 +106,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-READAHEAD_BYTES = 4 * 1024 * 1024
-"""Rows a :class:`UAECache` reads at once into its in-memory copy (aligned spans of chunks)."""
 
 def precompute(
     dataset: Dataset,
@@ -318,50 +316,13 @@ class UAECache(Dataset):
             )
         self._label_list: list[int] | None = None if self._labels is None else self._labels.tolist()
         self._done_flags: np.ndarray = arrays["done"]
-        self._reset_handle()
-        self._reset_blocks()
-        if preload and self._mirrored:
+        self._reader = AdversarialRows(self.path, self._layout, self.cache_bytes)
+        if preload and self._reader.mirrored:
             self.preload()
-
-    # ------------------------------------------------------------------ pickling / handles
-
-    def _reset_handle(self) -> None:
-        self._handle: h5py.File | None = None
-        self._pid: int | None = None
-
-    def _reset_blocks(self) -> None:
-        # Whole-file mirror when it fits the budget (rows stay in the stored dtype), else an
-        # LRU of decompressed chunks. A forked DataLoader worker inherits what its parent
-        # loaded (copy-on-write); a pickled copy starts empty.
-        self._mirror: np.ndarray | None = None
-        self._loaded: np.ndarray | None = None
-        self._blocks: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
-        self._block_bytes = 0
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        for key in ("_handle", "_pid", "_mirror", "_loaded", "_blocks", "_block_bytes"):
-            state.pop(key)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._reset_handle()
-        self._reset_blocks()
-
-    def _adversarial(self) -> h5py.Dataset:
-        if self._handle is None or self._pid != os.getpid():
-            self._reset_handle()  # a forked worker never uses its parent's HDF5 handle
-            self._handle = open_cache(self.path)
-            self._pid = os.getpid()
-        return self._handle["adversarial"]
 
     def close(self) -> None:
         """Closes this process's file handle and drops its cached rows (reads reopen it)."""
-        if self._handle is not None and self._pid == os.getpid():
-            self._handle.close()
-        self._reset_handle()
-        self._reset_blocks()
+        self._reader.close()
 
     def __enter__(self) -> UAECache:
         return self
@@ -371,50 +332,6 @@ class UAECache(Dataset):
 
     # ------------------------------------------------------------------ reads
 
-    @property
-    def _mirrored(self) -> bool:
-        row_bytes = math.prod(self._layout.sample_shape) * np.dtype(self._layout.dtype).itemsize
-        return 0 < self._layout.rows * row_bytes <= self.cache_bytes
-
-    def _read_rows(self, start: int, stop: int) -> np.ndarray:
-        try:
-            return self._adversarial()[start:stop]
-        except (OSError, RuntimeError) as error:
-            raise CacheError(f"{self.path} is damaged: reading rows {start}..{stop - 1} failed ({error})") from error
-
-    def _load_chunks(self, chunks: np.ndarray) -> None:
-        """Reads the given (sorted, unique) chunks into the mirror, with read-ahead.
-
-        A missing chunk brings in its whole aligned span of ``READAHEAD_BYTES``
-        (one HDF5 call per span instead of one per chunk).
-        """
-        assert self._mirror is not None and self._loaded is not None
-        missing = chunks[~self._loaded[chunks]]
-        if not missing.size:
-            return
-        chunk_bytes = self._mirror[: self._layout.chunk_rows].nbytes
-        span = max(1, READAHEAD_BYTES // max(chunk_bytes, 1))
-        for first in np.unique(missing // span).tolist():
-            chunk_ids = np.arange(first * span, min((first + 1) * span, self._layout.chunks))
-            start, _ = self._layout.chunk_range(int(chunk_ids[0]))
-            _, stop = self._layout.chunk_range(int(chunk_ids[-1]))
-            self._mirror[start:stop] = self._read_rows(start, stop)
-            self._loaded[chunk_ids] = True
-
-    def _block(self, chunk: int) -> np.ndarray:
-        block = self._blocks.get(chunk)
-        if block is not None:
-            self._blocks.move_to_end(chunk)
-            return block
-        block = self._read_rows(*self._layout.chunk_range(chunk))
-        if self.cache_bytes > 0:
-            self._blocks[chunk] = block
-            self._block_bytes += block.nbytes
-            while self._block_bytes > self.cache_bytes and len(self._blocks) > 1:
-                _, evicted = self._blocks.popitem(last=False)
-                self._block_bytes -= evicted.nbytes
-        return block
-
     def preload(self) -> UAECache:
         """Reads every done row into this process's memory now (if it fits ``cache_bytes``).
 
@@ -423,24 +340,13 @@ class UAECache(Dataset):
         reading and decompressing the file again at every epoch. The file handle
         is closed afterwards (nothing more needs reading). Returns ``self``.
         """
-        if not self._mirrored:
+        if not self._reader.mirrored:
             logger.warning(
                 "%s: %d rows do not fit cache_bytes=%d; preload() skipped", self.path, len(self), self.cache_bytes
             )
             return self
-        done = self._done.numpy()
-        chunks = np.unique(np.flatnonzero(done) // self._layout.chunk_rows)
-        self._ensure_mirror()
-        self._load_chunks(chunks)
-        if self._handle is not None and self._pid == os.getpid():
-            self._handle.close()
-        self._reset_handle()
+        self._reader.preload(self._done.numpy())
         return self
-
-    def _ensure_mirror(self) -> None:
-        if self._mirror is None:
-            self._mirror = np.empty((self._layout.rows, *self._layout.sample_shape), dtype=self._layout.dtype)
-            self._loaded = np.zeros(self._layout.chunks, dtype=bool)
 
     def _positions(self, indices: Any) -> np.ndarray:
         positions = torch.as_tensor(indices)
@@ -458,23 +364,6 @@ class UAECache(Dataset):
                 " resume the cache with precompute(..., resume=True)"
             )
         return positions.numpy()
-
-    def _read(self, positions: np.ndarray) -> torch.Tensor:
-        """float32 (len(positions), ...) adversarial rows, in the order given."""
-        chunk_rows = self._layout.chunk_rows
-        if self._mirrored:
-            self._ensure_mirror()
-            self._load_chunks(np.unique(positions // chunk_rows))
-            assert self._mirror is not None
-            return torch.from_numpy(self._mirror[positions].astype(np.float32, copy=False))
-        out = np.empty((len(positions), *self._layout.sample_shape), dtype=np.float32)
-        order = np.argsort(positions, kind="stable")
-        ordered = positions[order]
-        unique, firsts = np.unique(ordered // chunk_rows, return_index=True)
-        bounds = [*firsts.tolist(), len(ordered)]
-        for chunk, first, last in zip(unique.tolist(), bounds[:-1], bounds[1:]):
-            out[order[first:last]] = self._block(chunk)[ordered[first:last] - chunk * chunk_rows]
-        return torch.from_numpy(out)
 
     def rows(
         self, indices: Sequence[int] | torch.Tensor | np.ndarray
@@ -494,7 +383,7 @@ class UAECache(Dataset):
         """
         positions = self._positions(indices)
         labels = None if self._labels is None else self._labels[positions].clone()
-        return self._read(positions), labels
+        return self._reader.read(positions), labels
 
     def _item(self, position: int, uae: torch.Tensor) -> Any:
         sample: Any = uae
@@ -512,22 +401,17 @@ class UAECache(Dataset):
         position = operator.index(index)
         if -len(self) <= position < 0:
             position += len(self)
-        mirror, loaded = self._mirror, self._loaded
-        if (
-            mirror is not None
-            and loaded is not None
-            and 0 <= position < len(self)
-            and self._done_flags[position]
-            and loaded[position // self._layout.chunk_rows]
-        ):  # fast path: one row of the in-memory copy
-            return self._item(position, torch.from_numpy(mirror[position].astype(np.float32)))
+        if 0 <= position < len(self) and self._done_flags[position]:  # fast path: a row already in memory
+            row = self._reader.loaded_row(position)
+            if row is not None:
+                return self._item(position, row)
         positions = self._positions([position])
-        return self._item(position, self._read(positions)[0])
+        return self._item(position, self._reader.read(positions)[0])
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         """Batched item access (DataLoader calls it with a batch of indices)."""
         positions = self._positions(list(indices))
-        uaes = self._read(positions)
+        uaes = self._reader.read(positions)
         return [self._item(p, uae) for p, uae in zip(positions.tolist(), uaes.unbind(0))]
 
     def __len__(self) -> int:
@@ -609,7 +493,7 @@ class UAECache(Dataset):
     @property
     def mi_summary(self) -> dict[str, float | int | None]:
         """count, mean, std, min, median, max of the finite MI values of the done rows."""
-        return _stats(self._mi[self._done])
+        return stats(self._mi[self._done])
 
     def summary(self, bins: int = 10) -> dict[str, Any]:
         """Coverage, ASR, MI statistics and a criterion histogram (JSON-serialisable).
@@ -617,22 +501,14 @@ class UAECache(Dataset):
         Args:
             bins: histogram bins over the positive criterion values of the done rows.
         """
-        criterion = self._criterion[self._done]
-        finite = criterion[torch.isfinite(criterion)]
-        positive = finite[finite > 0].double().numpy()
-        counts, edges = np.histogram(positive, bins=bins) if positive.size else (np.zeros(0), np.zeros(0))
         return {
             "path": str(self.path),
             "rows": len(self),
             "done": self.done,
             "coverage": self.done / len(self),
-            "asr": _finite_or_none(self.asr),
+            "asr": finite_or_none(self.asr),
             "mi": self.mi_summary,
-            "criterion": {
-                **_stats(criterion),
-                "zero_fraction": _finite_or_none(float((finite == 0).double().mean())) if finite.numel() else None,
-                "histogram_of_positive": {"edges": edges.tolist(), "counts": counts.astype(int).tolist()},
-            },
+            "criterion": criterion_summary(self._criterion[self._done], bins),
             "sample_shape": list(self.sample_shape),
             "dtype": self.dtype,
             "compression": self.compression,
@@ -659,22 +535,3 @@ class UAECache(Dataset):
         if self.target_transform is not None:
             parts.append(f"target_transform={self.target_transform!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-def _stats(values: torch.Tensor) -> dict[str, float | int | None]:
-    finite = values[torch.isfinite(values)].double()
-    if not finite.numel():
-        return {"count": 0, "mean": None, "std": None, "min": None, "median": None, "max": None}
-    return {
-        "count": int(finite.numel()),
-        "mean": float(finite.mean()),
-        "std": float(finite.std(unbiased=False)),
-        "min": float(finite.min()),
-        "median": float(finite.median()),
-        "max": float(finite.max()),
-    }
-
