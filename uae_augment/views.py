@@ -36,7 +36,6 @@ from ._seeding import Stream, sample_generators
 
 __all__ = ["SimCLRViews", "ViewParameters", "ViewPurpose", "check_n_views", "view_generators"]
 
-
 _CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its fallback
 # Uniforms per view: crop attempts (area, log-ratio), crop position (x, y), flip,
 # jitter on/off, the four jitter factors, the four jitter order keys, grey-scale.
@@ -362,6 +361,7 @@ def _image_dims(shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 # --------------------------------------------------------------------------- colour kernels
+
 
 def _replace_rows(out: torch.Tensor, mask: torch.Tensor, operation: Any) -> torch.Tensor:
     rows = mask.nonzero().flatten()
