@@ -33,7 +33,7 @@ from _common import machine_info, mnist_source, train_conv_autoencoder, write_js
 
 from tests.test_mi_closed_form import with_cosine  # noqa: E402
 from uae_augment import MINEUAE, Reconstruction, load_dataset  # noqa: E402
-from uae_augment.attacks._loop import MISimilarity  # noqa: E402
+from uae_augment.attacks._minmax_loop import MISimilarity  # noqa: E402
 from uae_augment.mine import (  # noqa: E402
     FeatureMapSampler,
     RandomProjectionSampler,

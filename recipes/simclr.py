@@ -70,10 +70,10 @@ if __package__ in (None, ""):  # run as a script: make `recipes` importable
 
 from recipes import _common as common  # noqa: E402
 from uae_augment import MINEUAE, PGD, PRESETS  # noqa: E402
-from uae_augment.contrastive import ViewPurpose, view_generators  # noqa: E402
 from uae_augment.data import ArrayDataset  # noqa: E402
 from uae_augment.models import SimCLR  # noqa: E402
 from uae_augment.plots import perturbation_picture, save_curves, save_image_grid  # noqa: E402
+from uae_augment.views import ViewPurpose, view_generators  # noqa: E402
 
 RECIPE = "simclr"
 GAMMA_POWER = 0.5  # the release's SimCLR attack: gamma_t = (t + 1)^(-1/2)

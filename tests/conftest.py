@@ -29,6 +29,14 @@ def data_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def cifar(data_root: Path) -> torch.Tensor:
+    """24 real CIFAR-10 training images (3, 32, 32) in [0, 1] (a module may override it)."""
+    from uae_augment import load_dataset
+
+    return load_dataset("cifar10", root=data_root).data[:24].clone()
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads() -> None:
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from uae_augment._seeding import Stream, sample_generator
-from uae_augment.attacks._loop import glorot_limit
+from uae_augment.attacks._minmax_loop import glorot_limit
 
 
 def _uniform(generator: torch.Generator, shape: tuple[int, ...], limit: float) -> torch.Tensor:

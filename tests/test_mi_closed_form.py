@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from uae_augment import MINEUAE, Reconstruction
-from uae_augment.attacks._loop import AnalyticMISimilarity
+from uae_augment.attacks._minmax_loop import AnalyticMISimilarity
 from uae_augment.attacks.minmax import MinMaxAttack
 from uae_augment.mine import (
     RandomProjectionSampler,

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
         MinMaxAttack,
         PenaltyAttack,
     )
-    from .contrastive import Contrastive, SimCLRViews
+    from .contrastive import Contrastive
     from .criteria import ClassifierMargin, Criterion, Reconstruction
     from .data import (
         CacheError,
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .mine import estimate_mi, per_sample_mi
     from .models import Normalized
     from .training import FitHistory, fit
+    from .views import SimCLRViews
 
 _LAZY = {
     **dict.fromkeys(
@@ -50,7 +51,7 @@ _LAZY = {
          "BySampler", "GaussianNoise", "LpUAE", "MinMaxAttack", "PenaltyAttack"),
         ".attacks",
     ),
-    **dict.fromkeys(("Contrastive", "SimCLRViews"), ".contrastive"),
+    "Contrastive": ".contrastive",
     **dict.fromkeys(("ClassifierMargin", "Criterion", "Reconstruction"), ".criteria"),
     **dict.fromkeys(
         ("CacheError", "UAEAugmented", "UAECache", "UAETransform", "available_datasets", "load_dataset",
@@ -60,6 +61,7 @@ _LAZY = {
     **dict.fromkeys(("estimate_mi", "per_sample_mi"), ".mine"),
     "Normalized": ".models",
     **dict.fromkeys(("FitHistory", "fit"), ".training"),
+    "SimCLRViews": ".views",
 }
 
 

@@ -13,8 +13,8 @@ from lightly.utils.lars import LARS
 from torch import nn
 
 from uae_augment import Contrastive, fit, load_dataset
-from uae_augment.contrastive import ViewPurpose, view_generators
 from uae_augment.models import CIFARResNet18, SimCLR, build_model
+from uae_augment.views import ViewPurpose, view_generators
 
 
 @pytest.fixture(scope="module")

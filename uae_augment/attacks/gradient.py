@@ -54,7 +54,7 @@ from .._validation import (
     resolve_index,
 )
 from ..criteria import margin
-from ._loop import initial_delta
+from ._minmax_loop import initial_delta
 from .base import Attack, pad_rows
 from .result import AttackResult
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ..criteria import Criterion
-from ._loop import L2Similarity
+from ._minmax_loop import L2Similarity
 from .minmax import MinMaxAttack
 
 _MINE_KEYS = ("mine_steps", "mine_lr", "statistics_hidden", "sampler", "projections", "projection_dim", "mi")

@@ -12,7 +12,13 @@ from torch import nn
 
 from ..criteria import Criterion
 from ..mine import Sampler, build_sampler
-from ._loop import AnalyticMISimilarity, LoopSettings, MISimilarity, initial_delta, run_minmax
+from ._minmax_loop import (
+    AnalyticMISimilarity,
+    LoopSettings,
+    MISimilarity,
+    initial_delta,
+    run_minmax,
+)
 from .base import Attack
 from .result import AttackResult
 

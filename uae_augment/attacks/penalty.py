@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..criteria import Criterion
-from ._loop import initial_delta, run_minmax
+from ._minmax_loop import initial_delta, run_minmax
 from .minmax import MinMaxAttack
 from .result import AttackResult
 

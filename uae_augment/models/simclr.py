@@ -3,7 +3,7 @@
 The release's SimCLR setting (docs/method.md section 5): ResNet-18 with the CIFAR stem,
 projection head, NT-Xent with temperature 0.5, colour-jitter strength 0.5, no
 blur; LARS, learning rate 1.0, weight decay 1e-4, batch 512, 1000 epochs. The
-views come from :class:`~uae_augment.contrastive.SimCLRViews` (lightly's
+views come from :class:`~uae_augment.views.SimCLRViews` (lightly's
 ``SimCLRTransform`` as batched tensor operations), so training and the
 :class:`~uae_augment.contrastive.Contrastive` attack criterion see the same
 augmentation distribution, and views can be drawn per sample from
@@ -24,7 +24,8 @@ from lightly.utils.scheduler import cosine_warmup_schedule
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from ..contrastive import Contrastive, SimCLRViews
+from ..contrastive import Contrastive
+from ..views import SimCLRViews
 from .base import FitSettings, normalise_shape, positive_int
 
 __all__ = ["CIFARResNet18", "SimCLR", "simclr_resnet18"]
@@ -93,7 +94,7 @@ class SimCLR(nn.Module):
     ``model.backbone(x)`` the representation (N, 8 * width) used for linear
     evaluation. Training follows :mod:`uae_augment.models.base` (so
     :func:`uae_augment.fit` trains it): every step draws two
-    :class:`~uae_augment.contrastive.SimCLRViews` views per image, runs both
+    :class:`~uae_augment.views.SimCLRViews` views per image, runs both
     through the network in one batch and minimises lightly's NT-Xent loss with
     lightly's LARS (momentum 0.9; BatchNorm parameters and biases get no
     weight decay and no LARS scaling, as in SimCLR), learning rate ``lr`` with
