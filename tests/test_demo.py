@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from recipes import example
 from uae_augment import UAECache
@@ -40,6 +41,15 @@ def test_demo_rejects_bad_arguments(tmp_path):
 EXAMPLE_TINY = ["--train-rows", "52", "--test-rows", "40", "--epochs", "1", "--attack-steps", "2"]  # 52 rows: 1 batch; 104: 2
 
 
+def _run_example(out: Path) -> int:
+    """``main`` at the tiny size with its default one thread; this process's thread count is restored."""
+    threads = torch.get_num_threads()
+    try:
+        return example.main([*EXAMPLE_TINY, "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _example_table(printed: str) -> dict[str, list[str]]:
     """The arms of the example's table: name -> [steps, test MSE, vs control, ASR]."""
     rows = [line.strip("|").split("|") for line in printed.splitlines() if line.startswith("| ") and "---" not in line]
@@ -48,7 +58,7 @@ def _example_table(printed: str) -> dict[str, list[str]]:
 
 def test_example_runs_end_to_end_and_a_rerun_reuses_its_cache(tmp_path, capsys, caplog):
     caplog.set_level(logging.INFO, logger="uae_augment")
-    assert example.main([*EXAMPLE_TINY, "--out", str(tmp_path)]) == 0
+    assert _run_example(tmp_path) == 0
     first = capsys.readouterr().out
     cache = tmp_path / "mine-uae.h5"
     with UAECache(cache) as rows:
@@ -65,7 +75,7 @@ def test_example_runs_end_to_end_and_a_rerun_reuses_its_cache(tmp_path, capsys, 
     assert 'README.md, section "Results"' in first and "## Results" in (REPO / "README.md").read_text()
 
     caplog.clear()
-    assert example.main([*EXAMPLE_TINY, "--out", str(tmp_path)]) == 0
+    assert _run_example(tmp_path) == 0
     assert "reusing it without attacking" in caplog.text and "rows done" not in caplog.text
     assert capsys.readouterr().out == first  # seeded: the same table twice
 
