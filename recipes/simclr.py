@@ -72,13 +72,13 @@ from recipes import _common as common  # noqa: E402
 from uae_augment import MINEUAE, PGD, PRESETS  # noqa: E402
 from uae_augment.contrastive import ViewPurpose, view_generators  # noqa: E402
 from uae_augment.data import ArrayDataset  # noqa: E402
+from uae_augment.evaluation import linear_evaluation  # noqa: E402
 from uae_augment.models import SimCLR  # noqa: E402
 from uae_augment.plots import perturbation_picture, save_curves, save_image_grid  # noqa: E402
 
 RECIPE = "simclr"
 GAMMA_POWER = 0.5  # the release's SimCLR attack: gamma_t = (t + 1)^(-1/2)
 EVAL_VIEW_SEED = 2022  # views of the test-set NT-Xent: the same for every model and seed
-LINEAR_SEED_KEY = 7919
 LINEAR_BATCH = 512
 
 QUICK: dict[str, Any] = {
@@ -337,50 +337,6 @@ def train_contrastive(
 
 
 # --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def representations(backbone: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
-    """Backbone features (N, F) of images (N, C, H, W), eval mode, on the CPU."""
-    backbone.eval()
-    return torch.cat([backbone(rows.to(device)).cpu() for rows in x.split(batch_size)])
-
-
-def linear_evaluation(
-    backbone: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor], *,
-    classes: int, epochs: int, lr: float, batch_size: int, seed: int, device: torch.device,
-) -> tuple[nn.Module, dict[str, float]]:
-    """Trains a linear layer on the frozen representations of the clean training images.
-
-    Adam with a cosine decay over ``epochs`` epochs, batches of ``batch_size``;
-    the representations are computed once (no augmentation).
-
-    Returns:
-        (classifier, metrics): ``classifier = Sequential(backbone, linear)`` in eval
-        mode and ``{"train_acc", "test_acc"}`` in percent.
-    """
-    features_train = representations(backbone, train[0], device)
-    features_test = representations(backbone, test[0], device)
-    generator = torch.Generator().manual_seed(seed * LINEAR_SEED_KEY + 1)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed * LINEAR_SEED_KEY)
-        linear = nn.Linear(features_train.shape[1], classes)
-    linear.to(device)
-    optimizer = torch.optim.Adam(linear.parameters(), lr=lr)
-    steps = epochs * math.ceil(len(features_train) / batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    features_train, labels = features_train.to(device), train[1].to(device)
-    for _ in range(epochs):
-        for rows in torch.randperm(len(features_train), generator=generator).split(batch_size):
-            optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(linear(features_train[rows]), labels[rows]).backward()
-            optimizer.step()
-            schedule.step()
-    with torch.no_grad():
-        train_acc = (linear(features_train).argmax(1) == labels).float().mean()
-        test_acc = (linear(features_test.to(device)).argmax(1).cpu() == test[1]).float().mean()
-    classifier = nn.Sequential(backbone, linear).eval()
-    return classifier, {"train_acc": 100.0 * float(train_acc), "test_acc": 100.0 * float(test_acc)}
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .._model_state import state_hash
+from .._version import __version__
 from ..attacks.base import Attack
 from ._items import dataset_length, integer_label, parse_item
 
@@ -189,8 +190,6 @@ def cache_provenance(
     """
     check_attack(attack)
     dtype = check_dtype(dtype)
-    from .. import __version__
-
     return normalise(
         {
             "format": FORMAT,

@@ -1,4 +1,4 @@
-"""Training loops: :func:`fit` runs a model's own training protocol over a data set.
+"""The training loop: :func:`fit` runs a model's own training protocol over a data set.
 
 The model brings its release settings (epochs, batch size), optimisers and
 training step (see :mod:`uae_augment.models.base`); :func:`fit` brings the
@@ -18,12 +18,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 
-from ._model_state import model_device
-from ._progress import Progress
-from ._seeding import derive_seed
-from ._validation import check_images
-from .adversarial_training import *  # noqa: F403  (re-exports the adversarial-training steps)
-from .models.base import FitSettings, Trainable, positive_int
+from .._model_state import model_device
+from .._progress import Progress
+from .._seeding import derive_seed
+from .._validation import check_images
+from ..models.base import FitSettings, Trainable, positive_int
 
 logger = logging.getLogger(__name__)
 
