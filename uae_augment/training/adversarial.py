@@ -49,6 +49,7 @@ from .._model_state import model_device
 from .._seeding import derive_seed
 from .._validation import check_images, check_labels, check_positive
 from ..attacks.base import Attack
+from ._loss import check_step_values
 
 logger = logging.getLogger(__name__)
 
@@ -355,11 +356,9 @@ def train_epoch(
         values = step(
             model, optimizer, x[rows].to(device), y[rows].to(device), index=epoch * n + rows, **step_options
         )
-        loss = values["loss"]
-        if not torch.isfinite(torch.tensor(loss)):
-            raise FloatingPointError(f"training loss became {loss} in epoch {epoch}, step {steps}")
+        values = check_step_values(values, "the training step", f"in epoch {epoch}, step {steps}")
         for key, value in values.items():
-            sums[key] = sums.get(key, 0.0) + float(value)
+            sums[key] = sums.get(key, 0.0) + value
         steps += 1
     means = {key: total / steps for key, total in sums.items()}
     means["steps"] = float(steps)
