@@ -219,8 +219,8 @@ class _EpochOrder(Sampler[list[int]]):
     Without a world: batches of one seeded permutation per epoch, the last one
     possibly partial; the order stream is that of ``RandomSampler`` (which
     draws, and discards, a second permutation for the empty remainder of each
-    epoch), so orders equal earlier releases'. With a world: the recipe rule of
-    :func:`fit`'s ``world`` argument.
+    epoch), so orders equal earlier releases'. With a world: the rule given
+    under :func:`fit`'s ``world`` argument.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, world: tuple[int, int] | None):
