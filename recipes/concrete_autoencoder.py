@@ -4,7 +4,7 @@ For every data set and seed:
 
 1. train a concrete autoencoder (K = 50 selected features, 10 for Mice
    Protein) on the clean training set with the authors' retry rule
-   (:func:`uae_augment.models.fit_concrete`: retrain with twice the epochs while
+   (:func:`uae_augment.training.fit_concrete`: retrain with twice the epochs while
    the mean max selection probability is below 0.998, at most ``--tries``
    trainings);
 2. evaluate it on the test split: reconstruction error of its decoder
@@ -52,8 +52,9 @@ if __package__ in (None, ""):  # run as a script: make `recipes` importable
 from recipes import _common as common  # noqa: E402
 from uae_augment import MINEUAE, PRESETS, Reconstruction  # noqa: E402
 from uae_augment.evaluation import reconstruction_error  # noqa: E402
-from uae_augment.models import ConcreteAutoencoder, build_model, fit_concrete  # noqa: E402
+from uae_augment.models import ConcreteAutoencoder, build_model  # noqa: E402
 from uae_augment.plots import perturbation_picture, save_image_grid  # noqa: E402
+from uae_augment.training import fit_concrete  # noqa: E402
 
 RECIPE = "concrete_autoencoder"
 DATASETS = ("mnist", "fashion-mnist", "isolet", "coil20", "mice-protein", "activity")

@@ -54,7 +54,6 @@ import datetime
 import math
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,15 +61,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset, Subset
 
 if __package__ in (None, ""):  # run as a script: make `recipes` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recipes import _common as common  # noqa: E402
-from uae_augment import MINEUAE, PGD, PRESETS  # noqa: E402
+from uae_augment import MINEUAE, PGD, PRESETS, fit  # noqa: E402
 from uae_augment.data import ArrayDataset  # noqa: E402
+from uae_augment.evaluation import linear_evaluation  # noqa: E402
 from uae_augment.models import SimCLR  # noqa: E402
 from uae_augment.plots import perturbation_picture, save_curves, save_image_grid  # noqa: E402
 from uae_augment.views import ViewPurpose, view_generators  # noqa: E402
@@ -78,7 +77,6 @@ from uae_augment.views import ViewPurpose, view_generators  # noqa: E402
 RECIPE = "simclr"
 GAMMA_POWER = 0.5  # the release's SimCLR attack: gamma_t = (t + 1)^(-1/2)
 EVAL_VIEW_SEED = 2022  # views of the test-set NT-Xent: the same for every model and seed
-LINEAR_SEED_KEY = 7919
 LINEAR_BATCH = 512
 
 QUICK: dict[str, Any] = {
@@ -231,156 +229,7 @@ def image_folder_splits(root: Path, size: int) -> tuple[ArrayDataset, ArrayDatas
     )
 
 
-# --------------------------------------------------------------------------- training
-
-
-class _EpochBatches(Sampler[list[int]]):
-    """The batch sampler of :func:`train_contrastive`: this process's row lists of the current epoch."""
-
-    def __init__(self) -> None:
-        self.rows: list[list[int]] = []
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-
-def train_contrastive(
-    model: SimCLR,
-    dataset: Dataset,
-    *,
-    batch_size: int,
-    seed: int,
-    device: torch.device,
-    world: tuple[int, int] | None,
-    epochs: int | None = None,
-    max_steps: int | None = None,
-    workers: int = 0,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Trains ``model`` with its own training step, in one process or under torchrun.
-
-    Each epoch draws one permutation of the rows from a generator seeded by
-    ``seed`` (the same on every rank) and cuts it into global batches of
-    ``batch_size`` rows (the last, partial batch is dropped); rank r takes the
-    r-th of ``world_size`` equal parts. Views come from the per-row generators
-    ``view_generators(seed, row, ViewPurpose.TRAINING, epoch)``.
-
-    Returns:
-        The history record: ``steps``, ``epochs``, ``batch_size``, ``losses``
-        (per epoch), ``step_losses`` (the global batch's loss at every step,
-        averaged over ranks), ``seconds``.
-
-    Raises:
-        ValueError: if the data set is smaller than one batch or the batch does not
-            split evenly over the processes.
-    """
-    rank, size = world or (0, 1)
-    rows = len(dataset)  # type: ignore[arg-type]
-    per_epoch = rows // batch_size
-    if per_epoch == 0:
-        raise ValueError(f"--batch-size {batch_size} is larger than the {rows} training rows")
-    if batch_size % size:
-        raise ValueError(f"--batch-size {batch_size} does not split evenly over {size} processes")
-    total = max_steps if max_steps is not None else per_epoch * int(epochs or 1)
-    local = batch_size // size
-    model.to(device)
-    forward: nn.Module = model
-    if world is not None:
-        if device.type == "cuda":
-            nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizers = model.configure_optimizers()
-    model.on_fit_start(total)
-    order = torch.Generator().manual_seed(seed)
-    batches = _EpochBatches()
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0)
-    record: dict[str, Any] = {"steps": 0, "epochs": 0, "batch_size": batch_size, "losses": [], "step_losses": []}
-    started = time.perf_counter()
-    model.train()
-    bar = tqdm(total=total, desc="SimCLR", disable=not progress or rank != 0, leave=False)
-    with bar:
-        epoch = 0
-        while record["steps"] < total:
-            permutation = torch.randperm(rows, generator=order)
-            batches.rows = [
-                permutation[b * batch_size : (b + 1) * batch_size][rank * local : (rank + 1) * local].tolist()
-                for b in range(min(per_epoch, total - record["steps"]))
-            ]
-            epoch_losses = []
-            for batch_rows, (x, *_) in zip(batches.rows, loader):
-                generators = view_generators(seed, batch_rows, ViewPurpose.TRAINING, epoch)
-                values = model.training_step(x.to(device), None, optimizers, generators=generators, forward=forward)
-                loss = torch.tensor(values["loss"], dtype=torch.float64, device=device)
-                if world is not None:
-                    dist.all_reduce(loss)
-                    loss /= size
-                if not math.isfinite(float(loss)):
-                    raise FloatingPointError(f"the SimCLR loss became {float(loss)} at step {record['steps']}")
-                epoch_losses.append(float(loss))
-                record["steps"] += 1
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{epoch_losses[-1]:.4f}")
-            record["step_losses"] += epoch_losses
-            record["losses"].append(sum(epoch_losses) / len(epoch_losses))
-            record["epochs"] += 1
-            epoch += 1
-    if world is not None:
-        # BatchNorm's running statistics last saw each rank's own batch: take rank 0's everywhere
-        for buffer in model.buffers():
-            dist.broadcast(buffer, src=0)
-    model.eval()
-    record["seconds"] = time.perf_counter() - started
-    return record
-
-
 # --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def representations(backbone: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
-    """Backbone features (N, F) of images (N, C, H, W), eval mode, on the CPU."""
-    backbone.eval()
-    return torch.cat([backbone(rows.to(device)).cpu() for rows in x.split(batch_size)])
-
-
-def linear_evaluation(
-    backbone: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor], *,
-    classes: int, epochs: int, lr: float, batch_size: int, seed: int, device: torch.device,
-) -> tuple[nn.Module, dict[str, float]]:
-    """Trains a linear layer on the frozen representations of the clean training images.
-
-    Adam with a cosine decay over ``epochs`` epochs, batches of ``batch_size``;
-    the representations are computed once (no augmentation).
-
-    Returns:
-        (classifier, metrics): ``classifier = Sequential(backbone, linear)`` in eval
-        mode and ``{"train_acc", "test_acc"}`` in percent.
-    """
-    features_train = representations(backbone, train[0], device)
-    features_test = representations(backbone, test[0], device)
-    generator = torch.Generator().manual_seed(seed * LINEAR_SEED_KEY + 1)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed * LINEAR_SEED_KEY)
-        linear = nn.Linear(features_train.shape[1], classes)
-    linear.to(device)
-    optimizer = torch.optim.Adam(linear.parameters(), lr=lr)
-    steps = epochs * math.ceil(len(features_train) / batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    features_train, labels = features_train.to(device), train[1].to(device)
-    for _ in range(epochs):
-        for rows in torch.randperm(len(features_train), generator=generator).split(batch_size):
-            optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(linear(features_train[rows]), labels[rows]).backward()
-            optimizer.step()
-            schedule.step()
-    with torch.no_grad():
-        train_acc = (linear(features_train).argmax(1) == labels).float().mean()
-        test_acc = (linear(features_test.to(device)).argmax(1).cpu() == test[1]).float().mean()
-    classifier = nn.Sequential(backbone, linear).eval()
-    return classifier, {"train_acc": 100.0 * float(train_acc), "test_acc": 100.0 * float(test_acc)}
 
 
 @torch.no_grad()
@@ -456,11 +305,13 @@ class Experiment:
     def trainer(self, seed: int, *, epochs: int | None = None, max_steps: int | None = None) -> common.Trainer:
         def train(model: nn.Module, dataset: Dataset) -> tuple[nn.Module, dict[str, Any]]:
             assert isinstance(model, SimCLR)
-            record = train_contrastive(
-                model, dataset, batch_size=self.args.batch_size, seed=seed, device=self.device, world=self.world,
-                epochs=epochs, max_steps=max_steps, workers=self.args.workers, progress=self.progress,
+            # one process trains on the global batches of a torchrun run: world (0, 1)
+            history = fit(
+                model, dataset, batch_size=self.args.batch_size, seed=seed, device=self.device,
+                world=self.world or (0, 1), epochs=epochs, max_steps=max_steps, num_workers=self.args.workers,
+                progress=self.progress,
             )
-            return model, record
+            return model, {**common.history_record(history), "step_losses": history.step_losses}
 
         return train
 

@@ -15,7 +15,8 @@ from uae_augment.data import transforms
 from uae_augment.data.augmented import UAEAugmented
 from uae_augment.data.transforms import UAETransform
 from uae_augment.models.autoencoders import DenseAutoencoder
-from uae_augment.models.concrete import ConcreteAutoencoder, fit_concrete
+from uae_augment.models.concrete import ConcreteAutoencoder
+from uae_augment.training import fit_concrete
 
 
 class RecordingBar:

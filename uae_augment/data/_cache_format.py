@@ -26,6 +26,7 @@ from torch.utils.data import Dataset, Subset
 
 from .._model_state import state_hash
 from .._validation import check_attack
+from .._version import __version__
 from ..attacks.base import Attack
 from ._items import dataset_length, integer_label, parse_item
 
@@ -190,8 +191,6 @@ def cache_provenance(
     """
     check_attack(attack, "cache_provenance")
     dtype = check_dtype(dtype)
-    from .. import __version__
-
     return normalise(
         {
             "format": FORMAT,

@@ -1,5 +1,7 @@
 """Reference models of the release (docs/method.md section 5), their training protocol, and ``Normalized``."""
 
+import importlib
+import warnings
 from typing import Any
 
 from .autoencoders import (
@@ -18,7 +20,7 @@ from .classifiers import (
     cw_cifar,
     cw_mnist,
 )
-from .concrete import ConcreteAutoencoder, ConcreteFit, ConcreteSelector, fit_concrete
+from .concrete import ConcreteAutoencoder, ConcreteSelector
 from .normalized import Normalize, Normalized
 from .registry import MODELS, available_models, build_model
 
@@ -29,7 +31,6 @@ __all__ = [
     "CW_CIFAR_WIDTHS",
     "CW_MNIST_WIDTHS",
     "ConcreteAutoencoder",
-    "ConcreteFit",
     "ConcreteSelector",
     "ConvAutoencoder",
     "DenseAutoencoder",
@@ -47,11 +48,11 @@ __all__ = [
     "build_model",
     "cw_cifar",
     "cw_mnist",
-    "fit_concrete",
     "simclr_resnet18",
 ]
 
 _SIMCLR = ("CIFARResNet18", "SimCLR", "simclr_resnet18")  # torchvision and lightly load on first use
+_MOVED_TO_TRAINING = ("ConcreteFit", "fit_concrete")  # deprecated here for one release
 
 
 def __getattr__(name: str) -> Any:
@@ -59,4 +60,11 @@ def __getattr__(name: str) -> Any:
         from . import simclr
 
         return getattr(simclr, name)
+    if name in _MOVED_TO_TRAINING:
+        warnings.warn(
+            f"uae_augment.models.{name} is deprecated; import it from uae_augment.training",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module("uae_augment.training"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

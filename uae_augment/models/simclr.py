@@ -25,7 +25,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from ..contrastive import Contrastive
-from ..views import SimCLRViews
+from ..views import SimCLRViews, ViewPurpose, view_generators
 from .base import FitSettings, normalise_shape, positive_int
 
 __all__ = ["CIFARResNet18", "SimCLR", "simclr_resnet18"]
@@ -247,8 +247,14 @@ class SimCLR(nn.Module):
         *,
         generators: Sequence[torch.Generator] | None = None,
         forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        index: torch.Tensor | Sequence[int] | None = None,
+        epoch: int = 0,
+        seed: int = 0,
     ) -> dict[str, float]:
         """One LARS step on the NT-Xent loss of two views of ``x`` (labels are ignored).
+
+        :func:`uae_augment.fit` passes ``index``, ``epoch``, ``seed`` (and ``forward``
+        under torchrun), so every image's views come from its own generator.
 
         Args:
             x: images (N, C, H, W) in [0, 1].
@@ -257,6 +263,10 @@ class SimCLR(nn.Module):
             generators: per-image view generators (see :meth:`make_views`).
             forward: the module that runs the network (default: the model; its
                 DDP wrapper under torchrun).
+            index, epoch, seed: without ``generators``, the views come from
+                ``view_generators(seed, index, ViewPurpose.TRAINING, epoch)``
+                (``index``: the images' rows in the data set); without either,
+                from torch's default generator.
 
         Returns:
             ``{"loss": this process's loss, "lr": the learning rate used}``.
@@ -266,6 +276,8 @@ class SimCLR(nn.Module):
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
+        if generators is None and index is not None:
+            generators = view_generators(seed, index, ViewPurpose.TRAINING, epoch)
         loss = self.contrastive_loss(self.make_views(x, generators), forward)
         loss.backward()
         optimizer.step()

@@ -22,7 +22,7 @@ from uae_augment.training import (
     train_epoch,
 )
 
-from .helpers import digits, digits_classifier
+from ..helpers import digits, digits_classifier
 
 EPSILON = 0.15
 STEPS = 15

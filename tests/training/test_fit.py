@@ -1,11 +1,14 @@
-"""fit: seeded order, determinism, step budget, defaults, eval mode, errors, real workers."""
+"""fit: seeded order, determinism, step budget, defaults, eval mode, errors, real workers, step options, worlds."""
 
 from __future__ import annotations
 
 import math
+import os
+import socket
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -167,3 +170,118 @@ def test_non_finite_loss_raises_and_leaves_eval_mode():
     with pytest.raises(FloatingPointError, match="step 0"):
         fit(model, _ids(10), progress=False)
     assert not model.training
+
+
+# --------------------------------------------------------------------------- step options and worlds
+
+
+class IndexRecorder(Recorder):
+    """Records the options fit passes; runs the network through ``forward`` (DDP in a distributed fit)."""
+
+    def __init__(self, features: int):
+        super().__init__(features)
+        self.calls: list[dict] = []
+        self.local_losses: list[float] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    def training_step(self, x, y, optimizers, *, index, epoch, seed, forward=None):
+        self.calls.append({"index": index.clone(), "epoch": epoch, "seed": seed, "ddp": forward is not None})
+        self.seen.append(x[:, 0].detach().clone())
+        (optimizer,) = optimizers
+        optimizer.zero_grad(set_to_none=True)
+        loss = (forward or self)(x).squeeze(1).sub(x[:, 1]).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        self.local_losses.append(float(loss.detach()))
+        return {"loss": float(loss.detach())}
+
+
+def _global_batches(n: int, batch_size: int, seed: int, epochs: int, rank: int, size: int) -> list[torch.Tensor]:
+    """The rule of the SimCLR recipe's former train_contrastive, written out independently."""
+    generator, local, parts = torch.Generator().manual_seed(seed), batch_size // size, []
+    for _ in range(epochs):
+        permutation = torch.randperm(n, generator=generator)
+        for b in range(n // batch_size):
+            parts.append(permutation[b * batch_size:(b + 1) * batch_size][rank * local:(rank + 1) * local])
+    return parts
+
+
+def test_fit_passes_the_rows_epoch_and_seed_to_a_step_that_names_them():
+    n = 30
+    model = IndexRecorder(2)
+    history = fit(model, _ids(n), seed=3, progress=False)
+    plain = Recorder(2)
+    fit(plain, _ids(n), seed=3, progress=False)
+    assert history.steps == len(model.calls) == 15 and [len(c["index"]) for c in model.calls[:5]] == [7] * 4 + [2]
+    assert all(torch.equal(a, b) for a, b in zip(model.seen, plain.seen))  # same order as a step without options
+    for call, seen in zip(model.calls, model.seen):
+        assert call["index"].dtype == torch.int64 and torch.equal(call["index"] / n, seen)  # the rows of x
+        assert call["seed"] == 3 and not call["ddp"]
+    assert [c["epoch"] for c in model.calls] == [0] * 5 + [1] * 5 + [2] * 5
+    assert history.step_losses == model.local_losses and len(history.step_losses) == history.steps
+
+
+def test_a_one_process_world_trains_on_the_global_batches_of_a_distributed_run():
+    n, batch = 26, 8
+    model = IndexRecorder(2)
+    history = fit(model, _ids(n), epochs=2, batch_size=batch, seed=7, progress=False, world=(0, 1))
+    assert history.steps == 2 * (n // batch)  # the last, partial batch is dropped
+    expected = _global_batches(n, batch, seed=7, epochs=2, rank=0, size=1)
+    assert all(torch.equal(c["index"], rows) for c, rows in zip(model.calls, expected, strict=True))
+    limited = IndexRecorder(2)
+    assert fit(limited, _ids(n), batch_size=batch, max_steps=4, seed=7, progress=False, world=(0, 1)).epochs == 2
+    assert all(torch.equal(c["index"], rows) for c, rows in zip(limited.calls, expected[:4], strict=True))
+
+
+def _world_worker(rank: int, size: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        torch.manual_seed(0)
+        model = IndexRecorder(2)
+        history = fit(model, _ids(26), epochs=2, batch_size=8, seed=7, progress=False, world=(rank, size))
+        torch.save({"calls": model.calls, "local": model.local_losses, "history": history,
+                    "state": model.state_dict()}, os.path.join(out, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # 47 s on the shared 2-core machine, mostly starting two processes
+def test_a_world_of_two_processes_splits_every_global_batch_and_averages_the_losses(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_world_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"{rank}.pt", weights_only=False) for rank in range(2)]
+    for rank, record in enumerate(ranks):
+        expected = _global_batches(26, 8, seed=7, epochs=2, rank=rank, size=2)
+        assert [c["epoch"] for c in record["calls"]] == [0, 0, 0, 1, 1, 1]
+        assert all(torch.equal(c["index"], rows) and c["ddp"] for c, rows in zip(record["calls"], expected, strict=True))
+    first, second = ranks
+    mean = [(a + b) / 2 for a, b in zip(first["local"], second["local"])]
+    assert first["history"].step_losses == second["history"].step_losses == pytest.approx(mean, abs=1e-12)
+    assert first["history"].losses == second["history"].losses
+    for name, value in first["state"].items():  # DDP kept the replicas equal
+        assert torch.equal(value, second["state"][name]), name
+    torch.manual_seed(0)
+    alone = IndexRecorder(2)  # one process, the same global batches: the same training up to rounding
+    fit(alone, _ids(26), epochs=2, batch_size=8, seed=7, progress=False, world=(0, 1))
+    for name, value in alone.state_dict().items():
+        torch.testing.assert_close(value, first["state"][name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("model", "world", "error", "match"),
+    [
+        (Recorder(2), (0, 2), TypeError, "forward"),
+        (IndexRecorder(2), (0, 3), ValueError, "split evenly over 3"),
+        (IndexRecorder(2), (2, 2), ValueError, "0 <= rank < size"),
+        (IndexRecorder(2), (0, 1), ValueError, "larger than the 6 rows"),
+    ],
+)
+def test_bad_worlds(model, world, error, match):
+    with pytest.raises(error, match=match):
+        fit(model, _ids(6), batch_size=8 if "rows" in match else 4, world=world, progress=False)

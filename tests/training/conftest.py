@@ -1,0 +1,3 @@
+"""The real-data fixtures of the model tests, shared by the training tests."""
+
+from ..models.conftest import digits, mnist  # noqa: F401
