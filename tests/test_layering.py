@@ -55,16 +55,8 @@ LAZY_FOR_STARTUP: Mapping[tuple[str, str | None], str] = {
 """Rule (b)'s allow-list: (importer, imported) function-level imports that are for startup speed,
 never to dodge a cycle. ``None`` allows every import of that importer (and of its submodules)."""
 
-KNOWN_UNTIL_MERGE: frozenset[tuple[str, str]] = frozenset({
-    # back-edge 1: reads __version__ from the package root; layout-data/layout-train import it from _version.py
-    (f"{PACKAGE}.data._cache_format", PACKAGE),
-    # back-edge 2: imports training.fit inside fit_concrete to dodge a cycle; layout-train moves it to training/
-    (f"{PACKAGE}.models.concrete", f"{PACKAGE}.training"),
-    # `from .adversarial_training import *`; layout-train's training/__init__.py re-exports explicitly
-    (f"{PACKAGE}.training", f"{PACKAGE}.adversarial_training"),
-})
-"""Edges that other branches of issue #12 remove; they are exempt from every rule here.
-The lead deletes this set after merging those branches: nothing else belongs in it."""
+KNOWN_UNTIL_MERGE: frozenset[tuple[str, str]] = frozenset()
+"""Edges exempt from every rule while a layout change is half merged; empty on main."""
 
 
 @dataclass(frozen=True)

@@ -4,27 +4,18 @@ Every public entry point validates its arguments here so that bad input fails
 early with a message naming the problem instead of producing a silent wrong
 result deep inside an optimisation loop.
 
-This module sits at the bottom of the package and imports nothing from it.
-:func:`check_attack` therefore recognises :class:`~uae_augment.attacks.Attack`
-by the qualified name of the classes in the argument's MRO (the late-bound
-check below) rather than by importing ``attacks.base``, which itself imports
-these checks; the type appears here only under ``TYPE_CHECKING``.
+This module sits at the bottom of the package and imports nothing from it
+(the attack type check, which needs the :class:`~uae_augment.attacks.Attack`
+class, lives beside it in ``attacks/base.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.data import get_worker_info
-
-if TYPE_CHECKING:
-    from .attacks.base import Attack
-
-_ATTACK_BASE = ("uae_augment.attacks.base", "Attack")
-"""(module, qualified name) of the attack base class that :func:`check_attack` accepts."""
 
 _CONV_SAMPLE_AXES = {
     nn.Conv1d: "(C, L)",
@@ -167,21 +158,6 @@ def check_probability(p: float, name: str = "p") -> float:
     if not 0.0 <= float(p) <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1], got {p}")
     return float(p)
-
-
-def check_attack(attack: object, where: str) -> Attack:
-    """Returns ``attack`` if it is a uae_augment :class:`~uae_augment.attacks.Attack`.
-
-    Args:
-        attack: the object to check.
-        where: who asks, e.g. ``"UAETransform"``; starts the error message.
-
-    Raises:
-        TypeError: for anything else, naming the type found.
-    """
-    if not any((cls.__module__, cls.__qualname__) == _ATTACK_BASE for cls in type(attack).__mro__):
-        raise TypeError(f"{where}: attack must be a uae_augment Attack, got {type(attack).__name__}")
-    return attack  # type: ignore[return-value]
 
 
 def ensure_main_process(what: str, alternative: str) -> None:

@@ -27,6 +27,21 @@ rows for ``nn.Linear`` and ``nn.Conv2d``, forward and backward.
 """
 
 
+def check_attack(attack: object, where: str) -> Attack:
+    """Returns ``attack`` if it is an :class:`Attack` (any subclass).
+
+    Args:
+        attack: the object to check.
+        where: who asks, e.g. ``"UAETransform"``; starts the error message.
+
+    Raises:
+        TypeError: for anything else, naming the type found.
+    """
+    if not isinstance(attack, Attack):
+        raise TypeError(f"{where}: attack must be a uae_augment Attack, got {type(attack).__name__}")
+    return attack
+
+
 def pad_rows(tensor: torch.Tensor, block: int = EVALUATION_BLOCK) -> torch.Tensor:
     """Appends copies of the last row until the row count is a multiple of ``block``.
 

@@ -25,9 +25,8 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .._model_state import state_hash
-from .._validation import check_attack
 from .._version import __version__
-from ..attacks.base import Attack
+from ..attacks.base import Attack, check_attack
 from ._items import dataset_length, integer_label, parse_item
 
 logger = logging.getLogger(__name__)

@@ -24,13 +24,12 @@ from torch.utils.data import Dataset
 from .._names import PRECOMPUTE_BATCH_SIZE
 from .._progress import Progress
 from .._validation import (
-    check_attack,
     check_images,
     check_probability,
     ensure_main_process,
     positive_int,
 )
-from ..attacks.base import Attack
+from ..attacks.base import Attack, check_attack
 from ..attacks.result import AttackResult
 from ._items import (
     FLAG_KEY,

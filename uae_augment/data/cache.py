@@ -53,8 +53,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .._names import PRECOMPUTE_BATCH_SIZE
-from .._validation import check_attack, ensure_main_process, positive_int
-from ..attacks.base import Attack
+from .._validation import ensure_main_process, positive_int
+from ..attacks.base import Attack, check_attack
 from . import _distributed
 from ._cache_format import (
     CHUNK_BYTES,

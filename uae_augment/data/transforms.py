@@ -20,14 +20,13 @@ from torch import nn
 from .._progress import log_duration
 from .._seeding import Stream, sample_generators, stacked_uniform
 from .._validation import (
-    check_attack,
     check_batch_rank,
     check_images,
     check_probability,
     ensure_main_process,
     resolve_index,
 )
-from ..attacks.base import Attack
+from ..attacks.base import Attack, check_attack
 from ..attacks.result import AttackResult
 from ._items import parse_item, require_labels
 

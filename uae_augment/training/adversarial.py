@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from .._model_state import model_device
 from .._seeding import derive_seed
 from .._validation import check_images, check_labels, check_positive
-from ..attacks.base import Attack
+from ..attacks.base import Attack, check_attack
 from ._loss import check_step_values
 
 logger = logging.getLogger(__name__)
@@ -133,8 +133,7 @@ def _check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[to
 
 
 def _check_attack(model: nn.Module, attack: Attack) -> None:
-    if not isinstance(attack, Attack):
-        raise TypeError(f"attack must be a uae_augment Attack, got {type(attack).__name__}")
+    check_attack(attack, "adversarial training")
     for used in attack.models():
         if used is model or any(m is model for m in used.modules()) or any(m is used for m in model.modules()):
             return
