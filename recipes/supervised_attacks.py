@@ -60,11 +60,10 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-if __package__ in (None, ""):  # run as a script: make `recipes` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recipes import _common as common  # noqa: E402
-from uae_augment import (  # noqa: E402
+import _config
+import _protocol
+import _report
+from uae_augment import (
     FGSM,
     LBFGS,
     PGD,
@@ -77,9 +76,9 @@ from uae_augment import (  # noqa: E402
     PenaltyAttack,
     per_sample_mi,
 )
-from uae_augment.evaluation import accuracy, correctly_classified, distortion  # noqa: E402
-from uae_augment.models import CWClassifier  # noqa: E402
-from uae_augment.plots import perturbation_picture, save_curves, save_image_grid  # noqa: E402
+from uae_augment.evaluation import accuracy, correctly_classified, distortion
+from uae_augment.models import CWClassifier
+from uae_augment.plots import perturbation_picture, save_curves, save_image_grid
 
 RECIPE = "supervised_attacks"
 ATTACKS = ("minmax", "penalty", "pgd", "fgsm", "lbfgs")
@@ -148,7 +147,7 @@ QUICK: dict[str, Any] = {
     "lbfgs_search_steps": 3,
     "lbfgs_max_iter": 20,
     "mi_steps": 600,
-    "threads": common.QUICK_THREADS,
+    "threads": _config.QUICK_THREADS,
 }
 """The minutes-long CPU preset. Deviations that keep it short: Adam (lr 1e-3) trains the victims,
 because the release's SGD stays at chance level for the first epochs on a 2,000-image CIFAR-10
@@ -168,7 +167,7 @@ def _feature_map_lr(preset: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface."""
-    parser = common.base_parser(__doc__, quick=QUICK, examples=[
+    parser = _config.base_parser(__doc__, quick=QUICK, examples=[
         "python recipes/supervised_attacks.py --quick            # MNIST-5k + a CIFAR-10 subset, 50 images",
         "python recipes/supervised_attacks.py --seeds 0 --device cuda   # the paper's setting (GPU: hours)",
         "python recipes/supervised_attacks.py --quick --datasets mnist-5k --attacks minmax pgd",
@@ -306,7 +305,7 @@ def attack_record(
 # --------------------------------------------------------------------------- one data set
 
 
-class Experiment(common.RecipeRun):
+class Experiment(_protocol.RecipeRun):
     """Runs the protocol per data set and seed; collects records, curves and grids."""
 
     def __init__(self, args: argparse.Namespace, out: Path):
@@ -316,28 +315,27 @@ class Experiment(common.RecipeRun):
     def run(self, data: DataSpec, seed: int, *, figures: bool) -> None:
         args, tag = self.args, f"{data.name}/seed{seed}"
         with self.timer.stage(f"{tag}/load"):
-            train, test = common.load_splits(data.name, args.data_root, train_rows=args.train_rows, test_rows=args.test_rows)
-            x_test, y_test = common.stack(test)
+            train, test = _protocol.load_splits(data.name, args.data_root, train_rows=args.train_rows, test_rows=args.test_rows)
+            x_test, y_test = _protocol.stack(test)
         x_test, y_test = x_test.to(self.device), y_test.to(self.device)
         epochs = args.cifar_epochs if data.name == "cifar10" and args.cifar_epochs else args.epochs
         key = {"dataset": data.name, "rows": len(train), "seed": seed, "epochs": epochs,
                "optimizer": args.optimizer, "lr": args.lr}
-        trainer = common.fit_trainer(device=self.device, epochs=epochs, seed=seed, progress=self.progress)
+        trainer = _protocol.fit_trainer(device=self.device, epochs=epochs, seed=seed, progress=self.progress)
         with self.timer.stage(f"{tag}/train"):
-            model, history = common.train_model(
+            model, history = _protocol.train_model(
                 lambda: Victim(data.shape, args.optimizer, args.lr), train, trainer, seed=seed, device=self.device,
                 checkpoint=self.out / "models" / f"{data.name}-cw-seed{seed}.pt", key=key,
             )
         test_accuracy = accuracy(model, x_test, y_test)
-        positions = correctly_classified(model, x_test, y_test, count=args.images, seed=common.SUBSET_SEED)
+        positions = correctly_classified(model, x_test, y_test, count=args.images, seed=_protocol.SUBSET_SEED)
         x, y = x_test[positions.to(self.device)], y_test[positions.to(self.device)]
         # the images' indices in the test split (they also seed the attacks' per-sample randomness)
         rows = torch.as_tensor(test.indices)[positions] if isinstance(test, Subset) else positions
         record: dict[str, Any] = {
             "dataset": data.name, "published_as": data.published, "seed": seed, "train_size": len(train),
             "test_size": len(x_test), "test_accuracy": test_accuracy, "images": len(rows), "image_index": rows.tolist(),
-            "training": {"steps": history["steps"], "epochs": history["epochs"], "final_loss": history["losses"][-1],
-                         "reused_checkpoint": history["reused"]},
+            "training": _protocol.brief(history),
             "attacks": {},
         }
         results: dict[str, AttackResult] = {}
@@ -420,9 +418,9 @@ def summarise(runs: Sequence[dict[str, Any]], datasets: Sequence[str], attacks: 
         row: dict[str, Any] = {
             "dataset": name, "published_as": group[0]["published_as"], "seeds": [r["seed"] for r in group],
             "images": [r["images"] for r in group],
-            "test_accuracy": common.mean_std([r["test_accuracy"] for r in group]),
-            "mi_references": {k: common.mean_std([r["mi_references"][k] for r in group]) for k in group[0]["mi_references"]},
-            "mine_common_successes": common.mean_std([r["mine_common_successes"] for r in group]),
+            "test_accuracy": _report.mean_std([r["test_accuracy"] for r in group]),
+            "mi_references": {k: _report.mean_std([r["mi_references"][k] for r in group]) for k in group[0]["mi_references"]},
+            "mine_common_successes": _report.mean_std([r["mine_common_successes"] for r in group]),
             "mi_ranking": group[0].get("mi_ranking", {}).get("steps", []),
             "mi_ranking_agree": (sum(bool(r["mi_ranking"]["agree"]) for r in group)
                                  if all("mi_ranking" in r for r in group) else None),
@@ -430,18 +428,18 @@ def summarise(runs: Sequence[dict[str, Any]], datasets: Sequence[str], attacks: 
         }
         if all("mi_references_2x_steps" in r for r in group):
             row["mi_references_2x_steps"] = {
-                k: common.mean_std([r["mi_references_2x_steps"][k] for r in group]) for k in group[0]["mi_references"]
+                k: _report.mean_std([r["mi_references_2x_steps"][k] for r in group]) for k in group[0]["mi_references"]
             }
         for attack in attacks:
             entries = [r["attacks"][attack] for r in group if attack in r["attacks"]]
-            row["attacks"][attack] = {m: common.mean_std([e.get(m, math.nan) for e in entries]) for m in _METRICS}
+            row["attacks"][attack] = {m: _report.mean_std([e.get(m, math.nan) for e in entries]) for m in _METRICS}
             row["attacks"][attack]["iterations"] = entries[0]["iterations"]
         summary.append(row)
     return summary
 
 
 def _stat(stat: dict[str, Any], digits: int = 3) -> str:
-    return common.format_stat(stat, digits)
+    return _report.format_stat(stat, digits)
 
 
 def markdown(summary: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -467,13 +465,13 @@ def markdown(summary: Sequence[dict[str, Any]], args: argparse.Namespace) -> str
             published = PUBLISHED.get(row["published_as"], {}).get(attack, {})
             paper += [f"{published['asr_pct']:g}%" if published else "—", f"{published['mi']:g}" if published else "—"]
             stats = row["attacks"][attack]
-            asr = f"{common.format_number(stats['asr_pct']['mean'], 1)}%"
+            asr = f"{_report.format_number(stats['asr_pct']['mean'], 1)}%"
             own += [asr, _stat(stats["mi_attack"])]
             independent += [asr, _stat(stats["mi_evaluator"])]
             shared += [f"{row['mine_common_successes']['mean']:.0f} images", _stat(stats["mi_evaluator_common"])]
         body += [paper, own, independent, shared]
     if body:
-        lines += [common.markdown_table(header, body), ""]
+        lines += [_report.markdown_table(header, body), ""]
     for row in summary:
         images = sorted(set(row["images"]))
         lines += [
@@ -497,7 +495,7 @@ def markdown(summary: Sequence[dict[str, Any]], args: argparse.Namespace) -> str
                                  ("unrelated image", "reference: x' = another test image", "—")):
             detail.append([label, "—", _stat(references[key]), _stat(references_2x.get(key, {})), "—", size, size,
                            "—", "—", "—", "—"])
-        lines += [common.markdown_table(detail_header, detail), ""]
+        lines += [_report.markdown_table(detail_header, detail), ""]
         if row["mi_ranking_agree"] is not None:
             lines += [f"Evaluator ranking of the attacks (MI at {args.mi_steps} steps, then at {2 * args.mi_steps}): "
                       f"{' > '.join(LABELS[a] for a in row['mi_ranking'])} (first seed); the order is the same at"
@@ -524,7 +522,7 @@ def markdown(summary: Sequence[dict[str, Any]], args: argparse.Namespace) -> str
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the recipe; prints the Markdown tables; returns the exit status (0 on success)."""
     parser = build_parser()
-    args, out = common.start_run(parser, argv, QUICK, RECIPE)
+    args, out = _config.start_run(parser, argv, QUICK, RECIPE)
     experiment = Experiment(args, out)
     available, skipped = [], []
     for name in args.datasets:
@@ -532,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for position, seed in enumerate(args.seeds):
                 experiment.run(DATASETS[name], seed, figures=position == 0)
             available.append(name)
-        except common.MissingDataset as error:
+        except _protocol.MissingDataset as error:
             skipped.append({"dataset": name, "reason": str(error).splitlines()[0]})
     experiment.timer.close()
     if not available:
@@ -541,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = markdown(summary, args)
     if skipped:
         table += "\nSkipped: " + "; ".join(f"{s['dataset']} ({s['reason']})" for s in skipped) + "\n"
-    common.write_outputs(out, RECIPE, args, experiment.timer, table, {
+    _report.write_outputs(out, RECIPE, args, experiment.timer, table, {
         "skipped": skipped,
         "runs": experiment.runs,
         "summary": summary,

@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._progress import configure_logging
     from .attacks import (
         BIM,
         FGSM,
@@ -51,6 +52,7 @@ _LAZY = {
         ".attacks",
     ),
     **dict.fromkeys(("Contrastive", "SimCLRViews"), ".contrastive"),
+    "configure_logging": "._progress",
     **dict.fromkeys(("ClassifierMargin", "Criterion", "Reconstruction"), ".criteria"),
     **dict.fromkeys(
         ("CacheError", "UAEAugmented", "UAECache", "UAETransform", "available_datasets", "load_dataset",
@@ -110,6 +112,7 @@ __all__ = [
     "UAECache",
     "UAETransform",
     "available_datasets",
+    "configure_logging",
     "estimate_mi",
     "fit",
     "load_dataset",

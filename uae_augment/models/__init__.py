@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from .._model_state import model_device
 from .autoencoders import (
     AdversarialAutoencoder,
     ConvAutoencoder,
@@ -48,6 +49,7 @@ __all__ = [
     "cw_cifar",
     "cw_mnist",
     "fit_concrete",
+    "model_device",
     "simclr_resnet18",
 ]
 
