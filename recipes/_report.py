@@ -186,6 +186,29 @@ def format_stat(stat: Mapping[str, float], digits: int = 5) -> str:
     return f"{stat['mean']:.{digits}f}"
 
 
+def format_stat_change(stat: Mapping[str, float], change: float | None = None, digits: int = 5) -> str:
+    """:func:`format_stat` followed by the change in % (:func:`format_pct`) when both are known.
+
+    Example:
+        >>> format_stat_change({"mean": 0.5, "std": 0.1, "n": 2}, 12.34, digits=2)
+        '0.50 ± 0.10 (+12.3%)'
+    """
+    text = format_stat(stat, digits)
+    if change is not None and math.isfinite(change) and text != "—":
+        text += f" ({format_pct(change)})"
+    return text
+
+
+def ours_label(seeds: int, train_size: int) -> str:
+    """The "source" cell of our rows in a table beside the paper's: seeds and training rows.
+
+    Example:
+        >>> ours_label(3, 60000)
+        'ours (3 seeds, 60,000 train rows)'
+    """
+    return f"ours ({seeds} seed{'s' if seeds > 1 else ''}, {train_size:,} train rows)"
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub Markdown table; every row must have as many cells as the header.
 

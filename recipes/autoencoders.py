@@ -395,17 +395,6 @@ def summarise(
     return summary
 
 
-def _source(seeds: int, train_size: int) -> str:
-    return f"ours ({seeds} seed{'s' if seeds > 1 else ''}, {train_size:,} train rows)"
-
-
-def _cell(stat: dict[str, Any], change: float | None = None) -> str:
-    text = _report.format_stat(stat)
-    if change is not None and math.isfinite(change) and text != "—":
-        text += f" ({_report.format_pct(change)})"
-    return text
-
-
 def _published_cell(values: Published, key: str) -> str:
     value, original = values.get(key), values.get("original")
     if value is None:
@@ -423,10 +412,10 @@ def markdown(summary: Sequence[dict[str, Any]], methods: Sequence[str], *, faile
     rows = []
     for row in summary:
         n = len(row["seeds"])
-        ours = [row["data_label"], row["model"], _source(n, row["train_size"]),
-                _cell(row["original"]),
-                _cell(row["same_steps"], row["same_steps"]["change_vs_original_pct"]) if "same_steps" in row else "—"]
-        ours += [_cell(row["methods"][m]["test_mse"], row["methods"][m]["change_vs_original_pct"]) for m in methods]
+        ours = [row["data_label"], row["model"], _report.ours_label(n, row["train_size"]),
+                _report.format_stat_change(row["original"]),
+                _report.format_stat_change(row["same_steps"], row["same_steps"]["change_vs_original_pct"]) if "same_steps" in row else "—"]
+        ours += [_report.format_stat_change(row["methods"][m]["test_mse"], row["methods"][m]["change_vs_original_pct"]) for m in methods]
         ours.append(" / ".join(_report.format_number(row["methods"][m]["asr_pct"]["mean"], 1) for m in methods))
         rows.append(ours)
         published = PUBLISHED.get(row["published_as"] or "", {}).get(row["model"])

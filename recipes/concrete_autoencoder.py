@@ -301,7 +301,7 @@ def markdown(summary: Sequence[dict[str, Any]], *, failed: str, skipped: Sequenc
         n = len(row["seeds"])
         control = row.get("same_steps")
         ours = [
-            f"{row['dataset']} (K={row['k']})", f"ours ({n} seed{'s' if n > 1 else ''}, {row['train_size']:,} train rows)",
+            f"{row['dataset']} (K={row['k']})", _report.ours_label(n, row["train_size"]),
             _report.format_stat(row["original"]["test_mse"]),
             _report.format_stat(control["test_mse"]) if control else "—",
             f"{_report.format_stat(row['mine']['test_mse'])} ({_report.format_pct(row['re_change_vs_original_pct'])})",

@@ -1,9 +1,11 @@
-"""The shared recipe plumbing: configuration files, tables, statistics, subsets, JSON, timing."""
+"""The recipes' shared helpers (_config, _protocol, _report): configuration files, tables, statistics,
+subsets, JSON, timing, and how every recipe imports them."""
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ import autoencoders
 import concrete_autoencoder
 from uae_augment import load_dataset
 
-from .helpers import REPO, table_rows
+from .helpers import PYTHON, REPO, table_rows
 
 
 @pytest.mark.parametrize("module", [autoencoders, concrete_autoencoder], ids=lambda m: m.RECIPE)
@@ -119,3 +121,37 @@ def test_probe_runs_the_attack_on_its_models_device():
     x, result, stats = _protocol.probe(attack, train, 3, _RowsStub())
     assert attack.seen == [torch.device("meta")]
     assert x.device.type == "cpu" and result.adversarial.device.type == "cpu" and stats["probe_rows"] == 3
+
+
+RECIPES = sorted(path.name for path in (REPO / "recipes").glob("[!_]*.py"))
+
+
+def test_recipes_use_only_the_public_api_and_no_path_edits() -> None:
+    import ast
+
+    for path in sorted((REPO / "recipes").glob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("uae_augment"):
+                assert not any(part.startswith("_") for part in node.module.split(".")), (path.name, node.module)
+                assert not any(alias.name.startswith("_") for alias in node.names), (path.name, node.module)
+            if isinstance(node, ast.Attribute) and node.attr in ("insert", "append"):
+                assert ast.unparse(node.value) != "sys.path", path.name
+
+
+def test_brief_summarises_a_training_record() -> None:
+    history = {"steps": 6, "epochs": 3, "seconds": 2.345, "losses": [0.9, 0.4], "reused": True,
+               "step_losses": [1.0, 0.5], "tries": 2}
+    assert _protocol.brief(history) == {
+        "steps": 6, "epochs": 3, "train_s": 2.35, "final_loss": 0.4, "reused_checkpoint": True,
+    }
+    extended = _protocol.brief(history, ("step_losses", "tries", "absent"))
+    assert extended["step_losses"] == [1.0, 0.5] and extended["tries"] == 2 and "absent" not in extended
+    assert math.isnan(_protocol.brief({**history, "losses": []})["final_loss"])
+
+
+@pytest.mark.parametrize("script", RECIPES)
+def test_every_recipe_runs_as_a_script_from_the_repository_root(script: str) -> None:
+    done = subprocess.run([PYTHON, f"recipes/{script}", "--help"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "--quick" in done.stdout and "--device" in done.stdout
