@@ -130,11 +130,13 @@ def synchronize(device: torch.device) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N``; a clear error when CUDA is asked for but absent."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
-    return device
+    """:func:`uae_augment.devices.resolve_device`, its error as the script's exit message."""
+    from uae_augment import devices
+
+    try:
+        return devices.resolve_device(name)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 # --------------------------------------------------------------------------- data and model

@@ -48,15 +48,15 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-if __package__ in (None, ""):  # run as a script: make `recipes` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recipes import _common as common  # noqa: E402
-from uae_augment import FGSM, PGD  # noqa: E402
-from uae_augment.evaluation import confidence_table, lipschitz_bounds  # noqa: E402
-from uae_augment.models import LeNet  # noqa: E402
-from uae_augment.plots import perturbation_picture, save_curves, save_image_grid  # noqa: E402
-from uae_augment.training import (  # noqa: E402
+import _config
+import _protocol
+import _report
+from uae_augment import FGSM, PGD
+from uae_augment.devices import resolve_device
+from uae_augment.evaluation import confidence_table, lipschitz_bounds
+from uae_augment.models import LeNet
+from uae_augment.plots import perturbation_picture, save_curves, save_image_grid
+from uae_augment.training import (
     InputNormalization,
     clean_step,
     fgsm_augment_epoch,
@@ -102,13 +102,13 @@ QUICK: dict[str, Any] = {
     "lr": 0.01,
     "madry_steps": 5,
     "pgd_steps": 10,
-    "threads": common.QUICK_THREADS,
+    "threads": _config.QUICK_THREADS,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface."""
-    parser = common.base_parser(__doc__, quick=QUICK, examples=[
+    parser = _config.base_parser(__doc__, quick=QUICK, examples=[
         "python recipes/adversarial_training.py --quick          # MNIST-5k, minutes on a CPU",
         "python recipes/adversarial_training.py --seeds 0        # the reference's setting (MNIST, 30 epochs)",
         "python recipes/adversarial_training.py --quick --methods standard madry --epsilon 0.3",
@@ -155,7 +155,7 @@ class Run:
 
 def trainer(
     method: str, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, seed: int, progress: bool
-) -> common.Trainer:
+) -> _protocol.Trainer:
     """A :data:`recipes._common.Trainer` that trains with ``method`` for ``args.epochs`` epochs."""
 
     def train(model: nn.Module, _dataset: Any) -> tuple[nn.Module, dict[str, Any]]:
@@ -241,16 +241,16 @@ def summarise(runs: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[st
             continue
         entry: dict[str, Any] = {"seeds": [r["seed"] for r in group]}
         for split in ("clean", "fgsm", "pgd"):
-            entry[split] = {c: common.mean_std([r["eval"][split][c] for r in group]) for c in COLUMNS}
-        entry["lipschitz_product"] = common.mean_std([r["eval"]["lipschitz_product"] for r in group])
+            entry[split] = {c: _report.mean_std([r["eval"][split][c] for r in group]) for c in COLUMNS}
+        entry["lipschitz_product"] = _report.mean_std([r["eval"]["lipschitz_product"] for r in group])
         entry["train_steps"] = group[0]["train"]["steps"]
-        entry["train_s"] = common.mean_std([r["train_s"] for r in group])
+        entry["train_s"] = _report.mean_std([r["train_s"] for r in group])
         summary[method] = entry
     return summary
 
 
 def _cell(stat: dict[str, Any]) -> str:
-    return common.format_stat(stat, 4)
+    return _report.format_stat(stat, 4)
 
 
 def markdown(summary: dict[str, Any], args: argparse.Namespace, data_label: str) -> str:
@@ -262,7 +262,7 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, data_label: str)
         n = len(entry["seeds"])
         rows.append([LABELS[method], f"ours ({n} seed{'s' if n > 1 else ''})",
                      *(_cell(entry["clean"][c]) for c in COLUMNS), *(_cell(entry["fgsm"][c]) for c in COLUMNS),
-                     _cell(entry["pgd"]["correct"]), common.format_stat(entry["lipschitz_product"], 1)])
+                     _cell(entry["pgd"]["correct"]), _report.format_stat(entry["lipschitz_product"], 1)])
         if method in PUBLISHED:
             paper = PUBLISHED[method]
             rows.append(["", "reference", *(f"{paper['clean'][c]:.4f}" for c in COLUMNS),
@@ -274,7 +274,7 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, data_label: str)
         f"model itself (white box); PGD: {args.pgd_steps} steps of 2.5ε/steps from a random start. Mean ± std over seeds.",
         "The reference's \"adversarial training\" is our `fgsm-augment` row.",
         "",
-        common.markdown_table(header, rows),
+        _report.markdown_table(header, rows),
     ]
     for method in ("standard", "fgsm-augment"):
         if method not in summary:
@@ -285,7 +285,7 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, data_label: str)
             for c, label in zip(COLUMNS, COLUMN_LABELS)
         ]
         lines += ["", f"#### {LABELS[method]}: the reference's layout", "",
-                  common.markdown_table(["", "clean (ours)", "clean (reference)", "FGSM (ours)", "FGSM (reference)"], table_rows)]
+                  _report.markdown_table(["", "clean (ours)", "clean (reference)", "FGSM (ours)", "FGSM (reference)"], table_rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -295,19 +295,19 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, data_label: str)
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the recipe; prints the Markdown tables; returns the exit status (0 on success)."""
     parser = build_parser()
-    args, out = common.start_run(parser, argv, QUICK, RECIPE, save=False)
+    args, out = _config.start_run(parser, argv, QUICK, RECIPE, save=False)
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
-    common.save_config(args, out, argv)
-    device = common.resolve_device(args.device)
+    _config.save_config(args, out, argv)
+    device = resolve_device(args.device)
     progress = not args.no_progress
-    timer = common.StageTimer(out / common.WALL_TIME_FILE)
+    timer = _report.StageTimer(out / _report.WALL_TIME_FILE)
     try:
         with timer.stage("load"):
-            train, test = common.load_splits(args.dataset, args.data_root, train_rows=args.train_rows, test_rows=args.test_rows)
-            x, y = common.stack(train)
-            x_test, y_test = common.stack(test)
-    except common.MissingDataset as error:
+            train, test = _protocol.load_splits(args.dataset, args.data_root, train_rows=args.train_rows, test_rows=args.test_rows)
+            x, y = _protocol.stack(train)
+            x_test, y_test = _protocol.stack(test)
+    except _protocol.MissingDataset as error:
         parser.error(str(error))
     x, y, x_test, y_test = x.to(device), y.to(device), x_test.to(device), y_test.to(device)
     mean_image = x.mean(dim=0)
@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "batch_size": args.batch_size, "lr": args.lr, "epsilon": args.epsilon, "alpha": args.alpha,
                    "kurakin": [args.kurakin_k, args.kurakin_lambda], "madry_steps": args.madry_steps}
             with timer.stage(f"{tag}/train"):
-                model, history = common.train_model(
+                model, history = _protocol.train_model(
                     build, train, trainer(method, args, x, y, seed, progress), seed=seed, device=device,
                     checkpoint=out / "models" / f"{method}-seed{seed}.pt", key=key,
                 )
@@ -356,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out / "examples.png", title=f"{LABELS[args.methods[0]]}: test images, ε = {args.epsilon:g}",
         ),
     ]
-    common.write_outputs(out, RECIPE, args, timer, table, {
+    _report.write_outputs(out, RECIPE, args, timer, table, {
         "dataset": {"name": args.dataset, "train_size": len(x), "test_size": len(x_test)},
         "runs": runs,
         "summary": summary,

@@ -54,14 +54,13 @@ from typing import Any
 import torch
 from torch import nn
 
-if __package__ in (None, ""):  # run as a script: make `recipes` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recipes import _common as common  # noqa: E402
-from uae_augment import MINEUAE, PRESETS, Attack, GaussianNoise, LpUAE, Reconstruction  # noqa: E402
-from uae_augment.evaluation import reconstruction_error  # noqa: E402
-from uae_augment.models import build_model  # noqa: E402
-from uae_augment.plots import perturbation_picture, save_image_grid  # noqa: E402
+import _config
+import _protocol
+import _report
+from uae_augment import MINEUAE, PRESETS, Attack, GaussianNoise, LpUAE, Reconstruction
+from uae_augment.evaluation import reconstruction_error
+from uae_augment.models import build_model
+from uae_augment.plots import perturbation_picture, save_image_grid
 
 RECIPE = "autoencoders"
 MODEL_KINDS = ("sparse", "dense", "conv", "adversarial")
@@ -171,7 +170,7 @@ QUICK: dict[str, Any] = {
     "projections": 100,
     "projection_dim": 32,  # ~3x cheaper than 128 (measured): projecting x' dominates a dense model's attack
     "probe": 8,
-    "threads": common.QUICK_THREADS,
+    "threads": _config.QUICK_THREADS,
 }
 
 
@@ -180,7 +179,7 @@ QUICK: dict[str, Any] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface."""
-    parser = common.base_parser(__doc__, quick=QUICK, examples=[
+    parser = _config.base_parser(__doc__, quick=QUICK, examples=[
         "python recipes/autoencoders.py --quick                      # MNIST-5k, minutes on a CPU",
         "python recipes/autoencoders.py --config recipes/configs/autoencoders_full.yaml",
         "python recipes/autoencoders.py --quick --models conv --methods mine ga-0.01 --seeds 0",
@@ -193,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                        help="augmentation methods (default: all)")
     group.add_argument("--no-control", action="store_true", help="skip the same-steps clean control")
-    group.add_argument("--failed", choices=common.FAILED_POLICIES, default="keep",
+    group.add_argument("--failed", choices=_protocol.FAILED_POLICIES, default="keep",
                        help="UAEs whose attack failed: keep them (the release's concatenation) or drop them (default: %(default)s)")
     group.add_argument("--epochs", type=int, default=None,
                        help="training epochs of every model (default: the release's per model: sparse 50, dense 20, conv 20, adversarial 50)")
@@ -244,13 +243,13 @@ def resolve_datasets(requested: Sequence[str], root: Path | None) -> tuple[list[
     for name in requested:
         key = name.lower().replace("_", "-")
         published = {"mnist": "MNIST", "mnist-5k": "MNIST", "svhn": "SVHN"}.get(key)
-        if key == "svhn" and not common.dataset_available("svhn", root):
-            if common.dataset_available(SVHN_STAND_IN, root):
+        if key == "svhn" and not _protocol.dataset_available("svhn", root):
+            if _protocol.dataset_available(SVHN_STAND_IN, root):
                 usable.append(DataSpec(name, SVHN_STAND_IN, "SVHN", "stand-in for SVHN, whose file is absent"))
             else:
                 skipped.append({"dataset": name, "reason": "neither svhn nor cifar10 found in the data root"})
             continue
-        if not common.dataset_available(key, root):
+        if not _protocol.dataset_available(key, root):
             skipped.append({"dataset": name, "reason": "file not found in the data root"})
             continue
         note = "4,000-digit subset" if key == "mnist-5k" else ""
@@ -261,7 +260,7 @@ def resolve_datasets(requested: Sequence[str], root: Path | None) -> tuple[list[
 # --------------------------------------------------------------------------- the experiment
 
 
-class Experiment(common.RecipeRun):
+class Experiment(_protocol.RecipeRun):
     """Runs the protocol for the configuration ``args`` and collects the per-seed records."""
 
     def __init__(self, args: argparse.Namespace, out: Path):
@@ -271,11 +270,11 @@ class Experiment(common.RecipeRun):
 
     def run(self, data: DataSpec) -> None:
         with self.timer.stage(f"{data.name}/load"):
-            train, test = common.load_splits(
+            train, test = _protocol.load_splits(
                 data.name, self.args.data_root, train_rows=self.args.train_rows, test_rows=self.args.test_rows
             )
-            x_test, _ = common.stack(test)
-        shape = common.sample_shape(train)
+            x_test, _ = _protocol.stack(test)
+        shape = _protocol.sample_shape(train)
         for kind in self.args.models:
             for position, seed in enumerate(self.args.seeds):
                 record = self.run_seed(data, kind, seed, train, x_test, shape, grid=position == 0)
@@ -291,17 +290,17 @@ class Experiment(common.RecipeRun):
         def build() -> nn.Module:
             return build_model(f"{kind}-ae", shape)
 
-        trainer = common.fit_trainer(device=self.device, epochs=self.args.epochs, seed=seed, progress=self.progress)
+        trainer = _protocol.fit_trainer(device=self.device, epochs=self.args.epochs, seed=seed, progress=self.progress)
         key = {"dataset": data.name, "kind": kind, "seed": seed, "epochs": self.args.epochs,
                "train_rows": len(train), "shape": list(shape)}
         with self.timer.stage(f"{tag}/train-clean"):
-            clean, history = common.train_model(
+            clean, history = _protocol.train_model(
                 build, train, trainer, seed=seed, device=self.device,
                 checkpoint=self.out / "models" / f"{data.name}-{kind}-seed{seed}.pt", key=key,
             )
         record: dict[str, Any] = {
             "dataset": data.name, "model": kind, "seed": seed, "train_size": len(train), "test_size": len(x_test),
-            "original": {"test_mse": self._test_mse(clean, x_test), **_brief(history)},
+            "original": {"test_mse": self._test_mse(clean, x_test), **_protocol.brief(history)},
             "methods": {},
         }
         grid_rows: dict[str, torch.Tensor] = {}
@@ -312,10 +311,10 @@ class Experiment(common.RecipeRun):
         if not self.args.no_control and record["methods"]:
             # every augmented set has 2N rows under --failed keep; under drop the MINE-UAE run sets the budget
             steps = record["methods"].get("mine", next(iter(record["methods"].values())))["steps"]
-            same_steps = common.fit_trainer(device=self.device, max_steps=steps, seed=seed, progress=self.progress)
+            same_steps = _protocol.fit_trainer(device=self.device, max_steps=steps, seed=seed, progress=self.progress)
             with self.timer.stage(f"{tag}/same-steps-control"):
-                control, control_history = common.train_model(build, train, same_steps, seed=seed, device=self.device)
-            record["same_steps"] = {"test_mse": self._test_mse(control, x_test), **_brief(control_history)}
+                control, control_history = _protocol.train_model(build, train, same_steps, seed=seed, device=self.device)
+            record["same_steps"] = {"test_mse": self._test_mse(control, x_test), **_protocol.brief(control_history)}
         if grid_rows:
             path = save_image_grid(
                 grid_rows, self.out / f"grid-{data.name}-{kind}.png",
@@ -326,38 +325,33 @@ class Experiment(common.RecipeRun):
 
     def augment_and_retrain(
         self, method: Method, criterion: Reconstruction, train: Any, x_test: torch.Tensor,
-        build: Callable[[], nn.Module], trainer: common.Trainer, seed: int, tag: str,
+        build: Callable[[], nn.Module], trainer: _protocol.Trainer, seed: int, tag: str,
         grid_rows: dict[str, torch.Tensor] | None,
     ) -> dict[str, Any]:
         """One method: its cached augmentations, their statistics, the retrained model's test error."""
         attack = method.build(criterion, self.args, seed)
         name = tag.replace("/", "-")  # e.g. mnist-5k-conv-seed0
         with self.timer.stage(f"{tag}/attack/{method.key}"):
-            augmentation = common.augment(
+            augmentation = _protocol.augment(
                 train, attack, self.out / "cache" / f"{name}-{method.key}.h5", failed=self.args.failed,
                 batch_size=self.args.precompute_batch_size, progress=self.progress,
             )
         entry: dict[str, Any] = {"attack": attack.config(), **augmentation.stats()}
         if self.args.probe > 0:
             with self.timer.stage(f"{tag}/probe/{method.key}"):
-                x_probe, result, entry["probe"] = common.probe(attack, train, self.args.probe, augmentation.cache)
+                x_probe, result, entry["probe"] = _protocol.probe(attack, train, self.args.probe, augmentation.cache)
             if grid_rows is not None:
                 grid_rows.setdefault("clean", x_probe)
                 grid_rows[method.label] = result.adversarial.cpu()
                 grid_rows[f"{method.label} δ"] = perturbation_picture(result.perturbation(x_probe).cpu())
         with self.timer.stage(f"{tag}/retrain/{method.key}"):
-            model, history = common.train_model(build, augmentation.dataset, trainer, seed=seed, device=self.device)
-        return {**entry, "test_mse": self._test_mse(model, x_test), **_brief(history)}
+            model, history = _protocol.train_model(build, augmentation.dataset, trainer, seed=seed, device=self.device)
+        return {**entry, "test_mse": self._test_mse(model, x_test), **_protocol.brief(history)}
 
     @staticmethod
     def _test_mse(model: nn.Module, x_test: torch.Tensor) -> float:
         return float(reconstruction_error(model, x_test))
 
-
-def _brief(history: dict[str, Any]) -> dict[str, Any]:
-    return {"steps": history["steps"], "epochs": history["epochs"], "train_s": round(history["seconds"], 2),
-            "final_loss": history["losses"][-1] if history["losses"] else math.nan,
-            "reused_checkpoint": history["reused"]}
 
 
 # --------------------------------------------------------------------------- summaries and tables
@@ -373,7 +367,7 @@ def summarise(
             group = [r for r in runs if r["dataset"] == data.name and r["model"] == kind]
             if not group:
                 continue
-            original = common.mean_std([r["original"]["test_mse"] for r in group])
+            original = _report.mean_std([r["original"]["test_mse"] for r in group])
             row: dict[str, Any] = {
                 "dataset": data.name, "data_label": data.label, "published_as": data.published,
                 "model": kind, "seeds": [r["seed"] for r in group], "train_size": group[0]["train_size"],
@@ -381,35 +375,24 @@ def summarise(
             }
             control = None
             if all("same_steps" in r for r in group):
-                control = common.mean_std([r["same_steps"]["test_mse"] for r in group])
-                row["same_steps"] = {**control, "change_vs_original_pct": common.improvement_pct(original["mean"], control["mean"])}
+                control = _report.mean_std([r["same_steps"]["test_mse"] for r in group])
+                row["same_steps"] = {**control, "change_vs_original_pct": _report.improvement_pct(original["mean"], control["mean"])}
             row["methods"] = {}
             for key in methods:
                 entries = [r["methods"][key] for r in group if key in r["methods"]]
-                mse = common.mean_std([e["test_mse"] for e in entries])
+                mse = _report.mean_std([e["test_mse"] for e in entries])
                 row["methods"][key] = {
                     "test_mse": mse,
-                    "change_vs_original_pct": common.improvement_pct(original["mean"], mse["mean"]),
-                    "change_vs_same_steps_pct": common.improvement_pct(control["mean"], mse["mean"]) if control else math.nan,
-                    "asr_pct": common.mean_std([e["asr_pct"] for e in entries]),
-                    "criterion_zero_pct": common.mean_std([e["criterion_zero_pct"] for e in entries]),
-                    "mean_mi": common.mean_std([e["mean_mi"] for e in entries]),
-                    "moved_linf": common.mean_std([e.get("probe", {}).get("moved_linf", math.nan) for e in entries]),
-                    "linf": common.mean_std([e.get("probe", {}).get("linf", math.nan) for e in entries]),
+                    "change_vs_original_pct": _report.improvement_pct(original["mean"], mse["mean"]),
+                    "change_vs_same_steps_pct": _report.improvement_pct(control["mean"], mse["mean"]) if control else math.nan,
+                    "asr_pct": _report.mean_std([e["asr_pct"] for e in entries]),
+                    "criterion_zero_pct": _report.mean_std([e["criterion_zero_pct"] for e in entries]),
+                    "mean_mi": _report.mean_std([e["mean_mi"] for e in entries]),
+                    "moved_linf": _report.mean_std([e.get("probe", {}).get("moved_linf", math.nan) for e in entries]),
+                    "linf": _report.mean_std([e.get("probe", {}).get("linf", math.nan) for e in entries]),
                 }
             summary.append(row)
     return summary
-
-
-def _source(seeds: int, train_size: int) -> str:
-    return f"ours ({seeds} seed{'s' if seeds > 1 else ''}, {train_size:,} train rows)"
-
-
-def _cell(stat: dict[str, Any], change: float | None = None) -> str:
-    text = common.format_stat(stat)
-    if change is not None and math.isfinite(change) and text != "—":
-        text += f" ({common.format_pct(change)})"
-    return text
 
 
 def _published_cell(values: Published, key: str) -> str:
@@ -418,7 +401,7 @@ def _published_cell(values: Published, key: str) -> str:
         return "?"
     if key == "original" or original is None:
         return f"{value:.5f}"
-    return f"{value:.5f} ({common.format_pct(common.improvement_pct(original, value))})"
+    return f"{value:.5f} ({_report.format_pct(_report.improvement_pct(original, value))})"
 
 
 def markdown(summary: Sequence[dict[str, Any]], methods: Sequence[str], *, failed: str, skipped: Sequence[dict[str, str]]) -> str:
@@ -429,11 +412,11 @@ def markdown(summary: Sequence[dict[str, Any]], methods: Sequence[str], *, faile
     rows = []
     for row in summary:
         n = len(row["seeds"])
-        ours = [row["data_label"], row["model"], _source(n, row["train_size"]),
-                _cell(row["original"]),
-                _cell(row["same_steps"], row["same_steps"]["change_vs_original_pct"]) if "same_steps" in row else "—"]
-        ours += [_cell(row["methods"][m]["test_mse"], row["methods"][m]["change_vs_original_pct"]) for m in methods]
-        ours.append(" / ".join(common.format_number(row["methods"][m]["asr_pct"]["mean"], 1) for m in methods))
+        ours = [row["data_label"], row["model"], _report.ours_label(n, row["train_size"]),
+                _report.format_stat_change(row["original"]),
+                _report.format_stat_change(row["same_steps"], row["same_steps"]["change_vs_original_pct"]) if "same_steps" in row else "—"]
+        ours += [_report.format_stat_change(row["methods"][m]["test_mse"], row["methods"][m]["change_vs_original_pct"]) for m in methods]
+        ours.append(" / ".join(_report.format_number(row["methods"][m]["asr_pct"]["mean"], 1) for m in methods))
         rows.append(ours)
         published = PUBLISHED.get(row["published_as"] or "", {}).get(row["model"])
         if published is not None:
@@ -450,31 +433,31 @@ def markdown(summary: Sequence[dict[str, Any]], methods: Sequence[str], *, faile
         "positive = better). `same-steps clean` is the clean model trained for as many optimisation steps as the",
         f"augmented ones. Failed UAEs: {failed} ({'kept in' if failed == 'keep' else 'dropped from'} the augmented set).",
         "",
-        common.markdown_table(header, rows),
+        _report.markdown_table(header, rows),
     ]
     if any("same_steps" in row for row in summary):
         fair_header = ["data", "AE", *(m.label for m in columns)]
         fair_rows = [
-            [row["data_label"], row["model"], *(common.format_pct(row["methods"][m]["change_vs_same_steps_pct"]) for m in methods)]
+            [row["data_label"], row["model"], *(_report.format_pct(row["methods"][m]["change_vs_same_steps_pct"]) for m in methods)]
             for row in summary if "same_steps" in row
         ]
         lines += ["", "### Change of the test error relative to the same-steps clean control (positive = augmentation helps)",
-                  "", common.markdown_table(fair_header, fair_rows)]
+                  "", _report.markdown_table(fair_header, fair_rows)]
     detail_header = ["data", "AE", "method", "ASR %", "f_x = 0 %", "mean MI (attack's)", "mean ‖x' − x‖∞", "moved from start (L∞)"]
     detail_rows = [
         [row["data_label"], row["model"], METHODS[m].label,
-         common.format_stat(row["methods"][m]["asr_pct"], 1),
-         common.format_stat(row["methods"][m]["criterion_zero_pct"], 1),
-         common.format_stat(row["methods"][m]["mean_mi"], 4),
-         common.format_number(row["methods"][m]["linf"]["mean"], 4),
-         common.format_number(row["methods"][m]["moved_linf"]["mean"], 4)]
+         _report.format_stat(row["methods"][m]["asr_pct"], 1),
+         _report.format_stat(row["methods"][m]["criterion_zero_pct"], 1),
+         _report.format_stat(row["methods"][m]["mean_mi"], 4),
+         _report.format_number(row["methods"][m]["linf"]["mean"], 4),
+         _report.format_number(row["methods"][m]["moved_linf"]["mean"], 4)]
         for row in summary for m in methods
     ]
     lines += ["", "### What the attacks did (training set; ‖·‖∞ and moved: the probe rows of every seed)", "",
               "`f_x = 0 %`: share of augmentations that the autoencoder reconstructs no worse than x; ASR also",
               "needs the attack's MINE estimate > 0. `moved from start`: L∞ distance between the returned example",
               "and the attack's starting point clip(x + δ₀) (0 for init only; — for GA, which has no start).", "",
-              common.markdown_table(detail_header, detail_rows)]
+              _report.markdown_table(detail_header, detail_rows)]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{s['dataset']} ({s['reason']})" for s in skipped)]
     return "\n".join(lines) + "\n"
@@ -486,7 +469,7 @@ def markdown(summary: Sequence[dict[str, Any]], methods: Sequence[str], *, faile
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the recipe; prints the Markdown table; returns the exit status (0 on success)."""
     parser = build_parser()
-    args, out = common.start_run(parser, argv, QUICK, RECIPE)
+    args, out = _config.start_run(parser, argv, QUICK, RECIPE)
     datasets, skipped = resolve_datasets(args.datasets, args.data_root)
     if not datasets:
         parser.error("none of the requested data sets is available: " + "; ".join(s["reason"] for s in skipped))
@@ -496,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiment.timer.close()
     summary = summarise(experiment.runs, datasets, args.models, args.methods)
     table = markdown(summary, args.methods, failed=args.failed, skipped=skipped)
-    common.write_outputs(out, RECIPE, args, experiment.timer, table, {
+    _report.write_outputs(out, RECIPE, args, experiment.timer, table, {
         "failed_uaes": args.failed,
         "datasets": [dataclasses.asdict(d) for d in datasets],
         "skipped": skipped,

@@ -46,17 +46,18 @@ import torch
 from sklearn.ensemble import ExtraTreesClassifier
 from torch import nn
 
-if __package__ in (None, ""):  # run as a script: make `recipes` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recipes import _common as common  # noqa: E402
-from uae_augment import MINEUAE, PRESETS, Reconstruction  # noqa: E402
-from uae_augment.evaluation import reconstruction_error  # noqa: E402
-from uae_augment.models import ConcreteAutoencoder, build_model  # noqa: E402
-from uae_augment.plots import perturbation_picture, save_image_grid  # noqa: E402
-from uae_augment.training import fit_concrete  # noqa: E402
+import _config
+import _protocol
+import _report
+from uae_augment import MINEUAE, PRESETS, Reconstruction
+from uae_augment.evaluation import reconstruction_error
+from uae_augment.models import ConcreteAutoencoder, build_model
+from uae_augment.plots import perturbation_picture, save_image_grid
+from uae_augment.training import fit_concrete
 
 RECIPE = "concrete_autoencoder"
+CONCRETE_FIELDS = ("batch_size", "tries", "try_epochs", "mean_max_probabilities", "converged")
+"""What a training record of the retry rule adds to :func:`_protocol.brief`."""
 DATASETS = ("mnist", "fashion-mnist", "isolet", "coil20", "mice-protein", "activity")
 DEFAULT_K = 50
 K_OVERRIDES = {"mice-protein": 10}
@@ -85,13 +86,13 @@ QUICK: dict[str, Any] = {
     "projections": 100,
     "projection_dim": 32,  # ~3x cheaper than 128 (measured): projecting x' dominates a dense model's attack
     "probe": 8,
-    "threads": common.QUICK_THREADS,
+    "threads": _config.QUICK_THREADS,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface."""
-    parser = common.base_parser(__doc__, quick=QUICK, examples=[
+    parser = _config.base_parser(__doc__, quick=QUICK, examples=[
         "python recipes/concrete_autoencoder.py --quick              # MNIST-5k, minutes on a CPU",
         "python recipes/concrete_autoencoder.py --config recipes/configs/concrete_autoencoder_full.yaml",
         "python recipes/concrete_autoencoder.py --datasets isolet mice-protein --epochs 200 --seeds 0 1",
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--tries", type=int, default=5,
                        help="most trainings of the retry rule (doubling the epochs each time) (default: %(default)s)")
     group.add_argument("--no-control", action="store_true", help="skip the same-steps clean control")
-    group.add_argument("--failed", choices=common.FAILED_POLICIES, default="keep",
+    group.add_argument("--failed", choices=_protocol.FAILED_POLICIES, default="keep",
                        help="UAEs whose attack failed: keep (the release's concatenation) or drop (default: %(default)s)")
     group.add_argument("--train-rows", type=int, default=None, help="use a fixed random subset of N training rows (default: all)")
     group.add_argument("--test-rows", type=int, default=None, help="use a fixed random subset of N test rows (default: all)")
@@ -160,7 +161,7 @@ def evaluate(
     return Evaluation(mse, 100.0 * accuracy, selected.tolist())
 
 
-def concrete_trainer(args: argparse.Namespace, *, device: torch.device, seed: int, progress: bool) -> common.Trainer:
+def concrete_trainer(args: argparse.Namespace, *, device: torch.device, seed: int, progress: bool) -> _protocol.Trainer:
     """A trainer applying the authors' retry rule (``--tries`` trainings at most)."""
 
     def train(model: nn.Module, dataset: Any) -> tuple[nn.Module, dict[str, Any]]:
@@ -168,7 +169,7 @@ def concrete_trainer(args: argparse.Namespace, *, device: torch.device, seed: in
             model, dataset, epochs=args.epochs, tries=args.tries, seed=seed, progress=progress, device=device
         )
         return result.model, {
-            **common.history_record(result.history),
+            **_protocol.history_record(result.history),
             "tries": result.tries,
             "try_epochs": result.epochs,
             "mean_max_probabilities": result.mean_max_probabilities,
@@ -178,7 +179,7 @@ def concrete_trainer(args: argparse.Namespace, *, device: torch.device, seed: in
     return train
 
 
-class Experiment(common.RecipeRun):
+class Experiment(_protocol.RecipeRun):
     """Runs the protocol for the configuration ``args`` and collects the per-seed records."""
 
     def __init__(self, args: argparse.Namespace, out: Path):
@@ -188,10 +189,10 @@ class Experiment(common.RecipeRun):
     def run(self, name: str) -> None:
         options = DATASET_OPTIONS.get(name, {})
         with self.timer.stage(f"{name}/load"):
-            train, test = common.load_splits(
+            train, test = _protocol.load_splits(
                 name, self.args.data_root, train_rows=self.args.train_rows, test_rows=self.args.test_rows, **options
             )
-            train_xy, test_xy = common.stack(train), common.stack(test)
+            train_xy, test_xy = _protocol.stack(train), _protocol.stack(test)
         for position, seed in enumerate(self.args.seeds):
             self.runs.append(self.run_seed(name, seed, train, train_xy, test_xy, grid=position == 0))
 
@@ -211,42 +212,42 @@ class Experiment(common.RecipeRun):
         key = {"dataset": name, "seed": seed, "k": k, "epochs": args.epochs, "tries": args.tries,
                "train_rows": len(train_xy[0]), "shape": list(shape)}
         with self.timer.stage(f"{tag}/train-clean"):
-            clean, history = common.train_model(
+            clean, history = _protocol.train_model(
                 build, train, trainer, seed=seed, device=self.device,
                 checkpoint=self.out / "models" / f"{name}-seed{seed}.pt", key=key,
             )
         original = evaluate(clean, train_xy, test_xy, device=self.device, seed=seed)
         record: dict[str, Any] = {
             "dataset": name, "seed": seed, "k": k, "train_size": len(train_xy[0]), "test_size": len(test_xy[0]),
-            "original": {**original.as_dict(), **_brief(history)},
+            "original": {**original.as_dict(), **_protocol.brief(history, CONCRETE_FIELDS)},
         }
         attack = MINEUAE(
             Reconstruction(clean), preset=args.preset, steps=args.attack_steps, mine_steps=args.mine_steps,
             sampler="random_projection", projections=args.projections, projection_dim=args.projection_dim, seed=seed, batch_size=args.attack_batch_size,
         )
         with self.timer.stage(f"{tag}/attack/mine"):
-            augmentation = common.augment(
+            augmentation = _protocol.augment(
                 train, attack, self.out / "cache" / f"{name}-seed{seed}-mine.h5", failed=args.failed,
                 batch_size=args.precompute_batch_size, progress=self.progress,
             )
         mine: dict[str, Any] = {"attack": attack.config(), **augmentation.stats()}
         if args.probe > 0:
             with self.timer.stage(f"{tag}/probe/mine"):
-                x_probe, result, mine["probe"] = common.probe(attack, train, args.probe, augmentation.cache)
+                x_probe, result, mine["probe"] = _protocol.probe(attack, train, args.probe, augmentation.cache)
             if grid and len(shape) == 3:
                 self.grids.append(str(self._grid(name, seed, x_probe, result.adversarial.cpu(), original.selected)))
         with self.timer.stage(f"{tag}/retrain/mine"):
-            model, retrain = common.train_model(build, augmentation.dataset, trainer, seed=seed, device=self.device)
+            model, retrain = _protocol.train_model(build, augmentation.dataset, trainer, seed=seed, device=self.device)
         mine.update(evaluate(model, train_xy, test_xy, device=self.device, seed=seed).as_dict())
-        mine.update(_brief(retrain))
+        mine.update(_protocol.brief(retrain, CONCRETE_FIELDS))
         record["mine"] = mine
         if not args.no_control:
-            same_steps = common.fit_trainer(device=self.device, max_steps=retrain["steps"], seed=seed, progress=self.progress)
+            same_steps = _protocol.fit_trainer(device=self.device, max_steps=retrain["steps"], seed=seed, progress=self.progress)
             with self.timer.stage(f"{tag}/same-steps-control"):
-                control, control_history = common.train_model(build, train, same_steps, seed=seed, device=self.device)
+                control, control_history = _protocol.train_model(build, train, same_steps, seed=seed, device=self.device)
             record["same_steps"] = {
                 **evaluate(control, train_xy, test_xy, device=self.device, seed=seed).as_dict(),
-                **_brief(control_history),
+                **_protocol.brief(control_history, CONCRETE_FIELDS),
             }
         return record
 
@@ -261,10 +262,6 @@ class Experiment(common.RecipeRun):
             title=f"{name}, concrete AE, seed {seed}: clean | MINE-UAE | δ (amplified) | selected pixels",
         )
 
-
-def _brief(history: dict[str, Any]) -> dict[str, Any]:
-    keys = ("steps", "epochs", "batch_size", "tries", "try_epochs", "mean_max_probabilities", "converged", "reused")
-    return {"train_s": round(history["seconds"], 2), **{k: history[k] for k in keys if k in history}}
 
 
 def summarise(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict[str, Any]]:
@@ -281,16 +278,16 @@ def summarise(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict
         for arm in ("original", "mine", "same_steps"):
             if all(arm in r for r in group):
                 row[arm] = {
-                    "test_mse": common.mean_std([r[arm]["test_mse"] for r in group]),
-                    "accuracy_pct": common.mean_std([r[arm]["accuracy_pct"] for r in group]),
-                    "steps": common.mean_std([r[arm]["steps"] for r in group]),
+                    "test_mse": _report.mean_std([r[arm]["test_mse"] for r in group]),
+                    "accuracy_pct": _report.mean_std([r[arm]["accuracy_pct"] for r in group]),
+                    "steps": _report.mean_std([r[arm]["steps"] for r in group]),
                 }
-        row["asr_pct"] = common.mean_std([r["mine"]["asr_pct"] for r in group])
-        row["criterion_zero_pct"] = common.mean_std([r["mine"]["criterion_zero_pct"] for r in group])
-        row["moved_linf"] = common.mean_std([r["mine"].get("probe", {}).get("moved_linf", math.nan) for r in group])
-        row["re_change_vs_original_pct"] = common.improvement_pct(row["original"]["test_mse"]["mean"], row["mine"]["test_mse"]["mean"])
+        row["asr_pct"] = _report.mean_std([r["mine"]["asr_pct"] for r in group])
+        row["criterion_zero_pct"] = _report.mean_std([r["mine"]["criterion_zero_pct"] for r in group])
+        row["moved_linf"] = _report.mean_std([r["mine"].get("probe", {}).get("moved_linf", math.nan) for r in group])
+        row["re_change_vs_original_pct"] = _report.improvement_pct(row["original"]["test_mse"]["mean"], row["mine"]["test_mse"]["mean"])
         if "same_steps" in row:
-            row["re_change_vs_same_steps_pct"] = common.improvement_pct(
+            row["re_change_vs_same_steps_pct"] = _report.improvement_pct(
                 row["same_steps"]["test_mse"]["mean"], row["mine"]["test_mse"]["mean"])
         summary.append(row)
     return summary
@@ -305,22 +302,22 @@ def markdown(summary: Sequence[dict[str, Any]], *, failed: str, skipped: Sequenc
         n = len(row["seeds"])
         control = row.get("same_steps")
         ours = [
-            f"{row['dataset']} (K={row['k']})", f"ours ({n} seed{'s' if n > 1 else ''}, {row['train_size']:,} train rows)",
-            common.format_stat(row["original"]["test_mse"]),
-            common.format_stat(control["test_mse"]) if control else "—",
-            f"{common.format_stat(row['mine']['test_mse'])} ({common.format_pct(row['re_change_vs_original_pct'])})",
-            common.format_stat(row["original"]["accuracy_pct"], 2) + "%",
-            (common.format_stat(control["accuracy_pct"], 2) + "%") if control else "—",
-            common.format_stat(row["mine"]["accuracy_pct"], 2) + "%",
-            common.format_stat(row["asr_pct"], 2) + "%",
+            f"{row['dataset']} (K={row['k']})", _report.ours_label(n, row["train_size"]),
+            _report.format_stat(row["original"]["test_mse"]),
+            _report.format_stat(control["test_mse"]) if control else "—",
+            f"{_report.format_stat(row['mine']['test_mse'])} ({_report.format_pct(row['re_change_vs_original_pct'])})",
+            _report.format_stat(row["original"]["accuracy_pct"], 2) + "%",
+            (_report.format_stat(control["accuracy_pct"], 2) + "%") if control else "—",
+            _report.format_stat(row["mine"]["accuracy_pct"], 2) + "%",
+            _report.format_stat(row["asr_pct"], 2) + "%",
         ]
         rows.append(ours)
         published = PUBLISHED.get(PUBLISHED_NAME.get(row["dataset"], row["dataset"]))
         if published:
-            change = common.improvement_pct(published["re_original"], published["re_mine"])
+            change = _report.improvement_pct(published["re_original"], published["re_mine"])
             rows.append([
                 "", "paper", f"{published['re_original']:.5f}", "—",
-                f"{published['re_mine']:.5f} ({common.format_pct(change)})",
+                f"{published['re_mine']:.5f} ({_report.format_pct(change)})",
                 f"{published['acc_original']:.2f}%", "—", f"{published['acc_mine']:.2f}%", f"{published['asr']:.2f}%",
             ])
     lines = [
@@ -330,20 +327,20 @@ def markdown(summary: Sequence[dict[str, Any]], *, failed: str, skipped: Sequenc
         "`same-steps clean` is the clean model trained for as many optimisation steps as the augmented one.",
         f"Failed UAEs: {failed}. ASR on the training set.",
         "",
-        common.markdown_table(header, rows),
+        _report.markdown_table(header, rows),
     ]
     detail_header = ["data", "steps original / MINE-UAE / same-steps", "RE change vs same-steps", "f_x = 0 %",
                      "moved from start (L∞)"]
     detail_rows = [
         [row["dataset"],
-         " / ".join(common.format_number(row[arm]["steps"]["mean"], 0) if arm in row else "—"
+         " / ".join(_report.format_number(row[arm]["steps"]["mean"], 0) if arm in row else "—"
                     for arm in ("original", "mine", "same_steps")),
-         common.format_pct(row.get("re_change_vs_same_steps_pct")),
-         common.format_stat(row["criterion_zero_pct"], 1),
-         common.format_number(row["moved_linf"]["mean"], 4)]
+         _report.format_pct(row.get("re_change_vs_same_steps_pct")),
+         _report.format_stat(row["criterion_zero_pct"], 1),
+         _report.format_number(row["moved_linf"]["mean"], 4)]
         for row in summary
     ]
-    lines += ["", "### Steps and what the attack did", "", common.markdown_table(detail_header, detail_rows)]
+    lines += ["", "### Steps and what the attack did", "", _report.markdown_table(detail_header, detail_rows)]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{s['dataset']} ({s['reason']})" for s in skipped)]
     return "\n".join(lines) + "\n"
@@ -354,7 +351,7 @@ def resolve_datasets(requested: Sequence[str], root: Path | None) -> tuple[list[
     usable, skipped = [], []
     for name in requested:
         key = name.lower().replace("_", "-")
-        if common.dataset_available(key, root, **DATASET_OPTIONS.get(key, {})):
+        if _protocol.dataset_available(key, root, **DATASET_OPTIONS.get(key, {})):
             usable.append(key)
         else:
             skipped.append({"dataset": name, "reason": "file not found in the data root"})
@@ -364,7 +361,7 @@ def resolve_datasets(requested: Sequence[str], root: Path | None) -> tuple[list[
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the recipe; prints the Markdown table; returns the exit status (0 on success)."""
     parser = build_parser()
-    args, out = common.start_run(parser, argv, QUICK, RECIPE)
+    args, out = _config.start_run(parser, argv, QUICK, RECIPE)
     names, skipped = resolve_datasets(args.datasets, args.data_root)
     if not names:
         parser.error("none of the requested data sets is available: " + "; ".join(s["dataset"] for s in skipped))
@@ -374,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiment.timer.close()
     summary = summarise(experiment.runs, names)
     table = markdown(summary, failed=args.failed, skipped=skipped)
-    common.write_outputs(out, RECIPE, args, experiment.timer, table, {
+    _report.write_outputs(out, RECIPE, args, experiment.timer, table, {
         "failed_uaes": args.failed,
         "skipped": skipped,
         "runs": experiment.runs,

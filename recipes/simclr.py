@@ -50,34 +50,33 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import math
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-if __package__ in (None, ""):  # run as a script: make `recipes` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recipes import _common as common  # noqa: E402
-from uae_augment import MINEUAE, PGD, PRESETS, fit  # noqa: E402
-from uae_augment.data import ArrayDataset  # noqa: E402
-from uae_augment.evaluation import linear_evaluation  # noqa: E402
-from uae_augment.models import SimCLR  # noqa: E402
-from uae_augment.plots import perturbation_picture, save_curves, save_image_grid  # noqa: E402
-from uae_augment.views import ViewPurpose, view_generators  # noqa: E402
+import _config
+import _protocol
+import _report
+import _simclr_data
+import _simclr_report
+from uae_augment import MINEUAE, PGD, PRESETS, fit
+from uae_augment.devices import distributed
+from uae_augment.evaluation import linear_evaluation
+from uae_augment.models import SimCLR
+from uae_augment.plots import perturbation_picture, save_curves, save_image_grid
+from uae_augment.views import ViewPurpose, view_generators
 
 RECIPE = "simclr"
 GAMMA_POWER = 0.5  # the release's SimCLR attack: gamma_t = (t + 1)^(-1/2)
 EVAL_VIEW_SEED = 2022  # views of the test-set NT-Xent: the same for every model and seed
 LINEAR_BATCH = 512
+STEP_LOSSES = ("step_losses",)  # kept in each model's record: the loss curves and the tests read them
 
 QUICK: dict[str, Any] = {
     "seeds": [0],
@@ -94,7 +93,7 @@ QUICK: dict[str, Any] = {
     "pgd_rows": 128,
     "pgd_steps": 20,
     "probe": 8,
-    "threads": common.QUICK_THREADS,
+    "threads": _config.QUICK_THREADS,
 }
 
 
@@ -103,7 +102,7 @@ QUICK: dict[str, Any] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface (defaults: the release's full settings)."""
-    parser = common.base_parser(__doc__, quick=QUICK, examples=[
+    parser = _config.base_parser(__doc__, quick=QUICK, examples=[
         "python recipes/simclr.py --quick                        # minutes on a CPU",
         "python recipes/simclr.py --out outputs/simclr            # the release's settings (GPU)",
         "torchrun --nproc_per_node=2 recipes/simclr.py --quick --device cpu",
@@ -152,24 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- processes
 
 
-@contextlib.contextmanager
-def distributed(device_name: str) -> Iterator[tuple[tuple[int, int] | None, torch.device]]:
-    """Joins the torchrun process group when WORLD_SIZE > 1; yields ((rank, size) or None, device)."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    device = common.resolve_device(device_name)
-    if size <= 1:
-        yield None, device
-        return
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=6))
-    try:
-        yield (dist.get_rank(), dist.get_world_size()), device
-    finally:
-        dist.destroy_process_group()
-
-
 class _NoTimer:
     """The timer of ranks other than 0 (only rank 0 writes wall_time.log)."""
 
@@ -185,48 +166,6 @@ class _NoTimer:
         return None
 
 
-# --------------------------------------------------------------------------- data
-
-
-def load_data(args: argparse.Namespace) -> tuple[Dataset, Dataset, str]:
-    """(train, test, label): ``--dataset`` through load_dataset, or ``--image-folder``."""
-    if args.image_folder is None:
-        train, test = common.load_splits(args.dataset, args.data_root, train_rows=args.train_rows, test_rows=args.test_rows)
-        return train, test, args.dataset
-    train, test = image_folder_splits(args.image_folder, args.image_size)
-    label = f"{args.image_folder.name} (image folder, {args.image_size}px)"
-    return common.subset_rows(train, args.train_rows), common.subset_rows(test, args.test_rows), label
-
-
-def image_folder_splits(root: Path, size: int) -> tuple[ArrayDataset, ArrayDataset]:
-    """A torchvision ImageFolder tree as in-memory (train, test) sets of (C, size, size) images in [0, 1].
-
-    ``root/train`` and ``root/test`` when both exist, else every image of
-    ``root`` split 80/20 by a fixed random permutation.
-
-    Raises:
-        FileNotFoundError: if ``root`` is not a folder.
-    """
-    from torchvision import datasets, transforms
-
-    if not root.is_dir():
-        raise FileNotFoundError(f"--image-folder {str(root)!r} is not a folder")
-    to_tensor = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()])
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        parts = [datasets.ImageFolder(str(root / split), transform=to_tensor) for split in ("train", "test")]
-        (x_train, y_train), (x_test, y_test) = (common.stack(part) for part in parts)
-        classes = parts[0].classes
-    else:
-        folder = datasets.ImageFolder(str(root), transform=to_tensor)
-        x, y = common.stack(folder)
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(common.SUBSET_SEED))
-        cut = int(round(0.8 * len(x)))
-        (x_train, y_train), (x_test, y_test) = (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])
-        classes = folder.classes
-    return tuple(  # type: ignore[return-value]
-        ArrayDataset(x, y, name=root.name, split=split, classes=classes)
-        for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "test"))
-    )
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -286,7 +225,7 @@ class Experiment:
         self.rank0 = world is None or world[0] == 0
         self.device = device
         self.progress = not args.no_progress
-        self.timer: Any = common.StageTimer(out / common.WALL_TIME_FILE) if self.rank0 else _NoTimer()
+        self.timer: Any = _report.StageTimer(out / _report.WALL_TIME_FILE) if self.rank0 else _NoTimer()
         self.runs: list[dict[str, Any]] = []
         self.curves: dict[str, list[float]] = {}
         self.grid: str | None = None
@@ -302,7 +241,7 @@ class Experiment:
 
         return build
 
-    def trainer(self, seed: int, *, epochs: int | None = None, max_steps: int | None = None) -> common.Trainer:
+    def trainer(self, seed: int, *, epochs: int | None = None, max_steps: int | None = None) -> _protocol.Trainer:
         def train(model: nn.Module, dataset: Dataset) -> tuple[nn.Module, dict[str, Any]]:
             assert isinstance(model, SimCLR)
             # one process trains on the global batches of a torchrun run: world (0, 1)
@@ -311,14 +250,14 @@ class Experiment:
                 world=self.world or (0, 1), epochs=epochs, max_steps=max_steps, num_workers=self.args.workers,
                 progress=self.progress,
             )
-            return model, {**common.history_record(history), "step_losses": history.step_losses}
+            return model, {**_protocol.history_record(history), "step_losses": history.step_losses}
 
         return train
 
     def run(self, seed: int, train: Dataset, test: Dataset, *, first: bool) -> dict[str, Any]:
         args = self.args
-        x_train, y_train = common.stack(train)
-        x_test, y_test = common.stack(test)
+        x_train, y_train = _protocol.stack(train)
+        x_test, y_test = _protocol.stack(test)
         shape = tuple(x_train.shape[1:])
         classes = _num_classes(train, int(max(y_train.max(), y_test.max())) + 1)
         evaluate = self._evaluator(seed, (x_train, y_train), (x_test, y_test), classes)
@@ -329,14 +268,14 @@ class Experiment:
                "weight_decay": args.weight_decay, "warmup_fraction": args.warmup_fraction}
         checkpoint = self.out / "models" / f"simclr-seed{seed}.pt" if self.world is None else None
         with self.timer.stage(f"seed{seed}/pretrain"):
-            model, history = common.train_model(
+            model, history = _protocol.train_model(
                 build, train, self.trainer(seed, epochs=args.epochs), seed=seed, device=self.device,
                 checkpoint=checkpoint, key=key,
             )
         record: dict[str, Any] = {"seed": seed, "train_size": len(train), "test_size": len(test),
-                                  "original": {**_brief(history), **evaluate("original", model)}, "augmented": {}}
+                                  "original": {**_protocol.brief(history, STEP_LOSSES), **evaluate("original", model)}, "augmented": {}}
         self._curve("pretrain (clean)", history, first)
-        bank = common.stack(common.subset_rows(train, args.negatives))[0] if args.negatives > 0 else None
+        bank = _protocol.stack(_protocol.subset_rows(train, args.negatives))[0] if args.negatives > 0 else None
         criterion = model.criterion(n_views=args.n_views, negatives=bank, seed=seed)
         grid_rows: dict[str, torch.Tensor] = {}
         augmented_steps = None
@@ -344,31 +283,31 @@ class Experiment:
             attack = MINEUAE(criterion, preset=preset, steps=args.attack_steps, mine_steps=args.mine_steps,
                              gamma_power=GAMMA_POWER, seed=seed, batch_size=args.attack_batch_size)
             with self.timer.stage(f"seed{seed}/attack/{preset}"):
-                augmentation = common.augment(train, attack, self.out / "cache" / f"simclr-seed{seed}-{preset}.h5",
+                augmentation = _protocol.augment(train, attack, self.out / "cache" / f"simclr-seed{seed}-{preset}.h5",
                                               batch_size=args.precompute_batch_size, progress=self.progress)
             entry: dict[str, Any] = {"attack": attack.config(), **augmentation.stats(),
                                      "attack_seconds": self._last_stage_seconds()}
             if args.probe > 0 and self.rank0:
                 with self.timer.stage(f"seed{seed}/probe/{preset}"):
-                    x_probe, result, entry["probe"] = common.probe(attack, train, args.probe, augmentation.cache)
+                    x_probe, result, entry["probe"] = _protocol.probe(attack, train, args.probe, augmentation.cache)
                 if first:
                     grid_rows.setdefault("clean", x_probe)
                     grid_rows[f"UAE {preset}"] = result.adversarial.cpu()
                     grid_rows[f"δ {preset}"] = perturbation_picture(result.perturbation(x_probe).cpu())
             with self.timer.stage(f"seed{seed}/retrain/{preset}"):
-                retrained, retrain = common.train_model(
+                retrained, retrain = _protocol.train_model(
                     build, augmentation.dataset, self.trainer(seed, epochs=args.epochs), seed=seed, device=self.device
                 )
-            entry.update({**_brief(retrain), **evaluate(preset, retrained)})
+            entry.update({**_protocol.brief(retrain, STEP_LOSSES), **evaluate(preset, retrained)})
             record["augmented"][preset] = entry
             self._curve(f"clean + UAE {preset}", retrain, first)
             augmented_steps = retrain["steps"]
         if not args.no_control and augmented_steps is not None:
             with self.timer.stage(f"seed{seed}/same-steps-control"):
-                control, control_history = common.train_model(
+                control, control_history = _protocol.train_model(
                     build, train, self.trainer(seed, max_steps=augmented_steps), seed=seed, device=self.device
                 )
-            record["same_steps"] = {**_brief(control_history), **evaluate("same-steps", control)}
+            record["same_steps"] = {**_protocol.brief(control_history, STEP_LOSSES), **evaluate("same-steps", control)}
             self._curve("clean, same steps", control_history, first)
         if first and grid_rows and self.rank0:
             path = save_image_grid(grid_rows, self.out / "grid.png",
@@ -411,124 +350,6 @@ def _num_classes(dataset: Dataset, seen: int) -> int:
     return max(seen, len(getattr(dataset, "classes", ())))
 
 
-def _brief(history: dict[str, Any]) -> dict[str, Any]:
-    return {"steps": history["steps"], "epochs": history["epochs"], "train_s": round(history["seconds"], 2),
-            "final_loss": history["losses"][-1] if history["losses"] else math.nan,
-            "step_losses": history.get("step_losses", []), "reused_checkpoint": history["reused"]}
-
-
-# --------------------------------------------------------------------------- summaries and tables
-
-
-def rows_of(run: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(key, label, entry) of every trained model of one seed, in table order."""
-    rows = [("original", "original (clean)", run["original"])]
-    if "same_steps" in run:
-        rows.append(("same-steps", "clean, same steps", run["same_steps"]))
-    rows += [(f"uae-{p}", f"clean + MINE-UAE ({p})", entry) for p, entry in run["augmented"].items()]
-    return rows
-
-
-def summarise(runs: Sequence[dict[str, Any]], epsilons: Sequence[float]) -> list[dict[str, Any]]:
-    """Mean/std over seeds of every model's metrics and the changes against the same-steps control."""
-    if not runs:
-        return []
-    summary = []
-    for key, label, _ in rows_of(runs[0]):
-        entries = [entry for run in runs for k, _, entry in rows_of(run) if k == key]
-        row: dict[str, Any] = {
-            "key": key, "label": label, "steps": entries[0]["steps"],
-            "linear_test_acc": common.mean_std([e["linear"]["test_acc"] for e in entries]),
-            "test_ntxent": common.mean_std([e["test_ntxent"] for e in entries]),
-            "pgd_clean_acc": common.mean_std([e["pgd_accuracy"]["clean"] for e in entries]),
-            "pgd_accuracy": {f"{eps:g}": common.mean_std([e["pgd_accuracy"][f"{eps:g}"] for e in entries])
-                             for eps in epsilons},
-        }
-        if key.startswith("uae-"):
-            row["attack"] = {
-                name: common.mean_std([e.get(source, {}).get(field, math.nan) if source else e[field]
-                                       for e in entries])
-                for name, source, field in (
-                    ("asr_pct", None, "asr_pct"), ("criterion_zero_pct", None, "criterion_zero_pct"),
-                    ("mean_mi", None, "mean_mi"), ("mean_criterion", None, "mean_criterion"),
-                    ("moved_linf", "probe", "moved_linf"), ("moved_l2", "probe", "moved_l2"),
-                    ("linf", "probe", "linf"), ("max_abs_diff_to_cache", "probe", "max_abs_diff_to_cache"),
-                    ("attack_seconds", None, "attack_seconds"),
-                )
-            }
-        summary.append(row)
-    control = next((r for r in summary if r["key"] == "same-steps"), None)
-    for row in summary:
-        if control is not None and row["key"].startswith("uae-"):
-            row["vs_same_steps"] = {
-                "linear_test_acc_pp": row["linear_test_acc"]["mean"] - control["linear_test_acc"]["mean"],
-                "test_ntxent": row["test_ntxent"]["mean"] - control["test_ntxent"]["mean"],
-                "pgd_acc_pp": {k: row["pgd_accuracy"][k]["mean"] - control["pgd_accuracy"][k]["mean"]
-                               for k in row["pgd_accuracy"]},
-            }
-    return summary
-
-
-def _signed(value: float, digits: int = 2) -> str:
-    return "—" if value is None or not math.isfinite(value) else f"{value:+.{digits}f}"
-
-
-def markdown(summary: Sequence[dict[str, Any]], epsilons: Sequence[float], *, data: str, seeds: int,
-             pgd_rows: int, pgd_steps: int) -> str:
-    """The results as Markdown: evaluation table, changes against the control, attack diagnostics."""
-    eps_labels = [f"{eps:g}" for eps in epsilons]
-    header = ["model", "steps", "linear test acc %", "test NT-Xent", "clean acc (PGD rows) %",
-              *(f"PGD ε={e}/255 %" for e in eps_labels)]
-    body = [[row["label"], str(row["steps"]), common.format_stat(row["linear_test_acc"], 2),
-             common.format_stat(row["test_ntxent"], 4), common.format_stat(row["pgd_clean_acc"], 1),
-             *(common.format_stat(row["pgd_accuracy"][e], 1) for e in eps_labels)] for row in summary]
-    lines = [
-        f"### SimCLR on {data}: linear evaluation, test NT-Xent and PGD robustness",
-        "",
-        f"Mean ± std over {seeds} seed{'s' if seeds > 1 else ''}. `steps`: optimisation steps of the model's",
-        "training; `clean, same steps` is the clean model trained as long as the augmented ones. Linear evaluation:",
-        "a linear layer on the frozen backbone. Test NT-Xent: lightly's loss on fixed views of the test set",
-        f"(lower is better). PGD: L∞, {pgd_steps} steps, random start, on {pgd_rows} test images.",
-        "",
-        common.markdown_table(header, body),
-    ]
-    changes = [row for row in summary if "vs_same_steps" in row]
-    if changes:
-        change_header = ["model", "Δ linear acc (pp)", "Δ test NT-Xent", *(f"Δ PGD ε={e} (pp)" for e in eps_labels)]
-        change_body = [[row["label"], _signed(row["vs_same_steps"]["linear_test_acc_pp"]),
-                        _signed(row["vs_same_steps"]["test_ntxent"], 4),
-                        *(_signed(row["vs_same_steps"]["pgd_acc_pp"][e]) for e in eps_labels)] for row in changes]
-        lines += ["", "### Augmented minus the same-steps clean control (accuracy: positive = UAE helps;"
-                  " NT-Xent: negative = UAE helps)", "", common.markdown_table(change_header, change_body)]
-    attacked = [row for row in summary if "attack" in row]
-    if attacked:
-        attack_header = ["preset", "ASR %", "f_x = 0 %", "mean MI", "mean f_x", "moved from δ₀ L∞", "moved L2",
-                         "‖x' − x‖∞", "max |probe − cache|", "attack s (this run)"]
-        attack_body = [[row["key"][4:], common.format_stat(row["attack"]["asr_pct"], 1),
-                        common.format_stat(row["attack"]["criterion_zero_pct"], 1),
-                        common.format_stat(row["attack"]["mean_mi"], 4),
-                        common.format_stat(row["attack"]["mean_criterion"], 4),
-                        common.format_stat(row["attack"]["moved_linf"], 4),
-                        common.format_stat(row["attack"]["moved_l2"], 4),
-                        common.format_stat(row["attack"]["linf"], 4),
-                        common.format_number(row["attack"]["max_abs_diff_to_cache"]["mean"], 6),
-                        common.format_stat(row["attack"]["attack_seconds"], 0)] for row in attacked]
-        lines += ["", "### What the attacks did (training set; moved / ‖·‖∞: the probe images)", "",
-                  "`moved from δ₀`: distance between the returned UAE and the attack's start clip(x + δ₀);",
-                  "near 0 means the optimisation left δ at its random initialisation.", "",
-                  common.markdown_table(attack_header, attack_body)]
-    return "\n".join(lines) + "\n"
-
-
-def _smoothed(values: Sequence[float], window: int) -> list[float]:
-    out, total = [], 0.0
-    for i, value in enumerate(values):
-        total += value
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
-
 
 # --------------------------------------------------------------------------- entry point
 
@@ -536,14 +357,14 @@ def _smoothed(values: Sequence[float], window: int) -> list[float]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the recipe; rank 0 prints the Markdown table; returns the exit status."""
     parser = build_parser()
-    args, out = common.start_run(parser, argv, QUICK, RECIPE, save=False)  # rank 0 saves it
+    args, out = _config.start_run(parser, argv, QUICK, RECIPE, save=False)  # rank 0 saves it
     with distributed(args.device) as (world, device):
         rank0 = world is None or world[0] == 0
         if rank0:
-            common.save_config(args, out, argv)
+            _config.save_config(args, out, argv)
         try:
-            train, test, label = load_data(args)
-        except common.MissingDataset as error:
+            train, test, label = _simclr_data.load_data(args)
+        except _protocol.MissingDataset as error:
             parser.error(str(error))
         experiment = Experiment(args, out, world, device, label)
         for position, seed in enumerate(args.seeds):
@@ -551,17 +372,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not rank0:
             return 0
         experiment.timer.close()
-        summary = summarise(experiment.runs, args.pgd_epsilons)
-        table = markdown(summary, args.pgd_epsilons, data=label, seeds=len(args.seeds),
+        summary = _simclr_report.summarise(experiment.runs, args.pgd_epsilons)
+        table = _simclr_report.markdown(summary, args.pgd_epsilons, data=label, seeds=len(args.seeds),
                          pgd_rows=min(args.pgd_rows, len(test)), pgd_steps=args.pgd_steps)  # type: ignore[arg-type]
         curves_path = None
         if experiment.curves:
             window = max(1, max(len(v) for v in experiment.curves.values()) // 40)
-            curves_path = str(save_curves({k: _smoothed(v, window) for k, v in experiment.curves.items()},
+            curves_path = str(save_curves({k: _simclr_report.smoothed(v, window) for k, v in experiment.curves.items()},
                                           out / "loss_curves.png", xlabel="optimisation step",
                                           ylabel=f"NT-Xent (running mean of {window})",
                                           title=f"SimCLR training loss, seed {args.seeds[0]}"))
-        common.write_outputs(out, RECIPE, args, experiment.timer, table, {
+        _report.write_outputs(out, RECIPE, args, experiment.timer, table, {
             "world_size": 1 if world is None else world[1],
             "data": label,
             "runs": experiment.runs,

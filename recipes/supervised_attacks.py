@@ -60,11 +60,12 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-if __package__ in (None, ""):  # run as a script: make `recipes` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recipes import _common as common  # noqa: E402
-from uae_augment import (  # noqa: E402
+import _config
+import _protocol
+import _report
+import _supervised_report
+from _supervised_report import LABELS, MINE_ATTACKS, PUBLISHED
+from uae_augment import (
     FGSM,
     LBFGS,
     PGD,
@@ -77,14 +78,12 @@ from uae_augment import (  # noqa: E402
     PenaltyAttack,
     per_sample_mi,
 )
-from uae_augment.evaluation import accuracy, correctly_classified, distortion  # noqa: E402
-from uae_augment.models import CWClassifier  # noqa: E402
-from uae_augment.plots import perturbation_picture, save_curves, save_image_grid  # noqa: E402
+from uae_augment.evaluation import accuracy, correctly_classified, distortion
+from uae_augment.models import CWClassifier
+from uae_augment.plots import perturbation_picture, save_curves, save_image_grid
 
 RECIPE = "supervised_attacks"
 ATTACKS = ("minmax", "penalty", "pgd", "fgsm", "lbfgs")
-LABELS = {"minmax": "MinMax", "penalty": "penalty-based", "pgd": "PGD", "fgsm": "FGSM", "lbfgs": "L-BFGS"}
-MINE_ATTACKS = ("minmax", "penalty")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,12 +121,6 @@ class Victim(CWClassifier):
             return [torch.optim.Adam(self.parameters(), lr=self.lr)]
         return [torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, nesterov=True)]
 
-# docs/method.md section 6: 1000 adversarial examples; ASR in %, MI as the paper's MINE reports it.
-PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
-    "MNIST": {"penalty": {"asr_pct": 100.0, "mi": 28.28}, "minmax": {"asr_pct": 100.0, "mi": 51.29}},
-    "CIFAR-10": {"penalty": {"asr_pct": 100.0, "mi": 13.69}, "minmax": {"asr_pct": 100.0, "mi": 17.14}},
-}
-
 QUICK: dict[str, Any] = {
     "datasets": ["mnist-5k", "cifar10"],
     "seeds": [0],
@@ -148,7 +141,7 @@ QUICK: dict[str, Any] = {
     "lbfgs_search_steps": 3,
     "lbfgs_max_iter": 20,
     "mi_steps": 600,
-    "threads": common.QUICK_THREADS,
+    "threads": _config.QUICK_THREADS,
 }
 """The minutes-long CPU preset. Deviations that keep it short: Adam (lr 1e-3) trains the victims,
 because the release's SGD stays at chance level for the first epochs on a 2,000-image CIFAR-10
@@ -168,7 +161,7 @@ def _feature_map_lr(preset: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface."""
-    parser = common.base_parser(__doc__, quick=QUICK, examples=[
+    parser = _config.base_parser(__doc__, quick=QUICK, examples=[
         "python recipes/supervised_attacks.py --quick            # MNIST-5k + a CIFAR-10 subset, 50 images",
         "python recipes/supervised_attacks.py --seeds 0 --device cuda   # the paper's setting (GPU: hours)",
         "python recipes/supervised_attacks.py --quick --datasets mnist-5k --attacks minmax pgd",
@@ -306,7 +299,7 @@ def attack_record(
 # --------------------------------------------------------------------------- one data set
 
 
-class Experiment(common.RecipeRun):
+class Experiment(_protocol.RecipeRun):
     """Runs the protocol per data set and seed; collects records, curves and grids."""
 
     def __init__(self, args: argparse.Namespace, out: Path):
@@ -316,28 +309,27 @@ class Experiment(common.RecipeRun):
     def run(self, data: DataSpec, seed: int, *, figures: bool) -> None:
         args, tag = self.args, f"{data.name}/seed{seed}"
         with self.timer.stage(f"{tag}/load"):
-            train, test = common.load_splits(data.name, args.data_root, train_rows=args.train_rows, test_rows=args.test_rows)
-            x_test, y_test = common.stack(test)
+            train, test = _protocol.load_splits(data.name, args.data_root, train_rows=args.train_rows, test_rows=args.test_rows)
+            x_test, y_test = _protocol.stack(test)
         x_test, y_test = x_test.to(self.device), y_test.to(self.device)
         epochs = args.cifar_epochs if data.name == "cifar10" and args.cifar_epochs else args.epochs
         key = {"dataset": data.name, "rows": len(train), "seed": seed, "epochs": epochs,
                "optimizer": args.optimizer, "lr": args.lr}
-        trainer = common.fit_trainer(device=self.device, epochs=epochs, seed=seed, progress=self.progress)
+        trainer = _protocol.fit_trainer(device=self.device, epochs=epochs, seed=seed, progress=self.progress)
         with self.timer.stage(f"{tag}/train"):
-            model, history = common.train_model(
+            model, history = _protocol.train_model(
                 lambda: Victim(data.shape, args.optimizer, args.lr), train, trainer, seed=seed, device=self.device,
                 checkpoint=self.out / "models" / f"{data.name}-cw-seed{seed}.pt", key=key,
             )
         test_accuracy = accuracy(model, x_test, y_test)
-        positions = correctly_classified(model, x_test, y_test, count=args.images, seed=common.SUBSET_SEED)
+        positions = correctly_classified(model, x_test, y_test, count=args.images, seed=_protocol.SUBSET_SEED)
         x, y = x_test[positions.to(self.device)], y_test[positions.to(self.device)]
         # the images' indices in the test split (they also seed the attacks' per-sample randomness)
         rows = torch.as_tensor(test.indices)[positions] if isinstance(test, Subset) else positions
         record: dict[str, Any] = {
             "dataset": data.name, "published_as": data.published, "seed": seed, "train_size": len(train),
             "test_size": len(x_test), "test_accuracy": test_accuracy, "images": len(rows), "image_index": rows.tolist(),
-            "training": {"steps": history["steps"], "epochs": history["epochs"], "final_loss": history["losses"][-1],
-                         "reused_checkpoint": history["reused"]},
+            "training": _protocol.brief(history),
             "attacks": {},
         }
         results: dict[str, AttackResult] = {}
@@ -404,127 +396,13 @@ class Experiment(common.RecipeRun):
             self.figures.append(str(path))
 
 
-# --------------------------------------------------------------------------- summaries and tables
-
-_METRICS = ("asr_pct", "mi_evaluator", "mi_evaluator_2x_steps", "mi_evaluator_common", "mi_attack", "l2", "linf", "mean_first_success",
-            "seconds_per_example", "cpu_seconds_per_example", "mi_evaluator_change_2x")
-
-
-def summarise(runs: Sequence[dict[str, Any]], datasets: Sequence[str], attacks: Sequence[str]) -> list[dict[str, Any]]:
-    """Mean/std over seeds of every metric, per data set and attack."""
-    summary = []
-    for name in datasets:
-        group = [r for r in runs if r["dataset"] == name]
-        if not group:
-            continue
-        row: dict[str, Any] = {
-            "dataset": name, "published_as": group[0]["published_as"], "seeds": [r["seed"] for r in group],
-            "images": [r["images"] for r in group],
-            "test_accuracy": common.mean_std([r["test_accuracy"] for r in group]),
-            "mi_references": {k: common.mean_std([r["mi_references"][k] for r in group]) for k in group[0]["mi_references"]},
-            "mine_common_successes": common.mean_std([r["mine_common_successes"] for r in group]),
-            "mi_ranking": group[0].get("mi_ranking", {}).get("steps", []),
-            "mi_ranking_agree": (sum(bool(r["mi_ranking"]["agree"]) for r in group)
-                                 if all("mi_ranking" in r for r in group) else None),
-            "attacks": {},
-        }
-        if all("mi_references_2x_steps" in r for r in group):
-            row["mi_references_2x_steps"] = {
-                k: common.mean_std([r["mi_references_2x_steps"][k] for r in group]) for k in group[0]["mi_references"]
-            }
-        for attack in attacks:
-            entries = [r["attacks"][attack] for r in group if attack in r["attacks"]]
-            row["attacks"][attack] = {m: common.mean_std([e.get(m, math.nan) for e in entries]) for m in _METRICS}
-            row["attacks"][attack]["iterations"] = entries[0]["iterations"]
-        summary.append(row)
-    return summary
-
-
-def _stat(stat: dict[str, Any], digits: int = 3) -> str:
-    return common.format_stat(stat, digits)
-
-
-def markdown(summary: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
-    """The paper comparison, one detailed table per data set and the explanation of the MI columns."""
-    lines = [
-        "### MinMax vs penalty-based attack: ASR and MI (the paper's table, ours beside it)",
-        "",
-        "MI (evaluator): the independent per-sample MINE (`per_sample_mi`, same settings for every attack), mean over",
-        "successful examples. MI (attack's own): the running estimate of the statistics network each attack trained",
-        "(the kind of number the paper reports; not comparable across attacks, see below).",
-        "",
-    ]
-    header = ["attack", "source"]
-    for row in summary:
-        header += [f"{row['published_as']} ASR", f"{row['published_as']} MI"]
-    body = []
-    for attack in MINE_ATTACKS:
-        if attack not in args.attacks:
-            continue
-        paper, own, independent = [LABELS[attack], "paper"], ["", "ours, attack's own MINE"], ["", "ours, evaluator"]
-        shared = ["", "ours, evaluator, images both fooled"]
-        for row in summary:
-            published = PUBLISHED.get(row["published_as"], {}).get(attack, {})
-            paper += [f"{published['asr_pct']:g}%" if published else "—", f"{published['mi']:g}" if published else "—"]
-            stats = row["attacks"][attack]
-            asr = f"{common.format_number(stats['asr_pct']['mean'], 1)}%"
-            own += [asr, _stat(stats["mi_attack"])]
-            independent += [asr, _stat(stats["mi_evaluator"])]
-            shared += [f"{row['mine_common_successes']['mean']:.0f} images", _stat(stats["mi_evaluator_common"])]
-        body += [paper, own, independent, shared]
-    if body:
-        lines += [common.markdown_table(header, body), ""]
-    for row in summary:
-        images = sorted(set(row["images"]))
-        lines += [
-            f"### {row['published_as']} ({row['dataset']}): {', '.join(map(str, images))} correctly classified test images,"
-            f" test accuracy {_stat(row['test_accuracy'], 4)}",
-            "",
-        ]
-        detail_header = ["attack", "ASR %", "MI (evaluator)", f"MI (evaluator, {2 * args.mi_steps} steps)",
-                         "MI (attack's own)", "mean L2", "mean L∞", "iterations", "first success (iter.)",
-                         "s / example", "CPU s / example"]
-        detail = []
-        for attack, stats in row["attacks"].items():
-            detail.append([
-                LABELS[attack], _stat(stats["asr_pct"], 1), _stat(stats["mi_evaluator"]),
-                _stat(stats["mi_evaluator_2x_steps"]), _stat(stats["mi_attack"]), _stat(stats["l2"]),
-                _stat(stats["linf"]), str(stats["iterations"]), _stat(stats["mean_first_success"], 1),
-                _stat(stats["seconds_per_example"], 3), _stat(stats["cpu_seconds_per_example"], 3),
-            ])
-        references, references_2x = row["mi_references"], row.get("mi_references_2x_steps", {})
-        for key, label, size in (("identical copy", "reference: x' = x", "0"),
-                                 ("unrelated image", "reference: x' = another test image", "—")):
-            detail.append([label, "—", _stat(references[key]), _stat(references_2x.get(key, {})), "—", size, size,
-                           "—", "—", "—", "—"])
-        lines += [common.markdown_table(detail_header, detail), ""]
-        if row["mi_ranking_agree"] is not None:
-            lines += [f"Evaluator ranking of the attacks (MI at {args.mi_steps} steps, then at {2 * args.mi_steps}): "
-                      f"{' > '.join(LABELS[a] for a in row['mi_ranking'])} (first seed); the order is the same at"
-                      f" both budgets in {row['mi_ranking_agree']} of {len(row['seeds'])} seed(s).", ""]
-    lines += [
-        "How to read the MI columns. A MINE attack's own estimate measures how well *that attack's* statistics",
-        f"network learned during the attack (here MinMax: 1 Adam step per iteration at lr {_feature_map_lr(args.preset):g},"
-        f" warm-started; penalty: {20 if args.penalty_mine_steps is None else args.penalty_mine_steps} per iteration at lr 2e-5,",
-        "re-initialised every binary-search round), so its scale differs between attacks and the",
-        "gradient attacks have none. The evaluator trains a fresh per-sample MINE with the same budget on every",
-        "final pair (x, x') (one network per image, the same initialisation for every attack), so its numbers rank",
-        "attacks: higher means x' keeps more information about x. Its absolute value depends on the budget (the DV",
-        "bound keeps rising on the K = 200 projections of one pair; for x' = x, whose MI is infinite, without",
-        "limit), hence the second budget: what should hold is the order. The two reference rows give the scale.",
-        "Iterations: the budget per example (L-BFGS: constants × L-BFGS-B iterations, an upper bound).",
-        "Distortions are over all attacked images; MI over the successful ones.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 # --------------------------------------------------------------------------- entry point
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the recipe; prints the Markdown tables; returns the exit status (0 on success)."""
     parser = build_parser()
-    args, out = common.start_run(parser, argv, QUICK, RECIPE)
+    args, out = _config.start_run(parser, argv, QUICK, RECIPE)
     experiment = Experiment(args, out)
     available, skipped = [], []
     for name in args.datasets:
@@ -532,16 +410,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             for position, seed in enumerate(args.seeds):
                 experiment.run(DATASETS[name], seed, figures=position == 0)
             available.append(name)
-        except common.MissingDataset as error:
+        except _protocol.MissingDataset as error:
             skipped.append({"dataset": name, "reason": str(error).splitlines()[0]})
     experiment.timer.close()
     if not available:
         parser.error("none of the requested data sets is available: " + "; ".join(s["reason"] for s in skipped))
-    summary = summarise(experiment.runs, available, args.attacks)
-    table = markdown(summary, args)
+    summary = _supervised_report.summarise(experiment.runs, available, args.attacks)
+    table = _supervised_report.markdown(summary, args, minmax_mine_lr=_feature_map_lr(args.preset))
     if skipped:
         table += "\nSkipped: " + "; ".join(f"{s['dataset']} ({s['reason']})" for s in skipped) + "\n"
-    common.write_outputs(out, RECIPE, args, experiment.timer, table, {
+    _report.write_outputs(out, RECIPE, args, experiment.timer, table, {
         "skipped": skipped,
         "runs": experiment.runs,
         "summary": summary,

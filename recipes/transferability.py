@@ -47,14 +47,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
-if __package__ in (None, ""):  # run as a script: make `recipes` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recipes import _common as common  # noqa: E402
-from uae_augment import LBFGS  # noqa: E402
-from uae_augment.evaluation import accuracy, correctly_classified, lipschitz_bounds, transfer_matrix  # noqa: E402
-from uae_augment.models import DenseAutoencoder, FitSettings, LeNet, MLPClassifier, ReferenceModel  # noqa: E402
-from uae_augment.plots import perturbation_picture, save_image_grid  # noqa: E402
+import _config
+import _protocol
+import _report
+from uae_augment import LBFGS
+from uae_augment.devices import resolve_device
+from uae_augment.evaluation import accuracy, correctly_classified, lipschitz_bounds, transfer_matrix
+from uae_augment.models import DenseAutoencoder, FitSettings, LeNet, MLPClassifier, ReferenceModel
+from uae_augment.plots import perturbation_picture, save_image_grid
 
 RECIPE = "transferability"
 
@@ -201,13 +201,13 @@ QUICK: dict[str, Any] = {
     "images": 100,
     "search_steps": 6,
     "max_iter": 60,
-    "threads": common.QUICK_THREADS,
+    "threads": _config.QUICK_THREADS,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface."""
-    parser = common.base_parser(__doc__, quick=QUICK, examples=[
+    parser = _config.base_parser(__doc__, quick=QUICK, examples=[
         "python recipes/transferability.py --quick           # MNIST-5k, minutes on a CPU",
         "python recipes/transferability.py --seeds 0         # MNIST, 1000 images",
         "python recipes/transferability.py --quick --models 'FC10(1e-4)' FC100-100-10 AE400-10",
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_models(
     names: Sequence[str], train: Any, shape: tuple[int, ...], classes: int, args: argparse.Namespace,
-    seed: int, device: torch.device, out: Path, timer: common.StageTimer,
+    seed: int, device: torch.device, out: Path, timer: _report.StageTimer,
 ) -> tuple[dict[str, nn.Module], dict[str, Any]]:
     """Trains (or reloads) every named model; returns the models and their training records."""
     models: dict[str, nn.Module] = {}
@@ -247,17 +247,17 @@ def train_models(
     progress = not args.no_progress
     base_key = {"dataset": args.dataset, "rows": len(train), "seed": seed}
     for name in names:
-        trainer = common.fit_trainer(device=device, seed=seed, progress=progress)
+        trainer = _protocol.fit_trainer(device=device, seed=seed, progress=progress)
         key = {**base_key, "model": name, "epochs": args.epochs}
         if name == "AE400-10":
             ae_key = {**base_key, "model": "dense-ae-400", "epochs": args.ae_epochs}
             with timer.stage(f"seed{seed}/train/AE400"):
-                autoencoder, ae_record = common.train_model(
+                autoencoder, ae_record = _protocol.train_model(
                     lambda: DenseAutoencoder(shape, hidden=400), train,
-                    common.fit_trainer(device=device, epochs=args.ae_epochs, seed=seed, progress=progress),
+                    _protocol.fit_trainer(device=device, epochs=args.ae_epochs, seed=seed, progress=progress),
                     seed=seed, device=device, checkpoint=out / "models" / f"dense-ae-400-seed{seed}.pt", key=ae_key,
                 )
-            records["AE400 autoencoder"] = _brief(ae_record)
+            records["AE400 autoencoder"] = _protocol.brief(ae_record)
 
             def build(autoencoder: nn.Module = autoencoder) -> nn.Module:
                 return AutoencoderClassifier(autoencoder, classes, args.epochs)  # type: ignore[arg-type]
@@ -271,18 +271,18 @@ def train_models(
                 return builder(shape, classes, args.epochs)
 
         with timer.stage(f"seed{seed}/train/{name}"):
-            model, record = common.train_model(
+            model, record = _protocol.train_model(
                 build, train, trainer, seed=seed, device=device,
                 checkpoint=out / "models" / f"{_file_name(name)}-seed{seed}.pt", key=key,
             )
         models[name] = model.eval()
-        records[name] = _brief(record)
+        records[name] = _protocol.brief(record)
     return models, records
 
 
 def split_halves(dataset: Any) -> dict[str, Subset]:
-    """Two disjoint fixed random halves P1 and P2 of a data set (seeded by ``common.SUBSET_SEED``)."""
-    generator = torch.Generator().manual_seed(common.SUBSET_SEED)
+    """Two disjoint fixed random halves P1 and P2 of a data set (seeded by ``_protocol.SUBSET_SEED``)."""
+    generator = torch.Generator().manual_seed(_protocol.SUBSET_SEED)
     order = torch.randperm(len(dataset), generator=generator)
     half = len(dataset) // 2
     return {"P1": Subset(dataset, order[:half].sort().values.tolist()),
@@ -291,7 +291,7 @@ def split_halves(dataset: Any) -> dict[str, Subset]:
 
 def train_cross_training(
     train: Any, shape: tuple[int, ...], classes: int, args: argparse.Namespace,
-    seed: int, device: torch.device, out: Path, timer: common.StageTimer,
+    seed: int, device: torch.device, out: Path, timer: _report.StageTimer,
 ) -> tuple[dict[str, nn.Module], dict[str, Any]]:
     """Trains (or reloads) the three sigmoid nets of the cross-training table on their halves."""
     parts = split_halves(train)
@@ -306,24 +306,20 @@ def train_cross_training(
             return WeightDecayMLP(shape, spec.hidden, CROSS_TRAINING_DECAY, epochs, activation="sigmoid")
 
         with timer.stage(f"seed{seed}/cross-training/train/{spec.name}"):
-            model, record = common.train_model(
+            model, record = _protocol.train_model(
                 build, parts[spec.part],
-                common.fit_trainer(device=device, seed=seed, progress=not args.no_progress),
+                _protocol.fit_trainer(device=device, seed=seed, progress=not args.no_progress),
                 seed=seed, device=device,
                 checkpoint=out / "models" / f"cross-{_file_name(spec.name)}-seed{seed}.pt", key=key,
             )
         models[spec.name] = model.eval()
-        records[spec.name] = {**_brief(record), "part": spec.part, "rows": len(parts[spec.part])}
+        records[spec.name] = {**_protocol.brief(record), "part": spec.part, "rows": len(parts[spec.part])}
     return models, records
 
 
 def _file_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in name)
 
-
-def _brief(record: dict[str, Any]) -> dict[str, Any]:
-    return {"steps": record["steps"], "epochs": record["epochs"], "train_s": round(record["seconds"], 2),
-            "final_loss": record["losses"][-1] if record["losses"] else None, "reused_checkpoint": record["reused"]}
 
 
 # --------------------------------------------------------------------------- tables
@@ -350,7 +346,7 @@ def matrix_markdown(matrix: dict[str, Any], accuracies: dict[str, float], n: int
         "examples (same RMS distortion, after clipping to [0, 1]) and noise of fixed RMS distortion. The attacked",
         "digits are classified correctly by every model, so every error comes from the perturbation.",
         "",
-        common.markdown_table(header, rows),
+        _report.markdown_table(header, rows),
     ])
 
 
@@ -358,7 +354,7 @@ def published_markdown() -> str:
     """The published table (references/adversarial-examples-lecture-a.md)."""
     header = ["crafted on \\ fed to", *PUBLISHED["columns"]]
     rows = [[row, *(f"{v:g}%" for v in values[:-1]), f"{values[-1]:g}"] for row, values in PUBLISHED["rows"].items()]
-    return "\n".join(["### Published (Szegedy et al. 2014, MNIST)", "", common.markdown_table(header, rows)])
+    return "\n".join(["### Published (Szegedy et al. 2014, MNIST)", "", _report.markdown_table(header, rows)])
 
 
 def cross_training_markdown(matrix: dict[str, Any], accuracies: dict[str, float], n: int) -> str:
@@ -376,11 +372,11 @@ def cross_training_markdown(matrix: dict[str, Any], accuracies: dict[str, float]
         f"Sigmoid nets (λ = {CROSS_TRAINING_DECAY:g}) trained on two disjoint halves of the training set: {parts}.",
         "Each row's L-BFGS examples are fed to every net; the digits are classified correctly by all three.",
         "",
-        common.markdown_table(header, rows),
+        _report.markdown_table(header, rows),
         "",
         "Published (Szegedy et al. 2014, MNIST halves of 30,000 images):",
         "",
-        common.markdown_table(["crafted on \\ fed to", *PUBLISHED_CROSS_TRAINING["columns"]], published),
+        _report.markdown_table(["crafted on \\ fed to", *PUBLISHED_CROSS_TRAINING["columns"]], published),
     ])
 
 
@@ -400,7 +396,7 @@ def lipschitz_markdown(reports: dict[str, Any]) -> str:
         "Dense layers: exact spectral norm (SVD). Convolutions: power iteration on the actual operator at the",
         "layer's input size (stride and padding included). The product bounds the model's Lipschitz constant.",
         "",
-        common.markdown_table(header, rows),
+        _report.markdown_table(header, rows),
     ])
 
 
@@ -410,22 +406,22 @@ def lipschitz_markdown(reports: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the recipe; prints the Markdown tables; returns the exit status (0 on success)."""
     parser = build_parser()
-    args, out = common.start_run(parser, argv, QUICK, RECIPE)
-    device = common.resolve_device(args.device)
-    timer = common.StageTimer(out / common.WALL_TIME_FILE)
+    args, out = _config.start_run(parser, argv, QUICK, RECIPE)
+    device = resolve_device(args.device)
+    timer = _report.StageTimer(out / _report.WALL_TIME_FILE)
     try:
         with timer.stage("load"):
-            train, test = common.load_splits(args.dataset, args.data_root, train_rows=args.train_rows)
-            x_test, y_test = common.stack(test)
-    except common.MissingDataset as error:
+            train, test = _protocol.load_splits(args.dataset, args.data_root, train_rows=args.train_rows)
+            x_test, y_test = _protocol.stack(test)
+    except _protocol.MissingDataset as error:
         parser.error(str(error))
     x_test, y_test = x_test.to(device), y_test.to(device)
-    shape, classes = common.sample_shape(train), int(y_test.max()) + 1
+    shape, classes = _protocol.sample_shape(train), int(y_test.max()) + 1
     runs, sections = [], []
     for seed in args.seeds:
         models, training = train_models(args.models, train, shape, classes, args, seed, device, out, timer)
         accuracies = {name: accuracy(model, x_test, y_test) for name, model in models.items()}
-        rows = correctly_classified(models, x_test, y_test, count=args.images, seed=common.SUBSET_SEED).to(device)
+        rows = correctly_classified(models, x_test, y_test, count=args.images, seed=_protocol.SUBSET_SEED).to(device)
         x, y = x_test[rows], y_test[rows]
         sources = {
             name: (model, LBFGS(model, search_steps=args.search_steps, max_iter=args.max_iter, seed=seed,
@@ -450,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             grid = _examples(sources, x, y, rows, out / "examples.png")
     timer.close()
     table = "\n\n".join([*sections, published_markdown()]) + "\n"
-    common.write_outputs(out, RECIPE, args, timer, table, {
+    _report.write_outputs(out, RECIPE, args, timer, table, {
         "dataset": {"name": args.dataset, "train_size": len(train), "test_size": len(x_test)},
         "models": {name: MODELS[name].description for name in args.models},
         "runs": runs,
@@ -463,12 +459,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cross_training(
     train: Any, shape: tuple[int, ...], classes: int, x_test: torch.Tensor, y_test: torch.Tensor,
-    args: argparse.Namespace, seed: int, device: torch.device, out: Path, timer: common.StageTimer,
+    args: argparse.Namespace, seed: int, device: torch.device, out: Path, timer: _report.StageTimer,
 ) -> dict[str, Any]:
     """The cross-training experiment of one seed: training records, accuracies and the transfer matrix."""
     models, training = train_cross_training(train, shape, classes, args, seed, device, out, timer)
     accuracies = {name: accuracy(model, x_test, y_test) for name, model in models.items()}
-    rows = correctly_classified(models, x_test, y_test, count=args.images, seed=common.SUBSET_SEED).to(device)
+    rows = correctly_classified(models, x_test, y_test, count=args.images, seed=_protocol.SUBSET_SEED).to(device)
     if len(rows) == 0:
         raise RuntimeError(f"no test digit is classified correctly by all cross-training nets (accuracies"
                            f" {accuracies}); train longer (--epochs) or pass --no-cross-training")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._progress import configure_logging
     from .attacks import (
         BIM,
         FGSM,
@@ -54,6 +55,7 @@ _LAZY = {
         ".attacks",
     ),
     "Contrastive": ".contrastive",
+    "configure_logging": "._progress",
     **dict.fromkeys(("ClassifierMargin", "Criterion", "Reconstruction"), ".criteria"),
     **dict.fromkeys(
         ("CacheError", "UAEAugmented", "UAECache", "UAETransform", "available_datasets", "load_dataset",
@@ -112,6 +114,7 @@ __all__ = [
     "UAECache",
     "UAETransform",
     "available_datasets",
+    "configure_logging",
     "estimate_mi",
     "fit",
     "load_dataset",

@@ -9,8 +9,9 @@ Examples::
     uae-augment demo --help
 
 Under torchrun (``WORLD_SIZE`` > 1) ``precompute`` initialises the process
-group from the environment (NCCL on CUDA, gloo on CPU), every rank attacks its
-slice into a shard, rank 0 joins them, and the group is destroyed at the end.
+group from the environment (NCCL on CUDA, gloo on CPU; see :mod:`uae_augment.devices`), every
+rank attacks its slice into a shard on ``cuda:LOCAL_RANK`` (or the CPU), rank 0 joins them, and the
+group is destroyed at the end.
 """
 
 from __future__ import annotations
@@ -19,32 +20,22 @@ import argparse
 import datetime
 import hashlib
 import importlib
-import inspect
 import json
 import logging
 import os
-import pickle
-import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ._cli_build import CLIError, build_attack, build_victim, warn_if_long
 from ._names import DATASET_NAMES, PRECOMPUTE_BATCH_SIZE, PRESET_NAMES
-
-if TYPE_CHECKING:  # torch is imported inside the commands: `--help` does not import it
-    import torch
-    from torch import nn
 
 logger = logging.getLogger("uae_augment.cli")
 
 ATTACKS = ("mine-uae", "l2-uae", "gaussian", "minmax")
 CRITERIA = ("auto", "reconstruction", "margin", "contrastive")
-
-
-class CLIError(Exception):
-    """A problem with the command line's inputs (reported without a traceback)."""
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -85,234 +76,20 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-# --------------------------------------------------------------------------- model, data, attack
-
-
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Reads a state dict with ``torch.load(weights_only=True)`` (never unpickles objects).
-
-    Accepts a mapping of names to tensors, or one nested under ``"state_dict"``
-    or ``"model"``.
-
-    Raises:
-        CLIError: missing file, a file ``weights_only`` refuses (e.g. a pickled
-            ``nn.Module``), or contents that are not a state dict.
-    """
-    import torch
-
-    if not path.is_file():
-        raise CLIError(f"checkpoint {path} does not exist")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as error:
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
-        first_line = text.splitlines()[0].split(". ")[0] if text else type(error).__name__
-        raise CLIError(
-            f"checkpoint {path} is not a weights-only state dict: torch.load(weights_only=True)"
-            f" refused it ({first_line}). Save only the weights: torch.save(model.state_dict(), path)"
-        ) from error
-    state = loaded
-    if isinstance(loaded, Mapping):
-        for key in ("state_dict", "model"):
-            if isinstance(loaded.get(key), Mapping):
-                state = loaded[key]
-                break
-    if not isinstance(state, Mapping) or not state or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise CLIError(
-            f"checkpoint {path} holds {_describe(loaded)}, not a state dict (a mapping of parameter"
-            " names to tensors). Save it with torch.save(model.state_dict(), path)"
-        )
-    return dict(state)
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, Mapping):
-        kinds = sorted({type(v).__name__ for v in value.values()})
-        return f"a {type(value).__name__} with {len(value)} entries of type {', '.join(kinds) or '-'}"
-    return f"a {type(value).__name__}"
-
-
-def build_victim(args: argparse.Namespace, input_shape: tuple[int, ...], num_classes: int | None) -> nn.Module:
-    """The model named by ``--model`` (with ``--model-arg``), its checkpoint loaded, in eval mode."""
-    import torch
-
-    from .models import MODELS, build_model
-
-    kwargs = dict(args.model_arg)
-    key = args.model.strip().lower().replace("_", "-")
-    builder = MODELS.get(key)
-    if (
-        builder is not None
-        and num_classes is not None
-        and "classes" not in kwargs
-        and "classes" in _parameters(builder)
-    ):
-        kwargs["classes"] = num_classes
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        model = build_model(args.model, input_shape, **kwargs)
-    if args.checkpoint is None:
-        logger.warning("no --checkpoint: attacking a randomly initialised %s (seed %d)", args.model, args.seed)
-    else:
-        state = load_state_dict(args.checkpoint)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
-            raise CLIError(
-                f"checkpoint {args.checkpoint} does not match --model {args.model} for inputs"
-                f" {input_shape}: {str(error).strip()}"
-            ) from error
-    return model.eval()
-
-
-def _parameters(fn: Any) -> set[str]:
-    try:
-        return set(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
-def _is_autoencoder(model: nn.Module, sample: torch.Tensor) -> bool:
-    import torch
-
-    with torch.no_grad():
-        output = model(sample[None])
-    return tuple(output.shape) == (1, *sample.shape)
-
-
-def build_attack(args: argparse.Namespace, model: nn.Module, sample: torch.Tensor) -> Any:
-    """The attack named by ``--attack`` with ``--preset``, ``--seed`` and ``--set`` overrides."""
-    from .attacks import MINEUAE, GaussianNoise, LpUAE, MinMaxAttack
-    from .criteria import ClassifierMargin, Reconstruction
-
-    overrides = dict(args.set)
-    for reserved, flag in (("seed", "--seed"), ("preset", "--preset"), ("mode", "--attack")):
-        if reserved in overrides:
-            raise CLIError(f"use {flag} instead of --set {reserved}=...")
-    criterion_kind = args.criterion
-    contrastive_model = callable(getattr(model, "criterion", None))  # SimCLR builds its own criterion
-    if criterion_kind == "auto" and contrastive_model and args.attack != "minmax":
-        criterion_kind = "contrastive"
-    if (criterion_kind == "contrastive") != contrastive_model:
-        raise CLIError(
-            f"--model {args.model} needs --criterion contrastive" if contrastive_model
-            else f"--criterion contrastive needs a contrastive model (simclr-resnet18), not --model {args.model}"
-        )
-    if criterion_kind == "contrastive":
-        criterion = model.criterion(seed=args.seed, n_views=4)  # 4 views: NT-Xent without a negative bank
-    elif criterion_kind == "auto":
-        if args.attack == "minmax":
-            criterion_kind = "margin"
-        elif args.attack in ("mine-uae", "l2-uae"):
-            criterion_kind = "reconstruction"
-        else:
-            criterion_kind = "reconstruction" if _is_autoencoder(model, sample) else "margin"
-    if criterion_kind == "reconstruction" and not _is_autoencoder(model, sample):
-        raise CLIError(
-            f"--attack {args.attack} with the reconstruction criterion needs an autoencoder"
-            f" (output shaped like its input), but --model {args.model} is not one; use an"
-            " autoencoder model, or --attack minmax / --criterion margin for a classifier"
-        )
-    if criterion_kind != "contrastive":
-        criterion = Reconstruction(model) if criterion_kind == "reconstruction" else ClassifierMargin(model)
-    if args.attack == "gaussian":
-        if args.preset is not None:
-            logger.warning("--preset is ignored by --attack gaussian (set sigma with --set sigma=...)")
-        cls: Any = GaussianNoise
-        kwargs: dict[str, Any] = {"seed": args.seed, **overrides}
-    else:
-        cls = {"mine-uae": MINEUAE, "l2-uae": LpUAE, "minmax": MinMaxAttack}[args.attack]
-        kwargs = {"preset": args.preset, "seed": args.seed, **overrides}  # None: the attack's default
-        if args.attack == "minmax":
-            kwargs["mode"] = "supervised"
-    try:
-        return cls(criterion, **kwargs)
-    except TypeError as error:
-        accepted = sorted(_accepted_options(cls) - {"criterion", "seed", "preset", "mode", "progress", "feature_layer"})
-        raise CLIError(
-            f"--set: {error}; --attack {args.attack} accepts: {', '.join(accepted)}"
-        ) from error
-
-
-LONG_JOB_S = 1800.0
-"""Jobs estimated longer than this (one CPU core) are announced with a warning before they start."""
-
-
-def warn_if_long(attack: Any, rows: int, sample_shape: tuple[int, ...]) -> float | None:
-    """Logs a warning with the estimate when a MINE attack on ``rows`` samples may take over 30 min.
-
-    Returns:
-        The one-core estimate in seconds, or None for attacks without MINE steps.
-    """
-    from .attacks.minmax import MinMaxAttack, estimate_cpu_seconds
-
-    if not isinstance(attack, MinMaxAttack) or "mine_steps" not in attack.config():
-        return None
-    seconds = estimate_cpu_seconds(attack, rows, sample_shape)
-    if seconds > LONG_JOB_S:
-        logger.warning(
-            "this job may take about %.1f hours on one CPU core (%d rows, preset %r, estimated from "
-            "benchmarks/results/attack_speed.json); more threads or a GPU shorten it, --limit or "
-            "--preset fast (~50x cheaper than paper) too",
-            seconds / 3600, rows, attack.preset,
-        )
-    return seconds
-
-
-def _accepted_options(cls: type) -> set[str]:
-    names = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        parameters = inspect.signature(init).parameters
-        names |= {n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
-            break
-    return names - {"self"}
-
-
-def _resolve_device(name: str, local_rank: int | None) -> torch.device:
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank or 0)
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {name}: CUDA is not available on this machine")
-    if device.type == "cuda" and device.index is None and local_rank is not None:
-        device = torch.device("cuda", local_rank)
-    return device
-
-
 # --------------------------------------------------------------------------- subcommands
 
 
 def run_precompute(args: argparse.Namespace) -> int:
     """``uae-augment precompute``: attacks a named data set into an HDF5 cache."""
-    import torch
-    import torch.distributed as dist
     from torch.utils.data import Subset
 
     from .data import load_dataset
     from .data.cache import UAECache, precompute
+    from .devices import distributed
 
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    distributed = world_size > 1 and not (dist.is_available() and dist.is_initialized())
-    local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None
-    device = _resolve_device(args.device, local_rank)
-    if distributed:
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=args.dist_timeout_min))
-        logger.info("initialised a %s process group: rank %d of %d", backend, dist.get_rank(), world_size)
-    try:
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    timeout = datetime.timedelta(minutes=args.dist_timeout_min)
+    with distributed(args.device, timeout=timeout) as placement:
+        device = placement.device
         dataset = load_dataset(args.dataset, root=args.data_root, split=args.split)
         rows: Any = dataset
         if args.limit is not None:
@@ -321,7 +98,7 @@ def run_precompute(args: argparse.Namespace) -> int:
             rows = Subset(dataset, range(args.limit))
         model = build_victim(args, dataset.sample_shape, dataset.num_classes).to(device)
         attack = build_attack(args, model, dataset[0][0].to(device))
-        if rank == 0:
+        if placement.is_main:
             warn_if_long(attack, len(rows), dataset.sample_shape)
         started = time.perf_counter()
         path = precompute(
@@ -333,17 +110,14 @@ def run_precompute(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             compression=None if args.compression == "none" else args.compression,
             num_workers=args.num_workers,
-            progress=not args.no_progress and rank == 0,
+            progress=not args.no_progress and placement.is_main,
             model_origin=model_origin(args),
         )
         elapsed = time.perf_counter() - started
-        if rank == 0:
+        if placement.is_main:
             cache = UAECache(path, preload=False)
             print(f"finished {path} ({elapsed:.1f} s)")
             print(format_summary(cache.summary(), cache.provenance))
-    finally:
-        if distributed and dist.is_initialized():
-            dist.destroy_process_group()
     return 0
 
 
@@ -499,7 +273,7 @@ def _add_precompute(subparsers: Any) -> None:
     parser.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader workers reading the data")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="storage dtype of the UAEs")
     parser.add_argument("--compression", choices=("lzf", "gzip", "none"), default="lzf", help="compression of the UAEs")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda:LOCAL_RANK if available)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...; under torchrun every rank uses cuda:LOCAL_RANK")
     parser.add_argument("--dist-timeout-min", type=float, default=24 * 60,
                         help="torchrun: how long ranks wait for each other at the shard barrier")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

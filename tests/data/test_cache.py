@@ -561,7 +561,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, rows300, caplog):
 # --------------------------------------------------------------------------- torchrun
 
 
-@pytest.mark.slow  # two torchrun launches (~20-40 s); tests/data/test_cli.py runs one by default
+@pytest.mark.slow  # two torchrun launches (~20-40 s); tests/test_cli.py runs one by default
 def test_torchrun_shards_fail_together_resume_and_join_to_the_single_process_result(tmp_path, rows300):
     path = tmp_path / "dist.h5"
     common = [str(WORKER), "--distributed", "--out", str(path), "--limit", "300", "--chunk-rows", "16"]

@@ -13,8 +13,9 @@ import pytest
 import torch
 import yaml
 
-from recipes import _common as common
-from recipes import autoencoders as recipe
+import _config
+import _protocol
+import autoencoders as recipe
 from uae_augment import MINEUAE, LpUAE, Reconstruction, UAECache, load_dataset
 from uae_augment.models import build_model
 
@@ -54,12 +55,12 @@ def tiny_conv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _test_split() -> torch.Tensor:
-    test = common.subset_rows(load_dataset("mnist-5k", split="test"), TEST_ROWS)
+    test = _protocol.subset_rows(load_dataset("mnist-5k", split="test"), TEST_ROWS)
     return torch.stack([test[i][0] for i in range(len(test))])
 
 
 def _train_split() -> torch.utils.data.Dataset:
-    return common.subset_rows(load_dataset("mnist-5k", split="train"), TRAIN_ROWS)
+    return _protocol.subset_rows(load_dataset("mnist-5k", split="train"), TRAIN_ROWS)
 
 
 def test_results_json_is_well_formed(tiny: tuple[Path, str]) -> None:
@@ -223,7 +224,7 @@ def test_failed_uaes_can_be_dropped(tmp_path: Path) -> None:
 
 def test_dense_models_get_their_own_attack_steps() -> None:
     parser = recipe.build_parser()
-    quick = common.parse_config(parser, ["--quick"], recipe.QUICK)
+    quick = _config.parse_config(parser, ["--quick"], recipe.QUICK)
     dense = Reconstruction(build_model("dense-ae", (1, 28, 28)))
     conv = Reconstruction(build_model("conv-ae", (1, 28, 28)))
     assert recipe.attack_steps(dense, quick) == 40 and recipe.attack_steps(conv, quick) == 5
@@ -231,7 +232,7 @@ def test_dense_models_get_their_own_attack_steps() -> None:
     assert mine.steps == 40 and mine.projection_dim == 32 and mine.projections == 100
     assert recipe.METHODS["mine-strong"].build(conv, quick, 0).steps == 5
     assert recipe.METHODS["l2"].build(dense, quick, 0).steps == 40
-    plain = common.parse_config(parser, ["--attack-steps", "7", "--strong-steps", "9"], recipe.QUICK)
+    plain = _config.parse_config(parser, ["--attack-steps", "7", "--strong-steps", "9"], recipe.QUICK)
     assert recipe.attack_steps(dense, plain) == 7 and recipe.attack_steps(dense, plain, strong=True) == 9
 
 
@@ -239,18 +240,18 @@ def test_yaml_config_sits_between_the_quick_preset_and_the_flags(tmp_path: Path)
     config = tmp_path / "run.yaml"
     config.write_text("epochs: 7\nattack-steps: 3\nmodels: [conv]\n")
     parser = recipe.build_parser()
-    args = common.parse_config(parser, ["--quick", "--config", str(config), "--epochs", "2"], recipe.QUICK)
+    args = _config.parse_config(parser, ["--quick", "--config", str(config), "--epochs", "2"], recipe.QUICK)
     assert args.epochs == 2  # flag > YAML
     assert args.attack_steps == 3 and args.models == ["conv"]  # YAML > quick
     assert args.train_rows == recipe.QUICK["train_rows"]  # quick > defaults
-    defaults = common.parse_config(parser, [], recipe.QUICK)
+    defaults = _config.parse_config(parser, [], recipe.QUICK)
     assert defaults.preset == "paper" and defaults.epochs is None and defaults.models == list(recipe.MODEL_KINDS)
     config.write_text("epoch: 7\n")
     with pytest.raises(SystemExit):
-        common.parse_config(recipe.build_parser(), ["--config", str(config)], recipe.QUICK)
+        _config.parse_config(recipe.build_parser(), ["--config", str(config)], recipe.QUICK)
     config.write_text("- just\n- a list\n")
     with pytest.raises(SystemExit):
-        common.parse_config(recipe.build_parser(), ["--config", str(config)], recipe.QUICK)
+        _config.parse_config(recipe.build_parser(), ["--config", str(config)], recipe.QUICK)
 
 
 def test_svhn_falls_back_to_cifar10_and_missing_sets_are_listed(data_root: Path, tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ import pytest
 import torch
 from sklearn.ensemble import ExtraTreesClassifier
 
-from recipes import _common as common
-from recipes import concrete_autoencoder as recipe
+import _protocol
+import concrete_autoencoder as recipe
 from uae_augment import UAECache, load_dataset
 from uae_augment.models import build_model
 
@@ -41,7 +41,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 def _split(name: str, split: str, rows: int, **options: object) -> tuple[torch.Tensor, torch.Tensor]:
-    return common.stack(common.subset_rows(load_dataset(name, split=split, **options), rows))
+    return _protocol.stack(_protocol.subset_rows(load_dataset(name, split=split, **options), rows))
 
 
 def test_results_json_is_well_formed(tiny: tuple[Path, str]) -> None:

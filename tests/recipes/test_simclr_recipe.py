@@ -14,8 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from recipes import _common as common
-from recipes import simclr as recipe
+import _protocol
+import _report
+import _simclr_data
+import simclr as recipe
 from uae_augment import UAECache, load_dataset
 from uae_augment.models import SimCLR
 
@@ -37,7 +39,7 @@ def image_folder(data_root, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A torchvision ImageFolder tree (train/ and test/) of real CIFAR-10 PNGs."""
     root = tmp_path_factory.mktemp("cifar-folder")
     for split, rows in (("train", TRAIN_ROWS), ("test", TEST_ROWS)):
-        data = common.subset_rows(load_dataset("cifar10", root=data_root, split=split), rows)  # every class
+        data = _protocol.subset_rows(load_dataset("cifar10", root=data_root, split=split), rows)  # every class
         for i in range(rows):
             image, label = data[i]
             folder = root / split / f"class{label}"
@@ -110,7 +112,7 @@ def test_table_and_figures(single: tuple[Path, str]) -> None:
     assert labels[:4] == ["original (clean)", "clean, same steps", "clean + MINE-UAE (fast)",
                           "clean + MINE-UAE (strong)"]
     summary = {row["key"]: row for row in read_results(out)["summary"]}
-    assert rows[2][2] == common.format_stat(summary["uae-fast"]["linear_test_acc"], 2)
+    assert rows[2][2] == _report.format_stat(summary["uae-fast"]["linear_test_acc"], 2)
     delta = summary["uae-strong"]["vs_same_steps"]["linear_test_acc_pp"]
     expected = summary["uae-strong"]["linear_test_acc"]["mean"] - summary["same-steps"]["linear_test_acc"]["mean"]
     assert math.isclose(delta, expected)
@@ -123,16 +125,16 @@ def test_table_and_figures(single: tuple[Path, str]) -> None:
 def test_cached_uaes_meet_the_criterion_recomputed_from_the_checkpoint(single: tuple[Path, str],
                                                                        image_folder: Path) -> None:
     out, _ = single
-    train, _ = recipe.image_folder_splits(image_folder, 32)
+    train, _ = _simclr_data.image_folder_splits(image_folder, 32)
     model = SimCLR(width=2)
     model.load_state_dict(torch.load(out / "models" / "simclr-seed0.pt", weights_only=False)["state_dict"])
     model.eval()
-    bank, _ = common.stack(common.subset_rows(train, NEGATIVES))
+    bank, _ = _protocol.stack(_protocol.subset_rows(train, NEGATIVES))
     criterion = model.criterion(n_views=2, negatives=bank, seed=0)
     cache = UAECache(out / "cache" / "simclr-seed0-strong.h5")
     rows = torch.tensor([0, 17, 50, 95])
     uaes, _ = cache.rows(rows)
-    x, _ = common.stack(torch.utils.data.Subset(train, rows.tolist()))
+    x, _ = _protocol.stack(torch.utils.data.Subset(train, rows.tolist()))
     with torch.no_grad():
         f = criterion(uaes, criterion.prepare(x, None, rows))
     torch.testing.assert_close(f, cache.criterion[rows].float(), atol=1e-4, rtol=1e-3)

@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from recipes import _common as common
-from recipes import adversarial_training, supervised_attacks, transferability
+import _protocol
+import adversarial_training
+import supervised_attacks
+import transferability
 from uae_augment import FGSM, load_dataset, per_sample_mi
 from uae_augment.evaluation import distortion
 from uae_augment.models import LeNet, cw_mnist
@@ -39,7 +41,7 @@ def _run(main, out: Path, *flags: str) -> str:
 
 
 def _mnist_test() -> tuple[torch.Tensor, torch.Tensor]:
-    return common.stack(load_dataset("mnist-5k", split="test"))
+    return _protocol.stack(load_dataset("mnist-5k", split="test"))
 
 
 # --------------------------------------------------------------------------- supervised_attacks.py
@@ -166,12 +168,12 @@ def test_adversarial_training_json_matches_a_recomputation(training_run: tuple[P
         assert finite(run["eval"]["lipschitz_product"]) and run["eval"]["lipschitz_product"] > 0
 
     # the standard model's clean row, recomputed by hand from the checkpoint
-    train = common.subset_rows(load_dataset("mnist-5k"), 200)
-    x_train, _ = common.stack(train)
+    train = _protocol.subset_rows(load_dataset("mnist-5k"), 200)
+    x_train, _ = _protocol.stack(train)
     model = InputNormalization(LeNet(), x_train.mean(dim=0))
     model.load_state_dict(torch.load(out / "models" / "standard-seed0.pt", weights_only=False)["state_dict"])
-    test = common.subset_rows(load_dataset("mnist-5k", split="test"), 100)
-    x, y = common.stack(test)
+    test = _protocol.subset_rows(load_dataset("mnist-5k", split="test"), 100)
+    x, y = _protocol.stack(test)
     with torch.no_grad():
         probabilities = F.softmax(model.eval()(x), dim=1)
     confidence, predicted = probabilities.max(dim=1)
@@ -270,7 +272,7 @@ def test_transferability_cross_training(transfer_run: tuple[Path, str]) -> None:
         assert cross["transfer"]["clean_error"][name] == 0.0
     assert "noise rms=0.06" in cross["transfer"]["rows"]
     # the halves are disjoint and the P2 net's accuracy is recomputed from its checkpoint
-    train = common.subset_rows(load_dataset("mnist-5k", split="train"), 300)
+    train = _protocol.subset_rows(load_dataset("mnist-5k", split="train"), 300)
     halves = transferability.split_halves(train)
     assert not set(halves["P1"].indices) & set(halves["P2"].indices)
     model = transferability.WeightDecayMLP((1, 28, 28), (100, 100), 1e-5, epochs=40, activation="sigmoid")

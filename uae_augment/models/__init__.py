@@ -4,6 +4,7 @@ import importlib
 import warnings
 from typing import Any
 
+from .._model_state import model_device
 from .autoencoders import (
     AdversarialAutoencoder,
     ConvAutoencoder,
@@ -48,6 +49,7 @@ __all__ = [
     "build_model",
     "cw_cifar",
     "cw_mnist",
+    "model_device",
     "simclr_resnet18",
 ]
 

@@ -25,7 +25,7 @@ from uae_augment.cli import build_parser, main, parse_assignment
 from uae_augment.data.cache import UAECache
 from uae_augment.models import build_model
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,1 +1,0 @@
-"""Runnable recipes that reproduce and extend the paper's experiments with the public API."""
