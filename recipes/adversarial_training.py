@@ -156,7 +156,7 @@ class Run:
 def trainer(
     method: str, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, seed: int, progress: bool
 ) -> _protocol.Trainer:
-    """A :data:`recipes._common.Trainer` that trains with ``method`` for ``args.epochs`` epochs."""
+    """A :data:`_protocol.Trainer` that trains with ``method`` for ``args.epochs`` epochs."""
 
     def train(model: nn.Module, _dataset: Any) -> tuple[nn.Module, dict[str, Any]]:
         model.train()

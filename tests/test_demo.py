@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipes import example
+import example
 from uae_augment import UAECache
 from uae_augment.demo import demo, format_summary
 

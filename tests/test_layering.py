@@ -32,8 +32,8 @@ ROOTS = (PACKAGE, "recipes")
 
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"recipes"}),  # outside the package: users of its public API
-    frozenset({"", "cli", "__main__", "demo"}),  # "" is the package root, uae_augment/__init__.py
-    frozenset({"training", "adversarial_training"}),  # adversarial_training moves into training/ (layout-train)
+    frozenset({"", "cli", "_cli_build", "__main__", "demo"}),  # "" is the package root, uae_augment/__init__.py
+    frozenset({"training", "adversarial_training"}),  # adversarial_training: the deprecated shim of training.adversarial
     frozenset({"data", "evaluation", "models"}),
     frozenset({"attacks", "contrastive"}),
     frozenset({"criteria"}),
@@ -48,6 +48,7 @@ ROOT_IMPORTERS = frozenset({PACKAGE, f"{PACKAGE}.cli", f"{PACKAGE}.__main__"})
 
 LAZY_FOR_STARTUP: Mapping[tuple[str, str | None], str] = {
     (f"{PACKAGE}.cli", None): "`uae-augment --help` does not import torch (tests/test_cli_startup.py)",
+    (f"{PACKAGE}._cli_build", None): "the CLI's model and attack builders, imported by `cli` at startup",
     (f"{PACKAGE}.demo", None): "`uae-augment demo --help` does not import torch",
     (f"{PACKAGE}.models", f"{PACKAGE}.models.simclr"): "torchvision and lightly load on first use of SimCLR",
     (f"{PACKAGE}.models.registry", f"{PACKAGE}.models.simclr"): "torchvision and lightly load on first use",
