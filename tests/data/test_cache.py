@@ -136,6 +136,12 @@ def test_rows_equal_direct_generation(gaussian_cache, rows300, tmp_path, num_wor
     assert success == bool(expected.success[7]) and np.isnan(mi)
 
 
+def test_precompute_creates_missing_parent_folders(rows300, tmp_path):
+    path = tmp_path / "not" / "yet" / "there.h5"
+    assert precompute(digits_rows(8), make_attack("gaussian"), path, progress=False) == path
+    assert UAECache(path).complete
+
+
 def test_batches_sit_on_one_global_grid():
     # Rows still to do (global indices) are batched by index // batch_size, whatever is done.
     batches = GridBatches(np.array([0, 1, 5, 6, 7, 9]), 4)

@@ -152,7 +152,7 @@ def precompute(
             (no ``label`` is stored; the attack must not require labels).
         attack: a uae_augment :class:`~uae_augment.attacks.base.Attack`; it runs
             on the device of its models.
-        path: the cache file (``.h5``).
+        path: the cache file (``.h5``); missing parent folders are created.
         batch_size: rows per DataLoader batch handed to the attack.
         resume: continue or reuse an existing file; False overwrites it.
         dtype: storage dtype of ``adversarial``: ``"float32"`` or ``"float16"``.
@@ -213,6 +213,7 @@ def precompute(
         chunk_rows=chunk_rows,
     )
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if sample_key is not None:
         dataset = KeyedSamples(dataset, sample_key)
     dataset_length(dataset, "precompute")
