@@ -1,12 +1,13 @@
 """Progress bars and the one time-estimate rule of every long-running call.
 
-Every call that can run for more than a few seconds (an attack's chunk loop,
-:func:`~uae_augment.data.cache.precompute`, :class:`~uae_augment.data.UAEAugmented`'s
-generation, :func:`~uae_augment.fit`) shows a tqdm bar that moves once per
-batch and, through :class:`Progress`, logs an estimate of its total time after
-its first batch: at INFO, or at WARNING when the estimate exceeds
-:data:`LONG_RUN_SECONDS` (with a hint to use the ``fast`` preset when the
-``paper`` preset runs).
+Every call that can run for more than a few seconds (an attack: per chunk, or
+per iteration for the MinMax attacks; :func:`~uae_augment.data.cache.precompute`,
+:class:`~uae_augment.data.UAEAugmented`'s generation, :func:`~uae_augment.fit`)
+shows a tqdm bar that moves once per batch and, through :class:`Progress`, logs
+an estimate of its total time after its first batch: at INFO, or at WARNING when
+the estimate exceeds :data:`LONG_RUN_SECONDS` (with a hint to use the ``fast``
+preset when the ``paper`` preset runs). Attacks default to the automatic mode of
+:func:`auto_options`: no second bar under another one, nothing for short calls.
 """
 
 from __future__ import annotations
