@@ -1,16 +1,18 @@
 """Progress bars and the one time-estimate rule of every long-running call.
 
-Every call that can run for more than a few seconds (an attack's chunk loop,
-:func:`~uae_augment.data.cache.precompute`, :class:`~uae_augment.data.UAEAugmented`'s
-generation, :func:`~uae_augment.fit`) shows a tqdm bar that moves once per
-batch and, through :class:`Progress`, logs an estimate of its total time after
-its first batch: at INFO, or at WARNING when the estimate exceeds
-:data:`LONG_RUN_SECONDS` (with a hint to use the ``fast`` preset when the
-``paper`` preset runs).
+Every call that can run for more than a few seconds (an attack: per chunk, or
+per iteration for the MinMax attacks; :func:`~uae_augment.data.cache.precompute`,
+:class:`~uae_augment.data.UAEAugmented`'s generation, :func:`~uae_augment.fit`)
+shows a tqdm bar that moves once per batch and, through :class:`Progress`, logs
+an estimate of its total time after its first batch: at INFO, or at WARNING when
+the estimate exceeds :data:`LONG_RUN_SECONDS` (with a hint to use the ``fast``
+preset when the ``paper`` preset runs). Attacks default to the automatic mode of
+:func:`auto_options`: no second bar under another one, nothing for short calls.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import time
@@ -24,7 +26,13 @@ LONG_RUN_SECONDS = 30 * 60
 """Estimated totals above this are logged as a WARNING."""
 
 SLOW_CALL_SECONDS = 5.0
-"""Single calls that take longer than this log their time at INFO (see :func:`log_duration`)."""
+"""Single calls that take longer than this log their time at INFO (see :func:`log_duration`);
+an automatic bar (:func:`auto_options`) logs its estimate only when it exceeds this."""
+
+AUTO_DELAY_SECONDS = 2.0
+"""An automatic bar (:func:`auto_options`) is drawn only once its call has run this long."""
+
+_OPEN_BARS: contextvars.ContextVar[int] = contextvars.ContextVar("uae_augment_open_bars", default=0)
 
 PAPER_HINT = (
     "the 'paper' preset runs the release's 20 MINE steps per iteration; preset='fast' costs a"
@@ -48,6 +56,26 @@ def log_duration(log: logging.Logger, seconds: float, message: str, *args: Any) 
     :data:`SLOW_CALL_SECONDS`, else at DEBUG (per-call work with no bar of its own)."""
     level = logging.INFO if seconds > SLOW_CALL_SECONDS else logging.DEBUG
     log.log(level, message + " in %s", *args, format_seconds(seconds))
+
+
+def inside_progress() -> bool:
+    """Whether the caller runs inside a :class:`Progress` context (enabled or not): a
+    ``precompute``, ``UAEAugmented`` or ``fit`` call that reports progress itself."""
+    return _OPEN_BARS.get() > 0
+
+
+def auto_options(progress: bool | None) -> dict[str, Any]:
+    """:class:`Progress` options for a ``progress=`` argument that may be None (automatic).
+
+    ``True``/``False`` show or hide the bar and the estimate. ``None`` shows them
+    unless the call runs inside another :class:`Progress` (:func:`inside_progress`),
+    so work nested in ``precompute``/``UAEAugmented`` adds no second bar; the bar is
+    drawn only after :data:`AUTO_DELAY_SECONDS` and the estimate logged only when it
+    exceeds :data:`SLOW_CALL_SECONDS`, so sub-second calls print nothing.
+    """
+    if progress is None:
+        return {"enabled": not inside_progress(), "quiet_below": SLOW_CALL_SECONDS, "delay": AUTO_DELAY_SECONDS}
+    return {"enabled": bool(progress)}
 
 
 def estimate_total(elapsed: float, done: int, total: int) -> float:
@@ -79,6 +107,7 @@ class Progress:
         initial: units already done before this run (a resume); not timed.
         preset: the attack preset, when one runs (``"paper"`` adds the hint).
         log: the logger of the estimate (default: this module's).
+        quiet_below: estimates of fewer seconds are not logged (default 0: all are).
         **bar_options: passed to ``tqdm`` (e.g. ``leave=False``).
     """
 
@@ -92,6 +121,7 @@ class Progress:
         initial: int = 0,
         preset: str | None = None,
         log: logging.Logger | None = None,
+        quiet_below: float = 0.0,
         **bar_options: Any,
     ) -> None:
         self.total = int(total)
@@ -101,6 +131,7 @@ class Progress:
         self.initial = int(initial)
         self.preset = preset
         self.log = log or logger
+        self.quiet_below = float(quiet_below)
         self.done = self.initial
         self.estimate: float | None = None
         self.bar = tqdm(
@@ -110,9 +141,11 @@ class Progress:
         self._start = time.perf_counter()
 
     def __enter__(self) -> Progress:
+        self._token = _OPEN_BARS.set(_OPEN_BARS.get() + 1)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        _OPEN_BARS.reset(self._token)
         self.close()
 
     def close(self) -> None:
@@ -135,6 +168,8 @@ class Progress:
     def _log_estimate(self, elapsed: float) -> None:
         timed = self.done - self.initial
         self.estimate = estimate_total(elapsed, timed, self.total - self.initial)
+        if self.estimate < self.quiet_below:
+            return
         level = logging.WARNING if self.estimate > LONG_RUN_SECONDS else logging.INFO
         message = "%s: about %s in total (%s for the first %d of %d %ss)"
         args: list[Any] = [

@@ -13,6 +13,7 @@ pairs, -(p/2) log(1 - cos^2(x, x')); the L2 baseline uses s = -||x' - x||^2.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -246,6 +247,7 @@ def run_minmax(
     delta0: torch.Tensor,
     c0: torch.Tensor,
     settings: LoopSettings,
+    on_iteration: Callable[[], None] | None = None,
 ) -> AttackResult:
     """Runs the MinMax loop on one batch and returns the kept iterates.
 
@@ -257,6 +259,8 @@ def run_minmax(
         delta0: initial perturbation (B, ...).
         c0: initial trade-off constants (B,).
         settings: loop hyperparameters.
+        on_iteration: called with no argument after each of the ``settings.steps``
+            iterations (the attack's progress bar; it must not touch the tensors).
     """
     sign = -1.0 if settings.supervised else 1.0
     delta = delta0.clone()
@@ -280,6 +284,8 @@ def run_minmax(
         f, score, x_adv = f.detach(), score.detach(), x_adv.detach()
         ok = f <= 0 if settings.supervised else (f <= 0) & similarity.valid(score)
         tracker.update(iteration, x_adv, f, score, ok)
+        if on_iteration is not None:
+            on_iteration()
         if settings.record_history:
             mi_trace.append(score)
             f_trace.append(f)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import itertools
 import logging
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from .._model_state import frozen, model_device
-from .._progress import Progress
+from .._progress import Progress, auto_options
 from .._validation import check_batch_rank, check_images, check_labels, resolve_index
 from .result import AttackResult
 
@@ -87,16 +88,24 @@ class Attack(abc.ABC):
         seed: base seed of all per-sample random generators.
         batch_size: largest number of samples attacked together (memory knob;
             ``None`` attacks all at once).
-        progress: show a tqdm progress bar over samples (moving once per chunk) and
-            log an estimate of the total time after the first chunk (see
-            :class:`~uae_augment._progress.Progress`).
+        progress: show a tqdm bar and log an estimate of the call's total time after
+            its first update (see :class:`~uae_augment._progress.Progress`). The bar
+            counts samples and moves once per chunk; MinMax attacks (``MINEUAE``,
+            ``MinMaxAttack``, ``LpUAE``, ``PenaltyAttack``) count iterations, so it
+            moves within a chunk. ``None`` (default): automatic, shown for a call
+            that runs longer than a few seconds unless it runs inside another
+            bar (``precompute``, ``UAEAugmented``), see
+            :func:`~uae_augment._progress.auto_options`.
     """
 
     requires_labels: bool = False
     # Rows of each chunk handed to _attack_batch are padded to a multiple of this.
     _chunk_block: int = EVALUATION_BLOCK
+    # What the progress bar counts: samples (per chunk), or what _advance counts (_chunk_units).
+    _progress_unit: str = "sample"
+    _bar: Progress | None = None
 
-    def __init__(self, *, seed: int = 0, batch_size: int | None = None, progress: bool = False):
+    def __init__(self, *, seed: int = 0, batch_size: int | None = None, progress: bool | None = None):
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
         self.seed = int(seed)
@@ -162,22 +171,40 @@ class Attack(abc.ABC):
         n = x.shape[0]
         chunk = self.batch_size or n
         parts: list[AttackResult] = []
+        bounds = [(start, min(start + chunk, n)) for start in range(0, n, chunk)]
+        units = [self._chunk_units(stop - start) for start, stop in bounds]
         bar = Progress(
-            n, type(self).__name__, unit="sample", enabled=self.progress,
-            preset=getattr(self, "preset", None), log=logger, leave=False,
+            sum(units), f"{type(self).__name__} ({n} samples)", unit=self._progress_unit,
+            preset=getattr(self, "preset", None), log=logger, leave=False, **auto_options(self.progress),
         )
-        with frozen(self.models()), bar:
-            for start in range(0, n, chunk):
-                stop = min(start + chunk, n)
-                parts.append(self._attack_chunk(x[start:stop].detach(), labels, global_index, start, stop))
-                bar.update(stop - start)
-            clean_success = self._clean_success(x.detach(), labels, global_index, chunk)
+        self._bar = bar
+        try:
+            with frozen(self.models()), bar:
+                for (start, stop), end in zip(bounds, itertools.accumulate(units)):
+                    parts.append(self._attack_chunk(x[start:stop].detach(), labels, global_index, start, stop))
+                    bar.update(end - bar.done)  # the rest of the chunk's units (all, without _advance)
+                clean_success = self._clean_success(x.detach(), labels, global_index, chunk)
+        finally:
+            self._bar = None
         result = AttackResult.cat(parts).to(x.device)
         result.clean_success = None if clean_success is None else clean_success.to(x.device)
         logger.debug(
             "%s on %d samples: ASR %.4f (all inputs %.4f)", type(self).__name__, n, result.asr, result.asr_all
         )
         return result
+
+    def _chunk_units(self, rows: int) -> int:
+        """The units the progress bar counts for a chunk of ``rows`` samples: the samples.
+
+        Attacks that move the bar within a chunk by calling :meth:`_advance` once per
+        iteration override this (and ``_progress_unit``) with their iterations per chunk.
+        """
+        return rows
+
+    def _advance(self) -> None:
+        """Moves the running call's bar by one unit (Python counters only: no device sync)."""
+        if self._bar is not None:
+            self._bar.update(1)
 
     def _attack_chunk(
         self,

@@ -179,6 +179,8 @@ class MinMaxAttack(Attack):
         (torch.Size([2, 1, 8, 8]), True)
     """
 
+    _progress_unit = "iteration"
+
     def __init__(
         self,
         criterion: Criterion,
@@ -204,7 +206,7 @@ class MinMaxAttack(Attack):
         record_history: bool = False,
         seed: int = 0,
         batch_size: int | None = None,
-        progress: bool = False,
+        progress: bool | None = None,
     ):
         if not isinstance(criterion, Criterion):
             raise TypeError(f"criterion must be a uae_augment Criterion, got {type(criterion).__name__}")
@@ -319,7 +321,13 @@ class MinMaxAttack(Attack):
             reference = self.criterion.prepare(x, y, index)
         delta0 = initial_delta(self.settings["delta_init"], x, index, self.seed, self.settings["epsilon"])
         c0 = torch.full((x.shape[0],), float(self.settings["c0"]), device=x.device)
-        return run_minmax(x, reference, self.criterion, self.similarity(x, index), delta0, c0, self.loop_settings())
+        return run_minmax(
+            x, reference, self.criterion, self.similarity(x, index), delta0, c0, self.loop_settings(), self._advance
+        )
+
+    def _chunk_units(self, rows: int) -> int:
+        """The bar counts MinMax iterations: ``steps`` per chunk, one update per iteration."""
+        return int(self.settings["steps"])
 
 
 def _check_mi(mi: str, sampler: str) -> None:

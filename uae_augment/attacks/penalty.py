@@ -70,6 +70,10 @@ class PenaltyAttack(MinMaxAttack):
         config.pop("gamma_power")
         return {**config, "search_steps": self.search_steps}
 
+    def _chunk_units(self, rows: int) -> int:
+        """The bar counts inner iterations over all rounds: ``search_steps * steps`` per chunk."""
+        return self.search_steps * int(self.settings["steps"])
+
     def _attack_batch(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> AttackResult:
         with torch.no_grad():
             reference = self.criterion.prepare(x, y, index)
@@ -83,7 +87,7 @@ class PenaltyAttack(MinMaxAttack):
         for round_ in range(self.search_steps):
             delta0 = initial_delta(self.settings["delta_init"], x, index, self.seed, self.settings["epsilon"], round_)
             similarity = self.similarity(x, index, init_round=round_)
-            result = run_minmax(x, reference, self.criterion, similarity, delta0, c, settings)
+            result = run_minmax(x, reference, self.criterion, similarity, delta0, c, settings, self._advance)
             offset = round_ * settings.steps
             result.best_iteration = torch.where(result.best_iteration >= 0, result.best_iteration + offset, -1)
             result.first_success = torch.where(result.first_success >= 0, result.first_success + offset, -1)

@@ -114,8 +114,9 @@ class UAETransform(nn.Module):
     ``UAEAugmented(..., cache=path)`` for per-item access).
 
     A call whose attack runs longer than a few seconds logs its time at INFO
-    (see :func:`~uae_augment._progress.log_duration`); pass ``progress=True`` to
-    the attack for a bar over its chunks within a call.
+    (see :func:`~uae_augment._progress.log_duration`); within a call, the attack's
+    own bar (automatic by default: ``progress=None``) shows a call that runs longer
+    than a few seconds, per iteration for the MinMax attacks.
 
     Args:
         attack: a uae_augment attack, e.g. ``MINEUAE(Reconstruction(ae))``; it
