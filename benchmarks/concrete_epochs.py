@@ -41,8 +41,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import finish_machine_info, load_average, machine_info, write_json  # noqa: E402
-
 from recipes._common import stack  # noqa: E402
+
 from recipes.concrete_autoencoder import evaluate  # noqa: E402
 from uae_augment import fit, load_dataset, random_subset  # noqa: E402
 from uae_augment.models import ConcreteAutoencoder  # noqa: E402
