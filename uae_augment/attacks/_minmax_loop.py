@@ -192,11 +192,12 @@ class _BestIterate:
     def update(
         self, iteration: int, x_adv: torch.Tensor, f: torch.Tensor, score: torch.Tensor, ok: torch.Tensor
     ) -> None:
+        """Records iteration ``iteration``'s candidates; device-resident, no host-device sync."""
         better = score > self.best_score if self.supervised else score < self.best_score
         take = ok & better
         self._assign(take, x_adv, score, f, iteration, self.best, self.best_score, self.best_f, self.best_iteration)
         self.found |= ok
-        self.first_success[(self.first_success < 0) & ok] = iteration
+        self.first_success.masked_fill_((self.first_success < 0) & ok, iteration)
         lower = f < self.fallback_f
         self._assign(
             lower, x_adv, score, f, iteration, self.fallback, self.fallback_score, self.fallback_f, self.fallback_iteration
@@ -204,10 +205,11 @@ class _BestIterate:
 
     @staticmethod
     def _assign(mask, x_adv, score, f, iteration, images, scores, fs, iterations) -> None:  # type: ignore[no-untyped-def]
-        images[mask] = x_adv[mask]
-        scores[mask] = score[mask]
-        fs[mask] = f[mask]
-        iterations[mask] = iteration
+        """Rows where ``mask`` holds take the candidate (``torch.where``: no boolean indexing, no sync)."""
+        images.copy_(torch.where(mask.view((-1,) + (1,) * (images.dim() - 1)), x_adv, images))
+        scores.copy_(torch.where(mask, score, scores))
+        fs.copy_(torch.where(mask, f, fs))
+        iterations.masked_fill_(mask, iteration)
 
     def select(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(images, scores, f, iteration): the best successful iterate, else the lowest-f one."""
