@@ -143,3 +143,10 @@ def test_device_draws_train_a_useful_estimator():
         with torch.no_grad():
             scores.append(torch.stack([mine.estimate(u, v, p) for p in mine.permutations(8)]).mean(0))
     assert (scores[0] > scores[1] + 0.3).all()
+
+
+def test_row_blocks_do_not_change_the_draws(monkeypatch):
+    whole = _draws(counter_streams(4, range(7), Stream.MINE_INIT, device="cpu"))
+    monkeypatch.setattr("uae_augment._seeding._BLOCK_WORDS", 10)  # one or two rows per block
+    blocked = _draws(counter_streams(4, range(7), Stream.MINE_INIT, device="cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(whole, blocked))

@@ -85,6 +85,7 @@ def _signed(value: int) -> int:
 _GOLDEN = _signed(0x9E3779B97F4A7C15)
 _MIX1 = _signed(0xBF58476D1CE4E5B9)
 _MIX2 = _signed(0x94D049BB133111EB)
+_BLOCK_WORDS = 1 << 22  # int64 words hashed at once by CounterStreams (32 MiB per temporary)
 
 
 def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
@@ -127,15 +128,29 @@ class CounterStreams:
     def __len__(self) -> int:
         return self.keys.shape[0]
 
-    def bits(self, numel: int) -> torch.Tensor:
-        """The next ``numel`` 64-bit words of every row: (B, numel) int64; advances the counters."""
+    def _claim(self, numel: int) -> torch.Tensor:
+        """The next ``numel`` counters (1, numel) int64; advances the stream."""
         counters = torch.arange(self.offset, self.offset + numel, dtype=torch.int64, device=self.device)
         self.offset += numel
-        return splitmix64_tensor(self.keys.unsqueeze(1), counters.unsqueeze(0))
+        return counters.unsqueeze(0)
+
+    def _blocks(self, numel: int) -> list[slice]:
+        """Row blocks whose int64 words stay under ``_BLOCK_WORDS`` elements (bounded temporaries)."""
+        rows = max(1, _BLOCK_WORDS // max(numel, 1))
+        return [slice(start, start + rows) for start in range(0, len(self), rows)]
+
+    def bits(self, numel: int) -> torch.Tensor:
+        """The next ``numel`` 64-bit words of every row: (B, numel) int64; advances the counters."""
+        return splitmix64_tensor(self.keys.unsqueeze(1), self._claim(numel))
 
     def uniform(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
         """The next ``numel`` U[0, 1) values of every row (24 random bits, exact in float32)."""
-        return _shift_right(self.bits(numel), 40).to(dtype) * 2.0**-24
+        counters = self._claim(numel)
+        out = torch.empty(len(self), numel, dtype=dtype, device=self.device)
+        for rows in self._blocks(numel):
+            words = splitmix64_tensor(self.keys[rows].unsqueeze(1), counters)
+            out[rows] = _shift_right(words, 40).to(dtype) * 2.0**-24
+        return out
 
     def normal(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
         """The next ``numel`` N(0, 1) values of every row (Box-Muller on two uniforms each)."""

@@ -12,6 +12,7 @@ pairs, -(p/2) log(1 - cos^2(x, x')); the L2 baseline uses s = -||x' - x||^2.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -59,8 +60,19 @@ def initial_delta(
     return delta.clamp(-epsilon, epsilon)
 
 
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """Disables an active ``torch.autocast`` on ``device`` (MINE's hand-written steps run in float32)."""
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class MISimilarity:
-    """s = I_theta(x, x') by per-sample MINE, trained ``mine_steps`` Adam steps per iteration."""
+    """s = I_theta(x, x') by per-sample MINE, trained ``mine_steps`` Adam steps per iteration.
+
+    The sampler (the victim's first layer) runs under the caller's autocast, if
+    any; its maps are cast to float32 and MINE itself runs without autocast.
+    """
 
     reports_mi = True
 
@@ -78,7 +90,7 @@ class MISimilarity:
     ):
         self.sampler = sampler
         with torch.no_grad():
-            self.u = sampler(x).detach()
+            self.u = sampler(x).detach().float()
         self.mine = PerSampleMINE(
             self.u.shape[2:],
             seed=seed,
@@ -92,12 +104,14 @@ class MISimilarity:
         self.mine_steps = mine_steps
 
     def value(self, x_adv: torch.Tensor) -> torch.Tensor:
-        return self.mine.estimate(self.u, self.sampler(x_adv))
+        v = self.sampler(x_adv).float()
+        with full_precision(x_adv.device):
+            return self.mine.estimate(self.u, v)
 
     def update(self, x_adv: torch.Tensor) -> None:
         with torch.no_grad():
-            v = self.sampler(x_adv)
-        with torch.enable_grad():
+            v = self.sampler(x_adv).float()
+        with torch.enable_grad(), full_precision(x_adv.device):
             self.mine.train(self.u, v, self.mine_steps)
 
     @staticmethod
@@ -274,8 +288,8 @@ def run_minmax(
         with torch.enable_grad():
             delta.requires_grad_(not last)
             x_adv = torch.clamp(x + delta, 0.0, 1.0)
-            f = criterion(x_adv, reference)
-            score = similarity.value(x_adv)
+            f = criterion(x_adv, reference).to(x.dtype)  # float32 under autocast too
+            score = similarity.value(x_adv).to(x.dtype)
             grad = None
             if not last:
                 (grad,) = torch.autograd.grad((c * f + sign * score).sum(), delta)
