@@ -6,20 +6,25 @@ Paper preset on CIFAR-sized feature maps (32 x 32 maps, hidden 512, 64 maps,
 the device); ``counter`` is the device-side path (:class:`CounterStreams`) run
 here on the CPU. Writes JSON to stdout (or ``--out``).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/draw_cost.py --out benchmarks/results/draw_cost.json
+    OMP_NUM_THREADS=1 python benchmarks/draw_cost.py --out benchmarks/results/draw_cost.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from uae_augment._seeding import Stream, Streams, sample_streams, stacked_permutations
-from uae_augment.mine.statistics_network import StatisticsNetwork
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's uae_augment
+
+from uae_augment._seeding import Stream, Streams, sample_streams, stacked_permutations  # noqa: E402
+from uae_augment.mine.statistics_network import StatisticsNetwork  # noqa: E402
 
 
 def _time(function, repeats: int) -> float:  # type: ignore[no-untyped-def]
@@ -68,9 +73,11 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
+        "load_before": os.getloadavg()[0],
         "host_generators": _measure(args, on_device=False),
         "counter_streams": _measure(args, on_device=True),
     }
+    report["load_after"] = os.getloadavg()[0]
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
