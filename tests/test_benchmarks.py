@@ -33,12 +33,22 @@ def _run(script: str, *args: str, out: Path) -> dict:
     return written
 
 
-@pytest.mark.parametrize("script", ["attack_speed.py", "preset_tradeoff.py", "estimate_mi_accuracy.py"])
+@pytest.mark.parametrize("script", ["attack_speed.py", "preset_tradeoff.py", "estimate_mi_accuracy.py", "draw_cost.py"])
 def test_help(script):
     completed = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True, timeout=60, check=False
     )
     assert completed.returncode == 0 and "--out" in completed.stdout
+
+
+def test_draw_cost_end_to_end(tmp_path):
+    result = _run("draw_cost.py", "--batch", "2", "--size", "6", "--hidden", "8", "--maps", "4", "--repeats", "1",
+                  out=tmp_path / "draws.json")
+    one = sum(p.numel() for p in PerSampleMINE((6, 6), seed=0, index=torch.arange(1), count=4, lr=1e-3,
+                                                hidden=8).network.parameters())
+    assert result["parameter_bytes_per_batch"] == 2 * 4 * one
+    for kind in ("host_generators", "counter_streams"):
+        assert result[kind]["init_cpu_s"] >= 0 and result[kind]["permutations_cpu_s_per_iteration"] >= 0
 
 
 def test_attack_speed_end_to_end(tmp_path):

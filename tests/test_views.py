@@ -106,3 +106,13 @@ def test_one_channel_images_and_bad_settings() -> None:
         SimCLRViews(cj_strength=4.0)
     with pytest.raises(ValueError, match="B = 2"):
         views(torch.rand(3, 1, 8, 8), views.sample_random(2, 1, (1, 8, 8)))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_view_plan_replays_the_parameters_bitwise(channels):
+    views = SimCLRViews(size=(12, 12), cj_prob=0.7, random_gray_scale=0.4)
+    x = torch.rand(5, channels, 16, 16)
+    params = views.sample(view_generators(3, range(5), ViewPurpose.TRAINING), 4, x.shape[1:])
+    plan = views.plan(params, x.device)
+    assert plan.jitter_rows.numel() not in (0, 20) and plan.gray_rows.numel() > 0
+    assert torch.equal(views(x, plan), views(x, params))

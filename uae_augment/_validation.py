@@ -60,6 +60,27 @@ def check_images(x: object, *, name: str = "x", min_rank: int = 2) -> torch.Tens
     return x
 
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def check_precision(x: torch.Tensor, models: Sequence[nn.Module]) -> None:
+    """Raises ValueError on float16 / bfloat16 inputs or model parameters.
+
+    Attacks keep their state (perturbations, MINE networks, constraints) in
+    float32: half-precision compute goes through ``torch.autocast`` instead,
+    which leaves the inputs and the model's parameters in float32.
+    """
+    found = [f"x is {x.dtype}"] if x.dtype in _LOW_PRECISION else []
+    for model in models:
+        dtypes = {p.dtype for p in model.parameters() if p.dtype in _LOW_PRECISION}
+        found += [f"{type(model).__name__} has {dtype} parameters" for dtype in sorted(dtypes, key=str)]
+    if found:
+        raise ValueError(
+            f"attacks run in float32 but {', '.join(found)}; keep inputs and models in float32 and wrap the"
+            " call in torch.autocast(device_type, dtype=torch.bfloat16) for low-precision model compute"
+        )
+
+
 def check_labels(
     y: object, n: int, *, required: bool, name: str = "y", device: torch.device | None = None
 ) -> torch.Tensor | None:

@@ -128,7 +128,7 @@ def ntxent_per_sample(
 
 @dataclass
 class _ContrastiveReference:
-    params: _views.ViewParameters
+    params: _views.ViewParameters | _views.ViewPlan
     negatives: torch.Tensor | None
     clean_loss: torch.Tensor
 
@@ -245,13 +245,17 @@ class Contrastive(Criterion):
         images = self.negatives.to(device)
         return self.project(self.transform(images, params))[:, 0]
 
-    def loss(self, x: torch.Tensor, params: _views.ViewParameters, negatives: torch.Tensor | None) -> torch.Tensor:
+    def loss(
+        self, x: torch.Tensor, params: _views.ViewParameters | _views.ViewPlan, negatives: torch.Tensor | None
+    ) -> torch.Tensor:
         """L per sample (N,) for images x (N, C, H, W) under ``params``, differentiable in x."""
         return ntxent_per_sample(self.project(self.transform(x, params)), negatives, self.temperature)
 
     def prepare(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> _ContrastiveReference:
         with torch.no_grad():
             params = self.view_parameters(index, tuple(x.shape[1:]))
+            if callable(getattr(self.transform, "plan", None)):  # replayed on the device without syncs
+                params = self.transform.plan(params, x.device)
             negatives = self.negative_bank(x.device)
             if negatives is not None:
                 negatives = negatives.to(x.dtype)

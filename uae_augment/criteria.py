@@ -9,6 +9,7 @@ respect to ``x_adv``.
 from __future__ import annotations
 
 import abc
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,7 @@ class ClassifierMargin(Criterion):
             raise ValueError(f"kappa must be >= 0, got {kappa}")
         self.targeted = targeted
         self.kappa = float(kappa)
+        self._checked: tuple[weakref.ref[torch.Tensor], int] | None = None
 
     def prepare(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
         if y is None:
@@ -84,11 +86,26 @@ class ClassifierMargin(Criterion):
         logits = self.model(x_adv)
         if logits.dim() != 2:
             raise ValueError(f"the classifier must return logits (N, classes), got {tuple(logits.shape)}")
-        if int(reference.max()) >= logits.shape[1]:
-            raise ValueError(
-                f"label {int(reference.max())} out of range for {logits.shape[1]} classes"
-            )
+        self._check_labels(reference, logits.shape[1])
         return margin(logits, reference, targeted=self.targeted, kappa=self.kappa)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_checked": None}  # a weak reference does not pickle
+
+    def _check_labels(self, labels: torch.Tensor, classes: int) -> None:
+        """Raises ValueError on labels outside ``range(classes)``; once per labels tensor and class count.
+
+        The check reads the labels on the host (a device sync on a GPU), so an
+        attack's iterations, which all pass the same labels, pay for it once.
+        """
+        if labels.device.type == "meta":  # no values to check (device tests run victims there)
+            return
+        if self._checked is not None and self._checked[0]() is labels and self._checked[1] == classes:
+            return
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= classes:
+            raise ValueError(f"label {high if high >= classes else low} out of range for {classes} classes")
+        self._checked = (weakref.ref(labels), classes)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "targeted": self.targeted, "kappa": self.kappa}
@@ -97,7 +114,9 @@ class ClassifierMargin(Criterion):
 def margin(logits: torch.Tensor, labels: torch.Tensor, *, targeted: bool, kappa: float) -> torch.Tensor:
     """The C&W margin criterion on logits (N, C) for labels/targets (N,)."""
     label_logit = logits.gather(1, labels[:, None]).squeeze(1)
-    others = logits.masked_fill(nn.functional.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
+    # the label mask by comparison: one_hot checks the labels' range on the host (a device sync)
+    own = labels[:, None] == torch.arange(logits.shape[1], device=labels.device)
+    others = logits.masked_fill(own, float("-inf"))
     best_other = others.amax(dim=1)
     gap = best_other - label_logit if targeted else label_logit - best_other
     return torch.clamp(gap + kappa, min=0.0)

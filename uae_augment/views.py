@@ -34,7 +34,7 @@ from torch import nn
 
 from ._seeding import Stream, sample_generators
 
-__all__ = ["SimCLRViews", "ViewParameters", "ViewPurpose", "check_n_views", "view_generators"]
+__all__ = ["SimCLRViews", "ViewParameters", "ViewPlan", "ViewPurpose", "check_n_views", "view_generators"]
 
 _CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its fallback
 # Uniforms per view: crop attempts (area, log-ratio), crop position (x, y), flip,
@@ -104,6 +104,33 @@ class ViewParameters:
     def flatten(self) -> ViewParameters:
         """The parameters with (B, V) merged into one leading dimension of B * V views."""
         return ViewParameters(**{f.name: getattr(self, f.name).flatten(0, 1) for f in fields(self)})
+
+
+@dataclass
+class ViewPlan:
+    """:class:`ViewParameters` ready to be replayed on one device without a host-device sync.
+
+    The flattened parameters live on the device, and the rows each colour
+    operation touches (found with ``nonzero``, which waits for the device) are
+    found once, on the CPU parameters, instead of at every call. Made by
+    :meth:`SimCLRViews.plan`; ``SimCLRViews()(x, plan)`` equals
+    ``SimCLRViews()(x, params)`` bitwise.
+
+    Attributes:
+        batch, views: B and V of the parameters.
+        params: the flattened (B * V) parameters on the device.
+        jitter_rows: rows with colour jitter.
+        chosen: ``chosen[position][op]``: positions in ``jitter_rows`` whose
+            ``position``-th jitter operation is ``op``.
+        gray_rows: rows converted to grey-scale.
+    """
+
+    batch: int
+    views: int
+    params: ViewParameters
+    jitter_rows: torch.Tensor
+    chosen: tuple[tuple[torch.Tensor, ...], ...]
+    gray_rows: torch.Tensor
 
 
 class SimCLRViews(nn.Module):
@@ -275,10 +302,34 @@ class SimCLRViews(nn.Module):
 
     # ----------------------------------------------------------------- the operation
 
-    def forward(self, x: torch.Tensor, params: ViewParameters) -> torch.Tensor:
+    def plan(self, params: ViewParameters, device: torch.device | str) -> ViewPlan:
+        """``params`` moved to ``device`` once, with the rows of each colour operation found in advance.
+
+        Replaying a :class:`ViewPlan` issues no host-device synchronisation (no
+        ``nonzero``, no parameter copy), which matters when the same views are
+        applied at every attack iteration on a GPU.
+        """
+        flat = params.flatten()
+        jitter_rows = flat.jitter.cpu().nonzero().flatten()
+        order = flat.order.cpu().index_select(0, jitter_rows)
+        chosen = tuple(
+            tuple((order[:, position] == op_id).nonzero().flatten().to(device) for op_id in range(4))
+            for position in range(4)
+        )
+        return ViewPlan(
+            batch=params.batch,
+            views=params.views,
+            params=flat.to(device),
+            jitter_rows=jitter_rows.to(device),
+            chosen=chosen,
+            gray_rows=flat.gray.cpu().nonzero().flatten().to(device),
+        )
+
+    def forward(self, x: torch.Tensor, params: ViewParameters | ViewPlan) -> torch.Tensor:
         """The views of ``x``: (B, C, H, W) in [0, 1] -> (B, V, C, H', W') in [0, 1].
 
-        Differentiable with respect to ``x``; deterministic given ``params``.
+        Differentiable with respect to ``x``; deterministic given ``params``
+        (a :class:`ViewPlan` of the parameters gives the same views bitwise).
 
         Raises:
             ValueError: if ``x`` is not (B, C, H, W) with C in {1, 3}, or ``params``
@@ -290,14 +341,13 @@ class SimCLRViews(nn.Module):
                 f"expected x of shape (B, C, H, W) with B = {params.batch} (the parameters' batch),"
                 f" got {tuple(x.shape)}"
             )
-        batch, views = params.batch, params.views
-        flat = params.to(x.device).flatten()
-        rows = x.unsqueeze(1).expand(batch, views, *x.shape[1:]).flatten(0, 1)
-        out = self._crop_and_flip(rows, flat)
-        out = self._jitter(out, flat, colour=channels == 3)
+        plan = params if isinstance(params, ViewPlan) else self.plan(params, x.device)
+        rows = x.unsqueeze(1).expand(plan.batch, plan.views, *x.shape[1:]).flatten(0, 1)
+        out = self._crop_and_flip(rows, plan.params)
+        out = self._jitter(out, plan, colour=channels == 3)
         if channels == 3:
-            out = _replace_rows(out, flat.gray, _grayscale)
-        return out.unflatten(0, (batch, views))
+            out = _replace_rows(out, plan.gray_rows, _grayscale)
+        return out.unflatten(0, (plan.batch, plan.views))
 
     def _crop_and_flip(self, rows: torch.Tensor, params: ViewParameters) -> torch.Tensor:
         centre_x, centre_y, width, height = params.box.to(rows.dtype).unbind(-1)
@@ -314,18 +364,16 @@ class SimCLRViews(nn.Module):
         grid = F.affine_grid(theta, [rows.shape[0], rows.shape[1], out_h, out_w], align_corners=False)
         return F.grid_sample(rows, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    def _jitter(self, out: torch.Tensor, params: ViewParameters, *, colour: bool) -> torch.Tensor:
-        rows = params.jitter.nonzero().flatten()
+    def _jitter(self, out: torch.Tensor, plan: ViewPlan, *, colour: bool) -> torch.Tensor:
+        rows = plan.jitter_rows
         if rows.numel() == 0:
             return out
         selected = out.index_select(0, rows)
-        factors = params.factors.index_select(0, rows).to(out.dtype)
-        order = params.order.index_select(0, rows)
+        factors = plan.params.factors.index_select(0, rows).to(out.dtype)
         operations = (_brightness, _contrast, _saturation, _hue) if colour else (_brightness, _contrast)
         for position in range(4):
             step = selected
-            for op_id, operation in enumerate(operations):
-                chosen = (order[:, position] == op_id).nonzero().flatten()
+            for op_id, (operation, chosen) in enumerate(zip(operations, plan.chosen[position])):
                 if chosen.numel():
                     changed = operation(selected.index_select(0, chosen), factors.index_select(0, chosen)[:, op_id])
                     step = step.index_copy(0, chosen, changed)
@@ -363,8 +411,7 @@ def _image_dims(shape: Sequence[int]) -> tuple[int, int, int]:
 # --------------------------------------------------------------------------- colour kernels
 
 
-def _replace_rows(out: torch.Tensor, mask: torch.Tensor, operation: Any) -> torch.Tensor:
-    rows = mask.nonzero().flatten()
+def _replace_rows(out: torch.Tensor, rows: torch.Tensor, operation: Any) -> torch.Tensor:
     if rows.numel() == 0:
         return out
     return out.index_copy(0, rows, operation(out.index_select(0, rows)))

@@ -12,6 +12,7 @@ pairs, -(p/2) log(1 - cos^2(x, x')); the L2 baseline uses s = -||x' - x||^2.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,8 +61,19 @@ def initial_delta(
     return delta.clamp(-epsilon, epsilon)
 
 
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """Disables an active ``torch.autocast`` on ``device`` (MINE's hand-written steps run in float32)."""
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class MISimilarity:
-    """s = I_theta(x, x') by per-sample MINE, trained ``mine_steps`` Adam steps per iteration."""
+    """s = I_theta(x, x') by per-sample MINE, trained ``mine_steps`` Adam steps per iteration.
+
+    The sampler (the victim's first layer) runs under the caller's autocast, if
+    any; its maps are cast to float32 and MINE itself runs without autocast.
+    """
 
     reports_mi = True
 
@@ -79,7 +91,7 @@ class MISimilarity:
     ):
         self.sampler = sampler
         with torch.no_grad():
-            self.u = sampler(x).detach()
+            self.u = sampler(x).detach().float()
         self.mine = PerSampleMINE(
             self.u.shape[2:],
             seed=seed,
@@ -93,12 +105,14 @@ class MISimilarity:
         self.mine_steps = mine_steps
 
     def value(self, x_adv: torch.Tensor) -> torch.Tensor:
-        return self.mine.estimate(self.u, self.sampler(x_adv))
+        v = self.sampler(x_adv).float()
+        with full_precision(x_adv.device):
+            return self.mine.estimate(self.u, v)
 
     def update(self, x_adv: torch.Tensor) -> None:
         with torch.no_grad():
-            v = self.sampler(x_adv)
-        with torch.enable_grad():
+            v = self.sampler(x_adv).float()
+        with torch.enable_grad(), full_precision(x_adv.device):
             self.mine.train(self.u, v, self.mine_steps)
 
     @staticmethod
@@ -193,11 +207,12 @@ class _BestIterate:
     def update(
         self, iteration: int, x_adv: torch.Tensor, f: torch.Tensor, score: torch.Tensor, ok: torch.Tensor
     ) -> None:
+        """Records iteration ``iteration``'s candidates; device-resident, no host-device sync."""
         better = score > self.best_score if self.supervised else score < self.best_score
         take = ok & better
         self._assign(take, x_adv, score, f, iteration, self.best, self.best_score, self.best_f, self.best_iteration)
         self.found |= ok
-        self.first_success[(self.first_success < 0) & ok] = iteration
+        self.first_success.masked_fill_((self.first_success < 0) & ok, iteration)
         lower = f < self.fallback_f
         self._assign(
             lower, x_adv, score, f, iteration, self.fallback, self.fallback_score, self.fallback_f, self.fallback_iteration
@@ -205,10 +220,11 @@ class _BestIterate:
 
     @staticmethod
     def _assign(mask, x_adv, score, f, iteration, images, scores, fs, iterations) -> None:  # type: ignore[no-untyped-def]
-        images[mask] = x_adv[mask]
-        scores[mask] = score[mask]
-        fs[mask] = f[mask]
-        iterations[mask] = iteration
+        """Rows where ``mask`` holds take the candidate (``torch.where``: no boolean indexing, no sync)."""
+        images.copy_(torch.where(mask.view((-1,) + (1,) * (images.dim() - 1)), x_adv, images))
+        scores.copy_(torch.where(mask, score, scores))
+        fs.copy_(torch.where(mask, f, fs))
+        iterations.masked_fill_(mask, iteration)
 
     def select(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(images, scores, f, iteration): the best successful iterate, else the lowest-f one."""
@@ -276,8 +292,8 @@ def run_minmax(
         with torch.enable_grad():
             delta.requires_grad_(not last)
             x_adv = torch.clamp(x + delta, 0.0, 1.0)
-            f = criterion(x_adv, reference)
-            score = similarity.value(x_adv)
+            f = criterion(x_adv, reference).to(x.dtype)  # float32 under autocast too
+            score = similarity.value(x_adv).to(x.dtype)
             grad = None
             if not last:
                 (grad,) = torch.autograd.grad((c * f + sign * score).sum(), delta)

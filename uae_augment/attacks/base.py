@@ -12,7 +12,13 @@ from torch import nn
 
 from .._model_state import frozen, model_device
 from .._progress import Progress, auto_options
-from .._validation import check_batch_rank, check_images, check_labels, resolve_index
+from .._validation import (
+    check_batch_rank,
+    check_images,
+    check_labels,
+    check_precision,
+    resolve_index,
+)
 from .result import AttackResult
 
 logger = logging.getLogger(__name__)
@@ -164,6 +170,7 @@ class Attack(abc.ABC):
                 missing labels, mismatched shapes, or a model on another device.
         """
         x = check_images(x)
+        check_precision(x, self.models())
         check_batch_rank(x, next(iter(self.models()), None))  # the first model takes x
         labels = check_labels(y, x.shape[0], required=self.requires_labels, device=x.device)
         global_index = resolve_index(index, x.shape[0])

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .._seeding import Stream, sample_generators, stacked_permutations
+from .._seeding import Stream, sample_streams, stacked_permutations
 from .samplers import RandomProjectionSampler, Sampler
 from .statistics_network import StatisticsNetwork, Workspace
 
@@ -24,6 +24,8 @@ from .statistics_network import StatisticsNetwork, Workspace
 def make_adam(parameters: Sequence[nn.Parameter] | nn.Module, lr: float) -> torch.optim.Adam:
     """Adam with the fused kernel where available (PyTorch's default CPU Adam is ~6x slower)."""
     params = list(parameters.parameters()) if isinstance(parameters, nn.Module) else list(parameters)
+    if any(p.device.type == "meta" for p in params):  # no fused kernel on meta (device tests)
+        return torch.optim.Adam(params, lr=lr, foreach=False)
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, ValueError):  # pragma: no cover - old torch or unsupported device
@@ -82,6 +84,11 @@ class PerSampleMINE:
         device: where the parameters live.
         init_round: re-initialisation counter (penalty attacks draw fresh networks).
         sub_batch: rows per training sub-batch (default :func:`sub_batch_rows`).
+        device_draws: draw the initial parameters and the permutations on ``device``
+            with counter-based streams (:class:`~uae_augment._seeding.CounterStreams`)
+            instead of CPU generators; default: on any device but the CPU (the CPU
+            keeps the generator streams). Either way sample i's draws depend only on
+            (seed, index[i]).
     """
 
     def __init__(
@@ -97,10 +104,13 @@ class PerSampleMINE:
         device: torch.device | str = "cpu",
         init_round: int = 0,
         sub_batch: int | None = None,
+        device_draws: bool | None = None,
     ):
-        init_generators = sample_generators(seed, index, Stream.MINE_INIT, init_round)
+        init_generators = sample_streams(seed, index, Stream.MINE_INIT, init_round, device=device, on_device=device_draws)
         self.network = StatisticsNetwork(sample_shape, init_generators, hidden=hidden, embed=embed).to(device)
-        self._permutation_generators = sample_generators(seed, index, Stream.PERMUTATION, init_round)
+        self._permutation_generators = sample_streams(
+            seed, index, Stream.PERMUTATION, init_round, device=device, on_device=device_draws
+        )
         self.count = count
         self.device = torch.device(device)
         self.workspace = Workspace()

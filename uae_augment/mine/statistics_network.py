@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._seeding import stacked_uniform
+from .._seeding import Streams, stacked_uniform
 
 
-def _glorot(generators: Sequence[torch.Generator], shape: Sequence[int], fan_in: int, fan_out: int) -> torch.Tensor:
+def _glorot(generators: Streams, shape: Sequence[int], fan_in: int, fan_out: int) -> torch.Tensor:
     limit = math.sqrt(6.0 / (fan_in + fan_out))
     return stacked_uniform(generators, shape, -limit, limit)
 
@@ -64,7 +64,7 @@ class StatisticsNetwork(nn.Module):
 
     Args:
         sample_shape: shape of one paired sample: (H, W) maps or (dim,) vectors.
-        generators: one generator per sample (their count is B).
+        generators: one generator (or counter stream) per sample (their count is B).
         hidden: width of the hidden linear layer (512 in the release), or None.
         embed: branch output width (10 in the release).
         conv_channels, conv_kernel: the branch convolution (16 channels, 2x2).
@@ -73,7 +73,7 @@ class StatisticsNetwork(nn.Module):
     def __init__(
         self,
         sample_shape: Sequence[int],
-        generators: Sequence[torch.Generator],
+        generators: Streams,
         *,
         hidden: int | None = 512,
         embed: int = 10,
