@@ -39,14 +39,15 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "recipes"))  # the recipes' sibling modules
 
 from _common import finish_machine_info, load_average, machine_info, write_json  # noqa: E402
-from recipes._common import stack  # noqa: E402
 
-from recipes.concrete_autoencoder import evaluate  # noqa: E402
+from _protocol import stack  # noqa: E402
+from concrete_autoencoder import evaluate  # noqa: E402
 from uae_augment import fit, load_dataset, random_subset  # noqa: E402
 from uae_augment.models import ConcreteAutoencoder  # noqa: E402
-from uae_augment.models.concrete import MEAN_MAX_TARGET  # noqa: E402
+from uae_augment.training.concrete import MEAN_MAX_TARGET  # noqa: E402
 
 TRIES = 5
 """``fit_concrete``'s default number of tries."""
