@@ -382,8 +382,9 @@ def _check_settings(values: dict[str, Any]) -> None:
 CPU_SECONDS_PER_IMAGE: dict[str, float] = {"paper": 55.0, "fast": 1.1, "strong": 1.2}
 """One-core seconds per 28x28 image of each unsupervised preset (T = 40) against the release's
 conv autoencoder, batch 64 (``benchmarks/results/attack_speed.json``: 55.1, 1.09, 1.21 for the
-earlier strong). The current strong (sign steps 0.02, cosine rule) costs 1.09x fast in the same
-run (``benchmarks/results/mi_shape_tuning.json``, conv: 1.039 vs 0.956 CPU-s per image): 1.2."""
+earlier strong). The current strong (sign steps 0.02, cosine rule) cost 1.09x and 0.96x fast in
+the same runs (conv AE, one thread: ``benchmarks/results/mi_shape_tuning.json`` 1.039 vs 0.956
+CPU-s per image on 16 images, ``mi_shape_conv.json`` 0.746 vs 0.781 on 64): 1.2 stays."""
 
 
 def estimate_cpu_seconds(attack: MinMaxAttack, rows: int, sample_shape: tuple[int, ...]) -> float:
