@@ -37,7 +37,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"data", "evaluation", "models"}),
     frozenset({"attacks", "contrastive"}),
     frozenset({"criteria"}),
-    frozenset({"mine", "views"}),
+    frozenset({"mine", "views", "controls"}),
     frozenset({"_seeding", "_version", "_model_state", "_validation", "_progress", "_names", "plots", "devices"}),
 )
 """Top to bottom; a module belongs to the layer of its first name below ``uae_augment``
