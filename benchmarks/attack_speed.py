@@ -8,7 +8,13 @@ per sample), 40 attack iterations x 20 MINE Adam steps. Measured, in one run:
 * ``reference``: the plain per-sample loop of ``tests/reference.py`` (one
   ``nn.Module`` statistics network per sample, autograd, default Adam);
 * ``paper_B{n}``: the batched engine (``MINEUAE(preset="paper")``) at B = n;
-* ``fast`` and ``strong``: the cheaper presets at their own batch size.
+* ``fast`` and ``strong``: the cheaper presets at their own batch size;
+* ``fast_B{n}_T{t}`` (``--fast-batch-sizes``, ``--fast-threads``): the fast preset at
+  B = n with t threads, and ``fast_precompute_B{n}_T{t}`` (``--precompute-batch``):
+  ``uae_augment.precompute`` of the same rows into an HDF5 cache, n rows per attack
+  call; each row has user and kernel (sys) CPU seconds per image and the kernel's
+  share of CPU time (``sys_fraction_of_cpu``), and with ``--baseline-ref`` the same
+  row of an earlier version (git worktree) with the speed-up over it.
 
 Each configuration runs in its own subprocess (so its peak resident memory is
 its own) with one warm-up, then two timed runs: T = 1 (set-up plus one
@@ -198,6 +204,16 @@ def run_configuration(spec: dict[str, Any]) -> dict[str, Any]:
                     x[row], criterion, sampler, supervised=False, index=row, seed=seed,
                     steps=steps, mine_steps=spec["mine_steps"], hidden=spec["statistics_hidden"],
                 )
+    elif spec["kind"] == "precompute":
+        from torch.utils.data import TensorDataset
+
+        from uae_augment import precompute
+
+        def attack(steps: int, n: int) -> None:
+            rows = TensorDataset(x[:n].cpu(), torch.zeros(n, dtype=torch.long))
+            engine = MINEUAE(criterion, preset=spec["preset"], steps=steps, mine_steps=spec["mine_steps"], seed=seed)
+            with tempfile.TemporaryDirectory(prefix="attack_speed_cache_") as cache_dir:
+                precompute(rows, engine, Path(cache_dir) / "cache.h5", batch_size=spec["batch_size"], progress=False)
     else:
 
         def attack(steps: int, n: int) -> None:
@@ -289,6 +305,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fast-threads", default="", help="extra thread counts for the fast preset at B = 64")
     parser.add_argument("--fast-images", type=int, default=64, help="images per fast-preset batch-size row")
     parser.add_argument(
+        "--precompute-batch", type=int, default=0,
+        help="also time uae_augment.precompute (fast preset, --fast-images rows, this many rows per attack call; 0: no)",
+    )
+    parser.add_argument(
         "--baseline-ref", default="",
         help="git ref of an earlier version: every fast_* row also runs on it (git worktree) in the same run",
     )
@@ -337,6 +357,13 @@ def _specs(args: argparse.Namespace, paths: dict[str, str], device: torch.device
             **common, "name": f"fast_B{batch}_T{threads}", "kind": "engine", "preset": "fast",
             "device": str(device), "batch_size": batch, "images_timed": max(batch, args.fast_images),
             "mine_steps": fast_steps, "statistics_hidden": fast["statistics_hidden"], "threads": threads,
+        })
+    if args.precompute_batch:
+        specs.append({
+            **common, "name": f"fast_precompute_B{args.precompute_batch}_T{args.threads}", "kind": "precompute",
+            "preset": "fast", "device": str(device), "batch_size": args.precompute_batch,
+            "images_timed": max(args.precompute_batch, args.fast_images), "mine_steps": fast_steps,
+            "statistics_hidden": fast["statistics_hidden"],
         })
     for preset in [p for p in args.presets.split(",") if p]:
         values = PRESETS[preset]
