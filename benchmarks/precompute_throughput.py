@@ -127,6 +127,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--processes", default="1,2", help="process counts (n > 1: torchrun, gloo)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--batch-size", type=int, default=None, help="rows per attack call (default: precompute's)")
+    parser.add_argument("--steps", type=int, default=None, help="fast-preset attack iterations (default: the preset's)")
     parser.add_argument("--train-rows", type=int, default=1000, help="rows the victim autoencoder trains on")
     parser.add_argument("--epochs", type=int, default=1, help="victim training epochs")
     parser.add_argument("--paper-rows", type=int, default=8, help="rows of the paper preset's measurement (0: skip)")
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.save(model.state_dict(), common["state"])
         for count, n in [("fast", args.rows), ("paper", args.paper_rows)]:
             torch.save(data[:n].clone(), workdir / f"{count}.pt")
-        fast_steps = PRESETS["fast"]["steps"]["unsupervised"]
+        fast_steps = args.steps or PRESETS["fast"]["steps"]["unsupervised"]
         for processes in [int(p) for p in args.processes.split(",") if p]:
             loads.append(load_average()[0])
             spec = {**common, "name": f"fast_P{processes}", "preset": "fast", "steps": fast_steps,

@@ -33,7 +33,9 @@ def _run(script: str, *args: str, out: Path) -> dict:
     return written
 
 
-@pytest.mark.parametrize("script", ["attack_speed.py", "preset_tradeoff.py", "estimate_mi_accuracy.py"])
+@pytest.mark.parametrize(
+    "script", ["attack_speed.py", "preset_tradeoff.py", "estimate_mi_accuracy.py", "precompute_throughput.py"]
+)
 def test_help(script):
     completed = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True, timeout=60, check=False
@@ -134,3 +136,18 @@ def test_attack_speed_reports_kernel_time_and_runs_a_baseline_version(tmp_path):
     assert rows["fast_B2_T1_baseline"]["speedup_cpu_s"] > 0 and rows["fast_B2_T1_baseline"]["kind"] == "baseline"
     worktrees = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, check=True).stdout
     assert "attack_speed_" not in worktrees  # the baseline's worktree is removed again
+
+
+@pytest.mark.slow
+def test_precompute_throughput_end_to_end(tmp_path):
+    result = _run(
+        "precompute_throughput.py", "--rows", "16", "--steps", "2", "--processes", "1,2", "--paper-rows", "0",
+        "--train-rows", "32", out=tmp_path / "precompute.json",
+    )
+    rows = {row["name"]: row for row in result["configurations"]}
+    assert list(rows) == ["fast_P1", "fast_P2"]
+    assert len(rows["fast_P2"]["ranks"]) == 2 and {r["rank"] for r in rows["fast_P2"]["ranks"]} == {0, 1}
+    for row in rows.values():
+        assert row["rows"] == 16 and row["attack_iterations"] == 2
+        assert 0 <= row["sys_fraction_of_cpu"] < 1 and row["img_per_s_idle_cores"] > 0
+        assert row["projected_60k_wall_h_idle_cores"] == pytest.approx(60_000 / row["img_per_s_idle_cores"] / 3600, rel=0.02)
