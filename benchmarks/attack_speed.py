@@ -8,7 +8,13 @@ per sample), 40 attack iterations x 20 MINE Adam steps. Measured, in one run:
 * ``reference``: the plain per-sample loop of ``tests/reference.py`` (one
   ``nn.Module`` statistics network per sample, autograd, default Adam);
 * ``paper_B{n}``: the batched engine (``MINEUAE(preset="paper")``) at B = n;
-* ``fast`` and ``strong``: the cheaper presets at their own batch size.
+* ``fast`` and ``strong``: the cheaper presets at their own batch size;
+* ``fast_B{n}_T{t}`` (``--fast-batch-sizes``, ``--fast-threads``): the fast preset at
+  B = n with t threads, and ``fast_precompute_B{n}_T{t}`` (``--precompute-batch``):
+  ``uae_augment.precompute`` of the same rows into an HDF5 cache, n rows per attack
+  call; each row has user and kernel (sys) CPU seconds per image and the kernel's
+  share of CPU time (``sys_fraction_of_cpu``), and with ``--baseline-ref`` the same
+  row of an earlier version (git worktree) with the speed-up over it.
 
 Each configuration runs in its own subprocess (so its peak resident memory is
 its own) with one warm-up, then two timed runs: T = 1 (set-up plus one
@@ -94,36 +100,41 @@ def measure_peaks(device: torch.device, copy_mb: int, matmul_size: int, repeats:
 
 
 COST_MODEL = (
-    "Per sample and MINE step (float32, P = statistics-network parameters, F = 16*(H-1)*(W-1) "
-    "branch features, K paired samples): bytes = 4*(10*P + 10*K*F): the forward reads every "
-    "weight (P), the backward writes every gradient (P) and reads the linear weights again for "
-    "the input gradients (P; needed down to the branch convolution), fused Adam reads "
-    "param/grad/m/v and writes param/m/v (7P); activations: per branch the K x F conv output is "
-    "written and read twice and its gradient written and read (5*K*F). FLOPs = per branch "
-    "3 x (2*K*in*out) per linear layer (forward, weight gradient, input gradient) plus "
-    "2 x (2*K*16*(H-1)*(W-1)*4) for the 2x2 convolution (forward, weight gradient). Per attack "
-    "iteration: S MINE steps plus the delta step's MI forward (both branches) and backward "
-    "to v (v branch): bytes 4*(1.5*P + 6*K*F), FLOPs forward + v-branch input gradients (autograd "
-    "skips the weight gradients). FLOP counts agree with torch.utils.flop_counter. The "
-    "victim autoencoder (~4 MFLOP per image) and the per-step head are ignored. Lower bound per "
-    "iteration = max(bytes / copy bandwidth, FLOPs / matmul peak)."
+    "Per sample and MINE step (float32, P = statistics-network parameters, K paired samples, "
+    "each branch's 2x2 convolution folded into its first linear layer of width h: taps "
+    "T = 5 (four filter taps and the bias) over H'W' positions, C = 16 channels): per branch the "
+    "folded weight A = W0 x filters (2*h*C*T*H'W' FLOPs), the layer's output (2*K*h*T*H'W'), "
+    "the folded weight's gradient G (2*K*h*T*H'W'), W0's gradient from G (2*h*C*T*H'W') and the "
+    "filters' gradient (2*h*C*T*H'W'), plus 3 x (2*K*in*out) per later linear layer (forward, "
+    "weight gradient, input gradient). Bytes = 4*(10*P + 2*(2*K*T*H'W' + 5*h*T*H'W')): W0 read "
+    "twice (fold, filters' gradient), its gradient written, fused Adam reads param/grad/m/v and "
+    "writes param/m/v (7P); the taps read twice, A written and read, G written and read twice. "
+    "Per attack iteration: S MINE steps plus the delta step's MI forward (both branches) and "
+    "backward to v (v branch, no weight gradients): bytes 4*(1.5*P + 2*(3*h*T*H'W' + "
+    "2*K*T*H'W')). FLOP counts agree with torch.utils.flop_counter. The victim autoencoder "
+    "(~4 MFLOP per image) and the per-step head are ignored. Lower bound per iteration = "
+    "max(bytes / copy bandwidth, FLOPs / matmul peak)."
 )
 
 
 def iteration_cost(count: int, map_shape: tuple[int, int], hidden: int | None, mine_steps: int) -> dict[str, float]:
     """Bytes streamed and FLOPs of one attack iteration for one sample (see COST_MODEL)."""
     out_h, out_w = map_shape[0] - BRANCH_CONV_KERNEL + 1, map_shape[1] - BRANCH_CONV_KERNEL + 1
-    features = BRANCH_CONV_CHANNELS * out_h * out_w
+    positions = out_h * out_w
+    features = BRANCH_CONV_CHANNELS * positions
     widths = [features, EMBED] if hidden is None else [features, hidden, EMBED]
     linear_params = sum(i * o + o for i, o in zip(widths[:-1], widths[1:]))
     conv_params = BRANCH_CONV_CHANNELS * (BRANCH_CONV_KERNEL**2 + 1)
     params = 2 * (linear_params + conv_params) + EMBED
-    linear_flops = sum(2 * count * i * o for i, o in zip(widths[:-1], widths[1:]))
-    conv_flops = 2 * count * features * BRANCH_CONV_KERNEL**2
-    step_flops = 2 * (3 * linear_flops + 2 * conv_flops)
-    step_bytes = FLOAT_BYTES * (10 * params + 2 * 5 * count * features)
-    delta_flops = 2 * (linear_flops + conv_flops) + linear_flops + conv_flops
-    delta_bytes = FLOAT_BYTES * (1.5 * params + 2 * 3 * count * features)
+    taps = (BRANCH_CONV_KERNEL**2 + 1) * positions
+    first = widths[1]
+    fold_flops = 2 * first * BRANCH_CONV_CHANNELS * taps
+    first_flops = 2 * count * first * taps
+    later_flops = sum(2 * count * i * o for i, o in zip(widths[1:-1], widths[2:]))
+    step_flops = 2 * (3 * fold_flops + 2 * first_flops + 3 * later_flops)
+    step_bytes = FLOAT_BYTES * (10 * params + 2 * (2 * count * taps + 5 * first * taps))
+    delta_flops = 2 * (fold_flops + first_flops + later_flops) + first_flops + later_flops
+    delta_bytes = FLOAT_BYTES * (1.5 * params + 2 * (3 * first * taps + 2 * count * taps))
     return {
         "params_per_sample": params,
         "mine_step_bytes": step_bytes,
@@ -193,6 +204,16 @@ def run_configuration(spec: dict[str, Any]) -> dict[str, Any]:
                     x[row], criterion, sampler, supervised=False, index=row, seed=seed,
                     steps=steps, mine_steps=spec["mine_steps"], hidden=spec["statistics_hidden"],
                 )
+    elif spec["kind"] == "precompute":
+        from torch.utils.data import TensorDataset
+
+        from uae_augment import precompute
+
+        def attack(steps: int, n: int) -> None:
+            rows = TensorDataset(x[:n].cpu(), torch.zeros(n, dtype=torch.long))
+            engine = MINEUAE(criterion, preset=spec["preset"], steps=steps, mine_steps=spec["mine_steps"], seed=seed)
+            with tempfile.TemporaryDirectory(prefix="attack_speed_cache_") as cache_dir:
+                precompute(rows, engine, Path(cache_dir) / "cache.h5", batch_size=spec["batch_size"], progress=False)
     else:
 
         def attack(steps: int, n: int) -> None:
@@ -284,6 +305,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fast-threads", default="", help="extra thread counts for the fast preset at B = 64")
     parser.add_argument("--fast-images", type=int, default=64, help="images per fast-preset batch-size row")
     parser.add_argument(
+        "--precompute-batch", type=int, default=0,
+        help="also time uae_augment.precompute (fast preset, --fast-images rows, this many rows per attack call; 0: no)",
+    )
+    parser.add_argument(
         "--baseline-ref", default="",
         help="git ref of an earlier version: every fast_* row also runs on it (git worktree) in the same run",
     )
@@ -332,6 +357,13 @@ def _specs(args: argparse.Namespace, paths: dict[str, str], device: torch.device
             **common, "name": f"fast_B{batch}_T{threads}", "kind": "engine", "preset": "fast",
             "device": str(device), "batch_size": batch, "images_timed": max(batch, args.fast_images),
             "mine_steps": fast_steps, "statistics_hidden": fast["statistics_hidden"], "threads": threads,
+        })
+    if args.precompute_batch:
+        specs.append({
+            **common, "name": f"fast_precompute_B{args.precompute_batch}_T{args.threads}", "kind": "precompute",
+            "preset": "fast", "device": str(device), "batch_size": args.precompute_batch,
+            "images_timed": max(args.precompute_batch, args.fast_images), "mine_steps": fast_steps,
+            "statistics_hidden": fast["statistics_hidden"],
         })
     for preset in [p for p in args.presets.split(",") if p]:
         values = PRESETS[preset]

@@ -34,7 +34,10 @@ def _run(script: str, *args: str, out: Path) -> dict:
     return written
 
 
-@pytest.mark.parametrize("script", ["attack_speed.py", "preset_tradeoff.py", "estimate_mi_accuracy.py", "draw_cost.py"])
+@pytest.mark.parametrize(
+    "script",
+    ["attack_speed.py", "preset_tradeoff.py", "estimate_mi_accuracy.py", "draw_cost.py", "precompute_throughput.py"],
+)
 def test_help(script):
     completed = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True, timeout=60, check=False
@@ -164,3 +167,18 @@ def test_mi_shape_end_to_end(tmp_path, data_root):
     assert differences["n"] == 4 and differences["ci95"][0] <= differences["mean"] <= differences["ci95"][1]
     assert record["evaluator_noise"]["pairs"] == 6 * 2
     assert (tmp_path / "mi_shape_dense.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_precompute_throughput_end_to_end(tmp_path):
+    result = _run(
+        "precompute_throughput.py", "--rows", "16", "--steps", "2", "--processes", "1,2", "--paper-rows", "0",
+        "--train-rows", "32", out=tmp_path / "precompute.json",
+    )
+    rows = {row["name"]: row for row in result["configurations"]}
+    assert list(rows) == ["fast_P1", "fast_P2"]
+    assert len(rows["fast_P2"]["ranks"]) == 2 and {r["rank"] for r in rows["fast_P2"]["ranks"]} == {0, 1}
+    for row in rows.values():
+        assert row["rows"] == 16 and row["attack_iterations"] == 2
+        assert 0 <= row["sys_fraction_of_cpu"] < 1 and row["img_per_s_idle_cores"] > 0
+        assert row["projected_60k_wall_h_idle_cores"] == pytest.approx(60_000 / row["img_per_s_idle_cores"] / 3600, rel=0.02)

@@ -81,8 +81,8 @@ def test_sub_batches_equal_the_whole_batch(threads, batch, num_threads):
 def test_sub_batch_rows_follow_the_budget_and_threads(threads):
     threads(1)
     network = _mine(4, (28, 28), 16).network
-    assert sub_batch_rows(network, 16) == 8  # ~6.5 MB per row: 3 rows in 24 MB, rounded up to 8
-    assert sub_batch_rows(network, 16, budget=100 * 2**20) == 16
+    assert sub_batch_rows(network, 16) == 8  # ~4.5 MB per row: 5 rows in 24 MB, rounded up to 8
+    assert sub_batch_rows(network, 16, budget=100 * 2**20) == 24  # 22 rows, rounded up
     threads(2)
     assert sub_batch_rows(network, 16) == 32
     with pytest.raises(ValueError, match="sub_batch must be >= 1"):

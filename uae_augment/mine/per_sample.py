@@ -47,13 +47,17 @@ def sub_batch_rows(network: StatisticsNetwork, count: int, budget: int = SUB_BAT
     """Rows per MINE sub-batch: the budget's rows rounded up to a multiple of 8 (x4 with several threads).
 
     Per row: 4 floats per parameter (value, gradient, two Adam moments) and the
-    step's temporaries (four K x F feature tensors and two tap tensors for map
-    samples, four K x hidden ones with a hidden layer). With more than one torch
+    step's temporaries (for map samples two K x (k*k + 1)H'W' tap tensors and two
+    folded first-layer weights of that width, four K x hidden ones with a hidden
+    layer). With more than one torch
     thread the sub-batch is 4x larger: measured on 2 shared cores, 8-row
     sub-batches spent 3.4x the CPU time of 32-row ones in thread synchronisation.
     """
     params = sum(p[0].numel() for p in network.parameters())
-    temporaries = 4 * count * network.features + 2 * count * network.features // max(network.conv_channels, 1)
+    temporaries = 0
+    if network.is_map:
+        taps = (network.conv_kernel**2 + 1) * network.features // network.conv_channels
+        temporaries = 2 * taps * (count + (network.hidden or network.embed))
     if network.hidden is not None:
         temporaries += 4 * count * network.hidden
     rows = max(1, budget // (4 * (4 * params + temporaries)))
@@ -70,8 +74,7 @@ class PerSampleMINE:
     is the same computation as stepping the whole batch at once: the training steps
     are bitwise equal with one thread (with several, MKL may split one sample's
     products differently, as it already does between batch sizes); :meth:`estimate`
-    also runs by sub-batch, and its grouped convolution may round differently from
-    a whole-batch call (within the per-sample reference tolerance of the tests).
+    also runs by sub-batch.
 
     Args:
         sample_shape: shape of one paired sample (H, W) or (dim,).
