@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_info, mnist_source, train_conv_autoencoder, write_json  # noqa: E402
 
-from tests.test_mi_closed_form import with_cosine  # noqa: E402
 from uae_augment import MINEUAE, Reconstruction, load_dataset  # noqa: E402
 from uae_augment.attacks._loop import MISimilarity  # noqa: E402
+from uae_augment.controls import with_cosine  # noqa: E402
 from uae_augment.mine import (  # noqa: E402
     FeatureMapSampler,
     RandomProjectionSampler,

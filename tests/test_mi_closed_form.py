@@ -11,22 +11,13 @@ from torch import nn
 from uae_augment import MINEUAE, Reconstruction
 from uae_augment.attacks._loop import AnalyticMISimilarity
 from uae_augment.attacks.minmax import MinMaxAttack
+from uae_augment.controls import with_cosine
 from uae_augment.mine import (
     RandomProjectionSampler,
     per_sample_mi,
     projection_mi,
     standardised_projection_mi,
 )
-
-
-def with_cosine(x: torch.Tensor, cos: torch.Tensor, seed: int = 1) -> torch.Tensor:
-    """x' with ||x'|| = ||x|| and cos(x, x') = cos per row (x: (N, d), cos: (N,))."""
-    other = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
-    unit = x / x.norm(dim=1, keepdim=True)
-    other = other - (other * unit).sum(dim=1, keepdim=True) * unit
-    other = other / other.norm(dim=1, keepdim=True)
-    c = cos.to(x.dtype).view(-1, 1)
-    return (c * unit + (1 - c**2).sqrt() * other) * x.norm(dim=1, keepdim=True)
 
 
 def gaussian_mi(covariance: torch.Tensor, split: int) -> float:
