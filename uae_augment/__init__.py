@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         BySampler,
         GaussianNoise,
         LpUAE,
+        MatchedNoise,
         MinMaxAttack,
         PenaltyAttack,
     )
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 _LAZY = {
     **dict.fromkeys(
         ("BIM", "FGSM", "IFGSM", "LBFGS", "MINEUAE", "PGD", "PRESETS", "Attack", "AttackResult",
-         "BySampler", "GaussianNoise", "LpUAE", "MinMaxAttack", "PenaltyAttack"),
+         "BySampler", "GaussianNoise", "LpUAE", "MatchedNoise", "MinMaxAttack", "PenaltyAttack"),
         ".attacks",
     ),
     **dict.fromkeys(("Contrastive", "SimCLRViews"), ".contrastive"),
@@ -98,6 +99,7 @@ __all__ = [
     "LBFGS",
     "LpUAE",
     "MINEUAE",
+    "MatchedNoise",
     "MinMaxAttack",
     "Normalized",
     "PGD",
