@@ -50,6 +50,7 @@ from uae_augment import (
 from uae_augment._model_state import model_device
 from uae_augment._progress import configure_logging
 from uae_augment.data import ProvenanceMismatchError, dataset_info, resolve_data_root
+from uae_augment.statistics import paired_difference
 
 logger = logging.getLogger("recipes")
 
@@ -645,6 +646,32 @@ def improvement_pct(original: float, new: float) -> float:
     if original is None or new is None or not (math.isfinite(original) and math.isfinite(new)) or original == 0:
         return math.nan
     return 100.0 * (original - new) / original
+
+
+def paired_vs_control(
+    arm: Sequence[float], control: Sequence[float], *, better: str = "lower"
+) -> dict[str, Any] | None:
+    """:func:`uae_augment.statistics.paired_difference` of ``arm - control`` per seed, as a dict.
+
+    None with fewer than 2 seeds; ``{"error": message}`` when the statistics are
+    undefined (differences of zero variance, a non-finite value).
+    """
+    if len(arm) < 2:
+        return None
+    try:
+        return paired_difference(arm, control, better=better).to_dict()  # type: ignore[arg-type]
+    except ValueError as error:
+        return {"error": str(error)}
+
+
+def format_paired(comparison: Mapping[str, Any] | None, digits: int = 5, scale: float = 1.0) -> str:
+    """``'-0.00012 [-0.00020, -0.00004], MDE 0.00009: helps'``; '—' for None, 'undefined' on an error."""
+    if comparison is None:
+        return "—"
+    if "error" in comparison:
+        return "undefined (zero variance)" if "zero variance" in comparison["error"] else "undefined"
+    low, high, mean, mde = (scale * comparison[k] for k in ("ci_low", "ci_high", "mean", "mde"))
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}], MDE {mde:.{digits}f}: {comparison['verdict']}"
 
 
 def format_number(value: float | None, digits: int = 5) -> str:

@@ -9,7 +9,16 @@ import torch
 from torch.utils.data import Subset
 
 from tests.helpers import digits_conv_autoencoder
-from uae_augment import MINEUAE, GaussianNoise, MatchedNoise, Reconstruction, UAEAugmented, UAECache, load_dataset, precompute
+from uae_augment import (
+    MINEUAE,
+    GaussianNoise,
+    MatchedNoise,
+    Reconstruction,
+    UAEAugmented,
+    UAECache,
+    load_dataset,
+    precompute,
+)
 from uae_augment.controls import cosine_matched_noise, l2_matched_noise
 from uae_augment.data.cache import ProvenanceMismatchError
 

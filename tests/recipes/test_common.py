@@ -116,3 +116,16 @@ def test_probe_runs_the_attack_on_its_models_device():
     x, result, stats = common.probe(attack, train, 3, _RowsStub())
     assert attack.seen == [torch.device("meta")]
     assert x.device.type == "cpu" and result.adversarial.device.type == "cpu" and stats["probe_rows"] == 3
+
+
+def test_paired_vs_control_and_its_cell() -> None:
+    assert common.paired_vs_control([0.1], [0.2]) is None  # one seed: no comparison
+    assert common.format_paired(None) == "—"
+    comparison = common.paired_vs_control([0.10, 0.12, 0.11], [0.13, 0.14, 0.15])
+    assert comparison is not None and comparison["verdict"] == "helps" and comparison["n"] == 3
+    assert common.format_paired(comparison, 3) == f"-0.030 [-0.055, -0.005], MDE {comparison['mde']:.3f}: helps"
+    accuracy = common.paired_vs_control([50.0, 52.0, 51.0], [53.0, 54.0, 55.0], better="higher")
+    assert accuracy is not None and accuracy["verdict"] == "hurts"
+    constant = common.paired_vs_control([1.5, 2.5], [1.0, 2.0])
+    assert constant is not None and "zero variance" in constant["error"]
+    assert common.format_paired(constant) == "undefined (zero variance)"

@@ -1,0 +1,82 @@
+"""benchmarks/verdict.py: every arm of a tiny conv-AE verdict on MNIST-5k, and its paired summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import verdict
+from uae_augment import UAECache
+from uae_augment.statistics import paired_difference
+
+SEEDS = (0, 1)
+ARMS = [arm for arm in verdict.ARMS if arm != "mine-strong"]  # strong: the same path as mine-fast, another preset
+TINY = ["--model", "conv", "--dataset", "mnist-5k", "--train-rows", "100", "--test-rows", "50", "--epochs", "1",
+        "--attack-steps", "2", "--seeds", *map(str, SEEDS), "--arms", *ARMS]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    out, results = tmp_path_factory.mktemp("verdict"), tmp_path_factory.mktemp("results")
+    assert verdict.main([*TINY, "--out", str(out)]) == 0
+    assert verdict.main(["--summarise", "--out", str(out), "--results", str(results)]) == 0
+    return out, results
+
+
+def test_every_arm_of_every_seed_is_recorded_with_the_control_steps(run):
+    out, _ = run
+    for seed in SEEDS:
+        record = json.loads((out / "conv" / f"seed{seed}.json").read_text())
+        assert set(record["arms"]) == set(ARMS)
+        assert record["arms"]["original"]["steps"] == 1  # 100 rows, batch 100
+        assert {entry["steps"] for arm, entry in record["arms"].items() if arm != "original"} == {2}
+        assert record["arms"]["mine-fast"]["attack_steps"] == 2 and record["arms"]["init-only"]["attack_steps"] == 1
+
+
+@pytest.mark.parametrize("arm", ["l2-matched", "cos-matched"])
+def test_matched_arms_match_that_seeds_mine_uaes(run, arm):
+    out, _ = run
+    cache = out / "conv" / "cache"
+    for seed in SEEDS:
+        reference, _ = UAECache(cache / f"seed{seed}-mine-fast.h5").rows(range(100))
+        matched, _ = UAECache(cache / f"seed{seed}-{arm}.h5").rows(range(100))
+        clean = verdict.AutoencoderTask(
+            verdict.Settings("conv", "mnist-5k", 100, 50, 1, 2), None, torch.device("cpu")
+        ).train
+        x = torch.stack([clean[i][0] for i in range(100)])
+        distance = (matched - x).flatten(1).norm(dim=1)
+        assert torch.allclose(distance, (reference - x).flatten(1).norm(dim=1), rtol=1e-4)
+        assert not torch.equal(matched, reference)
+
+
+def test_summary_is_the_paired_difference_against_the_control(run):
+    out, results = run
+    summary = json.loads((results / "verdict.json").read_text())["models"]["conv"]
+    records = [json.loads((out / "conv" / f"seed{s}.json").read_text()) for s in SEEDS]
+    assert summary["better"] == "lower" and summary["settings"]["train_rows"] == 100
+    for arm in ARMS:
+        entry = summary["arms"][arm]
+        assert entry["seeds"] == list(SEEDS)
+        if arm == verdict.CONTROL:
+            assert "vs_control" not in entry
+            continue
+        expected = paired_difference([r["arms"][arm]["test_mse"] for r in records],
+                                     [r["arms"][verdict.CONTROL]["test_mse"] for r in records])
+        assert entry["vs_control"]["ci_low"] == pytest.approx(expected.ci_low)
+        assert entry["vs_control"]["verdict"] == expected.verdict
+    table = (results / "verdict.md").read_text()
+    assert "### conv (mnist-5k, 100 train rows, 50 test rows, 1 epochs, attack T = 2" in table
+    assert table.count("| MINE-UAE (fast) | 2 |") == 1
+
+
+def test_a_rerun_skips_finished_arms_and_refuses_other_settings(run):
+    out, _ = run
+    path = out / "conv" / "seed0.json"
+    before = path.read_text()
+    assert verdict.main([*TINY[:-len(ARMS) - 1], "--arms", "original", "l2-uae", "--out", str(out)]) == 0
+    assert path.read_text() == before
+    with pytest.raises(SystemExit, match="other settings"):
+        verdict.main([*TINY, "--epochs", "2", "--out", str(out)])
