@@ -98,9 +98,9 @@ class Settings:
 
 
 DEFAULTS: dict[str, Settings] = {
-    "conv": Settings("conv", "mnist", 200, 2000, 15, 5),
-    "sparse": Settings("sparse", "mnist", 200, 2000, 20, 40),
-    "simclr": Settings("simclr", "cifar10", 256, 1000, 8, 5, batch_size=128, linear_epochs=100),
+    "conv": Settings("conv", "mnist", 100, 1000, 10, 5),
+    "sparse": Settings("sparse", "mnist", 100, 1000, 20, 20),
+    "simclr": Settings("simclr", "cifar10", 128, 500, 6, 3, batch_size=64, negatives=32, linear_epochs=100),
 }
 
 
