@@ -26,6 +26,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return out, results
 
 
+@pytest.mark.slow
 def test_every_arm_of_every_seed_is_recorded_with_the_control_steps(run):
     out, _ = run
     for seed in SEEDS:
@@ -36,6 +37,7 @@ def test_every_arm_of_every_seed_is_recorded_with_the_control_steps(run):
         assert record["arms"]["mine-fast"]["attack_steps"] == 2 and record["arms"]["init-only"]["attack_steps"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arm", ["l2-matched", "cos-matched"])
 def test_matched_arms_match_that_seeds_mine_uaes(run, arm):
     out, _ = run
@@ -52,6 +54,7 @@ def test_matched_arms_match_that_seeds_mine_uaes(run, arm):
         assert not torch.equal(matched, reference)
 
 
+@pytest.mark.slow
 def test_summary_is_the_paired_difference_against_the_control(run):
     out, results = run
     summary = json.loads((results / "verdict.json").read_text())["models"]["conv"]
@@ -72,6 +75,7 @@ def test_summary_is_the_paired_difference_against_the_control(run):
     assert table.count("| MINE-UAE (fast) | 2 |") == 1
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_finished_arms_and_refuses_other_settings(run):
     out, _ = run
     path = out / "conv" / "seed0.json"
@@ -80,3 +84,27 @@ def test_a_rerun_skips_finished_arms_and_refuses_other_settings(run):
     assert path.read_text() == before
     with pytest.raises(SystemExit, match="other settings"):
         verdict.main([*TINY, "--epochs", "2", "--out", str(out)])
+
+
+def test_summary_of_written_records(tmp_path):
+    """The paired summary of hand-written records: SimCLR accuracy (higher is better), ASR and T."""
+    control = [20.0, 22.0, 21.0, 19.0, 23.0]
+    arm = [c + d for c, d in zip(control, [1.0, 2.0, 1.5, 2.5, 1.0])]
+    settings = {"dataset": "cifar10", "train_rows": 128, "test_rows": 500, "epochs": 6, "attack_steps": 3}
+    for seed in range(5):
+        record = {"seed": seed, "settings": settings, "arms": {
+            verdict.CONTROL: {"linear_test_acc": control[seed], "cpu_s": 10.0},
+            "mine-fast": {"linear_test_acc": arm[seed], "asr_pct": 50.0 + seed, "attack_steps": 3, "cpu_s": 20.0},
+        }}
+        (tmp_path / "simclr").mkdir(exist_ok=True)
+        (tmp_path / "simclr" / f"seed{seed}.json").write_text(json.dumps(record))
+    models = verdict.summarise(tmp_path)
+    assert list(models) == ["simclr"] and models["simclr"]["better"] == "higher"
+    entry = models["simclr"]["arms"]["mine-fast"]
+    assert entry["vs_control"]["mean"] == pytest.approx(1.6) and entry["vs_control"]["verdict"] == "helps"
+    assert entry["asr_pct"]["mean"] == pytest.approx(52.0) and entry["attack_steps"] == 3
+    assert models["simclr"]["total_cpu_s"] == pytest.approx(150.0)
+    table = verdict.markdown(models)
+    # differences 1, 2, 1.5, 2.5, 1: mean 1.6, sd 0.652, half width t(0.975, 4) 2.776 * 0.652 / sqrt 5 = 0.809
+    assert "| MINE-UAE (fast) | 5 | 22.60 ± 1.39 | +1.60 [+0.79, +2.41] | 0.005 |" in table
+    assert "| helps | 52.0 | 3 |" in table
