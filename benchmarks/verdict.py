@@ -33,7 +33,7 @@ arms can be added later (``--arms``). ``--summarise`` joins the records into
 Usage::
 
     python benchmarks/verdict.py --model conv --seeds 0 1 2 3 4 --out outputs/verdict
-    python benchmarks/verdict.py --summarise --out outputs/verdict
+    python benchmarks/verdict.py --summarise --out outputs/verdict outputs/verdict-sparse1000
 """
 
 from __future__ import annotations
@@ -293,10 +293,13 @@ def run_seed(task: Task, seed: int, arms: Sequence[str], out: Path) -> dict[str,
 # --------------------------------------------------------------------------- summary
 
 
-def summarise(out: Path) -> dict[str, Any]:
-    """Paired differences against the control of every model and arm found under ``out``."""
+def summarise(*outs: Path) -> dict[str, Any]:
+    """Paired differences against the control of every model and arm found under the ``outs`` folders.
+
+    Keys: ``<model>-<train rows>`` (e.g. ``conv-100``), so runs of one model at two scales stay apart.
+    """
     models: dict[str, Any] = {}
-    for name in TASKS:
+    for out, name in ((out, name) for out in outs for name in TASKS):
         records = [json.loads(p.read_text()) for p in sorted((out / name).glob("seed*.json"))]
         if not records:
             continue
@@ -322,7 +325,7 @@ def summarise(out: Path) -> dict[str, Any]:
                 except ValueError as error:
                     entry["vs_control_error"] = str(error)
             arms[arm] = entry
-        models[name] = {"metric": metric, "better": better, "settings": records[0]["settings"], "arms": arms,
+        models[f"{name}-{records[0]['settings']['train_rows']}"] = {"model": name, "metric": metric, "better": better, "settings": records[0]["settings"], "arms": arms,
                         "total_cpu_s": round(sum(a.get("cpu_s", 0.0) for r in records for a in r["arms"].values()), 1)}
     return models
 
@@ -338,12 +341,12 @@ def markdown(models: dict[str, Any]) -> str:
              "difference detected with 80 % power at α = 0.05 for this n and sd. Verdict: `helps` when the CI lies",
              "entirely on the better side of 0 (lower test MSE; higher linear accuracy), `hurts` on the worse side,",
              "`no detectable effect` when it contains 0.", ""]
-    for name, model in models.items():
+    for model in models.values():
         s = model["settings"]
         scale = 1e5 if model["better"] == "lower" else 1.0
         unit = "test MSE × 1e5" if scale != 1.0 else "linear test accuracy (pp)"
         digits = 2
-        lines += [f"### {name} ({s['dataset']}, {s['train_rows']} train rows, {s['test_rows']} test rows,"
+        lines += [f"### {model['model']} ({s['dataset']}, {s['train_rows']} train rows, {s['test_rows']} test rows,"
                   f" {s['epochs']} epochs, attack T = {s['attack_steps']}; total {model['total_cpu_s'] / 60:.1f} CPU-min)",
                   "", f"Metric: {unit}.", ""]
         header = ["arm", "seeds", "mean ± sd", "Δ vs control [95 % CI]", "p", "MDE", "verdict", "ASR %", "T"]
@@ -372,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", choices=sorted(TASKS), help="the model to run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    parser.add_argument("--out", type=Path, default=Path("outputs/verdict"))
+    parser.add_argument("--out", type=Path, nargs="+", default=[Path("outputs/verdict")],
+                        help="output folder (--summarise: one or more)")
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--dataset", default=None, help="override the model's data set (tests: mnist-5k)")
     parser.add_argument("--train-rows", type=int, default=None, help="override the model's default rows")
@@ -389,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
     if args.summarise:
-        models = summarise(args.out)
+        models = summarise(*args.out)
         common.write_json(args.results / "verdict.json", {"models": models, "machine": machine_info(torch.device("cpu"))})
         text = markdown(models)
         (args.results / "verdict.md").write_text(text)
@@ -402,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = dataclasses.replace(DEFAULTS[args.model], **overrides)
     task = TASKS[args.model](settings, args.data_root, torch.device("cpu"))
     for seed in args.seeds:
-        run_seed(task, seed, args.arms, args.out)
+        run_seed(task, seed, args.arms, args.out[0])
     return 0
 
 

@@ -57,7 +57,7 @@ def test_matched_arms_match_that_seeds_mine_uaes(run, arm):
 @pytest.mark.slow
 def test_summary_is_the_paired_difference_against_the_control(run):
     out, results = run
-    summary = json.loads((results / "verdict.json").read_text())["models"]["conv"]
+    summary = json.loads((results / "verdict.json").read_text())["models"]["conv-100"]
     records = [json.loads((out / "conv" / f"seed{s}.json").read_text()) for s in SEEDS]
     assert summary["better"] == "lower" and summary["settings"]["train_rows"] == 100
     for arm in ARMS:
@@ -99,11 +99,11 @@ def test_summary_of_written_records(tmp_path):
         (tmp_path / "simclr").mkdir(exist_ok=True)
         (tmp_path / "simclr" / f"seed{seed}.json").write_text(json.dumps(record))
     models = verdict.summarise(tmp_path)
-    assert list(models) == ["simclr"] and models["simclr"]["better"] == "higher"
-    entry = models["simclr"]["arms"]["mine-fast"]
+    assert list(models) == ["simclr-128"] and models["simclr-128"]["better"] == "higher"
+    entry = models["simclr-128"]["arms"]["mine-fast"]
     assert entry["vs_control"]["mean"] == pytest.approx(1.6) and entry["vs_control"]["verdict"] == "helps"
     assert entry["asr_pct"]["mean"] == pytest.approx(52.0) and entry["attack_steps"] == 3
-    assert models["simclr"]["total_cpu_s"] == pytest.approx(150.0)
+    assert models["simclr-128"]["total_cpu_s"] == pytest.approx(150.0)
     table = verdict.markdown(models)
     # differences 1, 2, 1.5, 2.5, 1: mean 1.6, sd 0.652, half width t(0.975, 4) 2.776 * 0.652 / sqrt 5 = 0.809
     assert "| MINE-UAE (fast) | 5 | 22.60 ± 1.39 | +1.60 [+0.79, +2.41] | 0.005 |" in table
