@@ -343,9 +343,9 @@ def markdown(models: dict[str, Any]) -> str:
              "`no detectable effect` when it contains 0.", ""]
     for model in models.values():
         s = model["settings"]
-        scale = 1e5 if model["better"] == "lower" else 1.0
-        unit = "test MSE × 1e5" if scale != 1.0 else "linear test accuracy (pp)"
-        digits = 2
+        lower = model["better"] == "lower"
+        scale, digits = (1e3, 3) if lower else (1.0, 2)
+        unit = "test MSE × 1e3 (lower is better)" if lower else "linear test accuracy, % (higher is better)"
         lines += [f"### {model['model']} ({s['dataset']}, {s['train_rows']} train rows, {s['test_rows']} test rows,"
                   f" {s['epochs']} epochs, attack T = {s['attack_steps']}; total {model['total_cpu_s'] / 60:.1f} CPU-min)",
                   "", f"Metric: {unit}.", ""]
