@@ -293,18 +293,42 @@ def run_seed(task: Task, seed: int, arms: Sequence[str], out: Path) -> dict[str,
 # --------------------------------------------------------------------------- summary
 
 
+def merged_records(*outs: Path) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """The seed records under the ``outs`` folders, per (model, train rows), arms of one seed merged.
+
+    Arms can run in several folders (e.g. a late arm in its own folder, to run beside an unfinished
+    one); a seed's records of equal settings are joined, and an arm found twice must have the same
+    metric values (the clean model is retrained bitwise from its seed; ``original`` checks it).
+
+    Raises:
+        ValueError: an arm recorded twice with different values.
+    """
+    joined: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
+    for out in outs:
+        for name in TASKS:
+            for path in sorted((out / name).glob("seed*.json")):
+                record = json.loads(path.read_text())
+                seeds = joined.setdefault((name, record["settings"]["train_rows"]), {})
+                seed = seeds.setdefault(record["seed"], {**record, "arms": {}})
+                if seed["settings"] != record["settings"]:
+                    raise ValueError(f"{path}: other settings than the same model's records elsewhere")
+                metric = TASKS[name].metric
+                for arm, entry in record["arms"].items():
+                    if arm in seed["arms"] and seed["arms"][arm][metric] != entry[metric]:
+                        raise ValueError(f"{path}: {arm} differs from its other record ({entry[metric]} vs"
+                                         f" {seed['arms'][arm][metric]})")
+                    seed["arms"].setdefault(arm, entry)
+    return {key: [seeds[s] for s in sorted(seeds)] for key, seeds in joined.items()}
+
+
 def summarise(*outs: Path) -> dict[str, Any]:
     """Paired differences against the control of every model and arm found under the ``outs`` folders.
 
     Keys: ``<model>-<train rows>`` (e.g. ``conv-100``), so runs of one model at two scales stay apart.
     """
     models: dict[str, Any] = {}
-    for out, name in ((out, name) for out in outs for name in TASKS):
-        records = [json.loads(p.read_text()) for p in sorted((out / name).glob("seed*.json"))]
-        if not records:
-            continue
-        task_type = TASKS[name]
-        metric, better = task_type.metric, task_type.better
+    for (name, rows), records in merged_records(*outs).items():
+        metric, better = TASKS[name].metric, TASKS[name].better
         arms: dict[str, Any] = {}
         for arm in ARMS:
             paired = [r for r in records if arm in r["arms"] and CONTROL in r["arms"]]
@@ -325,8 +349,9 @@ def summarise(*outs: Path) -> dict[str, Any]:
                 except ValueError as error:
                     entry["vs_control_error"] = str(error)
             arms[arm] = entry
-        models[f"{name}-{records[0]['settings']['train_rows']}"] = {"model": name, "metric": metric, "better": better, "settings": records[0]["settings"], "arms": arms,
-                        "total_cpu_s": round(sum(a.get("cpu_s", 0.0) for r in records for a in r["arms"].values()), 1)}
+        total = sum(a.get("cpu_s", 0.0) for r in records for a in r["arms"].values())
+        models[f"{name}-{rows}"] = {"model": name, "metric": metric, "better": better, "settings": records[0]["settings"],
+                                    "arms": arms, "total_cpu_s": round(total, 1)}
     return models
 
 

@@ -108,3 +108,21 @@ def test_summary_of_written_records(tmp_path):
     # differences 1, 2, 1.5, 2.5, 1: mean 1.6, sd 0.652, half width t(0.975, 4) 2.776 * 0.652 / sqrt 5 = 0.809
     assert "| MINE-UAE (fast) | 5 | 22.60 ± 1.39 | +1.60 [+0.79, +2.41] | 0.005 |" in table
     assert "| helps | 52.0 | 3 |" in table
+
+
+def test_records_of_one_seed_join_across_folders(tmp_path):
+    settings = {"dataset": "mnist", "train_rows": 100, "test_rows": 50, "epochs": 1, "attack_steps": 2}
+    main, late = tmp_path / "main", tmp_path / "late"
+    for folder, arms in ((main, {"original": 0.5, verdict.CONTROL: 0.4, "mine-fast": 0.39}),
+                         (late, {"original": 0.5, "mine-strong": 0.38})):
+        (folder / "conv").mkdir(parents=True)
+        record = {"seed": 0, "settings": settings, "arms": {a: {"test_mse": v} for a, v in arms.items()}}
+        (folder / "conv" / "seed0.json").write_text(json.dumps(record))
+    ((record,),) = verdict.merged_records(main, late).values()
+    assert {a: e["test_mse"] for a, e in record["arms"].items()} == {
+        "original": 0.5, verdict.CONTROL: 0.4, "mine-fast": 0.39, "mine-strong": 0.38}
+    conflicting = json.loads((late / "conv" / "seed0.json").read_text())
+    conflicting["arms"]["original"]["test_mse"] = 0.51  # the clean model was not reproduced
+    (late / "conv" / "seed0.json").write_text(json.dumps(conflicting))
+    with pytest.raises(ValueError, match="original differs"):
+        verdict.merged_records(main, late)
