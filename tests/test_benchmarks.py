@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,22 @@ def test_attack_speed_reports_kernel_time_and_runs_a_baseline_version(tmp_path):
     assert rows["fast_B2_T1_baseline"]["speedup_cpu_s"] > 0 and rows["fast_B2_T1_baseline"]["kind"] == "baseline"
     worktrees = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, check=True).stdout
     assert "attack_speed_" not in worktrees  # the baseline's worktree is removed again
+
+
+def test_mi_shape_end_to_end(tmp_path, data_root):
+    env = {**os.environ, "UAE_DATA_ROOT": str(data_root), "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "mi_shape.py"), "--quick", "--models", "dense", "--out", str(tmp_path / "m.json")],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False, env=env,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads((tmp_path / "m.json").read_text())
+    record = result["models"]["dense"]
+    assert set(record["methods"]) == {"init", "fast", "strong", "l2", "gauss_l2", "cos_matched"}
+    strong, gauss, cos = (record["methods"][m]["rows"] for m in ("strong", "gauss_l2", "cos_matched"))
+    # the controls are matched to the strong UAEs row by row
+    assert gauss["l2"] == pytest.approx(strong["l2"], rel=1e-3) and cos["cos"] == pytest.approx(strong["cos"], abs=1e-4)
+    differences = record["paired_differences"]["1001"]["strong-cos_matched"]
+    assert differences["n"] == 4 and differences["ci95"][0] <= differences["mean"] <= differences["ci95"][1]
+    assert record["evaluator_noise"]["pairs"] == 6 * 2
+    assert (tmp_path / "mi_shape_dense.png").stat().st_size > 0

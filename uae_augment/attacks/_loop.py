@@ -125,8 +125,7 @@ class AnalyticMISimilarity:
         self.dim = dim
 
     def value(self, x_adv: torch.Tensor) -> torch.Tensor:
-        cos = torch.nn.functional.cosine_similarity(self.x, x_adv.flatten(1), dim=1)
-        return projection_mi(cos, self.dim)
+        return projection_mi(flat_cosine(self.x, x_adv), self.dim)
 
     def update(self, x_adv: torch.Tensor) -> None:
         return None
@@ -170,16 +169,36 @@ class LoopSettings:
     gamma_power: float
     delta_update: str = "gradient"
     record_history: bool = False
+    select: str = "running"
+
+
+SELECTIONS = ("running", "cosine")
+"""How the kept iterate is chosen among the successful ones: by the similarity term's own
+value at that iteration (``"running"``, the release: a warm-started MINE estimate rises
+while it trains, so early iterates win), or on one common scale, the uncentred
+cos(x, x') (``"cosine"``; equivalently the exact random-projection MI
+-(p/2) log(1 - cos^2), which is increasing in cos for images in [0, 1])."""
+
+
+def flat_cosine(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+    """Per-row uncentred cosine of the flattened x and x' (B,), as :class:`AnalyticMISimilarity` uses it."""
+    return torch.nn.functional.cosine_similarity(x.flatten(1), x_adv.flatten(1), dim=1)
 
 
 class _BestIterate:
-    """Keeps each sample's best iterate (docs/method.md section 2, step 5)."""
+    """Keeps each sample's best iterate (docs/method.md section 2, step 5).
+
+    Among successful iterates the best is the one with the highest (supervised) or
+    lowest (unsupervised) selection key; the key is the similarity score itself
+    unless :meth:`update` is given another (``LoopSettings.select``).
+    """
 
     def __init__(self, x: torch.Tensor, supervised: bool):
         n = x.shape[0]
         self.supervised = supervised
         self.best = x.clone()
-        self.best_score = torch.full((n,), -math.inf if supervised else math.inf, device=x.device)
+        self.best_key = torch.full((n,), -math.inf if supervised else math.inf, device=x.device)
+        self.best_score = torch.full((n,), math.nan, device=x.device)
         self.best_f = torch.full((n,), math.inf, device=x.device)
         self.best_iteration = torch.full((n,), -1, dtype=torch.long, device=x.device)
         self.found = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -190,10 +209,18 @@ class _BestIterate:
         self.fallback_iteration = torch.full((n,), -1, dtype=torch.long, device=x.device)
 
     def update(
-        self, iteration: int, x_adv: torch.Tensor, f: torch.Tensor, score: torch.Tensor, ok: torch.Tensor
+        self,
+        iteration: int,
+        x_adv: torch.Tensor,
+        f: torch.Tensor,
+        score: torch.Tensor,
+        ok: torch.Tensor,
+        key: torch.Tensor | None = None,
     ) -> None:
-        better = score > self.best_score if self.supervised else score < self.best_score
+        key = score if key is None else key
+        better = key > self.best_key if self.supervised else key < self.best_key
         take = ok & better
+        self.best_key[take] = key[take]
         self._assign(take, x_adv, score, f, iteration, self.best, self.best_score, self.best_f, self.best_iteration)
         self.found |= ok
         self.first_success[(self.first_success < 0) & ok] = iteration
@@ -279,7 +306,8 @@ def run_minmax(
                 (grad,) = torch.autograd.grad((c * f + sign * score).sum(), delta)
         f, score, x_adv = f.detach(), score.detach(), x_adv.detach()
         ok = f <= 0 if settings.supervised else (f <= 0) & similarity.valid(score)
-        tracker.update(iteration, x_adv, f, score, ok)
+        key = flat_cosine(x, x_adv) if settings.select == "cosine" else None
+        tracker.update(iteration, x_adv, f, score, ok, key)
         if settings.record_history:
             mi_trace.append(score)
             f_trace.append(f)

@@ -10,7 +10,7 @@ from ..criteria import Criterion
 from ._loop import L2Similarity
 from .minmax import MinMaxAttack
 
-_MINE_KEYS = ("mine_steps", "mine_lr", "statistics_hidden", "sampler", "projections", "projection_dim", "mi")
+_MINE_KEYS = ("mine_steps", "mine_lr", "statistics_hidden", "sampler", "projections", "projection_dim", "mi", "select")
 
 
 class LpUAE(MinMaxAttack):
@@ -44,6 +44,9 @@ class LpUAE(MinMaxAttack):
         if kwargs.pop("mode", "unsupervised") != "unsupervised":
             raise ValueError("LpUAE is an unsupervised attack")
         kwargs.setdefault("batch_size", 1024)
+        if kwargs.get("select") not in (None, "running"):
+            raise ValueError("LpUAE keeps the successful iterate farthest from x in L2; it takes no select=")
+        kwargs["select"] = "running"  # its own score, -||x' - x||^2, is the common scale
         super().__init__(criterion, mode="unsupervised", **kwargs)
 
     def _config(self) -> dict[str, Any]:
