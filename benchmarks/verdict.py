@@ -359,17 +359,42 @@ def _number(value: float | None, digits: int) -> str:
     return common.format_number(value, digits)
 
 
+def _scale(model: dict[str, Any]) -> tuple[float, int]:
+    """(factor, decimals) of a model's metric in the tables: MSE x 1e3 to 3, accuracy % to 2."""
+    return (1e3, 3) if model["better"] == "lower" else (1.0, 2)
+
+
+def verdict_table(models: dict[str, Any]) -> str:
+    """One row per model, one cell per augmented arm: verdict, Δ vs control [95 % CI], MDE."""
+    arms = [arm for arm in ARMS if arm not in ("original", CONTROL)]
+    rows = []
+    for model in models.values():
+        s, (scale, digits) = model["settings"], _scale(model)
+        metric = "test MSE ×1e3" if model["better"] == "lower" else "linear acc. %"
+        cells = []
+        for arm in arms:
+            comparison = model["arms"].get(arm, {}).get("vs_control")
+            cells.append("—" if comparison is None else
+                         f"**{comparison['verdict']}** {scale * comparison['mean']:+.{digits}f}"
+                         f" [{scale * comparison['ci_low']:+.{digits}f}, {scale * comparison['ci_high']:+.{digits}f}],"
+                         f" MDE {scale * comparison['mde']:.{digits}f}")
+        seeds = len(model["arms"][CONTROL]["seeds"]) if CONTROL in model["arms"] else 0
+        rows.append([f"{model['model']}: {s['dataset']}, {s['train_rows']} rows, {s['epochs']} epochs, {seeds} seeds"
+                     f" ({metric})", *cells])
+    return common.markdown_table(["model", *(LABELS[a] for a in arms)], rows)
+
+
 def markdown(models: dict[str, Any]) -> str:
     """The verdict tables: per model, every arm against the same-steps control."""
     lines = ["## Verdict: UAE augmentation against the same-steps clean control", "",
              "Paired over seeds (arm − control on the same seed); 95 % paired-t CI; MDE: the smallest true",
              "difference detected with 80 % power at α = 0.05 for this n and sd. Verdict: `helps` when the CI lies",
              "entirely on the better side of 0 (lower test MSE; higher linear accuracy), `hurts` on the worse side,",
-             "`no detectable effect` when it contains 0.", ""]
+             "`no detectable effect` when it contains 0.", "", verdict_table(models), ""]
     for model in models.values():
         s = model["settings"]
+        scale, digits = _scale(model)
         lower = model["better"] == "lower"
-        scale, digits = (1e3, 3) if lower else (1.0, 2)
         unit = "test MSE × 1e3 (lower is better)" if lower else "linear test accuracy, % (higher is better)"
         lines += [f"### {model['model']} ({s['dataset']}, {s['train_rows']} train rows, {s['test_rows']} test rows,"
                   f" {s['epochs']} epochs, attack T = {s['attack_steps']}; total {model['total_cpu_s'] / 60:.1f} CPU-min)",

@@ -108,6 +108,7 @@ def test_summary_of_written_records(tmp_path):
     # differences 1, 2, 1.5, 2.5, 1: mean 1.6, sd 0.652, half width t(0.975, 4) 2.776 * 0.652 / sqrt 5 = 0.809
     assert "| MINE-UAE (fast) | 5 | 22.60 ± 1.39 | +1.60 [+0.79, +2.41] | 0.005 |" in table
     assert "| helps | 52.0 | 3 |" in table
+    assert "| simclr: cifar10, 128 rows, 6 epochs, 5 seeds (linear acc. %) | — | — | — | — | **helps** +1.60 [+0.79, +2.41], MDE 1.10 | — |" in table
 
 
 def test_records_of_one_seed_join_across_folders(tmp_path):
