@@ -76,6 +76,9 @@ LABELS = {
 }
 MATCHED = {"l2-matched": "l2", "cos-matched": "cosine"}
 REFERENCE_ARM = "mine-fast"
+HEAD_TO_HEAD = (("mine-fast", "cos-matched"), ("mine-fast", "l2-matched"), ("mine-fast", "init-only"),
+                ("l2-uae", "l2-matched"), ("mine-strong", "mine-fast"), ("mine-strong", "init-only"))
+"""Pairs (arm, rival) compared directly, paired over seeds: do the UAEs beat their matched controls?"""
 RUN_ORDER = ("original", CONTROL, "init-only", "l2-uae", REFERENCE_ARM, "l2-matched", "cos-matched", "mine-strong")
 
 
@@ -351,12 +354,29 @@ def summarise(*outs: Path) -> dict[str, Any]:
             arms[arm] = entry
         total = sum(a.get("cpu_s", 0.0) for r in records for a in r["arms"].values())
         models[f"{name}-{rows}"] = {"model": name, "metric": metric, "better": better, "settings": records[0]["settings"],
-                                    "arms": arms, "total_cpu_s": round(total, 1)}
+                                    "arms": arms, "head_to_head": head_to_head(records, metric, better),
+                                    "total_cpu_s": round(total, 1)}
     return models
 
 
 def _number(value: float | None, digits: int) -> str:
     return common.format_number(value, digits)
+
+
+def head_to_head(records: Sequence[dict[str, Any]], metric: str, better: str) -> dict[str, Any]:
+    """:data:`HEAD_TO_HEAD` comparisons (arm − rival per seed) where both arms ran on >= 2 seeds."""
+    found: dict[str, Any] = {}
+    for arm, rival in HEAD_TO_HEAD:
+        paired = [r for r in records if arm in r["arms"] and rival in r["arms"]]
+        if len(paired) < 2:
+            continue
+        try:
+            comparison = paired_difference([r["arms"][arm][metric] for r in paired],
+                                           [r["arms"][rival][metric] for r in paired], better=better).to_dict()
+        except ValueError as error:
+            comparison = {"error": str(error)}
+        found[f"{arm} vs {rival}"] = {"arm": arm, "rival": rival, "seeds": [r["seed"] for r in paired], **comparison}
+    return found
 
 
 def _scale(model: dict[str, Any]) -> tuple[float, int]:
@@ -414,6 +434,16 @@ def markdown(models: dict[str, Any]) -> str:
             rows.append([LABELS[arm], str(len(entry["seeds"])), cell, delta, p, mde, verdict,
                          _number(entry["asr_pct"]["mean"], 1), str(entry["attack_steps"] or "—")])
         lines += [common.markdown_table(header, rows), ""]
+        duels = model.get("head_to_head", {})
+        if duels:
+            lines += ["Head to head (arm − rival on the same seed; same CI, MDE and verdict rules):", "",
+                      common.markdown_table(["arm", "rival", "seeds", "Δ [95 % CI]", "p", "MDE", "verdict"], [
+                          [LABELS[d["arm"]], LABELS[d["rival"]], str(len(d["seeds"])),
+                           "—" if "error" in d else f"{scale * d['mean']:+.{digits}f} [{scale * d['ci_low']:+.{digits}f},"
+                                                    f" {scale * d['ci_high']:+.{digits}f}]",
+                           "—" if "error" in d else f"{d['p_value']:.3f}",
+                           "—" if "error" in d else f"{scale * d['mde']:.{digits}f}",
+                           d.get("verdict", d.get("error", "—"))] for d in duels.values()]), ""]
     return "\n".join(lines)
 
 

@@ -95,6 +95,7 @@ def test_summary_of_written_records(tmp_path):
         record = {"seed": seed, "settings": settings, "arms": {
             verdict.CONTROL: {"linear_test_acc": control[seed], "cpu_s": 10.0},
             "mine-fast": {"linear_test_acc": arm[seed], "asr_pct": 50.0 + seed, "attack_steps": 3, "cpu_s": 20.0},
+            "init-only": {"linear_test_acc": control[seed] + 0.5 * (seed % 2), "cpu_s": 0.0},
         }}
         (tmp_path / "simclr").mkdir(exist_ok=True)
         (tmp_path / "simclr" / f"seed{seed}.json").write_text(json.dumps(record))
@@ -104,11 +105,16 @@ def test_summary_of_written_records(tmp_path):
     assert entry["vs_control"]["mean"] == pytest.approx(1.6) and entry["vs_control"]["verdict"] == "helps"
     assert entry["asr_pct"]["mean"] == pytest.approx(52.0) and entry["attack_steps"] == 3
     assert models["simclr-128"]["total_cpu_s"] == pytest.approx(150.0)
+    (duel,) = models["simclr-128"]["head_to_head"].values()
+    expected = verdict.paired_difference(arm, [c + 0.5 * (i % 2) for i, c in enumerate(control)], better="higher")
+    assert (duel["arm"], duel["rival"]) == ("mine-fast", "init-only") and duel["mean"] == pytest.approx(expected.mean)
+    assert duel["verdict"] == expected.verdict
     table = verdict.markdown(models)
-    # differences 1, 2, 1.5, 2.5, 1: mean 1.6, sd 0.652, half width t(0.975, 4) 2.776 * 0.652 / sqrt 5 = 0.809
+    # init only: differences 0, .5, 0, .5, 0: mean 0.2, sd 0.274, half width 2.776 * 0.274 / sqrt 5 = 0.340
+    # mine-fast: differences 1, 2, 1.5, 2.5, 1: mean 1.6, sd 0.652, half width t(0.975, 4) 2.776 * 0.652 / sqrt 5 = 0.809
     assert "| MINE-UAE (fast) | 5 | 22.60 ± 1.39 | +1.60 [+0.79, +2.41] | 0.005 |" in table
     assert "| helps | 52.0 | 3 |" in table
-    assert "| simclr: cifar10, 128 rows, 6 epochs, 5 seeds (linear acc. %) | — | — | — | — | **helps** +1.60 [+0.79, +2.41], MDE 1.10 | — |" in table
+    assert "| simclr: cifar10, 128 rows, 6 epochs, 5 seeds (linear acc. %) | **no detectable effect** +0.20 [-0.14, +0.54], MDE 0.46 | — | — | — | **helps** +1.60 [+0.79, +2.41], MDE 1.10 | — |" in table
 
 
 def test_records_of_one_seed_join_across_folders(tmp_path):
