@@ -101,6 +101,8 @@ class Settings:
     linear_rows: int = 2000
 
 
+SETTING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING}
+
 DEFAULTS: dict[str, Settings] = {
     "conv": Settings("conv", "mnist", 100, 1000, 10, 5),
     "sparse": Settings("sparse", "mnist", 100, 1000, 20, 20),
@@ -311,6 +313,7 @@ def merged_records(*outs: Path) -> dict[tuple[str, int], list[dict[str, Any]]]:
         for name in TASKS:
             for path in sorted((out / name).glob("seed*.json")):
                 record = json.loads(path.read_text())
+                record["settings"] = {**SETTING_DEFAULTS, **record["settings"]}  # fields added later: defaults
                 seeds = joined.setdefault((name, record["settings"]["train_rows"]), {})
                 seed = seeds.setdefault(record["seed"], {**record, "arms": {}})
                 if seed["settings"] != record["settings"]:
