@@ -23,6 +23,7 @@ import torch
 
 import uae_augment
 from _config import resolved_config
+from uae_augment.statistics import paired_difference
 
 logger = logging.getLogger("recipes")
 
@@ -154,6 +155,32 @@ def mean_std(values: Sequence[float]) -> dict[str, float | int]:
         return {"mean": math.nan, "std": math.nan, "n": 0}
     std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
     return {"mean": float(np.mean(finite)), "std": std, "n": len(finite)}
+
+
+def paired_vs_control(
+    arm: Sequence[float], control: Sequence[float], *, better: str = "lower"
+) -> dict[str, Any] | None:
+    """:func:`uae_augment.statistics.paired_difference` of ``arm - control`` per seed, as a dict.
+
+    None with fewer than 2 seeds; ``{"error": message}`` when the statistics are
+    undefined (differences of zero variance, a non-finite value).
+    """
+    if len(arm) < 2:
+        return None
+    try:
+        return paired_difference(arm, control, better=better).to_dict()  # type: ignore[arg-type]
+    except ValueError as error:
+        return {"error": str(error)}
+
+
+def format_paired(comparison: Mapping[str, Any] | None, digits: int = 5, scale: float = 1.0) -> str:
+    """``'-0.00012 [-0.00020, -0.00004], MDE 0.00009: helps'``; '—' for None, 'undefined' on an error."""
+    if comparison is None:
+        return "—"
+    if "error" in comparison:
+        return "undefined (zero variance)" if "zero variance" in comparison["error"] else "undefined"
+    low, high, mean, mde = (scale * comparison[k] for k in ("ci_low", "ci_high", "mean", "mde"))
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}], MDE {mde:.{digits}f}: {comparison['verdict']}"
 
 
 def improvement_pct(original: float, new: float) -> float:

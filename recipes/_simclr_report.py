@@ -49,6 +49,14 @@ def summarise(runs: Sequence[dict[str, Any]], epsilons: Sequence[float]) -> list
     control = next((r for r in summary if r["key"] == "same-steps"), None)
     for row in summary:
         if control is not None and row["key"].startswith("uae-"):
+            pairs = [(entry, run["same_steps"]) for run in runs if "same_steps" in run
+                     for k, _, entry in rows_of(run) if k == row["key"]]
+            row["paired_vs_same_steps"] = {
+                "linear_test_acc": _report.paired_vs_control(
+                    [e["linear"]["test_acc"] for e, _ in pairs], [c["linear"]["test_acc"] for _, c in pairs], better="higher"),
+                "test_ntxent": _report.paired_vs_control(
+                    [e["test_ntxent"] for e, _ in pairs], [c["test_ntxent"] for _, c in pairs]),
+            }
             row["vs_same_steps"] = {
                 "linear_test_acc_pp": row["linear_test_acc"]["mean"] - control["linear_test_acc"]["mean"],
                 "test_ntxent": row["test_ntxent"]["mean"] - control["test_ntxent"]["mean"],
@@ -89,6 +97,14 @@ def markdown(summary: Sequence[dict[str, Any]], epsilons: Sequence[float], *, da
                         *(_signed(row["vs_same_steps"]["pgd_acc_pp"][e]) for e in eps_labels)] for row in changes]
         lines += ["", "### Augmented minus the same-steps clean control (accuracy: positive = UAE helps;"
                   " NT-Xent: negative = UAE helps)", "", _report.markdown_table(change_header, change_body)]
+        paired = [row for row in changes if row["paired_vs_same_steps"]["linear_test_acc"]]
+        if paired:
+            lines += ["", "### Paired over seeds: augmented − same-steps control", "",
+                      "Mean [95 % paired-t CI], minimum detectable effect (80 % power, α = 0.05) and verdict",
+                      "(`uae_augment.statistics`; accuracy: higher is better, NT-Xent: lower is better).", "",
+                      _report.markdown_table(["model", "Δ linear acc (pp)", "Δ test NT-Xent"], [
+                          [row["label"], _report.format_paired(row["paired_vs_same_steps"]["linear_test_acc"], 2),
+                           _report.format_paired(row["paired_vs_same_steps"]["test_ntxent"], 4)] for row in paired])]
     attacked = [row for row in summary if "attack" in row]
     if attacked:
         attack_header = ["preset", "ASR %", "f_x = 0 %", "mean MI", "mean f_x", "moved from δ₀ L∞", "moved L2",

@@ -381,10 +381,14 @@ def summarise(
             for key in methods:
                 entries = [r["methods"][key] for r in group if key in r["methods"]]
                 mse = _report.mean_std([e["test_mse"] for e in entries])
+                paired = [r for r in group if key in r["methods"] and "same_steps" in r]
                 row["methods"][key] = {
                     "test_mse": mse,
                     "change_vs_original_pct": _report.improvement_pct(original["mean"], mse["mean"]),
                     "change_vs_same_steps_pct": _report.improvement_pct(control["mean"], mse["mean"]) if control else math.nan,
+                    "paired_vs_same_steps": _report.paired_vs_control(
+                        [r["methods"][key]["test_mse"] for r in paired], [r["same_steps"]["test_mse"] for r in paired]
+                    ),
                     "asr_pct": _report.mean_std([e["asr_pct"] for e in entries]),
                     "criterion_zero_pct": _report.mean_std([e["criterion_zero_pct"] for e in entries]),
                     "mean_mi": _report.mean_std([e["mean_mi"] for e in entries]),
@@ -443,6 +447,16 @@ def markdown(summary: Sequence[dict[str, Any]], methods: Sequence[str], *, faile
         ]
         lines += ["", "### Change of the test error relative to the same-steps clean control (positive = augmentation helps)",
                   "", _report.markdown_table(fair_header, fair_rows)]
+        paired_rows = [
+            [row["data_label"], row["model"],
+             *(_report.format_paired(row["methods"][m].get("paired_vs_same_steps"), 5) for m in methods)]
+            for row in summary if any(row["methods"][m].get("paired_vs_same_steps") for m in methods)
+        ]
+        if paired_rows:
+            lines += ["", "### Paired difference of the test error, method − same-steps control, over seeds",
+                      "", "Mean [95 % paired-t CI], minimum detectable effect (80 % power, α = 0.05) and verdict",
+                      "(`uae_augment.statistics`; lower error is better: `helps` = CI entirely below 0).", "",
+                      _report.markdown_table(fair_header, paired_rows)]
     detail_header = ["data", "AE", "method", "ASR %", "f_x = 0 %", "mean MI (attack's)", "mean ‖x' − x‖∞", "moved from start (L∞)"]
     detail_rows = [
         [row["data_label"], row["model"], METHODS[m].label,

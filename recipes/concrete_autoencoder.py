@@ -289,6 +289,12 @@ def summarise(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict
         if "same_steps" in row:
             row["re_change_vs_same_steps_pct"] = _report.improvement_pct(
                 row["same_steps"]["test_mse"]["mean"], row["mine"]["test_mse"]["mean"])
+            row["paired_vs_same_steps"] = {
+                "test_mse": _report.paired_vs_control([r["mine"]["test_mse"] for r in group],
+                                                     [r["same_steps"]["test_mse"] for r in group]),
+                "accuracy_pct": _report.paired_vs_control([r["mine"]["accuracy_pct"] for r in group],
+                                                         [r["same_steps"]["accuracy_pct"] for r in group], better="higher"),
+            }
         summary.append(row)
     return summary
 
@@ -341,6 +347,16 @@ def markdown(summary: Sequence[dict[str, Any]], *, failed: str, skipped: Sequenc
         for row in summary
     ]
     lines += ["", "### Steps and what the attack did", "", _report.markdown_table(detail_header, detail_rows)]
+    paired_rows = [
+        [row["dataset"], _report.format_paired(row["paired_vs_same_steps"]["test_mse"], 5),
+         _report.format_paired(row["paired_vs_same_steps"]["accuracy_pct"], 2)]
+        for row in summary if row.get("paired_vs_same_steps", {}).get("test_mse")
+    ]
+    if paired_rows:
+        lines += ["", "### MINE-UAE − same-steps control, paired over seeds", "",
+                  "Mean [95 % paired-t CI], minimum detectable effect (80 % power, α = 0.05) and verdict",
+                  "(`uae_augment.statistics`; RE: lower is better, accuracy (pp): higher is better).", "",
+                  _report.markdown_table(["data", "Δ RE", "Δ accuracy (pp)"], paired_rows)]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{s['dataset']} ({s['reason']})" for s in skipped)]
     return "\n".join(lines) + "\n"

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         BySampler,
         GaussianNoise,
         LpUAE,
+        MatchedNoise,
         MinMaxAttack,
         PenaltyAttack,
     )
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 _LAZY = {
     **dict.fromkeys(
         ("BIM", "FGSM", "IFGSM", "LBFGS", "MINEUAE", "PGD", "PRESETS", "Attack", "AttackResult",
-         "BySampler", "GaussianNoise", "LpUAE", "MinMaxAttack", "PenaltyAttack"),
+         "BySampler", "GaussianNoise", "LpUAE", "MatchedNoise", "MinMaxAttack", "PenaltyAttack"),
         ".attacks",
     ),
     "Contrastive": ".contrastive",
@@ -102,6 +103,7 @@ __all__ = [
     "LBFGS",
     "LpUAE",
     "MINEUAE",
+    "MatchedNoise",
     "MinMaxAttack",
     "Normalized",
     "PGD",

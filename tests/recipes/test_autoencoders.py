@@ -18,6 +18,7 @@ import _protocol
 import autoencoders as recipe
 from uae_augment import MINEUAE, LpUAE, Reconstruction, UAECache, load_dataset
 from uae_augment.models import build_model
+from uae_augment.statistics import paired_difference
 
 from .helpers import PYTHON, REPO, assert_png, finite, read_results, table_rows
 
@@ -288,3 +289,21 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
     for kind in recipe.MODEL_KINDS:
         assert_png(tmp_path / f"grid-mnist-5k-{kind}.png", min_side=200)
 
+
+
+def test_paired_table_against_the_same_steps_control(tiny: tuple[Path, str]) -> None:
+    out, _ = tiny
+    results = read_results(out)
+    for row in results["summary"]:
+        runs = [r for r in results["runs"] if r["model"] == row["model"]]
+        for key in recipe.METHODS:
+            expected = paired_difference([r["methods"][key]["test_mse"] for r in runs],
+                                         [r["same_steps"]["test_mse"] for r in runs])
+            found = row["methods"][key]["paired_vs_same_steps"]
+            assert found["mean"] == pytest.approx(expected.mean) and found["mde"] == pytest.approx(expected.mde)
+            assert found["verdict"] == expected.verdict
+    table = (out / "results.md").read_text()
+    assert "### Paired difference of the test error, method − same-steps control, over seeds" in table
+    paired = [row for row in table_rows(table) if len(row) == 2 + len(recipe.METHODS) and "MDE" in row[2]]
+    assert [row[1] for row in paired] == MODELS
+    assert all(cell.endswith(("helps", "hurts", "no detectable effect")) for row in paired for cell in row[2:])

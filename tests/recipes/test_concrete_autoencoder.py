@@ -13,9 +13,11 @@ import torch
 from sklearn.ensemble import ExtraTreesClassifier
 
 import _protocol
+import _report
 import concrete_autoencoder as recipe
 from uae_augment import UAECache, load_dataset
 from uae_augment.models import build_model
+from uae_augment.statistics import paired_difference
 
 from .helpers import PYTHON, REPO, assert_png, finite, read_results, table_rows
 
@@ -144,3 +146,16 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
     assert len(results["runs"]) == len(recipe.QUICK["seeds"])
     assert "| mnist-5k (K=50) | ours (2 seeds, 1,000 train rows) |" in done.stdout
     assert_png(tmp_path / "grid-mnist-5k.png", min_side=150)
+
+
+def test_paired_comparison_against_the_same_steps_control(tiny: tuple[Path, str]) -> None:
+    out, _ = tiny
+    results = read_results(out)
+    (row,) = results["summary"]
+    runs = results["runs"]
+    expected = paired_difference([r["mine"]["test_mse"] for r in runs], [r["same_steps"]["test_mse"] for r in runs])
+    assert row["paired_vs_same_steps"]["test_mse"]["ci_low"] == pytest.approx(expected.ci_low)
+    accuracy = row["paired_vs_same_steps"]["accuracy_pct"]
+    assert accuracy is None or "error" in accuracy or accuracy["better"] == "higher"
+    rows = table_rows((out / "results.md").read_text())
+    assert rows[-1][0] == "mnist-5k" and rows[-1][1] == _report.format_paired(row["paired_vs_same_steps"]["test_mse"], 5)

@@ -157,3 +157,16 @@ def test_every_recipe_runs_as_a_script_from_the_repository_root(script: str) -> 
     assert done.stdout.startswith(f"usage: {script}")
     if script != "example.py":  # the one-page example keeps to its few flags
         assert "--quick" in done.stdout and "--device" in done.stdout
+
+
+def test_paired_vs_control_and_its_cell() -> None:
+    assert _report.paired_vs_control([0.1], [0.2]) is None  # one seed: no comparison
+    assert _report.format_paired(None) == "—"
+    comparison = _report.paired_vs_control([0.10, 0.12, 0.11], [0.13, 0.14, 0.15])
+    assert comparison is not None and comparison["verdict"] == "helps" and comparison["n"] == 3
+    assert _report.format_paired(comparison, 3) == f"-0.030 [-0.055, -0.005], MDE {comparison['mde']:.3f}: helps"
+    accuracy = _report.paired_vs_control([50.0, 52.0, 51.0], [53.0, 54.0, 55.0], better="higher")
+    assert accuracy is not None and accuracy["verdict"] == "hurts"
+    constant = _report.paired_vs_control([1.5, 2.5], [1.0, 2.0])
+    assert constant is not None and "zero variance" in constant["error"]
+    assert _report.format_paired(constant) == "undefined (zero variance)"

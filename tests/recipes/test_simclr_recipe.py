@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
 import os
@@ -17,6 +18,7 @@ from PIL import Image
 import _protocol
 import _report
 import _simclr_data
+import _simclr_report
 import simclr as recipe
 from uae_augment import UAECache, load_dataset
 from uae_augment.models import SimCLR
@@ -158,3 +160,29 @@ def test_two_processes_follow_the_one_process_loss_curves(single: tuple[Path, st
     assert first > math.log(BATCH - 1) + 0.4
     assert_png(two_processes / "grid.png")
     assert two["runs"][0]["augmented"]["strong"]["augmented_size"] == 2 * TRAIN_ROWS
+
+
+def test_paired_comparison_over_seeds(single: tuple[Path, str]) -> None:
+    out, _ = single
+    first = read_results(out)["runs"][0]
+    runs = [first]
+    for seed, (shift, loss) in enumerate([(1.5, -0.01), (2.5, -0.03), (0.5, 0.02)], start=1):
+        run = copy.deepcopy(first)
+        run["seed"] = seed
+        for entry in run["augmented"].values():
+            entry["linear"]["test_acc"] += shift
+            entry["test_ntxent"] += loss
+        runs.append(run)
+    summary = _simclr_report.summarise(runs, [4, 16])
+    fast = next(row for row in summary if row["key"] == "uae-fast")
+    acc = fast["paired_vs_same_steps"]["linear_test_acc"]
+    differences = [r["augmented"]["fast"]["linear"]["test_acc"] - r["same_steps"]["linear"]["test_acc"] for r in runs]
+    assert acc["n"] == 4 and acc["mean"] == pytest.approx(float(np.mean(differences)))
+    assert acc["better"] == "higher" and fast["paired_vs_same_steps"]["test_ntxent"]["better"] == "lower"
+    table = _simclr_report.markdown(summary, [4, 16], data="cifar", seeds=4, pgd_rows=16, pgd_steps=3)
+    paired = [row for row in table_rows(table) if len(row) == 3 and "MDE" in row[1]]
+    assert [row[0] for row in paired] == ["clean + MINE-UAE (fast)", "clean + MINE-UAE (strong)"]
+    assert paired[0][1] == _report.format_paired(acc, 2)
+    # one seed: no paired table
+    assert "Paired over seeds" not in _simclr_report.markdown(_simclr_report.summarise(runs[:1], [4, 16]), [4, 16], data="cifar",
+                                                      seeds=1, pgd_rows=16, pgd_steps=3)

@@ -4,6 +4,7 @@ from .base import Attack
 from .gradient import BIM, FGSM, IFGSM, PGD, ClassifierAttack
 from .lbfgs import LBFGS
 from .lp_uae import LpUAE
+from .matched import MatchedNoise
 from .minmax import MINEUAE, PRESETS, BySampler, MinMaxAttack
 from .noise import GaussianNoise
 from .penalty import PenaltyAttack
@@ -20,6 +21,7 @@ __all__ = [
     "LBFGS",
     "LpUAE",
     "MINEUAE",
+    "MatchedNoise",
     "MinMaxAttack",
     "PGD",
     "PRESETS",
