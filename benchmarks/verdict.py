@@ -61,7 +61,7 @@ import _protocol  # noqa: E402
 import _report  # noqa: E402
 import simclr as simclr_recipe  # noqa: E402
 from benchmarks._common import machine_info  # noqa: E402
-from uae_augment import MINEUAE, Attack, Criterion, LpUAE, Reconstruction, fit  # noqa: E402
+from uae_augment import MINEUAE, Attack, Criterion, LpUAE, MatchedNoise, Reconstruction, fit  # noqa: E402
 from uae_augment.evaluation import linear_evaluation, reconstruction_error  # noqa: E402
 from uae_augment.models import SimCLR, build_model  # noqa: E402
 from uae_augment.statistics import paired_difference  # noqa: E402
@@ -165,8 +165,6 @@ class Task:
         if arm == "l2-uae":
             return LpUAE(criterion, preset="fast", steps=s.attack_steps, seed=seed, **self.attack_options())
         if arm in MATCHED:
-            from uae_augment.attacks import MatchedNoise
-
             assert reference is not None
             return MatchedNoise(criterion, reference, match=MATCHED[arm], seed=seed)
         raise ValueError(f"{arm!r} is not an attack arm")

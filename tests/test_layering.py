@@ -38,7 +38,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"attacks", "contrastive"}),
     frozenset({"criteria"}),
     frozenset({"mine", "views", "controls"}),
-    frozenset({"_seeding", "_version", "_model_state", "_validation", "_progress", "_names", "plots", "devices"}),
+    frozenset({"_seeding", "_version", "_model_state", "_validation", "_progress", "_names", "plots", "devices", "statistics"}),
 )
 """Top to bottom; a module belongs to the layer of its first name below ``uae_augment``
 (``uae_augment.mine.per_sample`` -> ``mine``). Modules may import their own layer and the ones below."""

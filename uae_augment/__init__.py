@@ -28,7 +28,6 @@ if TYPE_CHECKING:
         BySampler,
         GaussianNoise,
         LpUAE,
-        MatchedNoise,
         MinMaxAttack,
         PenaltyAttack,
     )
@@ -36,6 +35,7 @@ if TYPE_CHECKING:
     from .criteria import ClassifierMargin, Criterion, Reconstruction
     from .data import (
         CacheError,
+        MatchedNoise,
         UAEAugmented,
         UAECache,
         UAETransform,
@@ -52,14 +52,14 @@ if TYPE_CHECKING:
 _LAZY = {
     **dict.fromkeys(
         ("BIM", "FGSM", "IFGSM", "LBFGS", "MINEUAE", "PGD", "PRESETS", "Attack", "AttackResult",
-         "BySampler", "GaussianNoise", "LpUAE", "MatchedNoise", "MinMaxAttack", "PenaltyAttack"),
+         "BySampler", "GaussianNoise", "LpUAE", "MinMaxAttack", "PenaltyAttack"),
         ".attacks",
     ),
     "Contrastive": ".contrastive",
     "configure_logging": "._progress",
     **dict.fromkeys(("ClassifierMargin", "Criterion", "Reconstruction"), ".criteria"),
     **dict.fromkeys(
-        ("CacheError", "UAEAugmented", "UAECache", "UAETransform", "available_datasets", "load_dataset",
+        ("CacheError", "MatchedNoise", "UAEAugmented", "UAECache", "UAETransform", "available_datasets", "load_dataset",
          "precompute", "random_subset"),
         ".data",
     ),

@@ -4,7 +4,6 @@ from .base import Attack
 from .gradient import BIM, FGSM, IFGSM, PGD, ClassifierAttack
 from .lbfgs import LBFGS
 from .lp_uae import LpUAE
-from .matched import MatchedNoise
 from .minmax import MINEUAE, PRESETS, BySampler, MinMaxAttack
 from .noise import GaussianNoise
 from .penalty import PenaltyAttack
@@ -21,7 +20,6 @@ __all__ = [
     "LBFGS",
     "LpUAE",
     "MINEUAE",
-    "MatchedNoise",
     "MinMaxAttack",
     "PGD",
     "PRESETS",

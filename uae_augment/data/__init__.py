@@ -14,6 +14,7 @@ from .datasets import (
     random_subset,
     resolve_data_root,
 )
+from .matched_noise import MatchedNoise
 from .transforms import UAETransform, replacement_mask
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "DATASETS",
     "DatasetFormatError",
     "DatasetInfo",
+    "MatchedNoise",
     "ENV_DATA_ROOT",
     "ProvenanceMismatchError",
     "UAEAugmented",

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from .. import controls
+from ..attacks.base import Attack, padding_rows
+from ..attacks.result import AttackResult
 from ..criteria import Criterion
-from .base import Attack, padding_rows
-from .result import AttackResult
+from .cache import UAECache, provenance_hash
 
 MATCHES = {"l2": controls.l2_matched_noise, "cosine": controls.cosine_matched_noise}
 """The matched quantity: ``"l2"`` (||x'' - x||_2) or ``"cosine"`` (retained component of x and
@@ -56,8 +57,6 @@ class MatchedNoise(Attack):
         batch_size: int | None = 1024,
         progress: bool = False,
     ):
-        from ..data.cache import UAECache, provenance_hash  # the data package imports the attacks
-
         super().__init__(seed=seed, batch_size=batch_size, progress=progress)
         if match not in MATCHES:
             raise ValueError(f"match must be one of {sorted(MATCHES)}, got {match!r}")
