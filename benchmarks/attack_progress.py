@@ -54,29 +54,53 @@ def attack_row(model_name: str, x: torch.Tensor, steps: int) -> dict[str, Any]:
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     estimate = estimate_cpu_seconds(attack, len(x), tuple(x.shape[1:]))
     return {
-        "model": model_name, "images": len(x), "steps": steps, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
-        "cpu_s_per_iteration": round(cpu / steps, 4), "estimate_s": round(estimate, 2),
-        "estimate_over_measured": round(estimate / cpu, 2), "load_1min_at_end": load_average()[0],
+        "model": model_name,
+        "images": len(x),
+        "steps": steps,
+        "cpu_s": round(cpu, 2),
+        "wall_s": round(wall, 2),
+        "cpu_s_per_iteration": round(cpu / steps, 4),
+        "estimate_s": round(estimate, 2),
+        "estimate_over_measured": round(estimate / cpu, 2),
+        "load_1min_at_end": load_average()[0],
     }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=8, help="MNIST-5k digits attacked (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=10, help="MinMax iterations (default: %(default)s)")
-    parser.add_argument("--updates", type=int, default=20000, help="bar updates timed (default: %(default)s)")
-    parser.add_argument("--models", default="conv-ae,dense-ae", help="registry models (default: %(default)s)")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "attack_progress.json"))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--images", type=int, default=8, help="MNIST-5k digits attacked (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=10, help="MinMax iterations (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--updates", type=int, default=20000, help="bar updates timed (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--models", default="conv-ae,dense-ae", help="registry models (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out", default=str(Path(__file__).resolve().parent / "results" / "attack_progress.json")
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
     result: dict[str, Any] = {"settings": vars(args), "machine": machine_info(torch.device("cpu"))}
-    x = torch.stack([image for image, _ in random_subset(load_dataset("mnist-5k"), args.images, seed=0)])
+    x = torch.stack(
+        [image for image, _ in random_subset(load_dataset("mnist-5k"), args.images, seed=0)]
+    )
     result["update_s"] = update_cost(args.updates)
     result["attacks"] = [attack_row(name, x, args.steps) for name in args.models.split(",")]
     for row in result["attacks"]:
         row["update_share_of_iteration"] = result["update_s"] / row["cpu_s_per_iteration"]
-    finish_machine_info(result["machine"], time.perf_counter() - start, [r["load_1min_at_end"] for r in result["attacks"]])
+    finish_machine_info(
+        result["machine"],
+        time.perf_counter() - start,
+        [r["load_1min_at_end"] for r in result["attacks"]],
+    )
     write_json(result, args.out)
 
 

@@ -81,7 +81,9 @@ def _best_time(fn, device: torch.device, repeats: int) -> float:
     return best
 
 
-def measure_peaks(device: torch.device, copy_mb: int, matmul_size: int, repeats: int = 5) -> dict[str, float]:
+def measure_peaks(
+    device: torch.device, copy_mb: int, matmul_size: int, repeats: int = 5
+) -> dict[str, float]:
     """Copy bandwidth (GB/s, read + write counted) and float32 matmul throughput (GFLOP/s)."""
     source = torch.rand(copy_mb * 2**20 // FLOAT_BYTES, device=device)
     target = torch.empty_like(source)
@@ -117,7 +119,9 @@ COST_MODEL = (
 )
 
 
-def iteration_cost(count: int, map_shape: tuple[int, int], hidden: int | None, mine_steps: int) -> dict[str, float]:
+def iteration_cost(
+    count: int, map_shape: tuple[int, int], hidden: int | None, mine_steps: int
+) -> dict[str, float]:
     """Bytes streamed and FLOPs of one attack iteration for one sample (see COST_MODEL)."""
     out_h, out_w = map_shape[0] - BRANCH_CONV_KERNEL + 1, map_shape[1] - BRANCH_CONV_KERNEL + 1
     positions = out_h * out_w
@@ -144,7 +148,9 @@ def iteration_cost(count: int, map_shape: tuple[int, int], hidden: int | None, m
     }
 
 
-def roofline(cost: dict[str, float], peaks: dict[str, float], s_per_iteration: float, iterations: int) -> dict[str, Any]:
+def roofline(
+    cost: dict[str, float], peaks: dict[str, float], s_per_iteration: float, iterations: int
+) -> dict[str, Any]:
     """Achieved throughput of a configuration and its lower bound per image."""
     memory_s = cost["bytes"] / (peaks["copy_GBps"] * 1e9)
     compute_s = cost["flops"] / (peaks["matmul_GFLOPps"] * 1e9)
@@ -201,8 +207,15 @@ def run_configuration(spec: dict[str, Any]) -> dict[str, Any]:
         def attack(steps: int, n: int) -> None:
             for row in range(n):
                 reference_minmax(
-                    x[row], criterion, sampler, supervised=False, index=row, seed=seed,
-                    steps=steps, mine_steps=spec["mine_steps"], hidden=spec["statistics_hidden"],
+                    x[row],
+                    criterion,
+                    sampler,
+                    supervised=False,
+                    index=row,
+                    seed=seed,
+                    steps=steps,
+                    mine_steps=spec["mine_steps"],
+                    hidden=spec["statistics_hidden"],
                 )
     elif spec["kind"] == "precompute":
         from torch.utils.data import TensorDataset
@@ -211,15 +224,31 @@ def run_configuration(spec: dict[str, Any]) -> dict[str, Any]:
 
         def attack(steps: int, n: int) -> None:
             rows = TensorDataset(x[:n].cpu(), torch.zeros(n, dtype=torch.long))
-            engine = MINEUAE(criterion, preset=spec["preset"], steps=steps, mine_steps=spec["mine_steps"], seed=seed)
+            engine = MINEUAE(
+                criterion,
+                preset=spec["preset"],
+                steps=steps,
+                mine_steps=spec["mine_steps"],
+                seed=seed,
+            )
             with tempfile.TemporaryDirectory(prefix="attack_speed_cache_") as cache_dir:
-                precompute(rows, engine, Path(cache_dir) / "cache.h5", batch_size=spec["batch_size"], progress=False)
+                precompute(
+                    rows,
+                    engine,
+                    Path(cache_dir) / "cache.h5",
+                    batch_size=spec["batch_size"],
+                    progress=False,
+                )
     else:
 
         def attack(steps: int, n: int) -> None:
             MINEUAE(
-                criterion, preset=spec["preset"], steps=steps, mine_steps=spec["mine_steps"],
-                batch_size=spec["batch_size"], seed=seed,
+                criterion,
+                preset=spec["preset"],
+                steps=steps,
+                mine_steps=spec["mine_steps"],
+                batch_size=spec["batch_size"],
+                seed=seed,
             )(x[:n])
 
     def timed(steps: int, n: int) -> float:
@@ -279,7 +308,11 @@ def launch(spec: dict[str, Any], workdir: Path, library: Path | None = None) -> 
     if library is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(library), env.get("PYTHONPATH", "")])
     completed = subprocess.run(
-        [sys.executable, __file__, "--worker", str(spec_path)], capture_output=True, text=True, check=False, env=env
+        [sys.executable, __file__, "--worker", str(spec_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
     if completed.returncode != 0:
         raise RuntimeError(f"configuration {spec['name']} failed:\n{completed.stderr[-4000:]}")
@@ -294,33 +327,62 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Seconds per image of MINE-UAE: per-sample reference loop vs batched engine vs presets.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (the reference loop always runs on CPU)")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda (the reference loop always runs on CPU)"
+    )
     parser.add_argument("--iterations", type=int, default=3, help="attack iterations timed (m)")
     parser.add_argument("--extrapolate-to", type=int, default=40, help="full attack length T")
-    parser.add_argument("--mine-steps", type=int, default=None, help="override every preset's MINE steps")
-    parser.add_argument("--batch-sizes", default="1,8,32,64", help="batch sizes of the paper preset")
-    parser.add_argument("--presets", default="fast,strong", help="further presets to time")
-    parser.add_argument("--preset-images", type=int, default=64, help="images for the further presets")
-    parser.add_argument("--fast-batch-sizes", default="", help="fast preset batch sizes timed with user/sys CPU s")
-    parser.add_argument("--fast-threads", default="", help="extra thread counts for the fast preset at B = 64")
-    parser.add_argument("--fast-images", type=int, default=64, help="images per fast-preset batch-size row")
     parser.add_argument(
-        "--precompute-batch", type=int, default=0,
+        "--mine-steps", type=int, default=None, help="override every preset's MINE steps"
+    )
+    parser.add_argument(
+        "--batch-sizes", default="1,8,32,64", help="batch sizes of the paper preset"
+    )
+    parser.add_argument("--presets", default="fast,strong", help="further presets to time")
+    parser.add_argument(
+        "--preset-images", type=int, default=64, help="images for the further presets"
+    )
+    parser.add_argument(
+        "--fast-batch-sizes", default="", help="fast preset batch sizes timed with user/sys CPU s"
+    )
+    parser.add_argument(
+        "--fast-threads", default="", help="extra thread counts for the fast preset at B = 64"
+    )
+    parser.add_argument(
+        "--fast-images", type=int, default=64, help="images per fast-preset batch-size row"
+    )
+    parser.add_argument(
+        "--precompute-batch",
+        type=int,
+        default=0,
         help="also time uae_augment.precompute (fast preset, --fast-images rows, this many rows per attack call; 0: no)",
     )
     parser.add_argument(
-        "--baseline-ref", default="",
+        "--baseline-ref",
+        default="",
         help="git ref of an earlier version: every fast_* row also runs on it (git worktree) in the same run",
     )
-    parser.add_argument("--reference-images", type=int, default=2, help="images for the reference loop")
+    parser.add_argument(
+        "--reference-images", type=int, default=2, help="images for the reference loop"
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
-    parser.add_argument("--train-rows", type=int, default=4000, help="MNIST-5k training rows for the victim")
+    parser.add_argument(
+        "--train-rows", type=int, default=4000, help="MNIST-5k training rows for the victim"
+    )
     parser.add_argument("--epochs", type=int, default=1, help="victim training epochs")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
-    parser.add_argument("--copy-mb", type=int, default=256, help="tensor size of the bandwidth test")
-    parser.add_argument("--matmul-size", type=int, default=2048, help="square matmul size of the peak test")
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch threads"
+    )
+    parser.add_argument(
+        "--copy-mb", type=int, default=256, help="tensor size of the bandwidth test"
+    )
+    parser.add_argument(
+        "--matmul-size", type=int, default=2048, help="square matmul size of the peak test"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)")
+    parser.add_argument(
+        "--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.extrapolate_to < 2:
@@ -328,55 +390,111 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _specs(args: argparse.Namespace, paths: dict[str, str], device: torch.device) -> list[dict[str, Any]]:
+def _specs(
+    args: argparse.Namespace, paths: dict[str, str], device: torch.device
+) -> list[dict[str, Any]]:
     common = {
-        **paths, "iterations": args.iterations, "threads": args.threads, "seed": args.seed,
-        "copy_mb": args.copy_mb, "matmul_size": args.matmul_size,
+        **paths,
+        "iterations": args.iterations,
+        "threads": args.threads,
+        "seed": args.seed,
+        "copy_mb": args.copy_mb,
+        "matmul_size": args.matmul_size,
     }
     paper = PRESETS["paper"]
-    paper_steps = args.mine_steps if args.mine_steps is not None else paper["mine_steps"]["unsupervised"]
+    paper_steps = (
+        args.mine_steps if args.mine_steps is not None else paper["mine_steps"]["unsupervised"]
+    )
     specs = []
     if not args.no_reference:
-        specs.append({
-            **common, "name": "reference", "kind": "reference", "preset": "paper", "device": "cpu",
-            "batch_size": 1, "images_timed": args.reference_images, "mine_steps": paper_steps,
-            "statistics_hidden": paper["statistics_hidden"],
-        })
+        specs.append(
+            {
+                **common,
+                "name": "reference",
+                "kind": "reference",
+                "preset": "paper",
+                "device": "cpu",
+                "batch_size": 1,
+                "images_timed": args.reference_images,
+                "mine_steps": paper_steps,
+                "statistics_hidden": paper["statistics_hidden"],
+            }
+        )
     for batch in [int(b) for b in args.batch_sizes.split(",") if b]:
-        specs.append({
-            **common, "name": f"paper_B{batch}", "kind": "engine", "preset": "paper", "device": str(device),
-            "batch_size": batch, "images_timed": batch, "mine_steps": paper_steps,
-            "statistics_hidden": paper["statistics_hidden"],
-        })
+        specs.append(
+            {
+                **common,
+                "name": f"paper_B{batch}",
+                "kind": "engine",
+                "preset": "paper",
+                "device": str(device),
+                "batch_size": batch,
+                "images_timed": batch,
+                "mine_steps": paper_steps,
+                "statistics_hidden": paper["statistics_hidden"],
+            }
+        )
     fast = PRESETS["fast"]
-    fast_steps = args.mine_steps if args.mine_steps is not None else fast["mine_steps"]["unsupervised"]
+    fast_steps = (
+        args.mine_steps if args.mine_steps is not None else fast["mine_steps"]["unsupervised"]
+    )
     fast_rows = [(int(b), args.threads) for b in args.fast_batch_sizes.split(",") if b]
-    fast_rows += [(64, int(t)) for t in args.fast_threads.split(",") if t and int(t) != args.threads]
+    fast_rows += [
+        (64, int(t)) for t in args.fast_threads.split(",") if t and int(t) != args.threads
+    ]
     for batch, threads in fast_rows:
-        specs.append({
-            **common, "name": f"fast_B{batch}_T{threads}", "kind": "engine", "preset": "fast",
-            "device": str(device), "batch_size": batch, "images_timed": max(batch, args.fast_images),
-            "mine_steps": fast_steps, "statistics_hidden": fast["statistics_hidden"], "threads": threads,
-        })
+        specs.append(
+            {
+                **common,
+                "name": f"fast_B{batch}_T{threads}",
+                "kind": "engine",
+                "preset": "fast",
+                "device": str(device),
+                "batch_size": batch,
+                "images_timed": max(batch, args.fast_images),
+                "mine_steps": fast_steps,
+                "statistics_hidden": fast["statistics_hidden"],
+                "threads": threads,
+            }
+        )
     if args.precompute_batch:
-        specs.append({
-            **common, "name": f"fast_precompute_B{args.precompute_batch}_T{args.threads}", "kind": "precompute",
-            "preset": "fast", "device": str(device), "batch_size": args.precompute_batch,
-            "images_timed": max(args.precompute_batch, args.fast_images), "mine_steps": fast_steps,
-            "statistics_hidden": fast["statistics_hidden"],
-        })
+        specs.append(
+            {
+                **common,
+                "name": f"fast_precompute_B{args.precompute_batch}_T{args.threads}",
+                "kind": "precompute",
+                "preset": "fast",
+                "device": str(device),
+                "batch_size": args.precompute_batch,
+                "images_timed": max(args.precompute_batch, args.fast_images),
+                "mine_steps": fast_steps,
+                "statistics_hidden": fast["statistics_hidden"],
+            }
+        )
     for preset in [p for p in args.presets.split(",") if p]:
         values = PRESETS[preset]
-        steps = args.mine_steps if args.mine_steps is not None else values["mine_steps"]["unsupervised"]
-        specs.append({
-            **common, "name": preset, "kind": "engine", "preset": preset, "device": str(device),
-            "batch_size": values["batch_size"], "images_timed": args.preset_images, "mine_steps": steps,
-            "statistics_hidden": values["statistics_hidden"],
-        })
+        steps = (
+            args.mine_steps if args.mine_steps is not None else values["mine_steps"]["unsupervised"]
+        )
+        specs.append(
+            {
+                **common,
+                "name": preset,
+                "kind": "engine",
+                "preset": preset,
+                "device": str(device),
+                "batch_size": values["batch_size"],
+                "images_timed": args.preset_images,
+                "mine_steps": steps,
+                "statistics_hidden": values["statistics_hidden"],
+            }
+        )
     return specs
 
 
-def _summarise(spec: dict[str, Any], raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def _summarise(
+    spec: dict[str, Any], raw: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
     n = spec["images_timed"]
     slope = (raw["timed_s"] - raw["setup_s"]) / args.iterations / n
     setup = raw["setup_s"] / n
@@ -409,13 +527,20 @@ def _baseline_tree(ref: str, workdir: Path) -> Path:
     """A detached git worktree of ``ref`` under ``workdir`` (the earlier version to time)."""
     root = Path(__file__).resolve().parent.parent
     tree = workdir / "baseline"
-    commit = subprocess.run(["git", "-C", str(root), "rev-parse", ref], capture_output=True, text=True, check=True)
-    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), commit.stdout.strip()],
-                   capture_output=True, check=True)
+    commit = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", ref], capture_output=True, text=True, check=True
+    )
+    subprocess.run(
+        ["git", "-C", str(root), "worktree", "add", "--detach", str(tree), commit.stdout.strip()],
+        capture_output=True,
+        check=True,
+    )
     return tree
 
 
-def _baseline_row(spec: dict[str, Any], row: dict[str, Any], raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def _baseline_row(
+    spec: dict[str, Any], row: dict[str, Any], raw: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
     """The baseline's measurements of ``spec`` and this version's speed-up over it (CPU s and wall)."""
     base = _summarise({**spec, "name": spec["name"] + "_baseline"}, raw, args)
     base["kind"] = "baseline"
@@ -429,7 +554,14 @@ def _baseline_row(spec: dict[str, Any], row: dict[str, Any], raw: dict[str, Any]
 def _skip_for_memory(spec: dict[str, Any], cost: dict[str, float]) -> str | None:
     if spec["device"] != "cpu":
         return None
-    needed_mb = 1.3 * 4 * FLOAT_BYTES * cost["params_per_sample"] * min(spec["batch_size"], spec["images_timed"]) / 2**20
+    needed_mb = (
+        1.3
+        * 4
+        * FLOAT_BYTES
+        * cost["params_per_sample"]
+        * min(spec["batch_size"], spec["images_timed"])
+        / 2**20
+    )
     available = _available_memory_mb()
     if available is not None and needed_mb > 0.85 * available:
         return f"skipped: needs about {needed_mb:.0f} MB (params, grads, 2 Adam moments), {available:.0f} MB available"
@@ -441,11 +573,14 @@ def _goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     goals: dict[str, Any] = {}
     if "reference" not in by_name:
         return goals
-    paper = [row for row in by_name.values() if row["kind"] == "engine" and row["preset"] == "paper"]
+    paper = [
+        row for row in by_name.values() if row["kind"] == "engine" and row["preset"] == "paper"
+    ]
     if paper:
         best = max(paper, key=lambda row: row["speedup_vs_reference"])
         goals["paper_batched_at_least_2x_reference"] = {
-            "best_configuration": best["name"], "speedup": best["speedup_vs_reference"],
+            "best_configuration": best["name"],
+            "speedup": best["speedup_vs_reference"],
             "met": best["speedup_vs_reference"] >= 2.0,
         }
     if "fast" in by_name:
@@ -465,9 +600,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     machine = machine_info(device)
     peaks = measure_peaks(device, args.copy_mb, args.matmul_size)
     images = training_images("mnist-5k", None)[: args.train_rows]
-    model, training = train_conv_autoencoder(images, epochs=args.epochs, seed=args.seed, device=torch.device("cpu"))
+    model, training = train_conv_autoencoder(
+        images, epochs=args.epochs, seed=args.seed, device=torch.device("cpu")
+    )
     training["dataset"] = "mnist-5k"
-    needed = max([args.preset_images, args.reference_images, *[int(b) for b in args.batch_sizes.split(",") if b]])
+    needed = max(
+        [
+            args.preset_images,
+            args.reference_images,
+            *[int(b) for b in args.batch_sizes.split(",") if b],
+        ]
+    )
     if needed > images.shape[0]:
         raise SystemExit(f"needs {needed} images but --train-rows gives {images.shape[0]}")
     sample = MINEUAE(Reconstruction(model)).sampler_for(tuple(images.shape[1:]))(images[:1])
@@ -493,27 +636,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row = _summarise(spec, raw, args)
             row["roofline"] = {
                 "peaks_in_this_process": raw["peaks"],
-                **roofline(cost, raw["peaks"], row["s_per_iteration_per_image"], args.extrapolate_to),
+                **roofline(
+                    cost, raw["peaks"], row["s_per_iteration_per_image"], args.extrapolate_to
+                ),
             }
             rows.append(row)
-            print(f"# {row['name']}: {row['s_per_image_extrapolated']} s/image (extrapolated)", file=sys.stderr)
+            print(
+                f"# {row['name']}: {row['s_per_image_extrapolated']} s/image (extrapolated)",
+                file=sys.stderr,
+            )
             if baseline is not None and spec["name"].startswith("fast_"):
                 rows.append(_baseline_row(spec, row, launch(spec, workdir, baseline), args))
         if baseline is not None:
             root = Path(__file__).resolve().parent.parent
-            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(baseline)], check=False)
+            subprocess.run(
+                ["git", "-C", str(root), "worktree", "remove", "--force", str(baseline)],
+                check=False,
+            )
 
-    reference = next((row for row in rows if row["name"] == "reference" and "skipped" not in row), None)
+    reference = next(
+        (row for row in rows if row["name"] == "reference" and "skipped" not in row), None
+    )
     for row in rows:
         if reference is not None and "s_per_image_extrapolated" in row:
-            row["speedup_vs_reference"] = round(reference["s_per_image_extrapolated"] / row["s_per_image_extrapolated"], 2)
+            row["speedup_vs_reference"] = round(
+                reference["s_per_image_extrapolated"] / row["s_per_image_extrapolated"], 2
+            )
             row["speedup_per_iteration_vs_reference"] = round(
                 reference["s_per_iteration_per_image"] / row["s_per_iteration_per_image"], 2
             )
     finish_machine_info(machine, time.perf_counter() - wall_start, loads)
     result = {
         "benchmark": "attack_speed",
-        "command": " ".join([Path(sys.executable).name, "benchmarks/attack_speed.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            [
+                Path(sys.executable).name,
+                "benchmarks/attack_speed.py",
+                *(argv if argv is not None else sys.argv[1:]),
+            ]
+        ),
         "settings": {
             "measured_iterations": args.iterations,
             "extrapolated_to": args.extrapolate_to,
@@ -537,7 +698,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "goals": _goals(rows),
     }
     if device.type == "cuda":
-        result["notes"] = ["the reference loop (tests/reference.py) draws on CPU generators and runs on CPU only"]
+        result["notes"] = [
+            "the reference loop (tests/reference.py) draws on CPU generators and runs on CPU only"
+        ]
     write_json(result, args.out)
     return result
 

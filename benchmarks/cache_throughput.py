@@ -62,7 +62,9 @@ class PassThrough(Attack):
     def _config(self) -> dict[str, Any]:
         return {"note": "benchmark pass-through, no attack"}
 
-    def _attack_batch(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> AttackResult:
+    def _attack_batch(
+        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor
+    ) -> AttackResult:
         n = x.shape[0]
         return AttackResult(
             adversarial=x.clone(),
@@ -105,21 +107,29 @@ def write_caches(
             path = folder / f"cache_{dtype}_{compression or 'none'}.h5"
             start = time.perf_counter()
             precompute(
-                dataset, PassThrough(), path, batch_size=batch_size, dtype=dtype,
-                compression=compression, resume=False, progress=False,
+                dataset,
+                PassThrough(),
+                path,
+                batch_size=batch_size,
+                dtype=dtype,
+                compression=compression,
+                resume=False,
+                progress=False,
             )
             elapsed = time.perf_counter() - start
             size = path.stat().st_size
             paths[(dtype, compression or "none")] = path
-            records.append({
-                "dtype": dtype,
-                "compression": compression or "none",
-                "file_bytes": size,
-                "bytes_per_sample": round(size / len(x), 1),
-                "raw_float32_bytes_per_sample": x[0].numel() * 4,
-                "write_s": round(elapsed, 2),
-                "write_samples_per_s": round(len(x) / elapsed),
-            })
+            records.append(
+                {
+                    "dtype": dtype,
+                    "compression": compression or "none",
+                    "file_bytes": size,
+                    "bytes_per_sample": round(size / len(x), 1),
+                    "raw_float32_bytes_per_sample": x[0].numel() * 4,
+                    "write_s": round(elapsed, 2),
+                    "write_samples_per_s": round(len(x) / elapsed),
+                }
+            )
     return paths, records
 
 
@@ -135,7 +145,11 @@ def one_epoch(loader: DataLoader) -> float:
 
 
 def interleaved(
-    datasets: dict[str, Dataset], args: argparse.Namespace, workers: int, *, persistent: bool = False
+    datasets: dict[str, Dataset],
+    args: argparse.Namespace,
+    workers: int,
+    *,
+    persistent: bool = False,
 ) -> list[dict[str, Any]]:
     """Epoch rates of several datasets, measured in turns (A B C A B C ...) so load drift hits all.
 
@@ -144,7 +158,10 @@ def interleaved(
     """
     loaders = {
         name: DataLoader(
-            dataset, batch_size=args.batch_size, shuffle=True, num_workers=workers,
+            dataset,
+            batch_size=args.batch_size,
+            shuffle=True,
+            num_workers=workers,
             persistent_workers=persistent and workers > 0,
             generator=torch.Generator().manual_seed(args.seed),
         )
@@ -165,7 +182,9 @@ def interleaved(
             "median_samples_per_s": round(statistics.median(values)),
         }
         if values is not reference:
-            row["ratio_vs_in_memory"] = round(statistics.median(v / r for v, r in zip(values, reference)), 3)
+            row["ratio_vs_in_memory"] = round(
+                statistics.median(v / r for v, r in zip(values, reference)), 3
+            )
         rows.append(row)
     del loaders
     return rows
@@ -179,12 +198,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=10_000, help="rows of the cache")
     parser.add_argument("--batch-size", type=int, default=256, help="DataLoader batch size")
     parser.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
-    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per configuration (median reported)")
-    parser.add_argument("--no-extras", action="store_true", help="skip the per-item, no-LRU and persistent rows")
+    parser.add_argument(
+        "--epochs", type=int, default=5, help="timed epochs per configuration (median reported)"
+    )
+    parser.add_argument(
+        "--no-extras", action="store_true", help="skip the per-item, no-LRU and persistent rows"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dir", default=None, help="folder for the cache files (default: a temporary one)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)")
+    parser.add_argument(
+        "--dir", default=None, help="folder for the cache files (default: a temporary one)"
+    )
+    parser.add_argument(
+        "--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)"
+    )
     return parser.parse_args(argv)
 
 
@@ -211,22 +238,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "UAECache_float32_lzf": UAECache(default),
             }
             if count == max(workers) and not args.no_extras:
-                datasets.update({
-                    "UAECache_float16_lzf": UAECache(paths[("float16", "lzf")]),
-                    "UAECache_float32_gzip": UAECache(paths[("float32", "gzip")]),
-                    "UAECache_float32_none": UAECache(paths[("float32", "none")]),
-                    "UAECache_float32_lzf_lazy": UAECache(default, preload=False),
-                    "per_item_reads_float32_lzf": PerItem(UAECache(default)),
-                    "no_memory_copy_float32_lzf": UAECache(default, cache_bytes=0),
-                })
+                datasets.update(
+                    {
+                        "UAECache_float16_lzf": UAECache(paths[("float16", "lzf")]),
+                        "UAECache_float32_gzip": UAECache(paths[("float32", "gzip")]),
+                        "UAECache_float32_none": UAECache(paths[("float32", "none")]),
+                        "UAECache_float32_lzf_lazy": UAECache(default, preload=False),
+                        "per_item_reads_float32_lzf": PerItem(UAECache(default)),
+                        "no_memory_copy_float32_lzf": UAECache(default, cache_bytes=0),
+                    }
+                )
             rows = interleaved(datasets, args, count)
             ratios[str(count)] = rows[1]["ratio_vs_in_memory"]
             reads += rows
             loads.append(load_average()[0])
         if not args.no_extras and max(workers) > 0:
             reads += interleaved(
-                {"in_memory_persistent": memory, "UAECache_float32_lzf_persistent": UAECache(default)},
-                args, max(workers), persistent=True,
+                {
+                    "in_memory_persistent": memory,
+                    "UAECache_float32_lzf_persistent": UAECache(default),
+                },
+                args,
+                max(workers),
+                persistent=True,
             )
             loads.append(load_average()[0])
     finish_machine_info(machine, time.perf_counter() - wall_start, loads)

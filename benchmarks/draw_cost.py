@@ -48,7 +48,10 @@ def _measure(args: argparse.Namespace, on_device: bool) -> dict[str, float]:
     def permutations() -> None:
         stacked_permutations(streams(Stream.PERMUTATION), args.mine_steps, args.maps)
 
-    return {"init_cpu_s": _time(init, args.repeats), "permutations_cpu_s_per_iteration": _time(permutations, args.repeats)}
+    return {
+        "init_cpu_s": _time(init, args.repeats),
+        "permutations_cpu_s_per_iteration": _time(permutations, args.repeats),
+    }
 
 
 def main() -> None:

@@ -60,8 +60,13 @@ def measure(n: int, d: int, rho: float, data_seed: int, seed: int) -> dict[str, 
     estimate = estimate_mi(a, b, seed=seed)
     seconds = time.perf_counter() - start
     return {
-        "n": n, "d": d, "rho": rho, "true_nats": round(truth, 4), "estimate_nats": round(estimate, 4),
-        "error_nats": round(estimate - truth, 4), "seconds": round(seconds, 1),
+        "n": n,
+        "d": d,
+        "rho": rho,
+        "true_nats": round(truth, 4),
+        "estimate_nats": round(estimate, 4),
+        "error_nats": round(estimate - truth, 4),
+        "seconds": round(seconds, 1),
         "passes": within_tolerance(estimate, truth),
     }
 
@@ -77,7 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-seed", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="estimate_mi's seed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)")
+    parser.add_argument(
+        "--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)"
+    )
     return parser.parse_args(argv)
 
 

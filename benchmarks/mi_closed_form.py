@@ -56,12 +56,16 @@ def closed_forms(dims: tuple[int, ...]) -> list[dict[str, Any]]:
     rows = []
     for dim in dims:
         for cos in COSINES:
-            rows.append({
-                "dim": dim,
-                "cos": cos,
-                "gaussian_closed_form": round(float(projection_mi(torch.tensor(cos, dtype=torch.float64), dim)), 4),
-                "standardised_exact": round(standardised_projection_mi(cos, dim), 4),
-            })
+            rows.append(
+                {
+                    "dim": dim,
+                    "cos": cos,
+                    "gaussian_closed_form": round(
+                        float(projection_mi(torch.tensor(cos, dtype=torch.float64), dim)), 4
+                    ),
+                    "standardised_exact": round(standardised_projection_mi(cos, dim), 4),
+                }
+            )
     return rows
 
 
@@ -72,12 +76,20 @@ def per_sample_grid(dims: tuple[int, ...], budgets: list[tuple[int, int]]) -> li
     for dim in dims:
         for projections, steps in budgets:
             start = time.perf_counter()
-            values = per_sample_mi(x, other, steps=steps, projections=projections, projection_dim=dim)
-            rows.append({
-                "dim": dim, "K": projections, "steps": steps, "log_K": round(math.log(projections), 3),
-                "cos": list(COSINES), "per_sample_mi": [round(float(v), 4) for v in values],
-                "seconds": round(time.perf_counter() - start, 1),
-            })
+            values = per_sample_mi(
+                x, other, steps=steps, projections=projections, projection_dim=dim
+            )
+            rows.append(
+                {
+                    "dim": dim,
+                    "K": projections,
+                    "steps": steps,
+                    "log_K": round(math.log(projections), 3),
+                    "cos": list(COSINES),
+                    "per_sample_mi": [round(float(v), 4) for v in values],
+                    "seconds": round(time.perf_counter() - start, 1),
+                }
+            )
     return rows
 
 
@@ -88,25 +100,40 @@ ATTACK_SETTINGS = {
 }
 
 
-def attack_estimates(dims: tuple[int, ...], projections: int = 500, iterations: int = 40) -> list[dict[str, Any]]:
+def attack_estimates(
+    dims: tuple[int, ...], projections: int = 500, iterations: int = 40
+) -> list[dict[str, Any]]:
     """The attack's own MINE (``MISimilarity``) after ``iterations`` updates on a fixed pair."""
     x, other = _pairs(len(COSINES))
     rows = []
     for dim in dims:
         sampler = RandomProjectionSampler(x.shape[1], projections, dim, seed=0)
         for preset, (lr, hidden, steps) in ATTACK_SETTINGS.items():
-            similarity = MISimilarity(sampler, x, torch.arange(x.shape[0]), seed=0, mine_steps=steps,
-                                      mine_lr=lr, hidden=hidden)
+            similarity = MISimilarity(
+                sampler,
+                x,
+                torch.arange(x.shape[0]),
+                seed=0,
+                mine_steps=steps,
+                mine_lr=lr,
+                hidden=hidden,
+            )
             start = time.perf_counter()
             for _ in range(iterations):
                 similarity.update(other)
             with torch.no_grad():
                 values = similarity.value(other)
-            rows.append({
-                "dim": dim, "K": projections, "preset_settings": preset, "mine_steps_total": steps * iterations,
-                "cos": list(COSINES), "attack_estimate": [round(float(v), 4) for v in values],
-                "seconds": round(time.perf_counter() - start, 1),
-            })
+            rows.append(
+                {
+                    "dim": dim,
+                    "K": projections,
+                    "preset_settings": preset,
+                    "mine_steps_total": steps * iterations,
+                    "cos": list(COSINES),
+                    "attack_estimate": [round(float(v), 4) for v in values],
+                    "seconds": round(time.perf_counter() - start, 1),
+                }
+            )
     return rows
 
 
@@ -118,11 +145,15 @@ def _map_correlation(maps: torch.Tensor, other: torch.Tensor) -> float:
     return float(correlation.mean())
 
 
-def feature_maps(images: torch.Tensor, labels: torch.Tensor, layer: torch.nn.Module, pairs: int) -> dict[str, Any]:
+def feature_maps(
+    images: torch.Tensor, labels: torch.Tensor, layer: torch.nn.Module, pairs: int
+) -> dict[str, Any]:
     """per_sample_mi with the feature-map sampler on identical, noisy and unrelated MNIST pairs."""
     generator = torch.Generator().manual_seed(0)
     x = images[:pairs]
-    unrelated_index = torch.tensor([int(torch.nonzero(labels != labels[i])[i, 0]) for i in range(pairs)])
+    unrelated_index = torch.tensor(
+        [int(torch.nonzero(labels != labels[i])[i, 0]) for i in range(pairs)]
+    )
     kinds = {
         "identical": x,
         "noisy_0.1": (x + 0.1 * torch.randn(x.shape, generator=generator)).clamp(0, 1),
@@ -152,17 +183,30 @@ def feature_maps(images: torch.Tensor, labels: torch.Tensor, layer: torch.nn.Mod
 def speed(images: torch.Tensor, model: torch.nn.Module, count: int, dim: int) -> dict[str, Any]:
     """s/image of MINEUAE (fast preset, random projections) with mi='mine' and mi='analytic'."""
     x = images[:count]
-    result: dict[str, Any] = {"images": count, "preset": "fast", "projection_dim": dim, "projections": 500}
+    result: dict[str, Any] = {
+        "images": count,
+        "preset": "fast",
+        "projection_dim": dim,
+        "projections": 500,
+    }
     for mi in ("mine", "analytic"):
-        attack = MINEUAE(Reconstruction(model), preset="fast", sampler="random_projection",
-                         projection_dim=dim, mi=mi)
+        attack = MINEUAE(
+            Reconstruction(model),
+            preset="fast",
+            sampler="random_projection",
+            projection_dim=dim,
+            mi=mi,
+        )
         start = time.perf_counter()
         out = attack(x)
         elapsed = time.perf_counter() - start
         cos = torch.nn.functional.cosine_similarity(x.flatten(1), out.adversarial.flatten(1), dim=1)
         result[mi] = {
-            "s_per_image": round(elapsed / count, 4), "success_rate": round(float(out.success.float().mean()), 3),
-            "mean_cos_to_x_of_successes": round(float(cos[out.success].mean()), 4) if out.success.any() else None,
+            "s_per_image": round(elapsed / count, 4),
+            "success_rate": round(float(out.success.float().mean()), 3),
+            "mean_cos_to_x_of_successes": round(float(cos[out.success].mean()), 4)
+            if out.success.any()
+            else None,
             "moved_linf_mean": round(float(out.moved_linf.mean()), 4),
         }
     result["speedup"] = round(result["mine"]["s_per_image"] / result["analytic"]["s_per_image"], 1)
@@ -180,14 +224,28 @@ def plot(result: dict[str, Any], path: str) -> None:
     figure, axes = plt.subplots(1, len(dims), figsize=(5 * len(dims), 4), squeeze=False)
     for axis, dim in zip(axes[0], dims):
         forms = [r for r in result["closed_forms"] if r["dim"] == dim]
-        axis.plot(COSINES, [r["gaussian_closed_form"] for r in forms], "k-", label="-(p/2) log(1-cos²)")
-        axis.plot(COSINES, [r["standardised_exact"] for r in forms], "k--", label="exact, standardised")
+        axis.plot(
+            COSINES, [r["gaussian_closed_form"] for r in forms], "k-", label="-(p/2) log(1-cos²)"
+        )
+        axis.plot(
+            COSINES, [r["standardised_exact"] for r in forms], "k--", label="exact, standardised"
+        )
         for row in result["per_sample_mi"]:
             if row["dim"] == dim:
-                axis.plot(COSINES, row["per_sample_mi"], "o-", label=f"per_sample_mi K={row['K']}, {row['steps']} steps")
+                axis.plot(
+                    COSINES,
+                    row["per_sample_mi"],
+                    "o-",
+                    label=f"per_sample_mi K={row['K']}, {row['steps']} steps",
+                )
         for row in result["attack_estimates"]:
             if row["dim"] == dim:
-                axis.plot(COSINES, row["attack_estimate"], "s:", label=f"attack MINE ({row['preset_settings']})")
+                axis.plot(
+                    COSINES,
+                    row["attack_estimate"],
+                    "s:",
+                    label=f"attack MINE ({row['preset_settings']})",
+                )
         axis.set_yscale("log")
         axis.set_xlabel("cos(x, x')")
         axis.set_ylabel("MI (nats)")
@@ -215,9 +273,13 @@ def main() -> None:
     dataset, root = mnist_source("auto", None)
     data = load_dataset(dataset, root=root, split="train")
     images, labels = data.data, data.targets
-    model, training = train_conv_autoencoder(images[:2000], epochs=1, seed=0, device=torch.device("cpu"))
+    model, training = train_conv_autoencoder(
+        images[:2000], epochs=1, seed=0, device=torch.device("cpu")
+    )
     result["victim"] = {"dataset": dataset, **training}
-    result["feature_maps"] = feature_maps(images, labels, model.first_layer, 4 if args.quick else 16)
+    result["feature_maps"] = feature_maps(
+        images, labels, model.first_layer, 4 if args.quick else 16
+    )
     result["speed"] = speed(images, model, 8 if args.quick else 32, 32)
     info["wall_s"] = round(time.perf_counter() - start, 1)
     write_json(result, args.out)

@@ -73,12 +73,18 @@ def run_worker(spec: dict[str, Any]) -> None:
         before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         precompute(
-            TensorDataset(images, labels), attack, spec["cache"], batch_size=spec["batch_size"], progress=False
+            TensorDataset(images, labels),
+            attack,
+            spec["cache"],
+            batch_size=spec["batch_size"],
+            progress=False,
         )
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_SELF)
     report = {
-        "rank": rank, "precompute_wall_s": wall, "precompute_user_s": after.ru_utime - before.ru_utime,
+        "rank": rank,
+        "precompute_wall_s": wall,
+        "precompute_user_s": after.ru_utime - before.ru_utime,
         "precompute_sys_s": after.ru_stime - before.ru_stime,
     }
     Path(f"{spec['report']}.rank{rank}").write_text(json.dumps(report))
@@ -86,14 +92,25 @@ def run_worker(spec: dict[str, Any]) -> None:
 
 def launch(spec: dict[str, Any], workdir: Path, processes: int) -> dict[str, Any]:
     """Runs ``spec`` in 1 process or under torchrun; returns wall, CPU and per-rank timings."""
-    spec = {**spec, "cache": str(workdir / f"{spec['name']}.h5"), "report": str(workdir / spec["name"])}
+    spec = {
+        **spec,
+        "cache": str(workdir / f"{spec['name']}.h5"),
+        "report": str(workdir / spec["name"]),
+    }
     spec_path = workdir / f"{spec['name']}.json"
     spec_path.write_text(json.dumps(spec))
     script = [str(Path(__file__).resolve()), "--worker", str(spec_path)]
     if processes == 1:
         command = [sys.executable, *script]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *script]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            *script,
+        ]
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -123,16 +140,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="precompute img/s on MNIST with 1 and n processes; projected time for 60,000 rows.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--rows", type=int, default=512, help="MNIST training rows attacked per configuration")
+    parser.add_argument(
+        "--rows", type=int, default=512, help="MNIST training rows attacked per configuration"
+    )
     parser.add_argument("--processes", default="1,2", help="process counts (n > 1: torchrun, gloo)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--batch-size", type=int, default=None, help="rows per attack call (default: precompute's)")
-    parser.add_argument("--steps", type=int, default=None, help="fast-preset attack iterations (default: the preset's)")
-    parser.add_argument("--train-rows", type=int, default=1000, help="rows the victim autoencoder trains on")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="rows per attack call (default: precompute's)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="fast-preset attack iterations (default: the preset's)",
+    )
+    parser.add_argument(
+        "--train-rows", type=int, default=1000, help="rows the victim autoencoder trains on"
+    )
     parser.add_argument("--epochs", type=int, default=1, help="victim training epochs")
-    parser.add_argument("--paper-rows", type=int, default=8, help="rows of the paper preset's measurement (0: skip)")
-    parser.add_argument("--paper-iterations", type=int, default=2, help="m: the paper preset runs T = 1 and T = 1 + m")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)")
+    parser.add_argument(
+        "--paper-rows", type=int, default=8, help="rows of the paper preset's measurement (0: skip)"
+    )
+    parser.add_argument(
+        "--paper-iterations",
+        type=int,
+        default=2,
+        help="m: the paper preset runs T = 1 and T = 1 + m",
+    )
+    parser.add_argument(
+        "--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -140,7 +177,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _projection(rows: int, wall_s: float, cpu_s: float, processes: int) -> dict[str, float]:
     """img/s as measured (shared machine) and the 60k-row wall time, measured and on idle cores."""
     rate = rows / wall_s
-    idle_rate = rows * processes / cpu_s  # each process on its own idle core, at its measured CPU s/image
+    idle_rate = (
+        rows * processes / cpu_s
+    )  # each process on its own idle core, at its measured CPU s/image
     return {
         "img_per_s_measured": round(rate, 3),
         "projected_60k_wall_h_at_measured_rate": round(TRAIN_ROWS / rate / 3600, 2),
@@ -161,7 +200,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     machine = machine_info(torch.device("cpu"))
     data = load_dataset("mnist", split="train").data
-    model, training = train_conv_autoencoder(data[: args.train_rows], epochs=args.epochs, seed=0, device=torch.device("cpu"))
+    model, training = train_conv_autoencoder(
+        data[: args.train_rows], epochs=args.epochs, seed=0, device=torch.device("cpu")
+    )
     training["dataset"] = "mnist (train split)"
     batch = args.batch_size or PRECOMPUTE_BATCH_SIZE
     rows: list[dict[str, Any]] = []
@@ -175,35 +216,69 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fast_steps = args.steps or PRESETS["fast"]["steps"]["unsupervised"]
         for processes in [int(p) for p in args.processes.split(",") if p]:
             loads.append(load_average()[0])
-            spec = {**common, "name": f"fast_P{processes}", "preset": "fast", "steps": fast_steps,
-                    "images": str(workdir / "fast.pt")}
+            spec = {
+                **common,
+                "name": f"fast_P{processes}",
+                "preset": "fast",
+                "steps": fast_steps,
+                "images": str(workdir / "fast.pt"),
+            }
             raw = launch(spec, workdir, processes)
-            row = {"name": spec["name"], "preset": "fast", "processes": processes, "rows": args.rows,
-                   "attack_iterations": fast_steps, "load_1min_before": loads[-1], **raw,
-                   "cpu_s_per_image": round((raw["precompute_user_s"] + raw["precompute_sys_s"]) / args.rows, 4),
-                   **_projection(args.rows, raw["precompute_wall_s"], raw["precompute_user_s"] + raw["precompute_sys_s"],
-                                 processes)}
+            row = {
+                "name": spec["name"],
+                "preset": "fast",
+                "processes": processes,
+                "rows": args.rows,
+                "attack_iterations": fast_steps,
+                "load_1min_before": loads[-1],
+                **raw,
+                "cpu_s_per_image": round(
+                    (raw["precompute_user_s"] + raw["precompute_sys_s"]) / args.rows, 4
+                ),
+                **_projection(
+                    args.rows,
+                    raw["precompute_wall_s"],
+                    raw["precompute_user_s"] + raw["precompute_sys_s"],
+                    processes,
+                ),
+            }
             rows.append(row)
-            print(f"# {row['name']}: {row['img_per_s_idle_cores']} img/s on idle cores", file=sys.stderr)
+            print(
+                f"# {row['name']}: {row['img_per_s_idle_cores']} img/s on idle cores",
+                file=sys.stderr,
+            )
         paper = None
         if args.paper_rows:
             timings = {}
             paper_steps = PRESETS["paper"]["steps"]["unsupervised"]
             for steps in (1, 1 + args.paper_iterations):
                 loads.append(load_average()[0])
-                spec = {**common, "name": f"paper_T{steps}", "preset": "paper", "steps": steps,
-                        "batch_size": min(batch, args.paper_rows), "images": str(workdir / "paper.pt")}
+                spec = {
+                    **common,
+                    "name": f"paper_T{steps}",
+                    "preset": "paper",
+                    "steps": steps,
+                    "batch_size": min(batch, args.paper_rows),
+                    "images": str(workdir / "paper.pt"),
+                }
                 timings[steps] = launch(spec, workdir, 1)
+
             def extrapolate(key: str) -> float:
                 short, long = timings[1][key], timings[1 + args.paper_iterations][key]
                 return short + (paper_steps - 1) * (long - short) / args.paper_iterations
 
             wall = extrapolate("precompute_wall_s")
             cpu = extrapolate("precompute_user_s") + extrapolate("precompute_sys_s")
-            paper = {"name": "paper_P1_extrapolated", "preset": "paper", "processes": 1, "rows": args.paper_rows,
-                     "measured": {f"T{k}": v for k, v in timings.items()}, "attack_iterations": paper_steps,
-                     "cpu_s_per_image_extrapolated": round(cpu / args.paper_rows, 2),
-                     **_projection(args.paper_rows, wall, cpu, 1)}
+            paper = {
+                "name": "paper_P1_extrapolated",
+                "preset": "paper",
+                "processes": 1,
+                "rows": args.paper_rows,
+                "measured": {f"T{k}": v for k, v in timings.items()},
+                "attack_iterations": paper_steps,
+                "cpu_s_per_image_extrapolated": round(cpu / args.paper_rows, 2),
+                **_projection(args.paper_rows, wall, cpu, 1),
+            }
             fast = {row["processes"]: row for row in rows}
             if 1 in fast and len(fast) > 1:
                 most = max(fast)
@@ -216,11 +291,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finish_machine_info(machine, time.perf_counter() - wall_start, loads)
     result = {
         "benchmark": "precompute_throughput",
-        "command": " ".join([Path(sys.executable).name, "benchmarks/precompute_throughput.py",
-                             *(argv if argv is not None else sys.argv[1:])]),
-        "settings": {"threads_per_process": args.threads, "batch_size": batch, "dataset": "mnist train split",
-                     "victim": "ConvAutoencoder, Reconstruction criterion, seed 0",
-                     "projection": f"{TRAIN_ROWS} rows / (rows / slowest rank's precompute wall time)"},
+        "command": " ".join(
+            [
+                Path(sys.executable).name,
+                "benchmarks/precompute_throughput.py",
+                *(argv if argv is not None else sys.argv[1:]),
+            ]
+        ),
+        "settings": {
+            "threads_per_process": args.threads,
+            "batch_size": batch,
+            "dataset": "mnist train split",
+            "victim": "ConvAutoencoder, Reconstruction criterion, seed 0",
+            "projection": f"{TRAIN_ROWS} rows / (rows / slowest rank's precompute wall time)",
+        },
         "machine": machine,
         "victim": training,
         "configurations": rows,

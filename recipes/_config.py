@@ -47,8 +47,13 @@ def base_parser(
     paragraph of ``description`` (a recipe passes its module docstring); the epilog lists
     the example command lines and the ``--quick`` preset.
     """
-    epilog = "".join(["examples:\n" if examples else "", *(f"  {line}\n" for line in examples),
-                      f"\nquick preset: {dict(quick)}" if quick is not None else ""])
+    epilog = "".join(
+        [
+            "examples:\n" if examples else "",
+            *(f"  {line}\n" for line in examples),
+            f"\nquick preset: {dict(quick)}" if quick is not None else "",
+        ]
+    )
     parser = argparse.ArgumentParser(
         description=description.strip().split("\n\n")[0],
         epilog=epilog or None,
@@ -56,26 +61,50 @@ def base_parser(
     )
     group = parser.add_argument_group("run")
     group.add_argument(
-        "--config", type=Path, default=None,
+        "--config",
+        type=Path,
+        default=None,
         help="YAML file of option values (keys as the long flags, '-' or '_'); flags override it",
     )
     group.add_argument(
-        "--quick", action="store_true",
+        "--quick",
+        action="store_true",
         help="the recipe's minutes-long CPU preset (flags and --config still override it)",
     )
-    group.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/<recipe>[-quick])")
-    group.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds; mean and std over them (default: %(default)s)")
-    group.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ... (default: %(default)s)")
     group.add_argument(
-        "--data-root", type=Path, default=None,
+        "--out", type=Path, default=None, help="output folder (default: outputs/<recipe>[-quick])"
+    )
+    group.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="seeds; mean and std over them (default: %(default)s)",
+    )
+    group.add_argument(
+        "--device",
+        default="auto",
+        help="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ... (default: %(default)s)",
+    )
+    group.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
         help="folder of the canonical .npz data files (default: $UAE_DATA_ROOT, else the library's default)",
     )
     group.add_argument(
-        "--threads", type=int, default=None,
+        "--threads",
+        type=int,
+        default=None,
         help="torch CPU threads (default: torch's choice; 1 is faster on a CPU shared with other jobs)",
     )
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    group.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)")
+    group.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="(default: %(default)s)",
+    )
     return parser
 
 
@@ -119,7 +148,9 @@ def parse_config(
         parser.set_defaults(**previous)  # leave the caller's parser as it was
 
 
-def _read_yaml_options(parser: argparse.ArgumentParser, path: Path, destinations: set[str]) -> dict[str, Any]:
+def _read_yaml_options(
+    parser: argparse.ArgumentParser, path: Path, destinations: set[str]
+) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
@@ -129,7 +160,9 @@ def _read_yaml_options(parser: argparse.ArgumentParser, path: Path, destinations
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        parser.error(f"--config file {str(path)!r} must hold a mapping of options, found {type(loaded).__name__}")
+        parser.error(
+            f"--config file {str(path)!r} must hold a mapping of options, found {type(loaded).__name__}"
+        )
     options: dict[str, Any] = {}
     for key, value in loaded.items():
         dest = str(key).replace("-", "_")
@@ -163,7 +196,9 @@ def save_config(args: argparse.Namespace, out: Path, argv: Sequence[str] | None)
     out.mkdir(parents=True, exist_ok=True)
     path = out / CONFIG_FILE
     command = " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)])
-    text = f"# resolved configuration of: {command}\n" + yaml.safe_dump(resolved_config(args), sort_keys=True)
+    text = f"# resolved configuration of: {command}\n" + yaml.safe_dump(
+        resolved_config(args), sort_keys=True
+    )
     path.write_text(text)
     return path
 
@@ -175,7 +210,9 @@ def setup_run(args: argparse.Namespace) -> None:
         ValueError: if ``--threads`` is below 1.
     """
     level = getattr(logging, args.log_level)
-    configure_logging(level, "%(asctime)s %(levelname)s %(name)s: %(message)s")  # through tqdm: no interleaving
+    configure_logging(
+        level, "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )  # through tqdm: no interleaving
     for name in ("recipes", "uae_augment"):
         logging.getLogger(name).setLevel(level)
     if args.threads is not None:
@@ -185,8 +222,12 @@ def setup_run(args: argparse.Namespace) -> None:
 
 
 def start_run(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None, quick: Mapping[str, Any], recipe: str,
-    *, save: bool = True,
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    quick: Mapping[str, Any],
+    recipe: str,
+    *,
+    save: bool = True,
 ) -> tuple[argparse.Namespace, Path]:
     """A recipe's start: parsed settings (:func:`parse_config`), logging and threads applied, the output
     folder (``--out`` or :func:`default_out`) and, with ``save``, its ``config.yaml``."""

@@ -130,13 +130,25 @@ with at least ``steps``, ``epochs``, ``batch_size``, ``losses`` and ``seconds``.
 
 
 def fit_trainer(
-    *, device: torch.device, epochs: int | None = None, max_steps: int | None = None,
-    seed: int = 0, progress: bool = False,
+    *,
+    device: torch.device,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
 ) -> Trainer:
     """A :data:`Trainer` that runs :func:`uae_augment.fit` with these settings."""
 
     def train(model: nn.Module, dataset: Dataset) -> tuple[nn.Module, dict[str, Any]]:
-        history = fit(model, dataset, epochs=epochs, max_steps=max_steps, seed=seed, device=device, progress=progress)
+        history = fit(
+            model,
+            dataset,
+            epochs=epochs,
+            max_steps=max_steps,
+            seed=seed,
+            device=device,
+            progress=progress,
+        )
         return model, history_record(history)
 
     return train
@@ -188,7 +200,9 @@ def train_model(
     model.to(device).eval()
     if checkpoint is not None:
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"key": stored_key, "state_dict": model.state_dict(), "history": record}, checkpoint)
+        torch.save(
+            {"key": stored_key, "state_dict": model.state_dict(), "history": record}, checkpoint
+        )
     return model, {**record, "reused": False}
 
 
@@ -250,7 +264,9 @@ def augment(
     except ProvenanceMismatchError as error:
         logger.warning("%s was written for other settings; rebuilding it (%s)", path, error)
         precompute(train, attack, path, batch_size=batch_size, resume=False, progress=progress)
-    augmented = UAEAugmented(train, attack, mode="concat", cache=path, batch_size=batch_size, progress=progress)
+    augmented = UAEAugmented(
+        train, attack, mode="concat", cache=path, batch_size=batch_size, progress=progress
+    )
     cache = UAECache(path)
     n = len(cache)
     if failed == "keep":
@@ -260,7 +276,9 @@ def augment(
     return Augmentation(Subset(augmented, rows), cache, int(successful.numel()))
 
 
-def probe(attack: Attack, train: Dataset, rows: int, cache: UAECache) -> tuple[torch.Tensor, AttackResult, dict[str, float]]:
+def probe(
+    attack: Attack, train: Dataset, rows: int, cache: UAECache
+) -> tuple[torch.Tensor, AttackResult, dict[str, float]]:
     """Attacks ``rows`` evenly spaced training samples again in memory; returns (x, result, stats).
 
     The stats hold how far the optimisation moved each example from its starting

@@ -69,7 +69,9 @@ class StageTimer:
         self._start = time.perf_counter()
         self._cpu_start = time.process_time()
         with self.path.open("a") as log:
-            log.write(f"# run started {time.strftime('%Y-%m-%d %H:%M:%S')}, load {environment()['load_average_1_5_15min']}\n")
+            log.write(
+                f"# run started {time.strftime('%Y-%m-%d %H:%M:%S')}, load {environment()['load_average_1_5_15min']}\n"
+            )
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -80,7 +82,9 @@ class StageTimer:
         finally:
             seconds = time.perf_counter() - started
             cpu_s = time.process_time() - cpu_started
-            self.records.append({"stage": name, "seconds": round(seconds, 3), "cpu_s": round(cpu_s, 3)})
+            self.records.append(
+                {"stage": name, "seconds": round(seconds, 3), "cpu_s": round(cpu_s, 3)}
+            )
             with self.path.open("a") as log:
                 log.write(f"{name}\t{seconds:.2f} s\tcpu {cpu_s:.2f} s\n")
             logger.info("stage %s: %.1f s (cpu %.1f s)", name, seconds, cpu_s)
@@ -112,7 +116,12 @@ def write_json(path: Path, data: Any) -> Path:
 
 
 def write_outputs(
-    out: Path, recipe: str, args: argparse.Namespace, timer: StageTimer, table: str, fields: dict[str, Any]
+    out: Path,
+    recipe: str,
+    args: argparse.Namespace,
+    timer: StageTimer,
+    table: str,
+    fields: dict[str, Any],
 ) -> None:
     """A run's final outputs: ``results.md`` (the table), ``results.json`` and the printed table.
 
@@ -120,13 +129,20 @@ def write_outputs(
     recipe's own ``fields`` and the per-stage wall and CPU time of ``timer``.
     """
     (out / TABLE_FILE).write_text(table)
-    write_json(out / RESULTS_FILE, {
-        "recipe": recipe,
-        "config": resolved_config(args),
-        "environment": environment(),
-        **fields,
-        "wall_time": {"total_s": round(timer.total_s, 2), "cpu_s": round(timer.total_cpu_s, 2), "stages": timer.records},
-    })
+    write_json(
+        out / RESULTS_FILE,
+        {
+            "recipe": recipe,
+            "config": resolved_config(args),
+            "environment": environment(),
+            **fields,
+            "wall_time": {
+                "total_s": round(timer.total_s, 2),
+                "cpu_s": round(timer.total_cpu_s, 2),
+                "stages": timer.records,
+            },
+        },
+    )
     print(table)
     print(f"outputs in {out} (total wall time {timer.total_s:.0f} s)")
 
@@ -178,14 +194,21 @@ def format_paired(comparison: Mapping[str, Any] | None, digits: int = 5, scale: 
     if comparison is None:
         return "—"
     if "error" in comparison:
-        return "undefined (zero variance)" if "zero variance" in comparison["error"] else "undefined"
+        return (
+            "undefined (zero variance)" if "zero variance" in comparison["error"] else "undefined"
+        )
     low, high, mean, mde = (scale * comparison[k] for k in ("ci_low", "ci_high", "mean", "mde"))
     return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}], MDE {mde:.{digits}f}: {comparison['verdict']}"
 
 
 def improvement_pct(original: float, new: float) -> float:
     """The paper's "(+x%)": relative reduction of an error, 100 * (original - new) / original."""
-    if original is None or new is None or not (math.isfinite(original) and math.isfinite(new)) or original == 0:
+    if (
+        original is None
+        or new is None
+        or not (math.isfinite(original) and math.isfinite(new))
+        or original == 0
+    ):
         return math.nan
     return 100.0 * (original - new) / original
 
@@ -213,7 +236,9 @@ def format_stat(stat: Mapping[str, float], digits: int = 5) -> str:
     return f"{stat['mean']:.{digits}f}"
 
 
-def format_stat_change(stat: Mapping[str, float], change: float | None = None, digits: int = 5) -> str:
+def format_stat_change(
+    stat: Mapping[str, float], change: float | None = None, digits: int = 5
+) -> str:
     """:func:`format_stat` followed by the change in % (:func:`format_pct`) when both are known.
 
     Example:

@@ -76,22 +76,48 @@ LABELS = {
     "madry": "Madry PGD training",
 }
 COLUMNS = ("correct", "error", "confidence", "confidence_correct", "confidence_error")
-COLUMN_LABELS = ("correctly predicted", "error", "confidence", "confidence when correct", "confidence when wrong")
+COLUMN_LABELS = (
+    "correctly predicted",
+    "error",
+    "confidence",
+    "confidence when correct",
+    "confidence when wrong",
+)
 
 # docs/method.md section 6, last table (the "Harnessing adversarial examples" report): the
 # reference's "standard training" and "adversarial training" (= our fgsm-augment).
 PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
     "standard": {
-        "clean": {"correct": 0.9858, "error": 0.0142, "confidence": 0.9858,
-                  "confidence_correct": 0.9899, "confidence_error": 0.7029},
-        "fgsm": {"correct": 0.0496, "error": 0.9504, "confidence": 0.9305,
-                 "confidence_correct": 0.8869, "confidence_error": 0.9328},
+        "clean": {
+            "correct": 0.9858,
+            "error": 0.0142,
+            "confidence": 0.9858,
+            "confidence_correct": 0.9899,
+            "confidence_error": 0.7029,
+        },
+        "fgsm": {
+            "correct": 0.0496,
+            "error": 0.9504,
+            "confidence": 0.9305,
+            "confidence_correct": 0.8869,
+            "confidence_error": 0.9328,
+        },
     },
     "fgsm-augment": {
-        "clean": {"correct": 0.9840, "error": 0.0160, "confidence": 0.9721,
-                  "confidence_correct": 0.9761, "confidence_error": 0.6734},
-        "fgsm": {"correct": 0.8328, "error": 0.1672, "confidence": 0.8458,
-                 "confidence_correct": 0.8761, "confidence_error": 0.6947},
+        "clean": {
+            "correct": 0.9840,
+            "error": 0.0160,
+            "confidence": 0.9721,
+            "confidence_correct": 0.9761,
+            "confidence_error": 0.6734,
+        },
+        "fgsm": {
+            "correct": 0.8328,
+            "error": 0.1672,
+            "confidence": 0.8458,
+            "confidence_correct": 0.8761,
+            "confidence_error": 0.6947,
+        },
     },
 }
 
@@ -108,30 +134,96 @@ QUICK: dict[str, Any] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface."""
-    parser = _config.base_parser(__doc__, quick=QUICK, examples=[
-        "python recipes/adversarial_training.py --quick          # MNIST-5k, minutes on a CPU",
-        "python recipes/adversarial_training.py --seeds 0        # the reference's setting (MNIST, 30 epochs)",
-        "python recipes/adversarial_training.py --quick --methods standard madry --epsilon 0.3",
-    ])
+    parser = _config.base_parser(
+        __doc__,
+        quick=QUICK,
+        examples=[
+            "python recipes/adversarial_training.py --quick          # MNIST-5k, minutes on a CPU",
+            "python recipes/adversarial_training.py --seeds 0        # the reference's setting (MNIST, 30 epochs)",
+            "python recipes/adversarial_training.py --quick --methods standard madry --epsilon 0.3",
+        ],
+    )
     group = parser.add_argument_group("experiment")
-    group.add_argument("--dataset", default="mnist", help="data set (default: %(default)s; 'mnist-5k' needs no files)")
-    group.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="training methods (default: all)")
-    group.add_argument("--epochs", type=int, default=30, help="training epochs (reference: %(default)s)")
-    group.add_argument("--batch-size", type=int, default=100, help="mini-batch size m (default: %(default)s)")
-    group.add_argument("--lr", type=float, default=None,
-                       help="SGD learning rate (default: LeNet's, 1e-3; momentum 0.9 and weight decay 5e-4 always)")
-    group.add_argument("--train-rows", type=int, default=None, help="fixed random subset of N training rows (default: all)")
-    group.add_argument("--test-rows", type=int, default=None, help="fixed random subset of N test rows (default: all)")
+    group.add_argument(
+        "--dataset",
+        default="mnist",
+        help="data set (default: %(default)s; 'mnist-5k' needs no files)",
+    )
+    group.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=METHODS,
+        help="training methods (default: all)",
+    )
+    group.add_argument(
+        "--epochs", type=int, default=30, help="training epochs (reference: %(default)s)"
+    )
+    group.add_argument(
+        "--batch-size", type=int, default=100, help="mini-batch size m (default: %(default)s)"
+    )
+    group.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="SGD learning rate (default: LeNet's, 1e-3; momentum 0.9 and weight decay 5e-4 always)",
+    )
+    group.add_argument(
+        "--train-rows",
+        type=int,
+        default=None,
+        help="fixed random subset of N training rows (default: all)",
+    )
+    group.add_argument(
+        "--test-rows",
+        type=int,
+        default=None,
+        help="fixed random subset of N test rows (default: all)",
+    )
     attack = parser.add_argument_group("attacks")
-    attack.add_argument("--epsilon", type=float, default=0.25,
-                        help="L-inf radius of FGSM and PGD, training and test, in [0, 1] pixel units (default: %(default)s)")
-    attack.add_argument("--alpha", type=float, default=0.5, help="Goodfellow's clean-loss weight (default: %(default)s)")
-    attack.add_argument("--kurakin-k", type=int, default=None, help="adversarial rows per batch (default: batch size // 2)")
-    attack.add_argument("--kurakin-lambda", type=float, default=0.3, help="Kurakin's adversarial weight (default: %(default)s)")
-    attack.add_argument("--madry-steps", type=int, default=7, help="PGD steps of Madry training (default: %(default)s)")
-    attack.add_argument("--pgd-steps", type=int, default=20, help="PGD steps of the test-time attack (default: %(default)s)")
-    attack.add_argument("--epsilon-sweep", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
-                        help="FGSM radii of fgsm_vs_epsilon.png (default: %(default)s)")
+    attack.add_argument(
+        "--epsilon",
+        type=float,
+        default=0.25,
+        help="L-inf radius of FGSM and PGD, training and test, in [0, 1] pixel units (default: %(default)s)",
+    )
+    attack.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="Goodfellow's clean-loss weight (default: %(default)s)",
+    )
+    attack.add_argument(
+        "--kurakin-k",
+        type=int,
+        default=None,
+        help="adversarial rows per batch (default: batch size // 2)",
+    )
+    attack.add_argument(
+        "--kurakin-lambda",
+        type=float,
+        default=0.3,
+        help="Kurakin's adversarial weight (default: %(default)s)",
+    )
+    attack.add_argument(
+        "--madry-steps",
+        type=int,
+        default=7,
+        help="PGD steps of Madry training (default: %(default)s)",
+    )
+    attack.add_argument(
+        "--pgd-steps",
+        type=int,
+        default=20,
+        help="PGD steps of the test-time attack (default: %(default)s)",
+    )
+    attack.add_argument(
+        "--epsilon-sweep",
+        type=float,
+        nargs="+",
+        default=[0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
+        help="FGSM radii of fgsm_vs_epsilon.png (default: %(default)s)",
+    )
     return parser
 
 
@@ -154,7 +246,12 @@ class Run:
 
 
 def trainer(
-    method: str, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, seed: int, progress: bool
+    method: str,
+    args: argparse.Namespace,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seed: int,
+    progress: bool,
 ) -> _protocol.Trainer:
     """A :data:`_protocol.Trainer` that trains with ``method`` for ``args.epochs`` epochs."""
 
@@ -181,7 +278,9 @@ def trainer(
     return train
 
 
-def epoch_step(method: str, model: nn.Module, args: argparse.Namespace, seed: int) -> Callable[..., dict[str, float]]:
+def epoch_step(
+    method: str, model: nn.Module, args: argparse.Namespace, seed: int
+) -> Callable[..., dict[str, float]]:
     """``run(optimizer, x, y, epoch=, progress=)``: one epoch of ``method`` on ``model``."""
     fgsm = FGSM(model, epsilon=args.epsilon, seed=seed)
     common_options = {"batch_size": args.batch_size, "seed": seed}
@@ -193,7 +292,15 @@ def epoch_step(method: str, model: nn.Module, args: argparse.Namespace, seed: in
         step, options = goodfellow_step, {"attack": fgsm, "alpha": args.alpha}
     elif method == "kurakin":
         generator = torch.Generator().manual_seed(seed)
-        step, options = kurakin_step, {"attack": fgsm, "k": args.kurakin_k, "lam": args.kurakin_lambda, "generator": generator}
+        step, options = (
+            kurakin_step,
+            {
+                "attack": fgsm,
+                "k": args.kurakin_k,
+                "lam": args.kurakin_lambda,
+                "generator": generator,
+            },
+        )
     elif method == "madry":
         step, options = madry_step, {"attack": pgd(model, args.epsilon, args.madry_steps, seed)}
     else:
@@ -212,7 +319,9 @@ def evaluate(
     pgd_result = pgd(model, args.epsilon, args.pgd_steps, seed)(x, y)
     pgd_table = confidence_table(model, pgd_result.adversarial, y)
     sweep = {
-        f"{eps:g}": confidence_table(model, FGSM(model, epsilon=eps, seed=seed)(x, y).adversarial, y).correct
+        f"{eps:g}": confidence_table(
+            model, FGSM(model, epsilon=eps, seed=seed)(x, y).adversarial, y
+        ).correct
         for eps in args.epsilon_sweep
     }
     lipschitz = lipschitz_bounds(model, tuple(x.shape[1:]), tol=1e-5)
@@ -223,9 +332,15 @@ def evaluate(
         "pgd_accuracy": pgd_table.correct,
         "fgsm_accuracy_vs_epsilon": sweep,
         "lipschitz_product": lipschitz.product,
-        "lipschitz_layers": {layer.name: layer.norm for layer in lipschitz.layers if layer.kind in ("Conv2d", "Linear")},
+        "lipschitz_layers": {
+            layer.name: layer.norm
+            for layer in lipschitz.layers
+            if layer.kind in ("Conv2d", "Linear")
+        },
     }
-    shown = torch.linspace(0, len(x) - 1, min(12, len(x))).round().long().unique().to(x.device)  # splits may be sorted by class
+    shown = (
+        torch.linspace(0, len(x) - 1, min(12, len(x))).round().long().unique().to(x.device)
+    )  # splits may be sorted by class
     return record, {"clean": x[shown], "FGSM": fgsm_x[shown], "PGD": pgd_result.adversarial[shown]}
 
 
@@ -241,8 +356,12 @@ def summarise(runs: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[st
             continue
         entry: dict[str, Any] = {"seeds": [r["seed"] for r in group]}
         for split in ("clean", "fgsm", "pgd"):
-            entry[split] = {c: _report.mean_std([r["eval"][split][c] for r in group]) for c in COLUMNS}
-        entry["lipschitz_product"] = _report.mean_std([r["eval"]["lipschitz_product"] for r in group])
+            entry[split] = {
+                c: _report.mean_std([r["eval"][split][c] for r in group]) for c in COLUMNS
+            }
+        entry["lipschitz_product"] = _report.mean_std(
+            [r["eval"]["lipschitz_product"] for r in group]
+        )
         entry["train_steps"] = group[0]["train"]["steps"]
         entry["train_s"] = _report.mean_std([r["train_s"] for r in group])
         summary[method] = entry
@@ -255,24 +374,45 @@ def _cell(stat: dict[str, Any]) -> str:
 
 def markdown(summary: dict[str, Any], args: argparse.Namespace, data_label: str) -> str:
     """The main table (every method, ours beside the published rows) and the reference-layout tables."""
-    header = ["method", "source", *(f"clean: {c}" for c in COLUMN_LABELS), *(f"FGSM: {c}" for c in COLUMN_LABELS),
-              f"PGD-{args.pgd_steps} accuracy", "Lipschitz bound (product)"]
+    header = [
+        "method",
+        "source",
+        *(f"clean: {c}" for c in COLUMN_LABELS),
+        *(f"FGSM: {c}" for c in COLUMN_LABELS),
+        f"PGD-{args.pgd_steps} accuracy",
+        "Lipschitz bound (product)",
+    ]
     rows = []
     for method, entry in summary.items():
         n = len(entry["seeds"])
-        rows.append([LABELS[method], f"ours ({n} seed{'s' if n > 1 else ''})",
-                     *(_cell(entry["clean"][c]) for c in COLUMNS), *(_cell(entry["fgsm"][c]) for c in COLUMNS),
-                     _cell(entry["pgd"]["correct"]), _report.format_stat(entry["lipschitz_product"], 1)])
+        rows.append(
+            [
+                LABELS[method],
+                f"ours ({n} seed{'s' if n > 1 else ''})",
+                *(_cell(entry["clean"][c]) for c in COLUMNS),
+                *(_cell(entry["fgsm"][c]) for c in COLUMNS),
+                _cell(entry["pgd"]["correct"]),
+                _report.format_stat(entry["lipschitz_product"], 1),
+            ]
+        )
         if method in PUBLISHED:
             paper = PUBLISHED[method]
-            rows.append(["", "reference", *(f"{paper['clean'][c]:.4f}" for c in COLUMNS),
-                         *(f"{paper['fgsm'][c]:.4f}" for c in COLUMNS), "—", "—"])
+            rows.append(
+                [
+                    "",
+                    "reference",
+                    *(f"{paper['clean'][c]:.4f}" for c in COLUMNS),
+                    *(f"{paper['fgsm'][c]:.4f}" for c in COLUMNS),
+                    "—",
+                    "—",
+                ]
+            )
     lines = [
         f"### LeNet on {data_label}: clean and FGSM test sets (ε = {args.epsilon:g}), {args.epochs} epochs",
         "",
         "Confidence = softmax probability of the predicted class. FGSM and PGD examples are crafted against each",
         f"model itself (white box); PGD: {args.pgd_steps} steps of 2.5ε/steps from a random start. Mean ± std over seeds.",
-        "The reference's \"adversarial training\" is our `fgsm-augment` row.",
+        'The reference\'s "adversarial training" is our `fgsm-augment` row.',
         "",
         _report.markdown_table(header, rows),
     ]
@@ -281,11 +421,24 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, data_label: str)
             continue
         entry, paper = summary[method], PUBLISHED[method]
         table_rows = [
-            [label, _cell(entry["clean"][c]), f"{paper['clean'][c]:.4f}", _cell(entry["fgsm"][c]), f"{paper['fgsm'][c]:.4f}"]
+            [
+                label,
+                _cell(entry["clean"][c]),
+                f"{paper['clean'][c]:.4f}",
+                _cell(entry["fgsm"][c]),
+                f"{paper['fgsm'][c]:.4f}",
+            ]
             for c, label in zip(COLUMNS, COLUMN_LABELS)
         ]
-        lines += ["", f"#### {LABELS[method]}: the reference's layout", "",
-                  _report.markdown_table(["", "clean (ours)", "clean (reference)", "FGSM (ours)", "FGSM (reference)"], table_rows)]
+        lines += [
+            "",
+            f"#### {LABELS[method]}: the reference's layout",
+            "",
+            _report.markdown_table(
+                ["", "clean (ours)", "clean (reference)", "FGSM (ours)", "FGSM (reference)"],
+                table_rows,
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -304,7 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     timer = _report.StageTimer(out / _report.WALL_TIME_FILE)
     try:
         with timer.stage("load"):
-            train, test = _protocol.load_splits(args.dataset, args.data_root, train_rows=args.train_rows, test_rows=args.test_rows)
+            train, test = _protocol.load_splits(
+                args.dataset, args.data_root, train_rows=args.train_rows, test_rows=args.test_rows
+            )
             x, y = _protocol.stack(train)
             x_test, y_test = _protocol.stack(test)
     except _protocol.MissingDataset as error:
@@ -323,19 +478,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     for seed in args.seeds:
         for method in args.methods:
             tag = f"{method}/seed{seed}"
-            key = {"method": method, "seed": seed, "dataset": args.dataset, "rows": len(x), "epochs": args.epochs,
-                   "batch_size": args.batch_size, "lr": args.lr, "epsilon": args.epsilon, "alpha": args.alpha,
-                   "kurakin": [args.kurakin_k, args.kurakin_lambda], "madry_steps": args.madry_steps}
+            key = {
+                "method": method,
+                "seed": seed,
+                "dataset": args.dataset,
+                "rows": len(x),
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "epsilon": args.epsilon,
+                "alpha": args.alpha,
+                "kurakin": [args.kurakin_k, args.kurakin_lambda],
+                "madry_steps": args.madry_steps,
+            }
             with timer.stage(f"{tag}/train"):
                 model, history = _protocol.train_model(
-                    build, train, trainer(method, args, x, y, seed, progress), seed=seed, device=device,
-                    checkpoint=out / "models" / f"{method}-seed{seed}.pt", key=key,
+                    build,
+                    train,
+                    trainer(method, args, x, y, seed, progress),
+                    seed=seed,
+                    device=device,
+                    checkpoint=out / "models" / f"{method}-seed{seed}.pt",
+                    key=key,
                 )
             train_s = timer.records[-1]["seconds"]
             with timer.stage(f"{tag}/evaluate"):
                 record, images = evaluate(model, x_test, y_test, args, seed)
-            runs.append({"method": method, "seed": seed, "train": {k: v for k, v in history.items() if k != "seconds"},
-                         "train_s": train_s, "eval": record})
+            runs.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "train": {k: v for k, v in history.items() if k != "seconds"},
+                    "train_s": train_s,
+                    "eval": record,
+                }
+            )
             if seed == args.seeds[0]:
                 curves[method] = history["losses"]
                 sweeps[method] = list(record["fgsm_accuracy_vs_epsilon"].values())
@@ -343,26 +520,44 @@ def main(argv: Sequence[str] | None = None) -> int:
                     examples = images
     timer.close()
     summary = summarise(runs, args.methods)
-    data_label = args.dataset if args.train_rows is None else f"{args.dataset} ({len(x)} training rows)"
+    data_label = (
+        args.dataset if args.train_rows is None else f"{args.dataset} ({len(x)} training rows)"
+    )
     table = markdown(summary, args, data_label)
     figures = [
-        save_curves({LABELS[m]: v for m, v in curves.items()}, out / "training_curves.png",
-                    ylabel="mean training loss", title="training loss per epoch (first seed)"),
+        save_curves(
+            {LABELS[m]: v for m, v in curves.items()},
+            out / "training_curves.png",
+            ylabel="mean training loss",
+            title="training loss per epoch (first seed)",
+        ),
         _sweep_plot(sweeps, args.epsilon_sweep, out / "fgsm_vs_epsilon.png"),
         save_image_grid(
-            {"clean": examples["clean"].cpu(), "FGSM": examples["FGSM"].cpu(),
-             "FGSM δ": perturbation_picture((examples["FGSM"] - examples["clean"]).cpu()),
-             "PGD": examples["PGD"].cpu(), "PGD δ": perturbation_picture((examples["PGD"] - examples["clean"]).cpu())},
-            out / "examples.png", title=f"{LABELS[args.methods[0]]}: test images, ε = {args.epsilon:g}",
+            {
+                "clean": examples["clean"].cpu(),
+                "FGSM": examples["FGSM"].cpu(),
+                "FGSM δ": perturbation_picture((examples["FGSM"] - examples["clean"]).cpu()),
+                "PGD": examples["PGD"].cpu(),
+                "PGD δ": perturbation_picture((examples["PGD"] - examples["clean"]).cpu()),
+            },
+            out / "examples.png",
+            title=f"{LABELS[args.methods[0]]}: test images, ε = {args.epsilon:g}",
         ),
     ]
-    _report.write_outputs(out, RECIPE, args, timer, table, {
-        "dataset": {"name": args.dataset, "train_size": len(x), "test_size": len(x_test)},
-        "runs": runs,
-        "summary": summary,
-        "published": PUBLISHED,
-        "figures": [str(p) for p in figures],
-    })
+    _report.write_outputs(
+        out,
+        RECIPE,
+        args,
+        timer,
+        table,
+        {
+            "dataset": {"name": args.dataset, "train_size": len(x), "test_size": len(x_test)},
+            "runs": runs,
+            "summary": summary,
+            "published": PUBLISHED,
+            "figures": [str(p) for p in figures],
+        },
+    )
     return 0
 
 

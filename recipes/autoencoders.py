@@ -78,7 +78,9 @@ class Method:
     build: Callable[[Reconstruction, argparse.Namespace, int], Attack]
 
 
-def attack_steps(criterion: Reconstruction, args: argparse.Namespace, *, strong: bool = False) -> int | None:
+def attack_steps(
+    criterion: Reconstruction, args: argparse.Namespace, *, strong: bool = False
+) -> int | None:
     """MinMax iterations for this model: ``--dense-attack-steps`` for models without a convolution."""
     if args.dense_attack_steps is not None and criterion.feature_layer() is None:
         return args.dense_attack_steps
@@ -87,8 +89,14 @@ def attack_steps(criterion: Reconstruction, args: argparse.Namespace, *, strong:
 
 def _mine(criterion: Reconstruction, args: argparse.Namespace, seed: int) -> Attack:
     return MINEUAE(
-        criterion, preset=args.preset, steps=attack_steps(criterion, args), mine_steps=args.mine_steps,
-        projections=args.projections, projection_dim=args.projection_dim, seed=seed, batch_size=args.attack_batch_size,
+        criterion,
+        preset=args.preset,
+        steps=attack_steps(criterion, args),
+        mine_steps=args.mine_steps,
+        projections=args.projections,
+        projection_dim=args.projection_dim,
+        seed=seed,
+        batch_size=args.attack_batch_size,
     )
 
 
@@ -98,15 +106,26 @@ def _l2(criterion: Reconstruction, args: argparse.Namespace, seed: int) -> Attac
 
 def _init_only(criterion: Reconstruction, args: argparse.Namespace, seed: int) -> Attack:
     return MINEUAE(
-        criterion, preset=args.preset, steps=1, projections=args.projections, projection_dim=args.projection_dim, seed=seed,
+        criterion,
+        preset=args.preset,
+        steps=1,
+        projections=args.projections,
+        projection_dim=args.projection_dim,
+        seed=seed,
         batch_size=args.attack_batch_size,
     )
 
 
 def _mine_strong(criterion: Reconstruction, args: argparse.Namespace, seed: int) -> Attack:
     return MINEUAE(
-        criterion, preset="strong", steps=attack_steps(criterion, args, strong=True),
-        mine_steps=args.mine_steps, projections=args.projections, projection_dim=args.projection_dim, seed=seed, batch_size=args.attack_batch_size,
+        criterion,
+        preset="strong",
+        steps=attack_steps(criterion, args, strong=True),
+        mine_steps=args.mine_steps,
+        projections=args.projections,
+        projection_dim=args.projection_dim,
+        seed=seed,
+        batch_size=args.attack_batch_size,
     )
 
 
@@ -134,10 +153,20 @@ Published = dict[str, Any]
 "ga-0.01", "ga-0.001"; None where the OCR'd report is illegible) and "asr" (%) per method."""
 
 
-def _published(original: float | None, mine: float | None, l2: float | None, ga1: float | None,
-               ga2: float | None, asr: tuple[float, float, float, float]) -> Published:
+def _published(
+    original: float | None,
+    mine: float | None,
+    l2: float | None,
+    ga1: float | None,
+    ga2: float | None,
+    asr: tuple[float, float, float, float],
+) -> Published:
     return {
-        "original": original, "mine": mine, "l2": l2, "ga-0.01": ga1, "ga-0.001": ga2,
+        "original": original,
+        "mine": mine,
+        "l2": l2,
+        "ga-0.01": ga1,
+        "ga-0.001": ga2,
         "asr": dict(zip(("mine", "l2", "ga-0.01", "ga-0.001"), asr)),
     }
 
@@ -145,16 +174,30 @@ def _published(original: float | None, mine: float | None, l2: float | None, ga1
 # docs/method.md section 6: test reconstruction error per method and training-set ASR (%).
 PUBLISHED: dict[str, dict[str, Published]] = {
     "MNIST": {
-        "sparse": _published(0.00561, 0.00243, 0.00348, 0.00280, 0.00280, (100, 99.18, 54.10, 63.95)),
-        "dense": _published(0.00258, 0.00228, 0.00286, 0.00244, 0.00238, (92.99, 99.94, 48.53, 58.47)),
-        "conv": _published(0.00294, 0.00256, 0.00364, 0.00301, 0.00304, (99.86, 99.61, 68.71, 99.61)),
-        "adversarial": _published(0.04785, 0.04581, 0.06098, 0.05793, 0.05544, (98.46, 43.54, 99.79, 99.83)),
+        "sparse": _published(
+            0.00561, 0.00243, 0.00348, 0.00280, 0.00280, (100, 99.18, 54.10, 63.95)
+        ),
+        "dense": _published(
+            0.00258, 0.00228, 0.00286, 0.00244, 0.00238, (92.99, 99.94, 48.53, 58.47)
+        ),
+        "conv": _published(
+            0.00294, 0.00256, 0.00364, 0.00301, 0.00304, (99.86, 99.61, 68.71, 99.61)
+        ),
+        "adversarial": _published(
+            0.04785, 0.04581, 0.06098, 0.05793, 0.05544, (98.46, 43.54, 99.79, 99.83)
+        ),
     },
     "SVHN": {
-        "sparse": _published(0.00887, 0.00235, 0.00315, 0.00301, 0.00293, (100, 72.16, 72.42, 79.92)),
-        "dense": _published(0.00659, 0.00421, 0.0055, 0.00858, 0.00860, (99.99, 82.65, 92.3, 93.92)),
+        "sparse": _published(
+            0.00887, 0.00235, 0.00315, 0.00301, 0.00293, (100, 72.16, 72.42, 79.92)
+        ),
+        "dense": _published(
+            0.00659, 0.00421, 0.0055, 0.00858, 0.00860, (99.99, 82.65, 92.3, 93.92)
+        ),
         "conv": _published(None, None, None, None, None, (100, 56, 96.40, 99.24)),
-        "adversarial": _published(0.00173, None, None, 0.00161, 0.00130, (94.82, 58.98, 97.31, 99.85)),
+        "adversarial": _published(
+            0.00173, None, None, 0.00161, 0.00130, (94.82, 58.98, 97.31, 99.85)
+        ),
     },
 }
 
@@ -179,43 +222,126 @@ QUICK: dict[str, Any] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface."""
-    parser = _config.base_parser(__doc__, quick=QUICK, examples=[
-        "python recipes/autoencoders.py --quick                      # MNIST-5k, minutes on a CPU",
-        "python recipes/autoencoders.py --config recipes/configs/autoencoders_full.yaml",
-        "python recipes/autoencoders.py --quick --models conv --methods mine ga-0.01 --seeds 0",
-    ])
+    parser = _config.base_parser(
+        __doc__,
+        quick=QUICK,
+        examples=[
+            "python recipes/autoencoders.py --quick                      # MNIST-5k, minutes on a CPU",
+            "python recipes/autoencoders.py --config recipes/configs/autoencoders_full.yaml",
+            "python recipes/autoencoders.py --quick --models conv --methods mine ga-0.01 --seeds 0",
+        ],
+    )
     group = parser.add_argument_group("experiment")
-    group.add_argument("--datasets", nargs="+", default=list(DATASETS),
-                       help="data sets; 'svhn' falls back to cifar10 (32x32x3) when its file is absent (default: %(default)s)")
-    group.add_argument("--models", nargs="+", default=list(MODEL_KINDS), choices=MODEL_KINDS,
-                       help="autoencoder kinds (default: all)")
-    group.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
-                       help="augmentation methods (default: all)")
-    group.add_argument("--no-control", action="store_true", help="skip the same-steps clean control")
-    group.add_argument("--failed", choices=_protocol.FAILED_POLICIES, default="keep",
-                       help="UAEs whose attack failed: keep them (the release's concatenation) or drop them (default: %(default)s)")
-    group.add_argument("--epochs", type=int, default=None,
-                       help="training epochs of every model (default: the release's per model: sparse 50, dense 20, conv 20, adversarial 50)")
-    group.add_argument("--train-rows", type=int, default=None, help="use a fixed random subset of N training rows (default: all)")
-    group.add_argument("--test-rows", type=int, default=None, help="use a fixed random subset of N test rows (default: all)")
+    group.add_argument(
+        "--datasets",
+        nargs="+",
+        default=list(DATASETS),
+        help="data sets; 'svhn' falls back to cifar10 (32x32x3) when its file is absent (default: %(default)s)",
+    )
+    group.add_argument(
+        "--models",
+        nargs="+",
+        default=list(MODEL_KINDS),
+        choices=MODEL_KINDS,
+        help="autoencoder kinds (default: all)",
+    )
+    group.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=list(METHODS),
+        help="augmentation methods (default: all)",
+    )
+    group.add_argument(
+        "--no-control", action="store_true", help="skip the same-steps clean control"
+    )
+    group.add_argument(
+        "--failed",
+        choices=_protocol.FAILED_POLICIES,
+        default="keep",
+        help="UAEs whose attack failed: keep them (the release's concatenation) or drop them (default: %(default)s)",
+    )
+    group.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs of every model (default: the release's per model: sparse 50, dense 20, conv 20, adversarial 50)",
+    )
+    group.add_argument(
+        "--train-rows",
+        type=int,
+        default=None,
+        help="use a fixed random subset of N training rows (default: all)",
+    )
+    group.add_argument(
+        "--test-rows",
+        type=int,
+        default=None,
+        help="use a fixed random subset of N test rows (default: all)",
+    )
     attack = parser.add_argument_group("attacks")
-    attack.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                        help="MINE-UAE / L2-UAE / init-only preset (default: %(default)s, the release's values)")
-    attack.add_argument("--attack-steps", type=int, default=None, help="MinMax iterations T (default: the preset's, 40)")
-    attack.add_argument("--strong-steps", type=int, default=None, help="iterations of mine-strong (default: --attack-steps)")
-    attack.add_argument("--dense-attack-steps", type=int, default=None,
-                        help="MinMax iterations of every MINE/L2 attack on the models without a convolution"
-                             " (random-projection MINE, whose DV estimate starts negative and needs about the"
-                             " paper's 40 iterations to pass the MI > 0 filter; default: --attack-steps)")
-    attack.add_argument("--mine-steps", type=int, default=None, help="MINE Adam steps per iteration (default: the preset's)")
-    attack.add_argument("--projections", type=int, default=500,
-                        help="random projections K of MINE for the dense models (release: %(default)s)")
-    attack.add_argument("--projection-dim", type=int, default=128,
-                        help="length of each random projection of MINE (release: %(default)s)")
-    attack.add_argument("--attack-batch-size", type=int, default=None, help="samples attacked together (default: the preset's)")
-    attack.add_argument("--precompute-batch-size", type=int, default=256, help="rows per precompute batch (default: %(default)s)")
-    attack.add_argument("--probe", type=int, default=8,
-                        help="evenly spaced training rows attacked again in memory for the grid and the moved-from-delta_0 statistics (default: %(default)s)")
+    attack.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="paper",
+        help="MINE-UAE / L2-UAE / init-only preset (default: %(default)s, the release's values)",
+    )
+    attack.add_argument(
+        "--attack-steps",
+        type=int,
+        default=None,
+        help="MinMax iterations T (default: the preset's, 40)",
+    )
+    attack.add_argument(
+        "--strong-steps",
+        type=int,
+        default=None,
+        help="iterations of mine-strong (default: --attack-steps)",
+    )
+    attack.add_argument(
+        "--dense-attack-steps",
+        type=int,
+        default=None,
+        help="MinMax iterations of every MINE/L2 attack on the models without a convolution"
+        " (random-projection MINE, whose DV estimate starts negative and needs about the"
+        " paper's 40 iterations to pass the MI > 0 filter; default: --attack-steps)",
+    )
+    attack.add_argument(
+        "--mine-steps",
+        type=int,
+        default=None,
+        help="MINE Adam steps per iteration (default: the preset's)",
+    )
+    attack.add_argument(
+        "--projections",
+        type=int,
+        default=500,
+        help="random projections K of MINE for the dense models (release: %(default)s)",
+    )
+    attack.add_argument(
+        "--projection-dim",
+        type=int,
+        default=128,
+        help="length of each random projection of MINE (release: %(default)s)",
+    )
+    attack.add_argument(
+        "--attack-batch-size",
+        type=int,
+        default=None,
+        help="samples attacked together (default: the preset's)",
+    )
+    attack.add_argument(
+        "--precompute-batch-size",
+        type=int,
+        default=256,
+        help="rows per precompute batch (default: %(default)s)",
+    )
+    attack.add_argument(
+        "--probe",
+        type=int,
+        default=8,
+        help="evenly spaced training rows attacked again in memory for the grid and the moved-from-delta_0 statistics (default: %(default)s)",
+    )
     return parser
 
 
@@ -236,7 +362,9 @@ class DataSpec:
         return self.name if not self.note else f"{self.name} ({self.note})"
 
 
-def resolve_datasets(requested: Sequence[str], root: Path | None) -> tuple[list[DataSpec], list[dict[str, str]]]:
+def resolve_datasets(
+    requested: Sequence[str], root: Path | None
+) -> tuple[list[DataSpec], list[dict[str, str]]]:
     """Maps requested names to loadable data sets; returns (usable, skipped-with-reason)."""
     usable: list[DataSpec] = []
     skipped: list[dict[str, str]] = []
@@ -245,9 +373,13 @@ def resolve_datasets(requested: Sequence[str], root: Path | None) -> tuple[list[
         published = {"mnist": "MNIST", "mnist-5k": "MNIST", "svhn": "SVHN"}.get(key)
         if key == "svhn" and not _protocol.dataset_available("svhn", root):
             if _protocol.dataset_available(SVHN_STAND_IN, root):
-                usable.append(DataSpec(name, SVHN_STAND_IN, "SVHN", "stand-in for SVHN, whose file is absent"))
+                usable.append(
+                    DataSpec(name, SVHN_STAND_IN, "SVHN", "stand-in for SVHN, whose file is absent")
+                )
             else:
-                skipped.append({"dataset": name, "reason": "neither svhn nor cifar10 found in the data root"})
+                skipped.append(
+                    {"dataset": name, "reason": "neither svhn nor cifar10 found in the data root"}
+                )
             continue
         if not _protocol.dataset_available(key, root):
             skipped.append({"dataset": name, "reason": "file not found in the data root"})
@@ -271,7 +403,10 @@ class Experiment(_protocol.RecipeRun):
     def run(self, data: DataSpec) -> None:
         with self.timer.stage(f"{data.name}/load"):
             train, test = _protocol.load_splits(
-                data.name, self.args.data_root, train_rows=self.args.train_rows, test_rows=self.args.test_rows
+                data.name,
+                self.args.data_root,
+                train_rows=self.args.train_rows,
+                test_rows=self.args.test_rows,
             )
             x_test, _ = _protocol.stack(test)
         shape = _protocol.sample_shape(train)
@@ -281,8 +416,15 @@ class Experiment(_protocol.RecipeRun):
                 self.runs.append(record)
 
     def run_seed(
-        self, data: DataSpec, kind: str, seed: int, train: Any, x_test: torch.Tensor,
-        shape: tuple[int, ...], *, grid: bool,
+        self,
+        data: DataSpec,
+        kind: str,
+        seed: int,
+        train: Any,
+        x_test: torch.Tensor,
+        shape: tuple[int, ...],
+        *,
+        grid: bool,
     ) -> dict[str, Any]:
         """Clean model, every method's augmentation and retrain, and the same-steps control."""
         tag = f"{data.name}/{kind}/seed{seed}"
@@ -290,42 +432,82 @@ class Experiment(_protocol.RecipeRun):
         def build() -> nn.Module:
             return build_model(f"{kind}-ae", shape)
 
-        trainer = _protocol.fit_trainer(device=self.device, epochs=self.args.epochs, seed=seed, progress=self.progress)
-        key = {"dataset": data.name, "kind": kind, "seed": seed, "epochs": self.args.epochs,
-               "train_rows": len(train), "shape": list(shape)}
+        trainer = _protocol.fit_trainer(
+            device=self.device, epochs=self.args.epochs, seed=seed, progress=self.progress
+        )
+        key = {
+            "dataset": data.name,
+            "kind": kind,
+            "seed": seed,
+            "epochs": self.args.epochs,
+            "train_rows": len(train),
+            "shape": list(shape),
+        }
         with self.timer.stage(f"{tag}/train-clean"):
             clean, history = _protocol.train_model(
-                build, train, trainer, seed=seed, device=self.device,
-                checkpoint=self.out / "models" / f"{data.name}-{kind}-seed{seed}.pt", key=key,
+                build,
+                train,
+                trainer,
+                seed=seed,
+                device=self.device,
+                checkpoint=self.out / "models" / f"{data.name}-{kind}-seed{seed}.pt",
+                key=key,
             )
         record: dict[str, Any] = {
-            "dataset": data.name, "model": kind, "seed": seed, "train_size": len(train), "test_size": len(x_test),
+            "dataset": data.name,
+            "model": kind,
+            "seed": seed,
+            "train_size": len(train),
+            "test_size": len(x_test),
             "original": {"test_mse": self._test_mse(clean, x_test), **_protocol.brief(history)},
             "methods": {},
         }
         grid_rows: dict[str, torch.Tensor] = {}
         for method in self.methods:
             record["methods"][method.key] = self.augment_and_retrain(
-                method, Reconstruction(clean), train, x_test, build, trainer, seed, tag, grid_rows if grid else None,
+                method,
+                Reconstruction(clean),
+                train,
+                x_test,
+                build,
+                trainer,
+                seed,
+                tag,
+                grid_rows if grid else None,
             )
         if not self.args.no_control and record["methods"]:
             # every augmented set has 2N rows under --failed keep; under drop the MINE-UAE run sets the budget
             steps = record["methods"].get("mine", next(iter(record["methods"].values())))["steps"]
-            same_steps = _protocol.fit_trainer(device=self.device, max_steps=steps, seed=seed, progress=self.progress)
+            same_steps = _protocol.fit_trainer(
+                device=self.device, max_steps=steps, seed=seed, progress=self.progress
+            )
             with self.timer.stage(f"{tag}/same-steps-control"):
-                control, control_history = _protocol.train_model(build, train, same_steps, seed=seed, device=self.device)
-            record["same_steps"] = {"test_mse": self._test_mse(control, x_test), **_protocol.brief(control_history)}
+                control, control_history = _protocol.train_model(
+                    build, train, same_steps, seed=seed, device=self.device
+                )
+            record["same_steps"] = {
+                "test_mse": self._test_mse(control, x_test),
+                **_protocol.brief(control_history),
+            }
         if grid_rows:
             path = save_image_grid(
-                grid_rows, self.out / f"grid-{data.name}-{kind}.png",
+                grid_rows,
+                self.out / f"grid-{data.name}-{kind}.png",
                 title=f"{data.label}, {kind} AE, seed {seed}: clean | augmentation | δ (amplified)",
             )
             self.grids.append(str(path))
         return record
 
     def augment_and_retrain(
-        self, method: Method, criterion: Reconstruction, train: Any, x_test: torch.Tensor,
-        build: Callable[[], nn.Module], trainer: _protocol.Trainer, seed: int, tag: str,
+        self,
+        method: Method,
+        criterion: Reconstruction,
+        train: Any,
+        x_test: torch.Tensor,
+        build: Callable[[], nn.Module],
+        trainer: _protocol.Trainer,
+        seed: int,
+        tag: str,
         grid_rows: dict[str, torch.Tensor] | None,
     ) -> dict[str, Any]:
         """One method: its cached augmentations, their statistics, the retrained model's test error."""
@@ -333,19 +515,29 @@ class Experiment(_protocol.RecipeRun):
         name = tag.replace("/", "-")  # e.g. mnist-5k-conv-seed0
         with self.timer.stage(f"{tag}/attack/{method.key}"):
             augmentation = _protocol.augment(
-                train, attack, self.out / "cache" / f"{name}-{method.key}.h5", failed=self.args.failed,
-                batch_size=self.args.precompute_batch_size, progress=self.progress,
+                train,
+                attack,
+                self.out / "cache" / f"{name}-{method.key}.h5",
+                failed=self.args.failed,
+                batch_size=self.args.precompute_batch_size,
+                progress=self.progress,
             )
         entry: dict[str, Any] = {"attack": attack.config(), **augmentation.stats()}
         if self.args.probe > 0:
             with self.timer.stage(f"{tag}/probe/{method.key}"):
-                x_probe, result, entry["probe"] = _protocol.probe(attack, train, self.args.probe, augmentation.cache)
+                x_probe, result, entry["probe"] = _protocol.probe(
+                    attack, train, self.args.probe, augmentation.cache
+                )
             if grid_rows is not None:
                 grid_rows.setdefault("clean", x_probe)
                 grid_rows[method.label] = result.adversarial.cpu()
-                grid_rows[f"{method.label} δ"] = perturbation_picture(result.perturbation(x_probe).cpu())
+                grid_rows[f"{method.label} δ"] = perturbation_picture(
+                    result.perturbation(x_probe).cpu()
+                )
         with self.timer.stage(f"{tag}/retrain/{method.key}"):
-            model, history = _protocol.train_model(build, augmentation.dataset, trainer, seed=seed, device=self.device)
+            model, history = _protocol.train_model(
+                build, augmentation.dataset, trainer, seed=seed, device=self.device
+            )
         return {**entry, "test_mse": self._test_mse(model, x_test), **_protocol.brief(history)}
 
     @staticmethod
@@ -353,12 +545,14 @@ class Experiment(_protocol.RecipeRun):
         return float(reconstruction_error(model, x_test))
 
 
-
 # --------------------------------------------------------------------------- summaries and tables
 
 
 def summarise(
-    runs: Sequence[dict[str, Any]], datasets: Sequence[DataSpec], models: Sequence[str], methods: Sequence[str]
+    runs: Sequence[dict[str, Any]],
+    datasets: Sequence[DataSpec],
+    models: Sequence[str],
+    methods: Sequence[str],
 ) -> list[dict[str, Any]]:
     """Mean/std over seeds per (data set, model) of every metric, and the changes in %."""
     summary = []
@@ -369,14 +563,24 @@ def summarise(
                 continue
             original = _report.mean_std([r["original"]["test_mse"] for r in group])
             row: dict[str, Any] = {
-                "dataset": data.name, "data_label": data.label, "published_as": data.published,
-                "model": kind, "seeds": [r["seed"] for r in group], "train_size": group[0]["train_size"],
-                "test_size": group[0]["test_size"], "original": original,
+                "dataset": data.name,
+                "data_label": data.label,
+                "published_as": data.published,
+                "model": kind,
+                "seeds": [r["seed"] for r in group],
+                "train_size": group[0]["train_size"],
+                "test_size": group[0]["test_size"],
+                "original": original,
             }
             control = None
             if all("same_steps" in r for r in group):
                 control = _report.mean_std([r["same_steps"]["test_mse"] for r in group])
-                row["same_steps"] = {**control, "change_vs_original_pct": _report.improvement_pct(original["mean"], control["mean"])}
+                row["same_steps"] = {
+                    **control,
+                    "change_vs_original_pct": _report.improvement_pct(
+                        original["mean"], control["mean"]
+                    ),
+                }
             row["methods"] = {}
             for key in methods:
                 entries = [r["methods"][key] for r in group if key in r["methods"]]
@@ -384,16 +588,29 @@ def summarise(
                 paired = [r for r in group if key in r["methods"] and "same_steps" in r]
                 row["methods"][key] = {
                     "test_mse": mse,
-                    "change_vs_original_pct": _report.improvement_pct(original["mean"], mse["mean"]),
-                    "change_vs_same_steps_pct": _report.improvement_pct(control["mean"], mse["mean"]) if control else math.nan,
+                    "change_vs_original_pct": _report.improvement_pct(
+                        original["mean"], mse["mean"]
+                    ),
+                    "change_vs_same_steps_pct": _report.improvement_pct(
+                        control["mean"], mse["mean"]
+                    )
+                    if control
+                    else math.nan,
                     "paired_vs_same_steps": _report.paired_vs_control(
-                        [r["methods"][key]["test_mse"] for r in paired], [r["same_steps"]["test_mse"] for r in paired]
+                        [r["methods"][key]["test_mse"] for r in paired],
+                        [r["same_steps"]["test_mse"] for r in paired],
                     ),
                     "asr_pct": _report.mean_std([e["asr_pct"] for e in entries]),
-                    "criterion_zero_pct": _report.mean_std([e["criterion_zero_pct"] for e in entries]),
+                    "criterion_zero_pct": _report.mean_std(
+                        [e["criterion_zero_pct"] for e in entries]
+                    ),
                     "mean_mi": _report.mean_std([e["mean_mi"] for e in entries]),
-                    "moved_linf": _report.mean_std([e.get("probe", {}).get("moved_linf", math.nan) for e in entries]),
-                    "linf": _report.mean_std([e.get("probe", {}).get("linf", math.nan) for e in entries]),
+                    "moved_linf": _report.mean_std(
+                        [e.get("probe", {}).get("moved_linf", math.nan) for e in entries]
+                    ),
+                    "linf": _report.mean_std(
+                        [e.get("probe", {}).get("linf", math.nan) for e in entries]
+                    ),
                 }
             summary.append(row)
     return summary
@@ -408,27 +625,67 @@ def _published_cell(values: Published, key: str) -> str:
     return f"{value:.5f} ({_report.format_pct(_report.improvement_pct(original, value))})"
 
 
-def markdown(summary: Sequence[dict[str, Any]], methods: Sequence[str], *, failed: str, skipped: Sequence[dict[str, str]]) -> str:
+def markdown(
+    summary: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    *,
+    failed: str,
+    skipped: Sequence[dict[str, str]],
+) -> str:
     """The results as Markdown: the main table (docs/method.md section 6 layout) and two diagnostics."""
     columns = [METHODS[m] for m in methods]
-    header = ["data", "AE", "source", "original", "same-steps clean", *(m.label for m in columns),
-              "ASR % " + " / ".join(m.label for m in columns)]
+    header = [
+        "data",
+        "AE",
+        "source",
+        "original",
+        "same-steps clean",
+        *(m.label for m in columns),
+        "ASR % " + " / ".join(m.label for m in columns),
+    ]
     rows = []
     for row in summary:
         n = len(row["seeds"])
-        ours = [row["data_label"], row["model"], _report.ours_label(n, row["train_size"]),
-                _report.format_stat_change(row["original"]),
-                _report.format_stat_change(row["same_steps"], row["same_steps"]["change_vs_original_pct"]) if "same_steps" in row else "—"]
-        ours += [_report.format_stat_change(row["methods"][m]["test_mse"], row["methods"][m]["change_vs_original_pct"]) for m in methods]
-        ours.append(" / ".join(_report.format_number(row["methods"][m]["asr_pct"]["mean"], 1) for m in methods))
+        ours = [
+            row["data_label"],
+            row["model"],
+            _report.ours_label(n, row["train_size"]),
+            _report.format_stat_change(row["original"]),
+            _report.format_stat_change(
+                row["same_steps"], row["same_steps"]["change_vs_original_pct"]
+            )
+            if "same_steps" in row
+            else "—",
+        ]
+        ours += [
+            _report.format_stat_change(
+                row["methods"][m]["test_mse"], row["methods"][m]["change_vs_original_pct"]
+            )
+            for m in methods
+        ]
+        ours.append(
+            " / ".join(
+                _report.format_number(row["methods"][m]["asr_pct"]["mean"], 1) for m in methods
+            )
+        )
         rows.append(ours)
         published = PUBLISHED.get(row["published_as"] or "", {}).get(row["model"])
         if published is not None:
-            paper = ["", "", f"paper ({row['published_as']})", _published_cell(published, "original"), "—"]
-            paper += [_published_cell(published, m.published) if m.published else "—" for m in columns]
-            paper.append(" / ".join(
-                f"{published['asr'][m.published]:g}" if m.published else "—" for m in columns
-            ))
+            paper = [
+                "",
+                "",
+                f"paper ({row['published_as']})",
+                _published_cell(published, "original"),
+                "—",
+            ]
+            paper += [
+                _published_cell(published, m.published) if m.published else "—" for m in columns
+            ]
+            paper.append(
+                " / ".join(
+                    f"{published['asr'][m.published]:g}" if m.published else "—" for m in columns
+                )
+            )
             rows.append(paper)
     lines = [
         "### Test reconstruction error (per-pixel MSE) and training-set ASR",
@@ -442,36 +699,79 @@ def markdown(summary: Sequence[dict[str, Any]], methods: Sequence[str], *, faile
     if any("same_steps" in row for row in summary):
         fair_header = ["data", "AE", *(m.label for m in columns)]
         fair_rows = [
-            [row["data_label"], row["model"], *(_report.format_pct(row["methods"][m]["change_vs_same_steps_pct"]) for m in methods)]
-            for row in summary if "same_steps" in row
+            [
+                row["data_label"],
+                row["model"],
+                *(
+                    _report.format_pct(row["methods"][m]["change_vs_same_steps_pct"])
+                    for m in methods
+                ),
+            ]
+            for row in summary
+            if "same_steps" in row
         ]
-        lines += ["", "### Change of the test error relative to the same-steps clean control (positive = augmentation helps)",
-                  "", _report.markdown_table(fair_header, fair_rows)]
+        lines += [
+            "",
+            "### Change of the test error relative to the same-steps clean control (positive = augmentation helps)",
+            "",
+            _report.markdown_table(fair_header, fair_rows),
+        ]
         paired_rows = [
-            [row["data_label"], row["model"],
-             *(_report.format_paired(row["methods"][m].get("paired_vs_same_steps"), 5) for m in methods)]
-            for row in summary if any(row["methods"][m].get("paired_vs_same_steps") for m in methods)
+            [
+                row["data_label"],
+                row["model"],
+                *(
+                    _report.format_paired(row["methods"][m].get("paired_vs_same_steps"), 5)
+                    for m in methods
+                ),
+            ]
+            for row in summary
+            if any(row["methods"][m].get("paired_vs_same_steps") for m in methods)
         ]
         if paired_rows:
-            lines += ["", "### Paired difference of the test error, method − same-steps control, over seeds",
-                      "", "Mean [95 % paired-t CI], minimum detectable effect (80 % power, α = 0.05) and verdict",
-                      "(`uae_augment.statistics`; lower error is better: `helps` = CI entirely below 0).", "",
-                      _report.markdown_table(fair_header, paired_rows)]
-    detail_header = ["data", "AE", "method", "ASR %", "f_x = 0 %", "mean MI (attack's)", "mean ‖x' − x‖∞", "moved from start (L∞)"]
-    detail_rows = [
-        [row["data_label"], row["model"], METHODS[m].label,
-         _report.format_stat(row["methods"][m]["asr_pct"], 1),
-         _report.format_stat(row["methods"][m]["criterion_zero_pct"], 1),
-         _report.format_stat(row["methods"][m]["mean_mi"], 4),
-         _report.format_number(row["methods"][m]["linf"]["mean"], 4),
-         _report.format_number(row["methods"][m]["moved_linf"]["mean"], 4)]
-        for row in summary for m in methods
+            lines += [
+                "",
+                "### Paired difference of the test error, method − same-steps control, over seeds",
+                "",
+                "Mean [95 % paired-t CI], minimum detectable effect (80 % power, α = 0.05) and verdict",
+                "(`uae_augment.statistics`; lower error is better: `helps` = CI entirely below 0).",
+                "",
+                _report.markdown_table(fair_header, paired_rows),
+            ]
+    detail_header = [
+        "data",
+        "AE",
+        "method",
+        "ASR %",
+        "f_x = 0 %",
+        "mean MI (attack's)",
+        "mean ‖x' − x‖∞",
+        "moved from start (L∞)",
     ]
-    lines += ["", "### What the attacks did (training set; ‖·‖∞ and moved: the probe rows of every seed)", "",
-              "`f_x = 0 %`: share of augmentations that the autoencoder reconstructs no worse than x; ASR also",
-              "needs the attack's MINE estimate > 0. `moved from start`: L∞ distance between the returned example",
-              "and the attack's starting point clip(x + δ₀) (0 for init only; — for GA, which has no start).", "",
-              _report.markdown_table(detail_header, detail_rows)]
+    detail_rows = [
+        [
+            row["data_label"],
+            row["model"],
+            METHODS[m].label,
+            _report.format_stat(row["methods"][m]["asr_pct"], 1),
+            _report.format_stat(row["methods"][m]["criterion_zero_pct"], 1),
+            _report.format_stat(row["methods"][m]["mean_mi"], 4),
+            _report.format_number(row["methods"][m]["linf"]["mean"], 4),
+            _report.format_number(row["methods"][m]["moved_linf"]["mean"], 4),
+        ]
+        for row in summary
+        for m in methods
+    ]
+    lines += [
+        "",
+        "### What the attacks did (training set; ‖·‖∞ and moved: the probe rows of every seed)",
+        "",
+        "`f_x = 0 %`: share of augmentations that the autoencoder reconstructs no worse than x; ASR also",
+        "needs the attack's MINE estimate > 0. `moved from start`: L∞ distance between the returned example",
+        "and the attack's starting point clip(x + δ₀) (0 for init only; — for GA, which has no start).",
+        "",
+        _report.markdown_table(detail_header, detail_rows),
+    ]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{s['dataset']} ({s['reason']})" for s in skipped)]
     return "\n".join(lines) + "\n"
@@ -486,22 +786,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, out = _config.start_run(parser, argv, QUICK, RECIPE)
     datasets, skipped = resolve_datasets(args.datasets, args.data_root)
     if not datasets:
-        parser.error("none of the requested data sets is available: " + "; ".join(s["reason"] for s in skipped))
+        parser.error(
+            "none of the requested data sets is available: "
+            + "; ".join(s["reason"] for s in skipped)
+        )
     experiment = Experiment(args, out)
     for data in datasets:
         experiment.run(data)
     experiment.timer.close()
     summary = summarise(experiment.runs, datasets, args.models, args.methods)
     table = markdown(summary, args.methods, failed=args.failed, skipped=skipped)
-    _report.write_outputs(out, RECIPE, args, experiment.timer, table, {
-        "failed_uaes": args.failed,
-        "datasets": [dataclasses.asdict(d) for d in datasets],
-        "skipped": skipped,
-        "runs": experiment.runs,
-        "summary": summary,
-        "published": PUBLISHED,
-        "grids": experiment.grids,
-    })
+    _report.write_outputs(
+        out,
+        RECIPE,
+        args,
+        experiment.timer,
+        table,
+        {
+            "failed_uaes": args.failed,
+            "datasets": [dataclasses.asdict(d) for d in datasets],
+            "skipped": skipped,
+            "runs": experiment.runs,
+            "summary": summary,
+            "published": PUBLISHED,
+            "grids": experiment.grids,
+        },
+    )
     return 0
 
 

@@ -66,12 +66,48 @@ EXTRA_TREES = 50
 
 # docs/method.md section 6: test reconstruction error, test accuracy (%) and ASR (%).
 PUBLISHED: dict[str, dict[str, float]] = {
-    "mnist": {"re_original": 0.01170, "re_mine": 0.01142, "acc_original": 94.97, "acc_mine": 95.41, "asr": 99.98},
-    "fashion-mnist": {"re_original": 0.01307, "re_mine": 0.01254, "acc_original": 84.92, "acc_mine": 85.24, "asr": 99.99},
-    "isolet": {"re_original": 0.01200, "re_mine": 0.01159, "acc_original": 81.98, "acc_mine": 82.93, "asr": 100.0},
-    "coil20": {"re_original": 0.00693, "re_mine": 0.01374, "acc_original": 98.96, "acc_mine": 96.88, "asr": 9.21},
-    "mice-protein": {"re_original": 0.00651, "re_mine": 0.00611, "acc_original": 89.81, "acc_mine": 91.2, "asr": 40.24},
-    "activity": {"re_original": 0.00337, "re_mine": 0.00300, "acc_original": 83.38, "acc_mine": 84.45, "asr": 96.52},
+    "mnist": {
+        "re_original": 0.01170,
+        "re_mine": 0.01142,
+        "acc_original": 94.97,
+        "acc_mine": 95.41,
+        "asr": 99.98,
+    },
+    "fashion-mnist": {
+        "re_original": 0.01307,
+        "re_mine": 0.01254,
+        "acc_original": 84.92,
+        "acc_mine": 85.24,
+        "asr": 99.99,
+    },
+    "isolet": {
+        "re_original": 0.01200,
+        "re_mine": 0.01159,
+        "acc_original": 81.98,
+        "acc_mine": 82.93,
+        "asr": 100.0,
+    },
+    "coil20": {
+        "re_original": 0.00693,
+        "re_mine": 0.01374,
+        "acc_original": 98.96,
+        "acc_mine": 96.88,
+        "asr": 9.21,
+    },
+    "mice-protein": {
+        "re_original": 0.00651,
+        "re_mine": 0.00611,
+        "acc_original": 89.81,
+        "acc_mine": 91.2,
+        "asr": 40.24,
+    },
+    "activity": {
+        "re_original": 0.00337,
+        "re_mine": 0.00300,
+        "acc_original": 83.38,
+        "acc_mine": 84.45,
+        "asr": 96.52,
+    },
 }
 PUBLISHED_NAME = {"mnist-5k": "mnist"}
 
@@ -92,36 +128,107 @@ QUICK: dict[str, Any] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface."""
-    parser = _config.base_parser(__doc__, quick=QUICK, examples=[
-        "python recipes/concrete_autoencoder.py --quick              # MNIST-5k, minutes on a CPU",
-        "python recipes/concrete_autoencoder.py --config recipes/configs/concrete_autoencoder_full.yaml",
-        "python recipes/concrete_autoencoder.py --datasets isolet mice-protein --epochs 200 --seeds 0 1",
-    ])
+    parser = _config.base_parser(
+        __doc__,
+        quick=QUICK,
+        examples=[
+            "python recipes/concrete_autoencoder.py --quick              # MNIST-5k, minutes on a CPU",
+            "python recipes/concrete_autoencoder.py --config recipes/configs/concrete_autoencoder_full.yaml",
+            "python recipes/concrete_autoencoder.py --datasets isolet mice-protein --epochs 200 --seeds 0 1",
+        ],
+    )
     group = parser.add_argument_group("experiment")
-    group.add_argument("--datasets", nargs="+", default=list(DATASETS),
-                       help="data sets (absent files are skipped and listed) (default: %(default)s)")
-    group.add_argument("--k", type=int, default=None, help="selected features (default: 50; 10 for mice-protein)")
-    group.add_argument("--epochs", type=int, default=None,
-                       help="epochs of the first try (default: the release's 800)")
-    group.add_argument("--tries", type=int, default=5,
-                       help="most trainings of the retry rule (doubling the epochs each time) (default: %(default)s)")
-    group.add_argument("--no-control", action="store_true", help="skip the same-steps clean control")
-    group.add_argument("--failed", choices=_protocol.FAILED_POLICIES, default="keep",
-                       help="UAEs whose attack failed: keep (the release's concatenation) or drop (default: %(default)s)")
-    group.add_argument("--train-rows", type=int, default=None, help="use a fixed random subset of N training rows (default: all)")
-    group.add_argument("--test-rows", type=int, default=None, help="use a fixed random subset of N test rows (default: all)")
+    group.add_argument(
+        "--datasets",
+        nargs="+",
+        default=list(DATASETS),
+        help="data sets (absent files are skipped and listed) (default: %(default)s)",
+    )
+    group.add_argument(
+        "--k", type=int, default=None, help="selected features (default: 50; 10 for mice-protein)"
+    )
+    group.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs of the first try (default: the release's 800)",
+    )
+    group.add_argument(
+        "--tries",
+        type=int,
+        default=5,
+        help="most trainings of the retry rule (doubling the epochs each time) (default: %(default)s)",
+    )
+    group.add_argument(
+        "--no-control", action="store_true", help="skip the same-steps clean control"
+    )
+    group.add_argument(
+        "--failed",
+        choices=_protocol.FAILED_POLICIES,
+        default="keep",
+        help="UAEs whose attack failed: keep (the release's concatenation) or drop (default: %(default)s)",
+    )
+    group.add_argument(
+        "--train-rows",
+        type=int,
+        default=None,
+        help="use a fixed random subset of N training rows (default: all)",
+    )
+    group.add_argument(
+        "--test-rows",
+        type=int,
+        default=None,
+        help="use a fixed random subset of N test rows (default: all)",
+    )
     attack = parser.add_argument_group("attack")
-    attack.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                        help="MINE-UAE preset (default: %(default)s, the release's values)")
-    attack.add_argument("--attack-steps", type=int, default=None, help="MinMax iterations T (default: the preset's, 40)")
-    attack.add_argument("--mine-steps", type=int, default=None, help="MINE Adam steps per iteration (default: the preset's)")
-    attack.add_argument("--projections", type=int, default=500, help="random projections K of MINE (default: %(default)s)")
-    attack.add_argument("--projection-dim", type=int, default=128,
-                        help="length of each random projection of MINE (release: %(default)s)")
-    attack.add_argument("--attack-batch-size", type=int, default=None, help="samples attacked together (default: the preset's)")
-    attack.add_argument("--precompute-batch-size", type=int, default=256, help="rows per precompute batch (default: %(default)s)")
-    attack.add_argument("--probe", type=int, default=8,
-                        help="evenly spaced training rows attacked again in memory for the grid and the moved-from-delta_0 statistics (default: %(default)s)")
+    attack.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="paper",
+        help="MINE-UAE preset (default: %(default)s, the release's values)",
+    )
+    attack.add_argument(
+        "--attack-steps",
+        type=int,
+        default=None,
+        help="MinMax iterations T (default: the preset's, 40)",
+    )
+    attack.add_argument(
+        "--mine-steps",
+        type=int,
+        default=None,
+        help="MINE Adam steps per iteration (default: the preset's)",
+    )
+    attack.add_argument(
+        "--projections",
+        type=int,
+        default=500,
+        help="random projections K of MINE (default: %(default)s)",
+    )
+    attack.add_argument(
+        "--projection-dim",
+        type=int,
+        default=128,
+        help="length of each random projection of MINE (release: %(default)s)",
+    )
+    attack.add_argument(
+        "--attack-batch-size",
+        type=int,
+        default=None,
+        help="samples attacked together (default: the preset's)",
+    )
+    attack.add_argument(
+        "--precompute-batch-size",
+        type=int,
+        default=256,
+        help="rows per precompute batch (default: %(default)s)",
+    )
+    attack.add_argument(
+        "--probe",
+        type=int,
+        default=8,
+        help="evenly spaced training rows attacked again in memory for the grid and the moved-from-delta_0 statistics (default: %(default)s)",
+    )
     return parser
 
 
@@ -134,7 +241,11 @@ class Evaluation:
     selected: list[int]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"test_mse": self.test_mse, "accuracy_pct": self.accuracy_pct, "selected_features": self.selected}
+        return {
+            "test_mse": self.test_mse,
+            "accuracy_pct": self.accuracy_pct,
+            "selected_features": self.selected,
+        }
 
 
 class DecoderOutput(nn.Module):
@@ -149,8 +260,12 @@ class DecoderOutput(nn.Module):
 
 
 def evaluate(
-    model: ConcreteAutoencoder, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
-    *, device: torch.device, seed: int,
+    model: ConcreteAutoencoder,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    *,
+    device: torch.device,
+    seed: int,
 ) -> Evaluation:
     """Decoder test MSE and ExtraTrees(50) test accuracy on the selected features."""
     mse = float(reconstruction_error(DecoderOutput(model), test[0]))
@@ -161,12 +276,20 @@ def evaluate(
     return Evaluation(mse, 100.0 * accuracy, selected.tolist())
 
 
-def concrete_trainer(args: argparse.Namespace, *, device: torch.device, seed: int, progress: bool) -> _protocol.Trainer:
+def concrete_trainer(
+    args: argparse.Namespace, *, device: torch.device, seed: int, progress: bool
+) -> _protocol.Trainer:
     """A trainer applying the authors' retry rule (``--tries`` trainings at most)."""
 
     def train(model: nn.Module, dataset: Any) -> tuple[nn.Module, dict[str, Any]]:
         result = fit_concrete(
-            model, dataset, epochs=args.epochs, tries=args.tries, seed=seed, progress=progress, device=device
+            model,
+            dataset,
+            epochs=args.epochs,
+            tries=args.tries,
+            seed=seed,
+            progress=progress,
+            device=device,
         )
         return result.model, {
             **_protocol.history_record(result.history),
@@ -190,15 +313,27 @@ class Experiment(_protocol.RecipeRun):
         options = DATASET_OPTIONS.get(name, {})
         with self.timer.stage(f"{name}/load"):
             train, test = _protocol.load_splits(
-                name, self.args.data_root, train_rows=self.args.train_rows, test_rows=self.args.test_rows, **options
+                name,
+                self.args.data_root,
+                train_rows=self.args.train_rows,
+                test_rows=self.args.test_rows,
+                **options,
             )
             train_xy, test_xy = _protocol.stack(train), _protocol.stack(test)
         for position, seed in enumerate(self.args.seeds):
-            self.runs.append(self.run_seed(name, seed, train, train_xy, test_xy, grid=position == 0))
+            self.runs.append(
+                self.run_seed(name, seed, train, train_xy, test_xy, grid=position == 0)
+            )
 
     def run_seed(
-        self, name: str, seed: int, train: Any, train_xy: tuple[torch.Tensor, torch.Tensor],
-        test_xy: tuple[torch.Tensor, torch.Tensor], *, grid: bool,
+        self,
+        name: str,
+        seed: int,
+        train: Any,
+        train_xy: tuple[torch.Tensor, torch.Tensor],
+        test_xy: tuple[torch.Tensor, torch.Tensor],
+        *,
+        grid: bool,
     ) -> dict[str, Any]:
         args = self.args
         tag = f"{name}/seed{seed}"
@@ -209,59 +344,103 @@ class Experiment(_protocol.RecipeRun):
             return build_model("concrete-ae", shape, k=k)
 
         trainer = concrete_trainer(args, device=self.device, seed=seed, progress=self.progress)
-        key = {"dataset": name, "seed": seed, "k": k, "epochs": args.epochs, "tries": args.tries,
-               "train_rows": len(train_xy[0]), "shape": list(shape)}
+        key = {
+            "dataset": name,
+            "seed": seed,
+            "k": k,
+            "epochs": args.epochs,
+            "tries": args.tries,
+            "train_rows": len(train_xy[0]),
+            "shape": list(shape),
+        }
         with self.timer.stage(f"{tag}/train-clean"):
             clean, history = _protocol.train_model(
-                build, train, trainer, seed=seed, device=self.device,
-                checkpoint=self.out / "models" / f"{name}-seed{seed}.pt", key=key,
+                build,
+                train,
+                trainer,
+                seed=seed,
+                device=self.device,
+                checkpoint=self.out / "models" / f"{name}-seed{seed}.pt",
+                key=key,
             )
         original = evaluate(clean, train_xy, test_xy, device=self.device, seed=seed)
         record: dict[str, Any] = {
-            "dataset": name, "seed": seed, "k": k, "train_size": len(train_xy[0]), "test_size": len(test_xy[0]),
+            "dataset": name,
+            "seed": seed,
+            "k": k,
+            "train_size": len(train_xy[0]),
+            "test_size": len(test_xy[0]),
             "original": {**original.as_dict(), **_protocol.brief(history, CONCRETE_FIELDS)},
         }
         attack = MINEUAE(
-            Reconstruction(clean), preset=args.preset, steps=args.attack_steps, mine_steps=args.mine_steps,
-            sampler="random_projection", projections=args.projections, projection_dim=args.projection_dim, seed=seed, batch_size=args.attack_batch_size,
+            Reconstruction(clean),
+            preset=args.preset,
+            steps=args.attack_steps,
+            mine_steps=args.mine_steps,
+            sampler="random_projection",
+            projections=args.projections,
+            projection_dim=args.projection_dim,
+            seed=seed,
+            batch_size=args.attack_batch_size,
         )
         with self.timer.stage(f"{tag}/attack/mine"):
             augmentation = _protocol.augment(
-                train, attack, self.out / "cache" / f"{name}-seed{seed}-mine.h5", failed=args.failed,
-                batch_size=args.precompute_batch_size, progress=self.progress,
+                train,
+                attack,
+                self.out / "cache" / f"{name}-seed{seed}-mine.h5",
+                failed=args.failed,
+                batch_size=args.precompute_batch_size,
+                progress=self.progress,
             )
         mine: dict[str, Any] = {"attack": attack.config(), **augmentation.stats()}
         if args.probe > 0:
             with self.timer.stage(f"{tag}/probe/mine"):
-                x_probe, result, mine["probe"] = _protocol.probe(attack, train, args.probe, augmentation.cache)
+                x_probe, result, mine["probe"] = _protocol.probe(
+                    attack, train, args.probe, augmentation.cache
+                )
             if grid and len(shape) == 3:
-                self.grids.append(str(self._grid(name, seed, x_probe, result.adversarial.cpu(), original.selected)))
+                self.grids.append(
+                    str(
+                        self._grid(name, seed, x_probe, result.adversarial.cpu(), original.selected)
+                    )
+                )
         with self.timer.stage(f"{tag}/retrain/mine"):
-            model, retrain = _protocol.train_model(build, augmentation.dataset, trainer, seed=seed, device=self.device)
+            model, retrain = _protocol.train_model(
+                build, augmentation.dataset, trainer, seed=seed, device=self.device
+            )
         mine.update(evaluate(model, train_xy, test_xy, device=self.device, seed=seed).as_dict())
         mine.update(_protocol.brief(retrain, CONCRETE_FIELDS))
         record["mine"] = mine
         if not args.no_control:
-            same_steps = _protocol.fit_trainer(device=self.device, max_steps=retrain["steps"], seed=seed, progress=self.progress)
+            same_steps = _protocol.fit_trainer(
+                device=self.device, max_steps=retrain["steps"], seed=seed, progress=self.progress
+            )
             with self.timer.stage(f"{tag}/same-steps-control"):
-                control, control_history = _protocol.train_model(build, train, same_steps, seed=seed, device=self.device)
+                control, control_history = _protocol.train_model(
+                    build, train, same_steps, seed=seed, device=self.device
+                )
             record["same_steps"] = {
                 **evaluate(control, train_xy, test_xy, device=self.device, seed=seed).as_dict(),
                 **_protocol.brief(control_history, CONCRETE_FIELDS),
             }
         return record
 
-    def _grid(self, name: str, seed: int, x: torch.Tensor, uae: torch.Tensor, selected: list[int]) -> Path:
+    def _grid(
+        self, name: str, seed: int, x: torch.Tensor, uae: torch.Tensor, selected: list[int]
+    ) -> Path:
         mask = torch.zeros(x[0].numel())
         mask[selected] = 1.0
         masked = x.flatten(1) * (0.25 + 0.75 * mask)
         return save_image_grid(
-            {"clean": x, "MINE-UAE": uae, "δ": perturbation_picture(uae - x),
-             "selected (bright)": masked.view_as(x)},
+            {
+                "clean": x,
+                "MINE-UAE": uae,
+                "δ": perturbation_picture(uae - x),
+                "selected (bright)": masked.view_as(x),
+            },
             self.out / f"grid-{name}.png",
             title=f"{name}, concrete AE, seed {seed}: clean | MINE-UAE | δ (amplified) | selected pixels",
         )
-
 
 
 def summarise(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict[str, Any]]:
@@ -272,8 +451,11 @@ def summarise(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict
         if not group:
             continue
         row: dict[str, Any] = {
-            "dataset": name, "seeds": [r["seed"] for r in group], "k": group[0]["k"],
-            "train_size": group[0]["train_size"], "test_size": group[0]["test_size"],
+            "dataset": name,
+            "seeds": [r["seed"] for r in group],
+            "k": group[0]["k"],
+            "train_size": group[0]["train_size"],
+            "test_size": group[0]["test_size"],
         }
         for arm in ("original", "mine", "same_steps"):
             if all(arm in r for r in group):
@@ -283,32 +465,56 @@ def summarise(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict
                     "steps": _report.mean_std([r[arm]["steps"] for r in group]),
                 }
         row["asr_pct"] = _report.mean_std([r["mine"]["asr_pct"] for r in group])
-        row["criterion_zero_pct"] = _report.mean_std([r["mine"]["criterion_zero_pct"] for r in group])
-        row["moved_linf"] = _report.mean_std([r["mine"].get("probe", {}).get("moved_linf", math.nan) for r in group])
-        row["re_change_vs_original_pct"] = _report.improvement_pct(row["original"]["test_mse"]["mean"], row["mine"]["test_mse"]["mean"])
+        row["criterion_zero_pct"] = _report.mean_std(
+            [r["mine"]["criterion_zero_pct"] for r in group]
+        )
+        row["moved_linf"] = _report.mean_std(
+            [r["mine"].get("probe", {}).get("moved_linf", math.nan) for r in group]
+        )
+        row["re_change_vs_original_pct"] = _report.improvement_pct(
+            row["original"]["test_mse"]["mean"], row["mine"]["test_mse"]["mean"]
+        )
         if "same_steps" in row:
             row["re_change_vs_same_steps_pct"] = _report.improvement_pct(
-                row["same_steps"]["test_mse"]["mean"], row["mine"]["test_mse"]["mean"])
+                row["same_steps"]["test_mse"]["mean"], row["mine"]["test_mse"]["mean"]
+            )
             row["paired_vs_same_steps"] = {
-                "test_mse": _report.paired_vs_control([r["mine"]["test_mse"] for r in group],
-                                                     [r["same_steps"]["test_mse"] for r in group]),
-                "accuracy_pct": _report.paired_vs_control([r["mine"]["accuracy_pct"] for r in group],
-                                                         [r["same_steps"]["accuracy_pct"] for r in group], better="higher"),
+                "test_mse": _report.paired_vs_control(
+                    [r["mine"]["test_mse"] for r in group],
+                    [r["same_steps"]["test_mse"] for r in group],
+                ),
+                "accuracy_pct": _report.paired_vs_control(
+                    [r["mine"]["accuracy_pct"] for r in group],
+                    [r["same_steps"]["accuracy_pct"] for r in group],
+                    better="higher",
+                ),
             }
         summary.append(row)
     return summary
 
 
-def markdown(summary: Sequence[dict[str, Any]], *, failed: str, skipped: Sequence[dict[str, str]]) -> str:
+def markdown(
+    summary: Sequence[dict[str, Any]], *, failed: str, skipped: Sequence[dict[str, str]]
+) -> str:
     """The results table (docs/method.md section 6 layout, published figures beside ours)."""
-    header = ["data", "source", "RE original", "RE same-steps clean", "RE MINE-UAE", "acc original",
-              "acc same-steps clean", "acc MINE-UAE", "ASR"]
+    header = [
+        "data",
+        "source",
+        "RE original",
+        "RE same-steps clean",
+        "RE MINE-UAE",
+        "acc original",
+        "acc same-steps clean",
+        "acc MINE-UAE",
+        "ASR",
+    ]
     rows = []
     for row in summary:
         n = len(row["seeds"])
         control = row.get("same_steps")
         ours = [
-            f"{row['dataset']} (K={row['k']})", _report.ours_label(n, row["train_size"]),
+            f"{row['dataset']} (K={row['k']})",
+            _report.ours_label(n, row["train_size"]),
             _report.format_stat(row["original"]["test_mse"]),
             _report.format_stat(control["test_mse"]) if control else "—",
             f"{_report.format_stat(row['mine']['test_mse'])} ({_report.format_pct(row['re_change_vs_original_pct'])})",
@@ -321,11 +527,19 @@ def markdown(summary: Sequence[dict[str, Any]], *, failed: str, skipped: Sequenc
         published = PUBLISHED.get(PUBLISHED_NAME.get(row["dataset"], row["dataset"]))
         if published:
             change = _report.improvement_pct(published["re_original"], published["re_mine"])
-            rows.append([
-                "", "paper", f"{published['re_original']:.5f}", "—",
-                f"{published['re_mine']:.5f} ({_report.format_pct(change)})",
-                f"{published['acc_original']:.2f}%", "—", f"{published['acc_mine']:.2f}%", f"{published['asr']:.2f}%",
-            ])
+            rows.append(
+                [
+                    "",
+                    "paper",
+                    f"{published['re_original']:.5f}",
+                    "—",
+                    f"{published['re_mine']:.5f} ({_report.format_pct(change)})",
+                    f"{published['acc_original']:.2f}%",
+                    "—",
+                    f"{published['acc_mine']:.2f}%",
+                    f"{published['asr']:.2f}%",
+                ]
+            )
     lines = [
         "### Concrete autoencoder: test reconstruction error (RE) and ExtraTrees(50) accuracy on the selected features",
         "",
@@ -335,34 +549,59 @@ def markdown(summary: Sequence[dict[str, Any]], *, failed: str, skipped: Sequenc
         "",
         _report.markdown_table(header, rows),
     ]
-    detail_header = ["data", "steps original / MINE-UAE / same-steps", "RE change vs same-steps", "f_x = 0 %",
-                     "moved from start (L∞)"]
+    detail_header = [
+        "data",
+        "steps original / MINE-UAE / same-steps",
+        "RE change vs same-steps",
+        "f_x = 0 %",
+        "moved from start (L∞)",
+    ]
     detail_rows = [
-        [row["dataset"],
-         " / ".join(_report.format_number(row[arm]["steps"]["mean"], 0) if arm in row else "—"
-                    for arm in ("original", "mine", "same_steps")),
-         _report.format_pct(row.get("re_change_vs_same_steps_pct")),
-         _report.format_stat(row["criterion_zero_pct"], 1),
-         _report.format_number(row["moved_linf"]["mean"], 4)]
+        [
+            row["dataset"],
+            " / ".join(
+                _report.format_number(row[arm]["steps"]["mean"], 0) if arm in row else "—"
+                for arm in ("original", "mine", "same_steps")
+            ),
+            _report.format_pct(row.get("re_change_vs_same_steps_pct")),
+            _report.format_stat(row["criterion_zero_pct"], 1),
+            _report.format_number(row["moved_linf"]["mean"], 4),
+        ]
         for row in summary
     ]
-    lines += ["", "### Steps and what the attack did", "", _report.markdown_table(detail_header, detail_rows)]
+    lines += [
+        "",
+        "### Steps and what the attack did",
+        "",
+        _report.markdown_table(detail_header, detail_rows),
+    ]
     paired_rows = [
-        [row["dataset"], _report.format_paired(row["paired_vs_same_steps"]["test_mse"], 5),
-         _report.format_paired(row["paired_vs_same_steps"]["accuracy_pct"], 2)]
-        for row in summary if row.get("paired_vs_same_steps", {}).get("test_mse")
+        [
+            row["dataset"],
+            _report.format_paired(row["paired_vs_same_steps"]["test_mse"], 5),
+            _report.format_paired(row["paired_vs_same_steps"]["accuracy_pct"], 2),
+        ]
+        for row in summary
+        if row.get("paired_vs_same_steps", {}).get("test_mse")
     ]
     if paired_rows:
-        lines += ["", "### MINE-UAE − same-steps control, paired over seeds", "",
-                  "Mean [95 % paired-t CI], minimum detectable effect (80 % power, α = 0.05) and verdict",
-                  "(`uae_augment.statistics`; RE: lower is better, accuracy (pp): higher is better).", "",
-                  _report.markdown_table(["data", "Δ RE", "Δ accuracy (pp)"], paired_rows)]
+        lines += [
+            "",
+            "### MINE-UAE − same-steps control, paired over seeds",
+            "",
+            "Mean [95 % paired-t CI], minimum detectable effect (80 % power, α = 0.05) and verdict",
+            "(`uae_augment.statistics`; RE: lower is better, accuracy (pp): higher is better).",
+            "",
+            _report.markdown_table(["data", "Δ RE", "Δ accuracy (pp)"], paired_rows),
+        ]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{s['dataset']} ({s['reason']})" for s in skipped)]
     return "\n".join(lines) + "\n"
 
 
-def resolve_datasets(requested: Sequence[str], root: Path | None) -> tuple[list[str], list[dict[str, str]]]:
+def resolve_datasets(
+    requested: Sequence[str], root: Path | None
+) -> tuple[list[str], list[dict[str, str]]]:
     """(available names, skipped with reasons)."""
     usable, skipped = [], []
     for name in requested:
@@ -380,21 +619,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, out = _config.start_run(parser, argv, QUICK, RECIPE)
     names, skipped = resolve_datasets(args.datasets, args.data_root)
     if not names:
-        parser.error("none of the requested data sets is available: " + "; ".join(s["dataset"] for s in skipped))
+        parser.error(
+            "none of the requested data sets is available: "
+            + "; ".join(s["dataset"] for s in skipped)
+        )
     experiment = Experiment(args, out)
     for name in names:
         experiment.run(name)
     experiment.timer.close()
     summary = summarise(experiment.runs, names)
     table = markdown(summary, failed=args.failed, skipped=skipped)
-    _report.write_outputs(out, RECIPE, args, experiment.timer, table, {
-        "failed_uaes": args.failed,
-        "skipped": skipped,
-        "runs": experiment.runs,
-        "summary": summary,
-        "published": PUBLISHED,
-        "grids": experiment.grids,
-    })
+    _report.write_outputs(
+        out,
+        RECIPE,
+        args,
+        experiment.timer,
+        table,
+        {
+            "failed_uaes": args.failed,
+            "skipped": skipped,
+            "runs": experiment.runs,
+            "summary": summary,
+            "published": PUBLISHED,
+            "grids": experiment.grids,
+        },
+    )
     return 0
 
 

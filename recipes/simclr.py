@@ -76,7 +76,9 @@ RECIPE = "simclr"
 GAMMA_POWER = 0.5  # the release's SimCLR attack: gamma_t = (t + 1)^(-1/2)
 EVAL_VIEW_SEED = 2022  # views of the test-set NT-Xent: the same for every model and seed
 LINEAR_BATCH = 512
-STEP_LOSSES = ("step_losses",)  # kept in each model's record: the loss curves and the tests read them
+STEP_LOSSES = (
+    "step_losses",
+)  # kept in each model's record: the loss curves and the tests read them
 
 QUICK: dict[str, Any] = {
     "seeds": [0],
@@ -102,49 +104,166 @@ QUICK: dict[str, Any] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface (defaults: the release's full settings)."""
-    parser = _config.base_parser(__doc__, quick=QUICK, examples=[
-        "python recipes/simclr.py --quick                        # minutes on a CPU",
-        "python recipes/simclr.py --out outputs/simclr            # the release's settings (GPU)",
-        "torchrun --nproc_per_node=2 recipes/simclr.py --quick --device cpu",
-        "python recipes/simclr.py --quick --image-folder ~/data/stl10 --image-size 32",
-    ])
+    parser = _config.base_parser(
+        __doc__,
+        quick=QUICK,
+        examples=[
+            "python recipes/simclr.py --quick                        # minutes on a CPU",
+            "python recipes/simclr.py --out outputs/simclr            # the release's settings (GPU)",
+            "torchrun --nproc_per_node=2 recipes/simclr.py --quick --device cpu",
+            "python recipes/simclr.py --quick --image-folder ~/data/stl10 --image-size 32",
+        ],
+    )
     parser.set_defaults(seeds=[0])
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="cifar10", help="data set name for load_dataset (default: %(default)s)")
-    data.add_argument("--image-folder", type=Path, default=None,
-                      help="a torchvision ImageFolder tree instead (<dir>/train and <dir>/test, or one folder split 80/20)")
-    data.add_argument("--image-size", type=int, default=32, help="side images of --image-folder are resized to (default: %(default)s)")
-    data.add_argument("--train-rows", type=int, default=None, help="fixed random subset of N training rows (default: all)")
-    data.add_argument("--test-rows", type=int, default=None, help="fixed random subset of N test rows (default: all)")
-    data.add_argument("--workers", type=int, default=0, help="DataLoader workers of the training loops (default: %(default)s)")
+    data.add_argument(
+        "--dataset", default="cifar10", help="data set name for load_dataset (default: %(default)s)"
+    )
+    data.add_argument(
+        "--image-folder",
+        type=Path,
+        default=None,
+        help="a torchvision ImageFolder tree instead (<dir>/train and <dir>/test, or one folder split 80/20)",
+    )
+    data.add_argument(
+        "--image-size",
+        type=int,
+        default=32,
+        help="side images of --image-folder are resized to (default: %(default)s)",
+    )
+    data.add_argument(
+        "--train-rows",
+        type=int,
+        default=None,
+        help="fixed random subset of N training rows (default: all)",
+    )
+    data.add_argument(
+        "--test-rows",
+        type=int,
+        default=None,
+        help="fixed random subset of N test rows (default: all)",
+    )
+    data.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="DataLoader workers of the training loops (default: %(default)s)",
+    )
     train = parser.add_argument_group("SimCLR training")
-    train.add_argument("--width", type=int, default=64, help="backbone width (64 = ResNet-18) (default: %(default)s)")
-    train.add_argument("--epochs", type=int, default=1000, help="pretraining epochs; retrains: the same epochs (default: %(default)s)")
-    train.add_argument("--batch-size", type=int, default=512, help="global batch (default: %(default)s)")
-    train.add_argument("--lr", type=float, default=1.0, help="LARS learning rate (default: %(default)s)")
+    train.add_argument(
+        "--width",
+        type=int,
+        default=64,
+        help="backbone width (64 = ResNet-18) (default: %(default)s)",
+    )
+    train.add_argument(
+        "--epochs",
+        type=int,
+        default=1000,
+        help="pretraining epochs; retrains: the same epochs (default: %(default)s)",
+    )
+    train.add_argument(
+        "--batch-size", type=int, default=512, help="global batch (default: %(default)s)"
+    )
+    train.add_argument(
+        "--lr", type=float, default=1.0, help="LARS learning rate (default: %(default)s)"
+    )
     train.add_argument("--weight-decay", type=float, default=1e-4, help="(default: %(default)s)")
-    train.add_argument("--warmup-fraction", type=float, default=0.01, help="share of warm-up steps (default: %(default)s, 10 of 1000 epochs)")
-    train.add_argument("--no-control", action="store_true", help="skip the same-steps clean control")
+    train.add_argument(
+        "--warmup-fraction",
+        type=float,
+        default=0.01,
+        help="share of warm-up steps (default: %(default)s, 10 of 1000 epochs)",
+    )
+    train.add_argument(
+        "--no-control", action="store_true", help="skip the same-steps clean control"
+    )
     attack = parser.add_argument_group("attacks")
-    attack.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["paper", "strong"],
-                        help="MINE-UAE presets, one augmented retrain each (default: %(default)s)")
-    attack.add_argument("--attack-steps", type=int, default=20, help="MinMax iterations (release SimCLR: %(default)s)")
-    attack.add_argument("--mine-steps", type=int, default=None, help="MINE Adam steps per iteration (default: the preset's)")
-    attack.add_argument("--n-views", type=int, default=2, help="views per image in the criterion's NT-Xent (default: %(default)s)")
-    attack.add_argument("--negatives", type=int, default=256,
-                        help="training images whose projections are the criterion's negative bank; 0: none, the"
-                             " NT-Xent among the image's own views (needs --n-views >= 4) (default: %(default)s)")
-    attack.add_argument("--attack-batch-size", type=int, default=None, help="images attacked together (default: the preset's)")
-    attack.add_argument("--precompute-batch-size", type=int, default=256, help="rows per precompute batch (default: %(default)s)")
-    attack.add_argument("--probe", type=int, default=16,
-                        help="training images attacked again in memory: grid and moved-from-delta_0 statistics (default: %(default)s)")
+    attack.add_argument(
+        "--presets",
+        nargs="+",
+        choices=sorted(PRESETS),
+        default=["paper", "strong"],
+        help="MINE-UAE presets, one augmented retrain each (default: %(default)s)",
+    )
+    attack.add_argument(
+        "--attack-steps",
+        type=int,
+        default=20,
+        help="MinMax iterations (release SimCLR: %(default)s)",
+    )
+    attack.add_argument(
+        "--mine-steps",
+        type=int,
+        default=None,
+        help="MINE Adam steps per iteration (default: the preset's)",
+    )
+    attack.add_argument(
+        "--n-views",
+        type=int,
+        default=2,
+        help="views per image in the criterion's NT-Xent (default: %(default)s)",
+    )
+    attack.add_argument(
+        "--negatives",
+        type=int,
+        default=256,
+        help="training images whose projections are the criterion's negative bank; 0: none, the"
+        " NT-Xent among the image's own views (needs --n-views >= 4) (default: %(default)s)",
+    )
+    attack.add_argument(
+        "--attack-batch-size",
+        type=int,
+        default=None,
+        help="images attacked together (default: the preset's)",
+    )
+    attack.add_argument(
+        "--precompute-batch-size",
+        type=int,
+        default=256,
+        help="rows per precompute batch (default: %(default)s)",
+    )
+    attack.add_argument(
+        "--probe",
+        type=int,
+        default=16,
+        help="training images attacked again in memory: grid and moved-from-delta_0 statistics (default: %(default)s)",
+    )
     evaluation = parser.add_argument_group("evaluation")
-    evaluation.add_argument("--linear-epochs", type=int, default=100, help="linear evaluation epochs (default: %(default)s)")
-    evaluation.add_argument("--linear-lr", type=float, default=1e-3, help="Adam learning rate of the linear layer (default: %(default)s)")
-    evaluation.add_argument("--eval-batch-size", type=int, default=512, help="batch of the test-set NT-Xent (its negatives) (default: %(default)s)")
-    evaluation.add_argument("--pgd-epsilons", type=float, nargs="+", default=[1, 2, 4, 8, 16], help="L-inf radii in 1/255 (default: %(default)s)")
-    evaluation.add_argument("--pgd-steps", type=int, default=100, help="PGD steps (release: %(default)s)")
-    evaluation.add_argument("--pgd-rows", type=int, default=1000, help="test images attacked by PGD (default: %(default)s)")
+    evaluation.add_argument(
+        "--linear-epochs",
+        type=int,
+        default=100,
+        help="linear evaluation epochs (default: %(default)s)",
+    )
+    evaluation.add_argument(
+        "--linear-lr",
+        type=float,
+        default=1e-3,
+        help="Adam learning rate of the linear layer (default: %(default)s)",
+    )
+    evaluation.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=512,
+        help="batch of the test-set NT-Xent (its negatives) (default: %(default)s)",
+    )
+    evaluation.add_argument(
+        "--pgd-epsilons",
+        type=float,
+        nargs="+",
+        default=[1, 2, 4, 8, 16],
+        help="L-inf radii in 1/255 (default: %(default)s)",
+    )
+    evaluation.add_argument(
+        "--pgd-steps", type=int, default=100, help="PGD steps (release: %(default)s)"
+    )
+    evaluation.add_argument(
+        "--pgd-rows",
+        type=int,
+        default=1000,
+        help="test images attacked by PGD (default: %(default)s)",
+    )
     return parser
 
 
@@ -166,8 +285,6 @@ class _NoTimer:
         return None
 
 
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -182,20 +299,30 @@ def test_ntxent(model: SimCLR, x: torch.Tensor, *, batch_size: int, device: torc
     from lightly.loss import NTXentLoss
 
     model.eval()
-    loss_fn = NTXentLoss(temperature=model.temperature)  # this process's batch only, also under torchrun
+    loss_fn = NTXentLoss(
+        temperature=model.temperature
+    )  # this process's batch only, also under torchrun
     batch = min(batch_size, len(x))
     losses = []
     for start in range(0, len(x) - batch + 1, batch):
         index = torch.arange(start, start + batch)
-        views = model.make_views(x[index].to(device), view_generators(EVAL_VIEW_SEED, index, ViewPurpose.EVALUATION))
+        views = model.make_views(
+            x[index].to(device), view_generators(EVAL_VIEW_SEED, index, ViewPurpose.EVALUATION)
+        )
         z = model(views.flatten(0, 1)).unflatten(0, views.shape[:2])
         losses.append(float(loss_fn(z[:, 0], z[:, 1])))
     return sum(losses) / len(losses)
 
 
 def pgd_robustness(
-    classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilons: Sequence[float], steps: int,
-    seed: int, device: torch.device,
+    classifier: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epsilons: Sequence[float],
+    steps: int,
+    seed: int,
+    device: torch.device,
 ) -> dict[str, float]:
     """Accuracy (%) of ``classifier`` under L-inf PGD for each epsilon (in 1/255), and on clean x."""
     x, y = x.to(device), y.to(device)
@@ -203,10 +330,19 @@ def pgd_robustness(
         out = {"clean": 100.0 * float((classifier(x).argmax(1) == y).float().mean())}
     for epsilon in epsilons:
         radius = epsilon / 255.0
-        attack = PGD(classifier, epsilon=radius, steps=steps, step_size=2.5 * radius / steps, seed=seed, batch_size=256)
+        attack = PGD(
+            classifier,
+            epsilon=radius,
+            steps=steps,
+            step_size=2.5 * radius / steps,
+            seed=seed,
+            batch_size=256,
+        )
         adversarial = attack(x, y).adversarial
         with torch.no_grad():
-            out[f"{epsilon:g}"] = 100.0 * float((classifier(adversarial).argmax(1) == y).float().mean())
+            out[f"{epsilon:g}"] = 100.0 * float(
+                (classifier(adversarial).argmax(1) == y).float().mean()
+            )
     return out
 
 
@@ -216,8 +352,14 @@ def pgd_robustness(
 class Experiment:
     """Runs the protocol for ``args`` and collects one record per seed."""
 
-    def __init__(self, args: argparse.Namespace, out: Path, world: tuple[int, int] | None, device: torch.device,
-                 data_label: str):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        out: Path,
+        world: tuple[int, int] | None,
+        device: torch.device,
+        data_label: str,
+    ):
         self.args = args
         self.data_label = data_label
         self.out = out
@@ -225,7 +367,9 @@ class Experiment:
         self.rank0 = world is None or world[0] == 0
         self.device = device
         self.progress = not args.no_progress
-        self.timer: Any = _report.StageTimer(out / _report.WALL_TIME_FILE) if self.rank0 else _NoTimer()
+        self.timer: Any = (
+            _report.StageTimer(out / _report.WALL_TIME_FILE) if self.rank0 else _NoTimer()
+        )
         self.runs: list[dict[str, Any]] = []
         self.curves: dict[str, list[float]] = {}
         self.grid: str | None = None
@@ -235,19 +379,32 @@ class Experiment:
 
         def build() -> SimCLR:
             return SimCLR(
-                in_channels=shape[0], image_size=shape[1:], width=args.width, lr=args.lr,
-                weight_decay=args.weight_decay, warmup_fraction=args.warmup_fraction,
+                in_channels=shape[0],
+                image_size=shape[1:],
+                width=args.width,
+                lr=args.lr,
+                weight_decay=args.weight_decay,
+                warmup_fraction=args.warmup_fraction,
             )
 
         return build
 
-    def trainer(self, seed: int, *, epochs: int | None = None, max_steps: int | None = None) -> _protocol.Trainer:
+    def trainer(
+        self, seed: int, *, epochs: int | None = None, max_steps: int | None = None
+    ) -> _protocol.Trainer:
         def train(model: nn.Module, dataset: Dataset) -> tuple[nn.Module, dict[str, Any]]:
             assert isinstance(model, SimCLR)
             # one process trains on the global batches of a torchrun run: world (0, 1)
             history = fit(
-                model, dataset, batch_size=self.args.batch_size, seed=seed, device=self.device,
-                world=self.world or (0, 1), epochs=epochs, max_steps=max_steps, num_workers=self.args.workers,
+                model,
+                dataset,
+                batch_size=self.args.batch_size,
+                seed=seed,
+                device=self.device,
+                world=self.world or (0, 1),
+                epochs=epochs,
+                max_steps=max_steps,
+                num_workers=self.args.workers,
                 progress=self.progress,
             )
             return model, {**_protocol.history_record(history), "step_losses": history.step_losses}
@@ -262,41 +419,87 @@ class Experiment:
         classes = _num_classes(train, int(max(y_train.max(), y_test.max())) + 1)
         evaluate = self._evaluator(seed, (x_train, y_train), (x_test, y_test), classes)
         build = self.build(shape)
-        key = {"recipe": RECIPE, "data": self.data_label, "seed": seed, "rows": len(train), "shape": list(shape),
-               "width": args.width,
-               "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-               "weight_decay": args.weight_decay, "warmup_fraction": args.warmup_fraction}
+        key = {
+            "recipe": RECIPE,
+            "data": self.data_label,
+            "seed": seed,
+            "rows": len(train),
+            "shape": list(shape),
+            "width": args.width,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+            "warmup_fraction": args.warmup_fraction,
+        }
         checkpoint = self.out / "models" / f"simclr-seed{seed}.pt" if self.world is None else None
         with self.timer.stage(f"seed{seed}/pretrain"):
             model, history = _protocol.train_model(
-                build, train, self.trainer(seed, epochs=args.epochs), seed=seed, device=self.device,
-                checkpoint=checkpoint, key=key,
+                build,
+                train,
+                self.trainer(seed, epochs=args.epochs),
+                seed=seed,
+                device=self.device,
+                checkpoint=checkpoint,
+                key=key,
             )
-        record: dict[str, Any] = {"seed": seed, "train_size": len(train), "test_size": len(test),
-                                  "original": {**_protocol.brief(history, STEP_LOSSES), **evaluate("original", model)}, "augmented": {}}
+        record: dict[str, Any] = {
+            "seed": seed,
+            "train_size": len(train),
+            "test_size": len(test),
+            "original": {**_protocol.brief(history, STEP_LOSSES), **evaluate("original", model)},
+            "augmented": {},
+        }
         self._curve("pretrain (clean)", history, first)
-        bank = _protocol.stack(_protocol.subset_rows(train, args.negatives))[0] if args.negatives > 0 else None
+        bank = (
+            _protocol.stack(_protocol.subset_rows(train, args.negatives))[0]
+            if args.negatives > 0
+            else None
+        )
         criterion = model.criterion(n_views=args.n_views, negatives=bank, seed=seed)
         grid_rows: dict[str, torch.Tensor] = {}
         augmented_steps = None
         for preset in args.presets:
-            attack = MINEUAE(criterion, preset=preset, steps=args.attack_steps, mine_steps=args.mine_steps,
-                             gamma_power=GAMMA_POWER, seed=seed, batch_size=args.attack_batch_size)
+            attack = MINEUAE(
+                criterion,
+                preset=preset,
+                steps=args.attack_steps,
+                mine_steps=args.mine_steps,
+                gamma_power=GAMMA_POWER,
+                seed=seed,
+                batch_size=args.attack_batch_size,
+            )
             with self.timer.stage(f"seed{seed}/attack/{preset}"):
-                augmentation = _protocol.augment(train, attack, self.out / "cache" / f"simclr-seed{seed}-{preset}.h5",
-                                              batch_size=args.precompute_batch_size, progress=self.progress)
-            entry: dict[str, Any] = {"attack": attack.config(), **augmentation.stats(),
-                                     "attack_seconds": self._last_stage_seconds()}
+                augmentation = _protocol.augment(
+                    train,
+                    attack,
+                    self.out / "cache" / f"simclr-seed{seed}-{preset}.h5",
+                    batch_size=args.precompute_batch_size,
+                    progress=self.progress,
+                )
+            entry: dict[str, Any] = {
+                "attack": attack.config(),
+                **augmentation.stats(),
+                "attack_seconds": self._last_stage_seconds(),
+            }
             if args.probe > 0 and self.rank0:
                 with self.timer.stage(f"seed{seed}/probe/{preset}"):
-                    x_probe, result, entry["probe"] = _protocol.probe(attack, train, args.probe, augmentation.cache)
+                    x_probe, result, entry["probe"] = _protocol.probe(
+                        attack, train, args.probe, augmentation.cache
+                    )
                 if first:
                     grid_rows.setdefault("clean", x_probe)
                     grid_rows[f"UAE {preset}"] = result.adversarial.cpu()
-                    grid_rows[f"δ {preset}"] = perturbation_picture(result.perturbation(x_probe).cpu())
+                    grid_rows[f"δ {preset}"] = perturbation_picture(
+                        result.perturbation(x_probe).cpu()
+                    )
             with self.timer.stage(f"seed{seed}/retrain/{preset}"):
                 retrained, retrain = _protocol.train_model(
-                    build, augmentation.dataset, self.trainer(seed, epochs=args.epochs), seed=seed, device=self.device
+                    build,
+                    augmentation.dataset,
+                    self.trainer(seed, epochs=args.epochs),
+                    seed=seed,
+                    device=self.device,
                 )
             entry.update({**_protocol.brief(retrain, STEP_LOSSES), **evaluate(preset, retrained)})
             record["augmented"][preset] = entry
@@ -305,18 +508,33 @@ class Experiment:
         if not args.no_control and augmented_steps is not None:
             with self.timer.stage(f"seed{seed}/same-steps-control"):
                 control, control_history = _protocol.train_model(
-                    build, train, self.trainer(seed, max_steps=augmented_steps), seed=seed, device=self.device
+                    build,
+                    train,
+                    self.trainer(seed, max_steps=augmented_steps),
+                    seed=seed,
+                    device=self.device,
                 )
-            record["same_steps"] = {**_protocol.brief(control_history, STEP_LOSSES), **evaluate("same-steps", control)}
+            record["same_steps"] = {
+                **_protocol.brief(control_history, STEP_LOSSES),
+                **evaluate("same-steps", control),
+            }
             self._curve("clean, same steps", control_history, first)
         if first and grid_rows and self.rank0:
-            path = save_image_grid(grid_rows, self.out / "grid.png",
-                                   title=f"seed {seed}: clean | MINE-UAE | δ (amplified) per preset")
+            path = save_image_grid(
+                grid_rows,
+                self.out / "grid.png",
+                title=f"seed {seed}: clean | MINE-UAE | δ (amplified) per preset",
+            )
             self.grid = str(path)
         return record
 
-    def _evaluator(self, seed: int, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
-                   classes: int) -> Callable[[str, SimCLR], dict[str, Any]]:
+    def _evaluator(
+        self,
+        seed: int,
+        train: tuple[torch.Tensor, torch.Tensor],
+        test: tuple[torch.Tensor, torch.Tensor],
+        classes: int,
+    ) -> Callable[[str, SimCLR], dict[str, Any]]:
         args = self.args
         pgd_rows = torch.arange(min(args.pgd_rows, len(test[0])))
 
@@ -325,13 +543,34 @@ class Experiment:
                 return {}
             with self.timer.stage(f"seed{seed}/evaluate/{name}"):
                 classifier, linear = linear_evaluation(
-                    model.backbone, train, test, classes=classes, epochs=args.linear_epochs, lr=args.linear_lr,
-                    batch_size=LINEAR_BATCH, seed=seed, device=self.device,
+                    model.backbone,
+                    train,
+                    test,
+                    classes=classes,
+                    epochs=args.linear_epochs,
+                    lr=args.linear_lr,
+                    batch_size=LINEAR_BATCH,
+                    seed=seed,
+                    device=self.device,
                 )
-                ntxent = test_ntxent(model, test[0], batch_size=args.eval_batch_size, device=self.device)
-                robust = pgd_robustness(classifier, test[0][pgd_rows], test[1][pgd_rows], epsilons=args.pgd_epsilons,
-                                        steps=args.pgd_steps, seed=seed, device=self.device)
-            return {"linear": linear, "test_ntxent": ntxent, "pgd_accuracy": robust, "pgd_rows": len(pgd_rows)}
+                ntxent = test_ntxent(
+                    model, test[0], batch_size=args.eval_batch_size, device=self.device
+                )
+                robust = pgd_robustness(
+                    classifier,
+                    test[0][pgd_rows],
+                    test[1][pgd_rows],
+                    epsilons=args.pgd_epsilons,
+                    steps=args.pgd_steps,
+                    seed=seed,
+                    device=self.device,
+                )
+            return {
+                "linear": linear,
+                "test_ntxent": ntxent,
+                "pgd_accuracy": robust,
+                "pgd_rows": len(pgd_rows),
+            }
 
         return evaluate
 
@@ -348,7 +587,6 @@ def _num_classes(dataset: Dataset, seen: int) -> int:
     while isinstance(dataset, Subset):
         dataset = dataset.dataset
     return max(seen, len(getattr(dataset, "classes", ())))
-
 
 
 # --------------------------------------------------------------------------- entry point
@@ -373,23 +611,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         experiment.timer.close()
         summary = _simclr_report.summarise(experiment.runs, args.pgd_epsilons)
-        table = _simclr_report.markdown(summary, args.pgd_epsilons, data=label, seeds=len(args.seeds),
-                         pgd_rows=min(args.pgd_rows, len(test)), pgd_steps=args.pgd_steps)  # type: ignore[arg-type]
+        table = _simclr_report.markdown(
+            summary,
+            args.pgd_epsilons,
+            data=label,
+            seeds=len(args.seeds),
+            pgd_rows=min(args.pgd_rows, len(test)),
+            pgd_steps=args.pgd_steps,
+        )  # type: ignore[arg-type]
         curves_path = None
         if experiment.curves:
             window = max(1, max(len(v) for v in experiment.curves.values()) // 40)
-            curves_path = str(save_curves({k: _simclr_report.smoothed(v, window) for k, v in experiment.curves.items()},
-                                          out / "loss_curves.png", xlabel="optimisation step",
-                                          ylabel=f"NT-Xent (running mean of {window})",
-                                          title=f"SimCLR training loss, seed {args.seeds[0]}"))
-        _report.write_outputs(out, RECIPE, args, experiment.timer, table, {
-            "world_size": 1 if world is None else world[1],
-            "data": label,
-            "runs": experiment.runs,
-            "summary": summary,
-            "grid": experiment.grid,
-            "loss_curves": curves_path,
-        })
+            curves_path = str(
+                save_curves(
+                    {k: _simclr_report.smoothed(v, window) for k, v in experiment.curves.items()},
+                    out / "loss_curves.png",
+                    xlabel="optimisation step",
+                    ylabel=f"NT-Xent (running mean of {window})",
+                    title=f"SimCLR training loss, seed {args.seeds[0]}",
+                )
+            )
+        _report.write_outputs(
+            out,
+            RECIPE,
+            args,
+            experiment.timer,
+            table,
+            {
+                "world_size": 1 if world is None else world[1],
+                "data": label,
+                "runs": experiment.runs,
+                "summary": summary,
+                "grid": experiment.grid,
+                "loss_curves": curves_path,
+            },
+        )
     return 0
 
 

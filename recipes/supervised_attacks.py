@@ -111,7 +111,9 @@ class Victim(CWClassifier):
     lets a few epochs on a small subset leave chance level (the quick preset).
     """
 
-    def __init__(self, input_shape: tuple[int, int, int], optimizer: str = "sgd", lr: float | None = None):
+    def __init__(
+        self, input_shape: tuple[int, int, int], optimizer: str = "sgd", lr: float | None = None
+    ):
         super().__init__(input_shape)
         self.optimizer_name = optimizer
         self.lr = lr if lr is not None else (0.01 if optimizer == "sgd" else 1e-3)
@@ -120,6 +122,7 @@ class Victim(CWClassifier):
         if self.optimizer_name == "adam":
             return [torch.optim.Adam(self.parameters(), lr=self.lr)]
         return [torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, nesterov=True)]
+
 
 QUICK: dict[str, Any] = {
     "datasets": ["mnist-5k", "cifar10"],
@@ -161,54 +164,173 @@ def _feature_map_lr(preset: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface."""
-    parser = _config.base_parser(__doc__, quick=QUICK, examples=[
-        "python recipes/supervised_attacks.py --quick            # MNIST-5k + a CIFAR-10 subset, 50 images",
-        "python recipes/supervised_attacks.py --seeds 0 --device cuda   # the paper's setting (GPU: hours)",
-        "python recipes/supervised_attacks.py --quick --datasets mnist-5k --attacks minmax pgd",
-    ])
+    parser = _config.base_parser(
+        __doc__,
+        quick=QUICK,
+        examples=[
+            "python recipes/supervised_attacks.py --quick            # MNIST-5k + a CIFAR-10 subset, 50 images",
+            "python recipes/supervised_attacks.py --seeds 0 --device cuda   # the paper's setting (GPU: hours)",
+            "python recipes/supervised_attacks.py --quick --datasets mnist-5k --attacks minmax pgd",
+        ],
+    )
     group = parser.add_argument_group("experiment")
-    group.add_argument("--datasets", nargs="+", default=["mnist", "cifar10"], choices=list(DATASETS),
-                       help="data sets (default: %(default)s)")
-    group.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS, help="attacks (default: all)")
-    group.add_argument("--images", type=int, default=1000, help="correctly classified test images attacked (default: %(default)s)")
-    group.add_argument("--train-rows", type=int, default=None, help="fixed random subset of N training rows (default: all)")
-    group.add_argument("--test-rows", type=int, default=None,
-                       help="fixed random subset of N test rows (accuracy; the attacked images come from it) (default: all)")
-    group.add_argument("--epochs", type=int, default=50, help="training epochs of the classifiers (release: %(default)s)")
-    group.add_argument("--cifar-epochs", type=int, default=None, help="training epochs on CIFAR-10 (default: --epochs)")
-    group.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
-                       help="'sgd': the release's (momentum 0.9, Nesterov); 'adam' (default: %(default)s)")
-    group.add_argument("--lr", type=float, default=None, help="learning rate (default: sgd 0.01 as released, adam 1e-3)")
+    group.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["mnist", "cifar10"],
+        choices=list(DATASETS),
+        help="data sets (default: %(default)s)",
+    )
+    group.add_argument(
+        "--attacks",
+        nargs="+",
+        default=list(ATTACKS),
+        choices=ATTACKS,
+        help="attacks (default: all)",
+    )
+    group.add_argument(
+        "--images",
+        type=int,
+        default=1000,
+        help="correctly classified test images attacked (default: %(default)s)",
+    )
+    group.add_argument(
+        "--train-rows",
+        type=int,
+        default=None,
+        help="fixed random subset of N training rows (default: all)",
+    )
+    group.add_argument(
+        "--test-rows",
+        type=int,
+        default=None,
+        help="fixed random subset of N test rows (accuracy; the attacked images come from it) (default: all)",
+    )
+    group.add_argument(
+        "--epochs",
+        type=int,
+        default=50,
+        help="training epochs of the classifiers (release: %(default)s)",
+    )
+    group.add_argument(
+        "--cifar-epochs",
+        type=int,
+        default=None,
+        help="training epochs on CIFAR-10 (default: --epochs)",
+    )
+    group.add_argument(
+        "--optimizer",
+        choices=("sgd", "adam"),
+        default="sgd",
+        help="'sgd': the release's (momentum 0.9, Nesterov); 'adam' (default: %(default)s)",
+    )
+    group.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default: sgd 0.01 as released, adam 1e-3)",
+    )
     mine = parser.add_argument_group("MINE attacks")
-    mine.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                      help="MinMax and penalty preset (default: %(default)s, the release's values)")
-    mine.add_argument("--steps", type=int, default=None, help="MinMax iterations T (default: the preset's, 1000)")
-    mine.add_argument("--penalty-search-steps", type=int, default=9, help="binary-search rounds (default: %(default)s)")
-    mine.add_argument("--penalty-steps", type=int, default=None, help="iterations per round (default: the preset's, 1000)")
-    mine.add_argument("--penalty-mine-steps", type=int, default=None,
-                      help="MINE Adam steps per penalty iteration (default: the release's 20)")
-    mine.add_argument("--alpha", type=float, default=None, help="step size on δ (default: the preset's)")
-    mine.add_argument("--c0", type=float, default=None, help="initial trade-off constant c (default: the preset's, 1e-3)")
-    mine.add_argument("--attack-batch-size", type=int, default=None, help="images attacked together (default: the preset's)")
+    mine.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="paper",
+        help="MinMax and penalty preset (default: %(default)s, the release's values)",
+    )
+    mine.add_argument(
+        "--steps", type=int, default=None, help="MinMax iterations T (default: the preset's, 1000)"
+    )
+    mine.add_argument(
+        "--penalty-search-steps",
+        type=int,
+        default=9,
+        help="binary-search rounds (default: %(default)s)",
+    )
+    mine.add_argument(
+        "--penalty-steps",
+        type=int,
+        default=None,
+        help="iterations per round (default: the preset's, 1000)",
+    )
+    mine.add_argument(
+        "--penalty-mine-steps",
+        type=int,
+        default=None,
+        help="MINE Adam steps per penalty iteration (default: the release's 20)",
+    )
+    mine.add_argument(
+        "--alpha", type=float, default=None, help="step size on δ (default: the preset's)"
+    )
+    mine.add_argument(
+        "--c0",
+        type=float,
+        default=None,
+        help="initial trade-off constant c (default: the preset's, 1e-3)",
+    )
+    mine.add_argument(
+        "--attack-batch-size",
+        type=int,
+        default=None,
+        help="images attacked together (default: the preset's)",
+    )
     gradient = parser.add_argument_group("gradient attacks")
-    gradient.add_argument("--epsilon", type=float, default=None,
-                          help="L∞ radius of PGD and FGSM (default: MNIST 0.3, CIFAR-10 8/255)")
-    gradient.add_argument("--pgd-steps", type=int, default=None, help="PGD steps (default: MNIST 40, CIFAR-10 20)")
-    gradient.add_argument("--lbfgs-search-steps", type=int, default=10, help="L-BFGS constants c tried (default: %(default)s)")
-    gradient.add_argument("--lbfgs-max-iter", type=int, default=100, help="L-BFGS-B iterations per c (default: %(default)s)")
+    gradient.add_argument(
+        "--epsilon",
+        type=float,
+        default=None,
+        help="L∞ radius of PGD and FGSM (default: MNIST 0.3, CIFAR-10 8/255)",
+    )
+    gradient.add_argument(
+        "--pgd-steps", type=int, default=None, help="PGD steps (default: MNIST 40, CIFAR-10 20)"
+    )
+    gradient.add_argument(
+        "--lbfgs-search-steps",
+        type=int,
+        default=10,
+        help="L-BFGS constants c tried (default: %(default)s)",
+    )
+    gradient.add_argument(
+        "--lbfgs-max-iter",
+        type=int,
+        default=100,
+        help="L-BFGS-B iterations per c (default: %(default)s)",
+    )
     evaluator = parser.add_argument_group("independent MI evaluator (uae_augment.per_sample_mi)")
-    evaluator.add_argument("--mi-steps", type=int, default=1200, help="Adam steps of the evaluator's MINE (default: %(default)s)")
-    evaluator.add_argument("--mi-lr", type=float, default=1e-2, help="its learning rate (default: %(default)s)")
-    evaluator.add_argument("--mi-projections", type=int, default=200, help="random projections K (default: %(default)s)")
-    evaluator.add_argument("--mi-projection-dim", type=int, default=32, help="projected sample length (default: %(default)s)")
-    evaluator.add_argument("--no-mi-check", action="store_true", help="skip the convergence check (scoring again with 2x the steps)")
+    evaluator.add_argument(
+        "--mi-steps",
+        type=int,
+        default=1200,
+        help="Adam steps of the evaluator's MINE (default: %(default)s)",
+    )
+    evaluator.add_argument(
+        "--mi-lr", type=float, default=1e-2, help="its learning rate (default: %(default)s)"
+    )
+    evaluator.add_argument(
+        "--mi-projections",
+        type=int,
+        default=200,
+        help="random projections K (default: %(default)s)",
+    )
+    evaluator.add_argument(
+        "--mi-projection-dim",
+        type=int,
+        default=32,
+        help="projected sample length (default: %(default)s)",
+    )
+    evaluator.add_argument(
+        "--no-mi-check",
+        action="store_true",
+        help="skip the convergence check (scoring again with 2x the steps)",
+    )
     return parser
 
 
 # --------------------------------------------------------------------------- attacks
 
 
-def build_attacks(model: nn.Module, data: DataSpec, args: argparse.Namespace, seed: int) -> dict[str, tuple[Attack, int]]:
+def build_attacks(
+    model: nn.Module, data: DataSpec, args: argparse.Namespace, seed: int
+) -> dict[str, tuple[Attack, int]]:
     """The requested attacks on ``model`` and each one's iteration budget per example."""
     progress = not args.no_progress
     epsilon = args.epsilon if args.epsilon is not None else data.epsilon
@@ -216,32 +338,72 @@ def build_attacks(model: nn.Module, data: DataSpec, args: argparse.Namespace, se
     criterion = ClassifierMargin(model)
 
     def minmax() -> tuple[Attack, int]:
-        attack = MinMaxAttack(criterion, mode="supervised", preset=args.preset, steps=args.steps, alpha=args.alpha,
-                              c0=args.c0, record_history=True, seed=seed, batch_size=args.attack_batch_size,
-                              progress=progress)
+        attack = MinMaxAttack(
+            criterion,
+            mode="supervised",
+            preset=args.preset,
+            steps=args.steps,
+            alpha=args.alpha,
+            c0=args.c0,
+            record_history=True,
+            seed=seed,
+            batch_size=args.attack_batch_size,
+            progress=progress,
+        )
         return attack, attack.settings["steps"]
 
     def penalty() -> tuple[Attack, int]:
         mine_steps = 20 if args.penalty_mine_steps is None else args.penalty_mine_steps
-        attack = PenaltyAttack(criterion, preset=args.preset, search_steps=args.penalty_search_steps,
-                               steps=args.penalty_steps, mine_steps=mine_steps, alpha=args.alpha, c0=args.c0,
-                               record_history=True, seed=seed, batch_size=args.attack_batch_size, progress=progress)
+        attack = PenaltyAttack(
+            criterion,
+            preset=args.preset,
+            search_steps=args.penalty_search_steps,
+            steps=args.penalty_steps,
+            mine_steps=mine_steps,
+            alpha=args.alpha,
+            c0=args.c0,
+            record_history=True,
+            seed=seed,
+            batch_size=args.attack_batch_size,
+            progress=progress,
+        )
         return attack, attack.search_steps * attack.settings["steps"]
 
     factories: dict[str, Callable[[], tuple[Attack, int]]] = {
         "minmax": minmax,
         "penalty": penalty,
-        "pgd": lambda: (PGD(model, epsilon=epsilon, steps=pgd_steps, step_size=2.5 * epsilon / pgd_steps,
-                            seed=seed, progress=progress), pgd_steps),
+        "pgd": lambda: (
+            PGD(
+                model,
+                epsilon=epsilon,
+                steps=pgd_steps,
+                step_size=2.5 * epsilon / pgd_steps,
+                seed=seed,
+                progress=progress,
+            ),
+            pgd_steps,
+        ),
         "fgsm": lambda: (FGSM(model, epsilon=epsilon, seed=seed, progress=progress), 1),
-        "lbfgs": lambda: (LBFGS(model, search_steps=args.lbfgs_search_steps, max_iter=args.lbfgs_max_iter,
-                                seed=seed, progress=progress), args.lbfgs_search_steps * args.lbfgs_max_iter),
+        "lbfgs": lambda: (
+            LBFGS(
+                model,
+                search_steps=args.lbfgs_search_steps,
+                max_iter=args.lbfgs_max_iter,
+                seed=seed,
+                progress=progress,
+            ),
+            args.lbfgs_search_steps * args.lbfgs_max_iter,
+        ),
     }
     return {name: factories[name]() for name in args.attacks}
 
 
 def score_pairs(
-    x: torch.Tensor, others: dict[str, torch.Tensor], index: torch.Tensor, args: argparse.Namespace, seed: int,
+    x: torch.Tensor,
+    others: dict[str, torch.Tensor],
+    index: torch.Tensor,
+    args: argparse.Namespace,
+    seed: int,
     steps: int,
 ) -> dict[str, torch.Tensor]:
     """The independent evaluator (``per_sample_mi``, identical settings) on the pairs (x, others[name]).
@@ -252,9 +414,14 @@ def score_pairs(
     """
     names = list(others)
     values = per_sample_mi(
-        x.repeat((len(names),) + (1,) * (x.dim() - 1)), torch.cat([others[n] for n in names]),
-        steps=steps, lr=args.mi_lr, projections=args.mi_projections, projection_dim=args.mi_projection_dim,
-        seed=seed, index=index.repeat(len(names)),
+        x.repeat((len(names),) + (1,) * (x.dim() - 1)),
+        torch.cat([others[n] for n in names]),
+        steps=steps,
+        lr=args.mi_lr,
+        projections=args.mi_projections,
+        projection_dim=args.mi_projection_dim,
+        seed=seed,
+        index=index.repeat(len(names)),
     ).cpu()
     return dict(zip(names, values.split(len(x))))
 
@@ -268,8 +435,14 @@ def _mean(values: torch.Tensor, mask: torch.Tensor | None = None) -> float:
 
 
 def attack_record(
-    name: str, result: AttackResult, x: torch.Tensor, seconds: float, cpu_s: float, iterations: int,
-    mi: torch.Tensor, mi_check: torch.Tensor | None,
+    name: str,
+    result: AttackResult,
+    x: torch.Tensor,
+    seconds: float,
+    cpu_s: float,
+    iterations: int,
+    mi: torch.Tensor,
+    mi_check: torch.Tensor | None,
 ) -> dict[str, Any]:
     """The per-attack numbers of the table (distortions over all attacked images; MI over successful ones)."""
     sizes = distortion(x, result.adversarial)
@@ -309,26 +482,49 @@ class Experiment(_protocol.RecipeRun):
     def run(self, data: DataSpec, seed: int, *, figures: bool) -> None:
         args, tag = self.args, f"{data.name}/seed{seed}"
         with self.timer.stage(f"{tag}/load"):
-            train, test = _protocol.load_splits(data.name, args.data_root, train_rows=args.train_rows, test_rows=args.test_rows)
+            train, test = _protocol.load_splits(
+                data.name, args.data_root, train_rows=args.train_rows, test_rows=args.test_rows
+            )
             x_test, y_test = _protocol.stack(test)
         x_test, y_test = x_test.to(self.device), y_test.to(self.device)
         epochs = args.cifar_epochs if data.name == "cifar10" and args.cifar_epochs else args.epochs
-        key = {"dataset": data.name, "rows": len(train), "seed": seed, "epochs": epochs,
-               "optimizer": args.optimizer, "lr": args.lr}
-        trainer = _protocol.fit_trainer(device=self.device, epochs=epochs, seed=seed, progress=self.progress)
+        key = {
+            "dataset": data.name,
+            "rows": len(train),
+            "seed": seed,
+            "epochs": epochs,
+            "optimizer": args.optimizer,
+            "lr": args.lr,
+        }
+        trainer = _protocol.fit_trainer(
+            device=self.device, epochs=epochs, seed=seed, progress=self.progress
+        )
         with self.timer.stage(f"{tag}/train"):
             model, history = _protocol.train_model(
-                lambda: Victim(data.shape, args.optimizer, args.lr), train, trainer, seed=seed, device=self.device,
-                checkpoint=self.out / "models" / f"{data.name}-cw-seed{seed}.pt", key=key,
+                lambda: Victim(data.shape, args.optimizer, args.lr),
+                train,
+                trainer,
+                seed=seed,
+                device=self.device,
+                checkpoint=self.out / "models" / f"{data.name}-cw-seed{seed}.pt",
+                key=key,
             )
         test_accuracy = accuracy(model, x_test, y_test)
-        positions = correctly_classified(model, x_test, y_test, count=args.images, seed=_protocol.SUBSET_SEED)
+        positions = correctly_classified(
+            model, x_test, y_test, count=args.images, seed=_protocol.SUBSET_SEED
+        )
         x, y = x_test[positions.to(self.device)], y_test[positions.to(self.device)]
         # the images' indices in the test split (they also seed the attacks' per-sample randomness)
         rows = torch.as_tensor(test.indices)[positions] if isinstance(test, Subset) else positions
         record: dict[str, Any] = {
-            "dataset": data.name, "published_as": data.published, "seed": seed, "train_size": len(train),
-            "test_size": len(x_test), "test_accuracy": test_accuracy, "images": len(rows), "image_index": rows.tolist(),
+            "dataset": data.name,
+            "published_as": data.published,
+            "seed": seed,
+            "train_size": len(train),
+            "test_size": len(x_test),
+            "test_accuracy": test_accuracy,
+            "images": len(rows),
+            "image_index": rows.tolist(),
             "training": _protocol.brief(history),
             "attacks": {},
         }
@@ -338,7 +534,12 @@ class Experiment(_protocol.RecipeRun):
             with self.timer.stage(f"{tag}/attack/{name}"):
                 started, cpu_started = time.perf_counter(), time.process_time()
                 results[name] = attack(x, y, index=rows)
-                timings[name] = (time.perf_counter() - started, time.process_time() - cpu_started, iterations, attack.config())
+                timings[name] = (
+                    time.perf_counter() - started,
+                    time.process_time() - cpu_started,
+                    iterations,
+                    attack.config(),
+                )
         # every final pair, and the two reference pairs, in one evaluator call (same MINE init per image)
         others = {
             **{name: result.adversarial for name, result in results.items()},
@@ -353,36 +554,60 @@ class Experiment(_protocol.RecipeRun):
                 checks = score_pairs(x, others, rows, args, seed, 2 * args.mi_steps)
         # MINE attacks compared on the images that all of them fooled (their MI means are over successes)
         mine_runs = [results[n] for n in MINE_ATTACKS if n in results]
-        common_mask = torch.stack([r.success.cpu() for r in mine_runs]).all(dim=0) if mine_runs else None
+        common_mask = (
+            torch.stack([r.success.cpu() for r in mine_runs]).all(dim=0) if mine_runs else None
+        )
         record["mine_common_successes"] = int(common_mask.sum()) if common_mask is not None else 0
         for name, result in results.items():
             seconds, cpu_s, iterations, config = timings[name]
             mi_check = checks[name] if checks is not None else None
             record["attacks"][name] = {
-                **attack_record(name, result, x, seconds, cpu_s, iterations, scores[name], mi_check), "config": config,
+                **attack_record(
+                    name, result, x, seconds, cpu_s, iterations, scores[name], mi_check
+                ),
+                "config": config,
             }
             if name in MINE_ATTACKS and common_mask is not None:
                 record["attacks"][name]["mi_evaluator_common"] = _mean(scores[name], common_mask)
-        record["mi_references"] = {key: _mean(scores[key]) for key in ("identical copy", "unrelated image")}
+        record["mi_references"] = {
+            key: _mean(scores[key]) for key in ("identical copy", "unrelated image")
+        }
         if checks is not None:
-            record["mi_references_2x_steps"] = {key: _mean(checks[key]) for key in ("identical copy", "unrelated image")}
+            record["mi_references_2x_steps"] = {
+                key: _mean(checks[key]) for key in ("identical copy", "unrelated image")
+            }
             order = sorted(results, key=lambda n: -_mean(scores[n]))
             order_2x = sorted(results, key=lambda n: -_mean(checks[n]))
-            record["mi_ranking"] = {"steps": order, "2x_steps": order_2x, "agree": order == order_2x}
+            record["mi_ranking"] = {
+                "steps": order,
+                "2x_steps": order_2x,
+                "agree": order == order_2x,
+            }
         self.runs.append(record)
         if figures:
             self._figures(data, x, results)
 
     def _figures(self, data: DataSpec, x: torch.Tensor, results: dict[str, AttackResult]) -> None:
         curves = {
-            f"{LABELS[name]} (attack's own MINE estimate)": results[name].mi_trace.mean(dim=0).cpu().tolist()
-            for name in MINE_ATTACKS if name in results and results[name].mi_trace is not None
+            f"{LABELS[name]} (attack's own MINE estimate)": results[name]
+            .mi_trace.mean(dim=0)
+            .cpu()
+            .tolist()
+            for name in MINE_ATTACKS
+            if name in results and results[name].mi_trace is not None
         }
         if curves:
-            path = save_curves(curves, self.out / f"mi_curves-{data.name}.png", xlabel="iteration",
-                               ylabel="mean MI estimate (nats)", title=f"{data.published}: MI per iteration")
+            path = save_curves(
+                curves,
+                self.out / f"mi_curves-{data.name}.png",
+                xlabel="iteration",
+                ylabel="mean MI estimate (nats)",
+                title=f"{data.published}: MI per iteration",
+            )
             self.figures.append(str(path))
-        shown = torch.linspace(0, len(x) - 1, min(8, len(x))).round().long().unique()  # the rows are sorted by index
+        shown = (
+            torch.linspace(0, len(x) - 1, min(8, len(x))).round().long().unique()
+        )  # the rows are sorted by index
         clean = x.cpu()[shown]
         grid: dict[str, torch.Tensor] = {"clean": clean}
         for name in ("minmax", "penalty", "pgd"):
@@ -391,8 +616,11 @@ class Experiment(_protocol.RecipeRun):
                 grid[LABELS[name]] = adversarial
                 grid[f"{LABELS[name]} δ"] = perturbation_picture(adversarial - clean)
         if len(grid) > 1:
-            path = save_image_grid(grid, self.out / f"grid-{data.name}.png",
-                                   title=f"{data.published}: clean | adversarial | perturbation (amplified)")
+            path = save_image_grid(
+                grid,
+                self.out / f"grid-{data.name}.png",
+                title=f"{data.published}: clean | adversarial | perturbation (amplified)",
+            )
             self.figures.append(str(path))
 
 
@@ -414,18 +642,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             skipped.append({"dataset": name, "reason": str(error).splitlines()[0]})
     experiment.timer.close()
     if not available:
-        parser.error("none of the requested data sets is available: " + "; ".join(s["reason"] for s in skipped))
+        parser.error(
+            "none of the requested data sets is available: "
+            + "; ".join(s["reason"] for s in skipped)
+        )
     summary = _supervised_report.summarise(experiment.runs, available, args.attacks)
     table = _supervised_report.markdown(summary, args, minmax_mine_lr=_feature_map_lr(args.preset))
     if skipped:
-        table += "\nSkipped: " + "; ".join(f"{s['dataset']} ({s['reason']})" for s in skipped) + "\n"
-    _report.write_outputs(out, RECIPE, args, experiment.timer, table, {
-        "skipped": skipped,
-        "runs": experiment.runs,
-        "summary": summary,
-        "published": PUBLISHED,
-        "figures": experiment.figures,
-    })
+        table += (
+            "\nSkipped: " + "; ".join(f"{s['dataset']} ({s['reason']})" for s in skipped) + "\n"
+        )
+    _report.write_outputs(
+        out,
+        RECIPE,
+        args,
+        experiment.timer,
+        table,
+        {
+            "skipped": skipped,
+            "runs": experiment.runs,
+            "summary": summary,
+            "published": PUBLISHED,
+            "figures": experiment.figures,
+        },
+    )
     return 0
 
 

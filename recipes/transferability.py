@@ -63,16 +63,24 @@ class WeightDecayMLP(MLPClassifier):
     """``MLPClassifier`` whose loss adds weight_decay / 2 · Σ‖W‖² over its weight matrices."""
 
     def __init__(
-        self, input_shape: Sequence[int], hidden: Sequence[int], weight_decay: float, epochs: int,
+        self,
+        input_shape: Sequence[int],
+        hidden: Sequence[int],
+        weight_decay: float,
+        epochs: int,
         activation: str = "relu",
     ):
         super().__init__(input_shape, hidden=hidden, activation=activation)
         self.weight_decay = float(weight_decay)
         self.fit_settings = FitSettings(epochs=epochs, batch_size=128)
 
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_loss(
+        self, x: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, parts = super().training_loss(x, y)
-        penalty = sum(layer.weight.pow(2).sum() for layer in self.modules() if isinstance(layer, nn.Linear))
+        penalty = sum(
+            layer.weight.pow(2).sum() for layer in self.modules() if isinstance(layer, nn.Linear)
+        )
         return loss + 0.5 * self.weight_decay * penalty, {**parts, "cross_entropy": loss.detach()}
 
 
@@ -98,7 +106,9 @@ class AutoencoderClassifier(ReferenceModel):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [torch.optim.Adam(self.head.parameters(), lr=1e-3, eps=1e-7)]
 
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_loss(
+        self, x: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert y is not None
         return F.cross_entropy(self(x), y), {}
 
@@ -164,6 +174,7 @@ PUBLISHED: dict[str, Any] = {
     "columns": list(TABLE_MODELS) + ["av. distortion"],
 }
 
+
 @dataclasses.dataclass(frozen=True)
 class CrossTrainingSpec:
     """A model of the cross-training table: hidden widths (sigmoid) and its half of the training set."""
@@ -207,30 +218,86 @@ QUICK: dict[str, Any] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's command-line interface."""
-    parser = _config.base_parser(__doc__, quick=QUICK, examples=[
-        "python recipes/transferability.py --quick           # MNIST-5k, minutes on a CPU",
-        "python recipes/transferability.py --seeds 0         # MNIST, 1000 images",
-        "python recipes/transferability.py --quick --models 'FC10(1e-4)' FC100-100-10 AE400-10",
-    ])
+    parser = _config.base_parser(
+        __doc__,
+        quick=QUICK,
+        examples=[
+            "python recipes/transferability.py --quick           # MNIST-5k, minutes on a CPU",
+            "python recipes/transferability.py --seeds 0         # MNIST, 1000 images",
+            "python recipes/transferability.py --quick --models 'FC10(1e-4)' FC100-100-10 AE400-10",
+        ],
+    )
     group = parser.add_argument_group("experiment")
-    group.add_argument("--dataset", default="mnist", help="data set (default: %(default)s; 'mnist-5k' needs no files)")
-    group.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="models (default: all)")
-    group.add_argument("--epochs", type=int, default=20, help="training epochs of every classifier (default: %(default)s)")
-    group.add_argument("--ae-epochs", type=int, default=20, help="training epochs of the autoencoder of AE400-10 (default: %(default)s)")
-    group.add_argument("--train-rows", type=int, default=None, help="fixed random subset of N training rows (default: all)")
-    group.add_argument("--images", type=int, default=1000,
-                       help="test images to attack, among those every model classifies correctly (default: %(default)s)")
-    group.add_argument("--cross-training", action=argparse.BooleanOptionalAction, default=True,
-                       help="also the cross-training table (sigmoid nets on two disjoint halves of the training set)"
-                            " (default: %(default)s)")
-    group.add_argument("--cross-epochs", type=int, default=None,
-                       help="training epochs of the cross-training nets (default: --epochs; sigmoid nets learn"
-                            " more slowly than ReLU nets)")
+    group.add_argument(
+        "--dataset",
+        default="mnist",
+        help="data set (default: %(default)s; 'mnist-5k' needs no files)",
+    )
+    group.add_argument(
+        "--models",
+        nargs="+",
+        default=list(MODELS),
+        choices=list(MODELS),
+        help="models (default: all)",
+    )
+    group.add_argument(
+        "--epochs",
+        type=int,
+        default=20,
+        help="training epochs of every classifier (default: %(default)s)",
+    )
+    group.add_argument(
+        "--ae-epochs",
+        type=int,
+        default=20,
+        help="training epochs of the autoencoder of AE400-10 (default: %(default)s)",
+    )
+    group.add_argument(
+        "--train-rows",
+        type=int,
+        default=None,
+        help="fixed random subset of N training rows (default: all)",
+    )
+    group.add_argument(
+        "--images",
+        type=int,
+        default=1000,
+        help="test images to attack, among those every model classifies correctly (default: %(default)s)",
+    )
+    group.add_argument(
+        "--cross-training",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the cross-training table (sigmoid nets on two disjoint halves of the training set)"
+        " (default: %(default)s)",
+    )
+    group.add_argument(
+        "--cross-epochs",
+        type=int,
+        default=None,
+        help="training epochs of the cross-training nets (default: --epochs; sigmoid nets learn"
+        " more slowly than ReLU nets)",
+    )
     attack = parser.add_argument_group("attack (box-constrained L-BFGS)")
-    attack.add_argument("--search-steps", type=int, default=10, help="constants c tried per image (default: %(default)s)")
-    attack.add_argument("--max-iter", type=int, default=100, help="L-BFGS-B iterations per constant (default: %(default)s)")
-    attack.add_argument("--noise-rms", type=float, nargs="*", default=[0.1, 0.3],
-                        help="extra noise rows of these RMS distortions (default: %(default)s)")
+    attack.add_argument(
+        "--search-steps",
+        type=int,
+        default=10,
+        help="constants c tried per image (default: %(default)s)",
+    )
+    attack.add_argument(
+        "--max-iter",
+        type=int,
+        default=100,
+        help="L-BFGS-B iterations per constant (default: %(default)s)",
+    )
+    attack.add_argument(
+        "--noise-rms",
+        type=float,
+        nargs="*",
+        default=[0.1, 0.3],
+        help="extra noise rows of these RMS distortions (default: %(default)s)",
+    )
     return parser
 
 
@@ -238,8 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train_models(
-    names: Sequence[str], train: Any, shape: tuple[int, ...], classes: int, args: argparse.Namespace,
-    seed: int, device: torch.device, out: Path, timer: _report.StageTimer,
+    names: Sequence[str],
+    train: Any,
+    shape: tuple[int, ...],
+    classes: int,
+    args: argparse.Namespace,
+    seed: int,
+    device: torch.device,
+    out: Path,
+    timer: _report.StageTimer,
 ) -> tuple[dict[str, nn.Module], dict[str, Any]]:
     """Trains (or reloads) every named model; returns the models and their training records."""
     models: dict[str, nn.Module] = {}
@@ -253,9 +327,15 @@ def train_models(
             ae_key = {**base_key, "model": "dense-ae-400", "epochs": args.ae_epochs}
             with timer.stage(f"seed{seed}/train/AE400"):
                 autoencoder, ae_record = _protocol.train_model(
-                    lambda: DenseAutoencoder(shape, hidden=400), train,
-                    _protocol.fit_trainer(device=device, epochs=args.ae_epochs, seed=seed, progress=progress),
-                    seed=seed, device=device, checkpoint=out / "models" / f"dense-ae-400-seed{seed}.pt", key=ae_key,
+                    lambda: DenseAutoencoder(shape, hidden=400),
+                    train,
+                    _protocol.fit_trainer(
+                        device=device, epochs=args.ae_epochs, seed=seed, progress=progress
+                    ),
+                    seed=seed,
+                    device=device,
+                    checkpoint=out / "models" / f"dense-ae-400-seed{seed}.pt",
+                    key=ae_key,
                 )
             records["AE400 autoencoder"] = _protocol.brief(ae_record)
 
@@ -272,8 +352,13 @@ def train_models(
 
         with timer.stage(f"seed{seed}/train/{name}"):
             model, record = _protocol.train_model(
-                build, train, trainer, seed=seed, device=device,
-                checkpoint=out / "models" / f"{_file_name(name)}-seed{seed}.pt", key=key,
+                build,
+                train,
+                trainer,
+                seed=seed,
+                device=device,
+                checkpoint=out / "models" / f"{_file_name(name)}-seed{seed}.pt",
+                key=key,
             )
         models[name] = model.eval()
         records[name] = _protocol.brief(record)
@@ -285,13 +370,21 @@ def split_halves(dataset: Any) -> dict[str, Subset]:
     generator = torch.Generator().manual_seed(_protocol.SUBSET_SEED)
     order = torch.randperm(len(dataset), generator=generator)
     half = len(dataset) // 2
-    return {"P1": Subset(dataset, order[:half].sort().values.tolist()),
-            "P2": Subset(dataset, order[half:2 * half].sort().values.tolist())}
+    return {
+        "P1": Subset(dataset, order[:half].sort().values.tolist()),
+        "P2": Subset(dataset, order[half : 2 * half].sort().values.tolist()),
+    }
 
 
 def train_cross_training(
-    train: Any, shape: tuple[int, ...], classes: int, args: argparse.Namespace,
-    seed: int, device: torch.device, out: Path, timer: _report.StageTimer,
+    train: Any,
+    shape: tuple[int, ...],
+    classes: int,
+    args: argparse.Namespace,
+    seed: int,
+    device: torch.device,
+    out: Path,
+    timer: _report.StageTimer,
 ) -> tuple[dict[str, nn.Module], dict[str, Any]]:
     """Trains (or reloads) the three sigmoid nets of the cross-training table on their halves."""
     parts = split_halves(train)
@@ -299,27 +392,41 @@ def train_cross_training(
     records: dict[str, Any] = {}
     epochs = args.epochs if args.cross_epochs is None else args.cross_epochs
     for spec in CROSS_TRAINING:
-        key = {"dataset": args.dataset, "rows": len(parts[spec.part]), "part": spec.part, "seed": seed,
-               "model": f"cross-training {spec.name}", "epochs": epochs}
+        key = {
+            "dataset": args.dataset,
+            "rows": len(parts[spec.part]),
+            "part": spec.part,
+            "seed": seed,
+            "model": f"cross-training {spec.name}",
+            "epochs": epochs,
+        }
 
         def build(spec: CrossTrainingSpec = spec) -> nn.Module:
-            return WeightDecayMLP(shape, spec.hidden, CROSS_TRAINING_DECAY, epochs, activation="sigmoid")
+            return WeightDecayMLP(
+                shape, spec.hidden, CROSS_TRAINING_DECAY, epochs, activation="sigmoid"
+            )
 
         with timer.stage(f"seed{seed}/cross-training/train/{spec.name}"):
             model, record = _protocol.train_model(
-                build, parts[spec.part],
+                build,
+                parts[spec.part],
                 _protocol.fit_trainer(device=device, seed=seed, progress=not args.no_progress),
-                seed=seed, device=device,
-                checkpoint=out / "models" / f"cross-{_file_name(spec.name)}-seed{seed}.pt", key=key,
+                seed=seed,
+                device=device,
+                checkpoint=out / "models" / f"cross-{_file_name(spec.name)}-seed{seed}.pt",
+                key=key,
             )
         models[spec.name] = model.eval()
-        records[spec.name] = {**_protocol.brief(record), "part": spec.part, "rows": len(parts[spec.part])}
+        records[spec.name] = {
+            **_protocol.brief(record),
+            "part": spec.part,
+            "rows": len(parts[spec.part]),
+        }
     return models, records
 
 
 def _file_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in name)
-
 
 
 # --------------------------------------------------------------------------- tables
@@ -336,48 +443,74 @@ def matrix_markdown(matrix: dict[str, Any], accuracies: dict[str, float], n: int
     rows = []
     for row in matrix["rows"]:
         success = matrix["attack_success"].get(row)
-        rows.append([row, *(_pct(matrix["error"][row][t]) for t in targets),
-                     f"{matrix['distortion_rms'][row]:.3f}", _pct(success) if success is not None else "—"])
+        rows.append(
+            [
+                row,
+                *(_pct(matrix["error"][row][t]) for t in targets),
+                f"{matrix['distortion_rms'][row]:.3f}",
+                _pct(success) if success is not None else "—",
+            ]
+        )
     rows.append(["clean test accuracy", *(_pct(accuracies[t]) for t in targets), "—", "—"])
-    return "\n".join([
-        f"### Cross-model generalisation: error rate of each column's model on the row's examples ({n} test digits)",
-        "",
-        "Rows: L-BFGS examples crafted on a model, then Gaussian noise matched per image to that model's",
-        "examples (same RMS distortion, after clipping to [0, 1]) and noise of fixed RMS distortion. The attacked",
-        "digits are classified correctly by every model, so every error comes from the perturbation.",
-        "",
-        _report.markdown_table(header, rows),
-    ])
+    return "\n".join(
+        [
+            f"### Cross-model generalisation: error rate of each column's model on the row's examples ({n} test digits)",
+            "",
+            "Rows: L-BFGS examples crafted on a model, then Gaussian noise matched per image to that model's",
+            "examples (same RMS distortion, after clipping to [0, 1]) and noise of fixed RMS distortion. The attacked",
+            "digits are classified correctly by every model, so every error comes from the perturbation.",
+            "",
+            _report.markdown_table(header, rows),
+        ]
+    )
 
 
 def published_markdown() -> str:
     """The published table (references/adversarial-examples-lecture-a.md)."""
     header = ["crafted on \\ fed to", *PUBLISHED["columns"]]
-    rows = [[row, *(f"{v:g}%" for v in values[:-1]), f"{values[-1]:g}"] for row, values in PUBLISHED["rows"].items()]
-    return "\n".join(["### Published (Szegedy et al. 2014, MNIST)", "", _report.markdown_table(header, rows)])
+    rows = [
+        [row, *(f"{v:g}%" for v in values[:-1]), f"{values[-1]:g}"]
+        for row, values in PUBLISHED["rows"].items()
+    ]
+    return "\n".join(
+        ["### Published (Szegedy et al. 2014, MNIST)", "", _report.markdown_table(header, rows)]
+    )
 
 
 def cross_training_markdown(matrix: dict[str, Any], accuracies: dict[str, float], n: int) -> str:
     """Our cross-training table (error rates of each column's model on the row's examples)."""
     targets = matrix["targets"]
     header = ["crafted on \\ fed to", *targets, "av. distortion (RMS)"]
-    rows = [[row, *(_pct(matrix["error"][row][t]) for t in targets), f"{matrix['distortion_rms'][row]:.3f}"]
-            for row in matrix["rows"]]
+    rows = [
+        [
+            row,
+            *(_pct(matrix["error"][row][t]) for t in targets),
+            f"{matrix['distortion_rms'][row]:.3f}",
+        ]
+        for row in matrix["rows"]
+    ]
     rows.append(["clean test accuracy", *(_pct(accuracies[t]) for t in targets), "—"])
-    published = [[row, *(f"{v:g}%" for v in values)] for row, values in PUBLISHED_CROSS_TRAINING["rows"].items()]
+    published = [
+        [row, *(f"{v:g}%" for v in values)]
+        for row, values in PUBLISHED_CROSS_TRAINING["rows"].items()
+    ]
     parts = ", ".join(f"{spec.name} on {spec.part}" for spec in CROSS_TRAINING)
-    return "\n".join([
-        f"### Cross-training generalisation ({n} test digits)",
-        "",
-        f"Sigmoid nets (λ = {CROSS_TRAINING_DECAY:g}) trained on two disjoint halves of the training set: {parts}.",
-        "Each row's L-BFGS examples are fed to every net; the digits are classified correctly by all three.",
-        "",
-        _report.markdown_table(header, rows),
-        "",
-        "Published (Szegedy et al. 2014, MNIST halves of 30,000 images):",
-        "",
-        _report.markdown_table(["crafted on \\ fed to", *PUBLISHED_CROSS_TRAINING["columns"]], published),
-    ])
+    return "\n".join(
+        [
+            f"### Cross-training generalisation ({n} test digits)",
+            "",
+            f"Sigmoid nets (λ = {CROSS_TRAINING_DECAY:g}) trained on two disjoint halves of the training set: {parts}.",
+            "Each row's L-BFGS examples are fed to every net; the digits are classified correctly by all three.",
+            "",
+            _report.markdown_table(header, rows),
+            "",
+            "Published (Szegedy et al. 2014, MNIST halves of 30,000 images):",
+            "",
+            _report.markdown_table(
+                ["crafted on \\ fed to", *PUBLISHED_CROSS_TRAINING["columns"]], published
+            ),
+        ]
+    )
 
 
 def lipschitz_markdown(reports: dict[str, Any]) -> str:
@@ -387,17 +520,26 @@ def lipschitz_markdown(reports: dict[str, Any]) -> str:
     for name, report in reports.items():
         for layer in report["layers"]:
             if layer["kind"] in ("Linear", "Conv2d") or abs(layer["norm"] - 1.0) > 1e-12:
-                rows.append([name, f"{layer['name']} ({layer['kind']})", layer["size"] or "—",
-                             layer["stride"] or "N/A", f"{layer['norm']:.3f}"])
+                rows.append(
+                    [
+                        name,
+                        f"{layer['name']} ({layer['kind']})",
+                        layer["size"] or "—",
+                        layer["stride"] or "N/A",
+                        f"{layer['norm']:.3f}",
+                    ]
+                )
         rows.append([name, "**product**", "", "", f"**{report['product']:.4g}**"])
-    return "\n".join([
-        "### Lipschitz upper bounds per layer (L2)",
-        "",
-        "Dense layers: exact spectral norm (SVD). Convolutions: power iteration on the actual operator at the",
-        "layer's input size (stride and padding included). The product bounds the model's Lipschitz constant.",
-        "",
-        _report.markdown_table(header, rows),
-    ])
+    return "\n".join(
+        [
+            "### Lipschitz upper bounds per layer (L2)",
+            "",
+            "Dense layers: exact spectral norm (SVD). Convolutions: power iteration on the actual operator at the",
+            "layer's input size (stride and padding included). The product bounds the model's Lipschitz constant.",
+            "",
+            _report.markdown_table(header, rows),
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- entry point
@@ -411,7 +553,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     timer = _report.StageTimer(out / _report.WALL_TIME_FILE)
     try:
         with timer.stage("load"):
-            train, test = _protocol.load_splits(args.dataset, args.data_root, train_rows=args.train_rows)
+            train, test = _protocol.load_splits(
+                args.dataset, args.data_root, train_rows=args.train_rows
+            )
             x_test, y_test = _protocol.stack(test)
     except _protocol.MissingDataset as error:
         parser.error(str(error))
@@ -419,68 +563,140 @@ def main(argv: Sequence[str] | None = None) -> int:
     shape, classes = _protocol.sample_shape(train), int(y_test.max()) + 1
     runs, sections = [], []
     for seed in args.seeds:
-        models, training = train_models(args.models, train, shape, classes, args, seed, device, out, timer)
+        models, training = train_models(
+            args.models, train, shape, classes, args, seed, device, out, timer
+        )
         accuracies = {name: accuracy(model, x_test, y_test) for name, model in models.items()}
-        rows = correctly_classified(models, x_test, y_test, count=args.images, seed=_protocol.SUBSET_SEED).to(device)
+        rows = correctly_classified(
+            models, x_test, y_test, count=args.images, seed=_protocol.SUBSET_SEED
+        ).to(device)
         x, y = x_test[rows], y_test[rows]
         sources = {
-            name: (model, LBFGS(model, search_steps=args.search_steps, max_iter=args.max_iter, seed=seed,
-                                progress=not args.no_progress))
+            name: (
+                model,
+                LBFGS(
+                    model,
+                    search_steps=args.search_steps,
+                    max_iter=args.max_iter,
+                    seed=seed,
+                    progress=not args.no_progress,
+                ),
+            )
             for name, model in models.items()
         }
         with timer.stage(f"seed{seed}/transfer"):
-            matrix = transfer_matrix(sources, models, x, y, noise_stds=args.noise_rms, seed=seed, index=rows.cpu())
+            matrix = transfer_matrix(
+                sources, models, x, y, noise_stds=args.noise_rms, seed=seed, index=rows.cpu()
+            )
         with timer.stage(f"seed{seed}/lipschitz"):
-            reports = {name: lipschitz_bounds(model, shape, tol=1e-6).as_dict() for name, model in models.items()}
+            reports = {
+                name: lipschitz_bounds(model, shape, tol=1e-6).as_dict()
+                for name, model in models.items()
+            }
         result = matrix.as_dict()
-        run = {"seed": seed, "training": training, "test_accuracy": accuracies, "images": len(rows),
-               "image_index": rows.tolist(), "transfer": result, "lipschitz": reports}
-        section = matrix_markdown(result, accuracies, len(rows)) + "\n\n" + lipschitz_markdown(reports)
+        run = {
+            "seed": seed,
+            "training": training,
+            "test_accuracy": accuracies,
+            "images": len(rows),
+            "image_index": rows.tolist(),
+            "transfer": result,
+            "lipschitz": reports,
+        }
+        section = (
+            matrix_markdown(result, accuracies, len(rows)) + "\n\n" + lipschitz_markdown(reports)
+        )
         if args.cross_training:
-            run["cross_training"] = cross_training(train, shape, classes, x_test, y_test, args, seed, device, out, timer)
+            run["cross_training"] = cross_training(
+                train, shape, classes, x_test, y_test, args, seed, device, out, timer
+            )
             section += "\n\n" + cross_training_markdown(
-                run["cross_training"]["transfer"], run["cross_training"]["test_accuracy"], run["cross_training"]["images"])
+                run["cross_training"]["transfer"],
+                run["cross_training"]["test_accuracy"],
+                run["cross_training"]["images"],
+            )
         runs.append(run)
         sections.append(f"## Seed {seed}\n\n" + section)
         if seed == args.seeds[0]:
             grid = _examples(sources, x, y, rows, out / "examples.png")
     timer.close()
     table = "\n\n".join([*sections, published_markdown()]) + "\n"
-    _report.write_outputs(out, RECIPE, args, timer, table, {
-        "dataset": {"name": args.dataset, "train_size": len(train), "test_size": len(x_test)},
-        "models": {name: MODELS[name].description for name in args.models},
-        "runs": runs,
-        "published": PUBLISHED,
-        "published_cross_training": PUBLISHED_CROSS_TRAINING,
-        "figures": [str(grid)],
-    })
+    _report.write_outputs(
+        out,
+        RECIPE,
+        args,
+        timer,
+        table,
+        {
+            "dataset": {"name": args.dataset, "train_size": len(train), "test_size": len(x_test)},
+            "models": {name: MODELS[name].description for name in args.models},
+            "runs": runs,
+            "published": PUBLISHED,
+            "published_cross_training": PUBLISHED_CROSS_TRAINING,
+            "figures": [str(grid)],
+        },
+    )
     return 0
 
 
 def cross_training(
-    train: Any, shape: tuple[int, ...], classes: int, x_test: torch.Tensor, y_test: torch.Tensor,
-    args: argparse.Namespace, seed: int, device: torch.device, out: Path, timer: _report.StageTimer,
+    train: Any,
+    shape: tuple[int, ...],
+    classes: int,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    args: argparse.Namespace,
+    seed: int,
+    device: torch.device,
+    out: Path,
+    timer: _report.StageTimer,
 ) -> dict[str, Any]:
     """The cross-training experiment of one seed: training records, accuracies and the transfer matrix."""
     models, training = train_cross_training(train, shape, classes, args, seed, device, out, timer)
     accuracies = {name: accuracy(model, x_test, y_test) for name, model in models.items()}
-    rows = correctly_classified(models, x_test, y_test, count=args.images, seed=_protocol.SUBSET_SEED).to(device)
+    rows = correctly_classified(
+        models, x_test, y_test, count=args.images, seed=_protocol.SUBSET_SEED
+    ).to(device)
     if len(rows) == 0:
-        raise RuntimeError(f"no test digit is classified correctly by all cross-training nets (accuracies"
-                           f" {accuracies}); train longer (--epochs) or pass --no-cross-training")
+        raise RuntimeError(
+            f"no test digit is classified correctly by all cross-training nets (accuracies"
+            f" {accuracies}); train longer (--epochs) or pass --no-cross-training"
+        )
     sources = {
-        name: (model, LBFGS(model, search_steps=args.search_steps, max_iter=args.max_iter, seed=seed,
-                            progress=not args.no_progress))
+        name: (
+            model,
+            LBFGS(
+                model,
+                search_steps=args.search_steps,
+                max_iter=args.max_iter,
+                seed=seed,
+                progress=not args.no_progress,
+            ),
+        )
         for name, model in models.items()
     }
     with timer.stage(f"seed{seed}/cross-training/transfer"):
-        matrix = transfer_matrix(sources, models, x_test[rows], y_test[rows], noise_stds=[CROSS_TRAINING_NOISE],
-                                 seed=seed, index=rows.cpu())
-    return {"training": training, "test_accuracy": accuracies, "images": len(rows), "image_index": rows.tolist(),
-            "transfer": matrix.as_dict()}
+        matrix = transfer_matrix(
+            sources,
+            models,
+            x_test[rows],
+            y_test[rows],
+            noise_stds=[CROSS_TRAINING_NOISE],
+            seed=seed,
+            index=rows.cpu(),
+        )
+    return {
+        "training": training,
+        "test_accuracy": accuracies,
+        "images": len(rows),
+        "image_index": rows.tolist(),
+        "transfer": matrix.as_dict(),
+    }
 
 
-def _examples(sources: dict[str, Any], x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, path: Path) -> Path:
+def _examples(
+    sources: dict[str, Any], x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, path: Path
+) -> Path:
     """clean | adversarial (and its perturbation) per source model, for 8 evenly spaced images."""
     shown = torch.linspace(0, len(x) - 1, min(8, len(x))).round().long().unique()
     x, y, index = x[shown.to(x.device)], y[shown.to(y.device)], index.cpu()[shown]

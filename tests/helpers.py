@@ -17,7 +17,9 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.tensor(data.target)
 
 
-def _train(model: nn.Module, x: torch.Tensor, target: torch.Tensor, loss_fn, epochs: int) -> nn.Module:
+def _train(
+    model: nn.Module, x: torch.Tensor, target: torch.Tensor, loss_fn, epochs: int
+) -> nn.Module:
     generator = torch.Generator().manual_seed(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(epochs):
@@ -43,8 +45,12 @@ def digits_conv_autoencoder() -> nn.Module:
     """A small conv autoencoder on digits; first layer: conv 3x3 same (8 maps 8x8) + ReLU."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 1, 3, padding=1), nn.Sigmoid(),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 1, 3, padding=1),
+        nn.Sigmoid(),
     )
     x, _ = digits()
     return _train(model, x, x, nn.functional.mse_loss, epochs=5)
@@ -54,6 +60,13 @@ def digits_conv_autoencoder() -> nn.Module:
 def digits_dense_autoencoder() -> nn.Module:
     """A dense autoencoder on flattened digits (no convolution: random-projection MINE)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Sigmoid(), nn.Linear(16, 64), nn.Sigmoid(), nn.Unflatten(1, (1, 8, 8)))
+    model = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(64, 16),
+        nn.Sigmoid(),
+        nn.Linear(16, 64),
+        nn.Sigmoid(),
+        nn.Unflatten(1, (1, 8, 8)),
+    )
     x, _ = digits()
     return _train(model, x, x, nn.functional.mse_loss, epochs=10)

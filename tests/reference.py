@@ -25,7 +25,13 @@ def _uniform(generator: torch.Generator, shape: tuple[int, ...], limit: float) -
 class ReferenceStatisticsNetwork(nn.Module):
     """The release's T_theta for one sample: two unshared branches and a bias-free output."""
 
-    def __init__(self, sample_shape: tuple[int, ...], generator: torch.Generator, hidden: int | None, embed: int = 10):
+    def __init__(
+        self,
+        sample_shape: tuple[int, ...],
+        generator: torch.Generator,
+        hidden: int | None,
+        embed: int = 10,
+    ):
         super().__init__()
         self.is_map = len(sample_shape) == 2
         self.branches = nn.ModuleDict()
@@ -33,7 +39,9 @@ class ReferenceStatisticsNetwork(nn.Module):
             layers: list[nn.Module] = []
             if self.is_map:
                 conv = nn.Conv2d(1, 16, 2)
-                conv.weight.data = _uniform(generator, (16, 4), math.sqrt(6 / (4 + 64))).view(16, 1, 2, 2)
+                conv.weight.data = _uniform(generator, (16, 4), math.sqrt(6 / (4 + 64))).view(
+                    16, 1, 2, 2
+                )
                 conv.bias.data.zero_()
                 layers += [conv, nn.Flatten()]
                 features = 16 * (sample_shape[0] - 1) * (sample_shape[1] - 1)
@@ -42,12 +50,16 @@ class ReferenceStatisticsNetwork(nn.Module):
             widths = [features, embed] if hidden is None else [features, hidden, embed]
             for fan_in, fan_out in zip(widths[:-1], widths[1:]):
                 linear = nn.Linear(fan_in, fan_out)
-                linear.weight.data = _uniform(generator, (fan_in, fan_out), math.sqrt(6 / (fan_in + fan_out))).T.contiguous()
+                linear.weight.data = _uniform(
+                    generator, (fan_in, fan_out), math.sqrt(6 / (fan_in + fan_out))
+                ).T.contiguous()
                 linear.bias.data.zero_()
                 layers.append(linear)
             self.branches[name] = nn.Sequential(*layers)
         self.out = nn.Linear(embed, 1, bias=False)
-        self.out.weight.data = _uniform(generator, (embed,), math.sqrt(6 / (embed + 1))).view(1, embed)
+        self.out.weight.data = _uniform(generator, (embed,), math.sqrt(6 / (embed + 1))).view(
+            1, embed
+        )
 
     def forward(self, u: torch.Tensor, v: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
         if self.is_map:
@@ -85,13 +97,17 @@ def reference_minmax(
     """Attacks ONE sample x (C, H, W) (or (d,)); returns its kept iterate and scores."""
     x = x.detach()
     limit = glorot_limit(tuple(x.shape))
-    delta = _uniform(sample_generator(seed, index, Stream.DELTA_INIT, 0), tuple(x.shape), limit).clamp(-epsilon, epsilon)
+    delta = _uniform(
+        sample_generator(seed, index, Stream.DELTA_INIT, 0), tuple(x.shape), limit
+    ).clamp(-epsilon, epsilon)
     start = torch.clamp(x + delta, 0, 1)
     y = None if label is None else label.view(1)
     reference = criterion.prepare(x[None], y, torch.tensor([index]))
     with torch.no_grad():
         u = sampler(x[None])[0]
-    network = ReferenceStatisticsNetwork(tuple(u.shape[1:]), sample_generator(seed, index, Stream.MINE_INIT, 0), hidden)
+    network = ReferenceStatisticsNetwork(
+        tuple(u.shape[1:]), sample_generator(seed, index, Stream.MINE_INIT, 0), hidden
+    )
     optimizer = torch.optim.Adam(network.parameters(), lr=mine_lr)
     permutation_generator = sample_generator(seed, index, Stream.PERMUTATION, 0)
     count = u.shape[0]
@@ -105,7 +121,9 @@ def reference_minmax(
         mi = network(u, sampler(x_adv[None])[0], _permutations(permutation_generator, 1, count)[0])
         f_value, mi_value = float(f.detach()), float(mi.detach())
         ok = f_value <= 0 and (supervised or mi_value > 0)
-        if ok and (best is None or (mi_value > best_score if supervised else mi_value < best_score)):
+        if ok and (
+            best is None or (mi_value > best_score if supervised else mi_value < best_score)
+        ):
             best, best_score, best_f = x_adv.detach().clone(), mi_value, f_value
         found = found or ok
         if f_value < fallback_f:

@@ -43,8 +43,18 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 def precompute_args(out: Path, checkpoint: Path, *extra: str) -> list[str]:
-    return ["precompute", "digits", "--model", "conv-ae", "--checkpoint", str(checkpoint),
-            "--out", str(out), "--no-progress", *extra]
+    return [
+        "precompute",
+        "digits",
+        "--model",
+        "conv-ae",
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def digits_rows(limit: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,8 +77,22 @@ def test_parse_assignment_values():
     ("argv", "expected"),
     [
         ([], ["precompute", "inspect", "demo", "--verbose"]),
-        (["precompute"], ["--checkpoint", "--attack", "--preset", "--set", "--seed", "--no-resume",
-                          "--limit", "--num-workers", "--dtype", "--compression", "--data-root"]),
+        (
+            ["precompute"],
+            [
+                "--checkpoint",
+                "--attack",
+                "--preset",
+                "--set",
+                "--seed",
+                "--no-resume",
+                "--limit",
+                "--num-workers",
+                "--dtype",
+                "--compression",
+                "--data-root",
+            ],
+        ),
         (["inspect"], ["--json", "--bins"]),
     ],
 )
@@ -85,7 +109,9 @@ def test_demo_help_shows_the_demo_options(capsys):
     demo = pytest.importorskip("uae_augment.demo")
     own = argparse.ArgumentParser()
     demo.add_arguments(own)
-    options = [o for action in own._actions for o in action.option_strings if o not in ("-h", "--help")]
+    options = [
+        o for action in own._actions for o in action.option_strings if o not in ("-h", "--help")
+    ]
     with pytest.raises(SystemExit) as exited:
         main(["demo", "--help"])
     assert exited.value.code == 0
@@ -98,21 +124,40 @@ def test_cli_works_without_the_demo_module(monkeypatch, capsys, tmp_path, checkp
     assert main(["demo"]) == 1
     assert "demo is not available" in capsys.readouterr().err
     out = tmp_path / "g.h5"
-    assert main(precompute_args(out, checkpoints["ae"], "--attack", "gaussian", "--limit", "20")) == 0
+    assert (
+        main(precompute_args(out, checkpoints["ae"], "--attack", "gaussian", "--limit", "20")) == 0
+    )
     assert main(["inspect", str(out)]) == 0
 
 
 def test_console_script_help():
     script = Path(sys.executable).with_name("uae-augment")
-    done = subprocess.run([str(script), "precompute", "--help"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(script), "precompute", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0 and "--checkpoint" in done.stdout
 
 
 def test_precompute_equals_the_python_api(tmp_path, checkpoints, capsys):
     out = tmp_path / "mine.h5"
-    argv = precompute_args(out, checkpoints["ae"], "--attack", "mine-uae", "--preset", "fast",
-                           "--set", "steps=2", "--set", "mine_steps=1", "--seed", "3", "--limit", "16",
-                           "--batch-size", "6")
+    argv = precompute_args(
+        out,
+        checkpoints["ae"],
+        "--attack",
+        "mine-uae",
+        "--preset",
+        "fast",
+        "--set",
+        "steps=2",
+        "--set",
+        "mine_steps=1",
+        "--seed",
+        "3",
+        "--limit",
+        "16",
+        "--batch-size",
+        "6",
+    )
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert f"finished {out}" in printed and "16 / 16 rows done" in printed
@@ -136,8 +181,20 @@ def test_precompute_equals_the_python_api(tmp_path, checkpoints, capsys):
 
 def test_gaussian_overrides_resume_and_stale_provenance(tmp_path, checkpoints, capsys):
     out = tmp_path / "g.h5"
-    argv = precompute_args(out, checkpoints["ae"], "--attack", "gaussian", "--set", "sigma=0.05",
-                           "--limit", "100", "--dtype", "float16", "--compression", "gzip")
+    argv = precompute_args(
+        out,
+        checkpoints["ae"],
+        "--attack",
+        "gaussian",
+        "--set",
+        "sigma=0.05",
+        "--limit",
+        "100",
+        "--dtype",
+        "float16",
+        "--compression",
+        "gzip",
+    )
     assert main(argv) == 0
     cache = UAECache(out)
     assert cache.provenance["attack"]["sigma"] == 0.05 and cache.dtype == "float16"
@@ -155,9 +212,25 @@ def test_gaussian_overrides_resume_and_stale_provenance(tmp_path, checkpoints, c
 
 def test_minmax_on_a_classifier(tmp_path, checkpoints, capsys):
     out = tmp_path / "minmax.h5"
-    argv = ["precompute", "digits", "--model", "mlp", "--checkpoint", str(checkpoints["mlp"]),
-            "--attack", "minmax", "--preset", "fast", "--set", "steps=3", "--limit", "12",
-            "--out", str(out), "--no-progress"]
+    argv = [
+        "precompute",
+        "digits",
+        "--model",
+        "mlp",
+        "--checkpoint",
+        str(checkpoints["mlp"]),
+        "--attack",
+        "minmax",
+        "--preset",
+        "fast",
+        "--set",
+        "steps=3",
+        "--limit",
+        "12",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     cache = UAECache(out)
     assert cache.provenance["attack"]["mode"] == "supervised"
@@ -178,7 +251,9 @@ def test_minmax_on_a_classifier(tmp_path, checkpoints, capsys):
         ("absent", "does not exist"),
     ],
 )
-def test_checkpoint_that_is_not_a_matching_state_dict_is_refused(tmp_path, checkpoints, capsys, checkpoint, message):
+def test_checkpoint_that_is_not_a_matching_state_dict_is_refused(
+    tmp_path, checkpoints, capsys, checkpoint, message
+):
     path = checkpoints.get(checkpoint, tmp_path / "absent.pt")
     assert main(precompute_args(tmp_path / "x.h5", path, "--limit", "4")) == 1
     assert message in capsys.readouterr().err
@@ -200,12 +275,20 @@ def test_bad_options_give_clear_errors(tmp_path, checkpoints, capsys):
 
 def test_inspect_text_json_partial_and_damaged(tmp_path, checkpoints, capsys):
     out = tmp_path / "i.h5"
-    assert main(precompute_args(out, checkpoints["ae"], "--attack", "gaussian", "--limit", "50")) == 0
+    assert (
+        main(precompute_args(out, checkpoints["ae"], "--attack", "gaussian", "--limit", "50")) == 0
+    )
     capsys.readouterr()
     assert main(["inspect", str(out), "-v"]) == 0
     text = capsys.readouterr().out
     cache = UAECache(out)
-    for expected in ("50 / 50 rows done", f"ASR         {cache.asr:.4g}", "GaussianNoise", "MI ", "criterion"):
+    for expected in (
+        "50 / 50 rows done",
+        f"ASR         {cache.asr:.4g}",
+        "GaussianNoise",
+        "MI ",
+        "criterion",
+    ):
         assert expected in text
     digests = cache.provenance["dataset"]["sha256"]
     assert (
@@ -215,7 +298,11 @@ def test_inspect_text_json_partial_and_damaged(tmp_path, checkpoints, capsys):
     checkpoint = checkpoints["ae"].resolve()
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert f"model       conv-ae from {checkpoint} (sha256 {digest[:16]}), state hash " in text
-    assert cache.provenance["model_origin"] == {"model": "conv-ae", "checkpoint": str(checkpoint), "sha256": digest}
+    assert cache.provenance["model_origin"] == {
+        "model": "conv-ae",
+        "checkpoint": str(checkpoint),
+        "sha256": digest,
+    }
     assert main(["inspect", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["summary"]["done"] == 50 and report["summary"]["asr"] == pytest.approx(cache.asr)
@@ -237,9 +324,21 @@ def test_torchrun_equals_the_single_process_run(tmp_path, checkpoints):
     extra = ("--attack", "gaussian", "--limit", "200", "--batch-size", "32")
     assert main(precompute_args(single, checkpoints["ae"], *extra)) == 0
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "uae_augment.cli", "-v", *precompute_args(sharded, checkpoints["ae"], *extra)],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "uae_augment.cli",
+            "-v",
+            *precompute_args(sharded, checkpoints["ae"], *extra),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "initialised a gloo process group: rank 1 of 2" in done.stderr
@@ -263,7 +362,9 @@ def test_simclr_models_get_the_contrastive_criterion(capsys):
 
     model = build_model("simclr-resnet18", (3, 32, 32), width=4)
     sample = torch.rand(1, 3, 32, 32)
-    args = build_parser(["precompute", "cifar10", "--model", "simclr-resnet18", "--out", "x.h5"]).parse_args(
+    args = build_parser(
+        ["precompute", "cifar10", "--model", "simclr-resnet18", "--out", "x.h5"]
+    ).parse_args(
         ["precompute", "cifar10", "--model", "simclr-resnet18", "--out", "x.h5", "--preset", "fast"]
     )
     assert isinstance(build_attack(args, model, sample).criterion, Contrastive)

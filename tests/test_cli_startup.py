@@ -26,16 +26,31 @@ PROBE = (
 )
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["precompute", "--help"], ["inspect", "--help"], ["demo", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["precompute", "--help"], ["inspect", "--help"], ["demo", "--help"]]
+)
 def test_help_does_not_import_torch(argv):
-    done = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=REPO, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "usage: uae-augment" in done.stdout and done.stdout.rstrip().endswith("NO-TORCH")
 
 
 def test_a_command_imports_torch_when_it_runs():
-    done = subprocess.run([sys.executable, "-c", PROBE.replace("exit.code == 0", "exit.code == 1"), "inspect",
-                           "absent.h5"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PROBE.replace("exit.code == 0", "exit.code == 1"),
+            "inspect",
+            "absent.h5",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert done.stdout.rstrip().endswith("TORCH") and "absent.h5" in done.stderr
 
 

@@ -11,7 +11,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
-OUTSIDE = re.compile(r"SPEC\.md|DESIGN\.md|STYLE\.md|LAYOUT\.md|\.\./shared|/work/shared|PROVENANCE\.md")
+OUTSIDE = re.compile(
+    r"SPEC\.md|DESIGN\.md|STYLE\.md|LAYOUT\.md|\.\./shared|/work/shared|PROVENANCE\.md"
+)
 
 
 def _markdown_files() -> list[Path]:
@@ -22,7 +24,9 @@ def _markdown_files() -> list[Path]:
         ).stdout.split()
         return sorted(REPO / name for name in listed)
     except (OSError, subprocess.CalledProcessError):
-        return sorted(p for p in REPO.rglob("*.md") if ".git" not in p.parts and ".venv" not in p.parts)
+        return sorted(
+            p for p in REPO.rglob("*.md") if ".git" not in p.parts and ".venv" not in p.parts
+        )
 
 
 def _anchors(path: Path) -> set[str]:
@@ -73,6 +77,7 @@ def test_no_document_points_outside_the_repository(path: Path) -> None:
 
 
 def test_the_anchor_rule_matches_githubs() -> None:
-    assert {"9-the-librarys-presets-and-the-releases-values", "3-attack-criteria-f_x-all-clipped-at-0"} <= _anchors(
-        REPO / "docs" / "method.md"
-    )
+    assert {
+        "9-the-librarys-presets-and-the-releases-values",
+        "3-attack-criteria-f_x-all-clipped-at-0",
+    } <= _anchors(REPO / "docs" / "method.md")

@@ -25,7 +25,15 @@ def _page_faults() -> int:
 
 
 def _mine(batch: int, shape: tuple[int, ...], count: int, **kwargs) -> PerSampleMINE:
-    return PerSampleMINE(shape, seed=3, index=torch.arange(10, 10 + batch), count=count, lr=1e-3, hidden=None, **kwargs)
+    return PerSampleMINE(
+        shape,
+        seed=3,
+        index=torch.arange(10, 10 + batch),
+        count=count,
+        lr=1e-3,
+        hidden=None,
+        **kwargs,
+    )
 
 
 def test_mine_iterations_allocate_no_large_temporaries(threads):
@@ -42,12 +50,16 @@ def test_mine_iterations_allocate_no_large_temporaries(threads):
         (grad,) = torch.autograd.grad(mine.estimate(u, v_step).sum(), v_step)
         return v_step.detach() - 1e-3 * grad
 
-    mine.train(u, delta_step(), 2)  # first touch of parameters, gradients, Adam moments and workspace
+    mine.train(
+        u, delta_step(), 2
+    )  # first touch of parameters, gradients, Adam moments and workspace
     moved = delta_step()
     before = _page_faults()
     mine.train(u, moved, 2)
     train_faults = _page_faults() - before
-    assert train_faults < temporary_pages // 4, f"{train_faults} page faults in 2 MINE steps (one temporary: {temporary_pages})"
+    assert train_faults < temporary_pages // 4, (
+        f"{train_faults} page faults in 2 MINE steps (one temporary: {temporary_pages})"
+    )
 
 
 @pytest.mark.parametrize("batch", [1, 5, 16, 21])
@@ -74,7 +86,10 @@ def test_sub_batches_equal_the_whole_batch(threads, batch, num_threads):
         torch.testing.assert_close(last, expected, rtol=1e-3, atol=1e-3)
         permutation = torch.stack([torch.randperm(7) for _ in range(batch)])
         torch.testing.assert_close(
-            parted.estimate(u, v, permutation), whole.estimate(u, v, permutation), rtol=1e-3, atol=1e-3
+            parted.estimate(u, v, permutation),
+            whole.estimate(u, v, permutation),
+            rtol=1e-3,
+            atol=1e-3,
         )
 
 

@@ -24,7 +24,9 @@ class RecordingBar:
 
     bars: list[RecordingBar] = []
 
-    def __init__(self, *, total: int, initial: int = 0, desc: str = "", disable: bool = False, **_: Any):
+    def __init__(
+        self, *, total: int, initial: int = 0, desc: str = "", disable: bool = False, **_: Any
+    ):
         self.total, self.initial, self.desc, self.disable = total, initial, desc, disable
         self.updates: list[int] = []
         RecordingBar.bars.append(self)
@@ -57,8 +59,12 @@ class Flip(Attack):
 
     def _attack_batch(self, x, y, index):
         n = len(x)
-        return AttackResult(adversarial=1.0 - x, success=torch.ones(n, dtype=torch.bool),
-                            mi=torch.zeros(n), criterion=torch.zeros(n))
+        return AttackResult(
+            adversarial=1.0 - x,
+            success=torch.ones(n, dtype=torch.bool),
+            mi=torch.zeros(n),
+            criterion=torch.zeros(n),
+        )
 
 
 def estimates(caplog) -> list[logging.LogRecord]:
@@ -106,11 +112,18 @@ def test_estimate_resumes_count_only_the_rows_this_run_does(bars, caplog, monkey
     caplog.set_level(logging.INFO)
     with _progress.Progress(100, "job", unit="row", initial=90) as bar:
         bar.update(5)
-    assert "about 20 s in total (10 s for the first 5 of 10 rows)" in estimates(caplog)[0].getMessage()
+    assert (
+        "about 20 s in total (10 s for the first 5 of 10 rows)" in estimates(caplog)[0].getMessage()
+    )
 
 
 def test_format_seconds():
-    assert [_progress.format_seconds(s) for s in (3.21, 42, 125, 3900)] == ["3.2 s", "42 s", "2 min", "1 h 05 min"]
+    assert [_progress.format_seconds(s) for s in (3.21, 42, 125, 3900)] == [
+        "3.2 s",
+        "42 s",
+        "2 min",
+        "1 h 05 min",
+    ]
 
 
 def test_attack_bar_moves_per_chunk_and_logs_the_estimate(bars, caplog):
@@ -126,7 +139,9 @@ def test_precompute_bar_counts_saved_rows_per_batch(bars, caplog, tmp_path):
     precompute(rows, Flip(), tmp_path / "c.h5", batch_size=4, chunk_rows=4, progress=True)
     (bar,) = [b for b in bars if b.desc.startswith("precompute")]
     assert (bar.total, bar.updates) == (12, [4, 4, 4])
-    assert any(r.getMessage().startswith("precompute c.h5 (rows saved): about") for r in estimates(caplog))
+    assert any(
+        r.getMessage().startswith("precompute c.h5 (rows saved): about") for r in estimates(caplog)
+    )
 
 
 def test_uae_augmented_cache_build_shows_the_precompute_bar(bars, tmp_path):
@@ -156,8 +171,14 @@ def test_fit_bar_moves_per_step_and_logs_the_estimate(bars, caplog):
 
 def test_fit_concrete_logs_every_retry_with_its_reason_and_epochs(bars, caplog):
     caplog.set_level(logging.INFO)
-    fitted = fit_concrete(lambda: ConcreteAutoencoder((1, 4, 4), k=2, hidden=(8,)), torch.rand(16, 1, 4, 4),
-                          epochs=1, tries=3, target=1.0, batch_size=8)
+    fitted = fit_concrete(
+        lambda: ConcreteAutoencoder((1, 4, 4), k=2, hidden=(8,)),
+        torch.rand(16, 1, 4, 4),
+        epochs=1,
+        tries=3,
+        target=1.0,
+        batch_size=8,
+    )
     assert fitted.epochs == [1, 2, 4]
     retries = [r.getMessage() for r in caplog.records if "did not converge" in r.getMessage()]
     assert len(retries) == 2
@@ -173,4 +194,6 @@ def test_uae_transform_logs_the_time_of_a_slow_call(monkeypatch, caplog, seconds
     UAETransform(Flip(), p=1.0)(torch.rand(4, 1, 2, 2))
     (record,) = [r for r in caplog.records if r.name == "uae_augment.data.transforms"]
     assert record.levelno == level
-    assert record.getMessage().endswith(f"attacked 4 of 4 samples, ASR 1.0000, in {_progress.format_seconds(seconds)}")
+    assert record.getMessage().endswith(
+        f"attacked 4 of 4 samples, ASR 1.0000, in {_progress.format_seconds(seconds)}"
+    )

@@ -76,7 +76,9 @@ def test_mde_has_the_stated_power():
     n, sd = 6, 2.0
     mde = minimum_detectable_effect(n, sd)
     critical = stats.t.ppf(0.975, n - 1)
-    power = stats.nct.sf(critical, n - 1, mde * math.sqrt(n) / sd) + stats.nct.cdf(-critical, n - 1, mde * math.sqrt(n) / sd)
+    power = stats.nct.sf(critical, n - 1, mde * math.sqrt(n) / sd) + stats.nct.cdf(
+        -critical, n - 1, mde * math.sqrt(n) / sd
+    )
     assert power == pytest.approx(0.8, abs=1e-8)
     # and by simulation: a paired t test on differences N(mde, sd^2) rejects about 80 % of the time
     rng = np.random.default_rng(0)
@@ -97,7 +99,16 @@ def test_mde_for_two_seeds_is_finite_and_large():
 def test_comparison_carries_the_mde_of_its_n_and_sd():
     result = paired_difference([0.0, 1.0, 2.0, 4.0, 3.0], [0.5, 0.2, 1.0, 3.9, 2.0])
     assert result.mde == pytest.approx(minimum_detectable_effect(5, result.sd))
-    assert set(result.to_dict()) >= {"n", "mean", "sd", "ci_low", "ci_high", "p_value", "mde", "verdict"}
+    assert set(result.to_dict()) >= {
+        "n",
+        "mean",
+        "sd",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "mde",
+        "verdict",
+    }
     assert "MDE" in result.format()
 
 

@@ -45,7 +45,9 @@ def _conv_classifier() -> nn.Sequential:
 
 
 def _conv_autoencoder() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1), nn.Sigmoid())
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1), nn.Sigmoid()
+    )
 
 
 def _count_forward_calls(model: nn.Module) -> list[int]:
@@ -60,9 +62,16 @@ def _count_forward_calls(model: nn.Module) -> list[int]:
 
 
 UNSUPERVISED = {
-    "MINEUAE feature maps": lambda ae: MINEUAE(Reconstruction(ae), preset="fast", steps=2, sampler="feature_maps"),
+    "MINEUAE feature maps": lambda ae: MINEUAE(
+        Reconstruction(ae), preset="fast", steps=2, sampler="feature_maps"
+    ),
     "MINEUAE random projection": lambda ae: MINEUAE(
-        Reconstruction(ae), preset="fast", steps=2, sampler="random_projection", projections=4, projection_dim=8
+        Reconstruction(ae),
+        preset="fast",
+        steps=2,
+        sampler="random_projection",
+        projections=4,
+        projection_dim=8,
     ),
     "LpUAE": lambda ae: LpUAE(Reconstruction(ae), steps=2),
     "GaussianNoise": lambda ae: GaussianNoise(Reconstruction(ae), sigma=0.01),
@@ -118,8 +127,12 @@ def test_uae_transform_names_a_missing_batch_axis_whether_or_not_the_sample_is_d
     ids=lambda model: type(model).__name__,
 )
 def test_library_models_name_a_missing_batch_axis(model):
-    attack = GaussianNoise(Reconstruction(model) if hasattr(model, "encode") else ClassifierMargin(model))
-    with pytest.raises(ValueError, match=r"missing its batch axis: got shape \(1, 28, 28\).*samples \(1, 28, 28\)"):
+    attack = GaussianNoise(
+        Reconstruction(model) if hasattr(model, "encode") else ClassifierMargin(model)
+    )
+    with pytest.raises(
+        ValueError, match=r"missing its batch axis: got shape \(1, 28, 28\).*samples \(1, 28, 28\)"
+    ):
         attack(torch.rand(1, 28, 28), torch.tensor([0]))
 
 
@@ -127,15 +140,32 @@ def test_library_models_name_a_missing_batch_axis(model):
     "model,expected",
     [
         (_conv_classifier(), ("(C, H, W) (its first layer is a Conv2d)", 3)),
-        (nn.Sequential(nn.Conv1d(2, 3, 3), nn.Flatten()), ("(C, L) (its first layer is a Conv1d)", 2)),
+        (
+            nn.Sequential(nn.Conv1d(2, 3, 3), nn.Flatten()),
+            ("(C, L) (its first layer is a Conv1d)", 2),
+        ),
         (nn.Sequential(nn.Conv3d(1, 2, 3)), ("(C, D, H, W) (its first layer is a Conv3d)", 4)),
         (CIFARResNet18(), ("(C, H, W) (its first layer is a Conv2d)", 3)),
         (MLPClassifier((617,)), ("(617,)", 1)),
-        (nn.Sequential(nn.Flatten(), nn.Linear(64, 3), nn.Unflatten(1, (3, 1, 1)), nn.Conv2d(3, 1, 1)), None),
+        (
+            nn.Sequential(
+                nn.Flatten(), nn.Linear(64, 3), nn.Unflatten(1, (3, 1, 1)), nn.Conv2d(3, 1, 1)
+            ),
+            None,
+        ),
         (nn.Sequential(nn.Linear(64, 3)), None),
         (nn.Identity(), None),
     ],
-    ids=["conv2d", "conv1d", "conv3d", "resnet18", "declared-input-shape", "flatten-first", "linear", "identity"],
+    ids=[
+        "conv2d",
+        "conv1d",
+        "conv3d",
+        "resnet18",
+        "declared-input-shape",
+        "flatten-first",
+        "linear",
+        "identity",
+    ],
 )
 def test_expected_sample_shape(model, expected):
     assert expected_sample_shape(model) == expected

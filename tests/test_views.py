@@ -13,13 +13,27 @@ from uae_augment import SimCLRViews
 from uae_augment.views import ViewParameters, ViewPurpose, view_generators
 
 
-def _one_view(batch: int, *, box=(0.5, 0.5, 1.0, 1.0), flip=False, jitter=False, factors=(1.0, 1.0, 1.0, 0.0),
-              order=(0, 1, 2, 3), gray=False) -> ViewParameters:
+def _one_view(
+    batch: int,
+    *,
+    box=(0.5, 0.5, 1.0, 1.0),
+    flip=False,
+    jitter=False,
+    factors=(1.0, 1.0, 1.0, 0.0),
+    order=(0, 1, 2, 3),
+    gray=False,
+) -> ViewParameters:
     def full(value, dtype=None):
         return torch.tensor(value, dtype=dtype).expand(batch, 1, *torch.tensor(value).shape).clone()
 
-    return ViewParameters(box=full(box), flip=full(flip), jitter=full(jitter), factors=full(factors, torch.float32),
-                          order=full(order), gray=full(gray))
+    return ViewParameters(
+        box=full(box),
+        flip=full(flip),
+        jitter=full(jitter),
+        factors=full(factors, torch.float32),
+        order=full(order),
+        gray=full(gray),
+    )
 
 
 # --------------------------------------------------------------------------- the views
@@ -37,15 +51,27 @@ def test_each_view_operation_equals_torchvisions(cifar: torch.Tensor) -> None:
         (1.0, 1.0, 1.0, -0.2): lambda im: TF.adjust_hue(im, -0.2),
     }
     for factors, reference in single.items():
-        torch.testing.assert_close(views(x, _one_view(6, jitter=True, factors=factors))[:, 0], reference(x),
-                                   atol=3e-6, rtol=0)
+        torch.testing.assert_close(
+            views(x, _one_view(6, jitter=True, factors=factors))[:, 0],
+            reference(x),
+            atol=3e-6,
+            rtol=0,
+        )
     composed = x
     for op in (3, 1, 0, 2):  # the jitter runs in the drawn order
-        composed = [lambda im: TF.adjust_brightness(im, 1.2), lambda im: TF.adjust_contrast(im, 0.7),
-                    lambda im: TF.adjust_saturation(im, 1.3), lambda im: TF.adjust_hue(im, 0.05)][op](composed)
-    out = views(x, _one_view(6, jitter=True, factors=(1.2, 0.7, 1.3, 0.05), order=(3, 1, 0, 2)))[:, 0]
+        composed = [
+            lambda im: TF.adjust_brightness(im, 1.2),
+            lambda im: TF.adjust_contrast(im, 0.7),
+            lambda im: TF.adjust_saturation(im, 1.3),
+            lambda im: TF.adjust_hue(im, 0.05),
+        ][op](composed)
+    out = views(x, _one_view(6, jitter=True, factors=(1.2, 0.7, 1.3, 0.05), order=(3, 1, 0, 2)))[
+        :, 0
+    ]
     torch.testing.assert_close(out, composed, atol=3e-6, rtol=0)
-    torch.testing.assert_close(views(x, _one_view(6, gray=True))[:, 0], TF.rgb_to_grayscale(x, 3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        views(x, _one_view(6, gray=True))[:, 0], TF.rgb_to_grayscale(x, 3), atol=1e-6, rtol=0
+    )
     assert views(x, _one_view(6, flip=True))[:, 0].equal(TF.hflip(x))
 
 
@@ -63,15 +89,26 @@ def test_crop_box_resamples_like_torchvisions_resized_crop(cifar: torch.Tensor) 
 def test_drawn_parameters_follow_simclrs_distribution() -> None:
     views = SimCLRViews(cj_strength=0.5)
     n = 3000
-    params = views.sample(view_generators(0, range(n), ViewPurpose.TRAINING), 1, (3, 32, 32)).flatten()
+    params = views.sample(
+        view_generators(0, range(n), ViewPurpose.TRAINING), 1, (3, 32, 32)
+    ).flatten()
     centre_x, centre_y, width, height = params.box.unbind(-1)
     area = width * height
     assert bool((area >= 0.08 - 1e-6).all() and (area <= 1 + 1e-6).all())
-    assert bool(((width / height) >= 3 / 4 - 1e-5).all() and ((width / height) <= 4 / 3 + 1e-5).all())
+    assert bool(
+        ((width / height) >= 3 / 4 - 1e-5).all() and ((width / height) <= 4 / 3 + 1e-5).all()
+    )
     assert bool((centre_x - width / 2 >= -1e-6).all() and (centre_x + width / 2 <= 1 + 1e-6).all())
-    assert bool((centre_y - height / 2 >= -1e-6).all() and (centre_y + height / 2 <= 1 + 1e-6).all())
-    torchvision_area = [math.prod(RandomResizedCrop.get_params(torch.zeros(3, 32, 32), (0.08, 1.0), (3 / 4, 4 / 3))[2:])
-                        / 1024 for _ in range(n)]
+    assert bool(
+        (centre_y - height / 2 >= -1e-6).all() and (centre_y + height / 2 <= 1 + 1e-6).all()
+    )
+    torchvision_area = [
+        math.prod(
+            RandomResizedCrop.get_params(torch.zeros(3, 32, 32), (0.08, 1.0), (3 / 4, 4 / 3))[2:]
+        )
+        / 1024
+        for _ in range(n)
+    ]
     assert abs(float(area.mean()) - sum(torchvision_area) / n) < 0.03
     for rate, expected in ((params.flip, 0.5), (params.jitter, 0.8), (params.gray, 0.2)):
         assert abs(rate.float().mean().item() - expected) < 0.035
@@ -80,14 +117,21 @@ def test_drawn_parameters_follow_simclrs_distribution() -> None:
     assert bool((params.factors >= low - 1e-6).all() and (params.factors <= high + 1e-6).all())
     assert torch.allclose(params.factors.mean(0), (low + high) / 2, atol=0.02)
     assert bool((params.order.sort(-1).values == torch.arange(4)).all())
-    assert len({tuple(o.tolist()) for o in params.order}) == 24  # every order of the four operations occurs
+    assert (
+        len({tuple(o.tolist()) for o in params.order}) == 24
+    )  # every order of the four operations occurs
 
 
 def test_views_depend_on_the_generator_not_on_the_batch(cifar: torch.Tensor) -> None:
     views = SimCLRViews()
     index = torch.tensor([5, 9, 11])
-    together = views(cifar[:3], views.sample(view_generators(1, index, ViewPurpose.CRITERION), 2, (3, 32, 32)))
-    alone = views(cifar[1:2], views.sample(view_generators(1, index[1:2], ViewPurpose.CRITERION), 2, (3, 32, 32)))
+    together = views(
+        cifar[:3], views.sample(view_generators(1, index, ViewPurpose.CRITERION), 2, (3, 32, 32))
+    )
+    alone = views(
+        cifar[1:2],
+        views.sample(view_generators(1, index[1:2], ViewPurpose.CRITERION), 2, (3, 32, 32)),
+    )
     torch.testing.assert_close(together[1:2], alone, atol=1e-6, rtol=0)
     assert not torch.allclose(together[:, 0], together[:, 1])  # two different views of each image
     assert float(together.min()) >= 0.0 and float(together.max()) <= 1.0

@@ -58,8 +58,10 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             if isinstance(loaded.get(key), Mapping):
                 state = loaded[key]
                 break
-    if not isinstance(state, Mapping) or not state or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    if (
+        not isinstance(state, Mapping)
+        or not state
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
     ):
         raise CLIError(
             f"checkpoint {path} holds {_describe(loaded)}, not a state dict (a mapping of parameter"
@@ -71,11 +73,15 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _describe(value: object) -> str:
     if isinstance(value, Mapping):
         kinds = sorted({type(v).__name__ for v in value.values()})
-        return f"a {type(value).__name__} with {len(value)} entries of type {', '.join(kinds) or '-'}"
+        return (
+            f"a {type(value).__name__} with {len(value)} entries of type {', '.join(kinds) or '-'}"
+        )
     return f"a {type(value).__name__}"
 
 
-def build_victim(args: argparse.Namespace, input_shape: tuple[int, ...], num_classes: int | None) -> nn.Module:
+def build_victim(
+    args: argparse.Namespace, input_shape: tuple[int, ...], num_classes: int | None
+) -> nn.Module:
     """The model named by ``--model`` (with ``--model-arg``), its checkpoint loaded, in eval mode."""
     import torch
 
@@ -95,7 +101,9 @@ def build_victim(args: argparse.Namespace, input_shape: tuple[int, ...], num_cla
         torch.manual_seed(args.seed)
         model = build_model(args.model, input_shape, **kwargs)
     if args.checkpoint is None:
-        logger.warning("no --checkpoint: attacking a randomly initialised %s (seed %d)", args.model, args.seed)
+        logger.warning(
+            "no --checkpoint: attacking a randomly initialised %s (seed %d)", args.model, args.seed
+        )
     else:
         state = load_state_dict(args.checkpoint)
         try:
@@ -133,16 +141,21 @@ def build_attack(args: argparse.Namespace, model: nn.Module, sample: torch.Tenso
         if reserved in overrides:
             raise CLIError(f"use {flag} instead of --set {reserved}=...")
     criterion_kind = args.criterion
-    contrastive_model = callable(getattr(model, "criterion", None))  # SimCLR builds its own criterion
+    contrastive_model = callable(
+        getattr(model, "criterion", None)
+    )  # SimCLR builds its own criterion
     if criterion_kind == "auto" and contrastive_model and args.attack != "minmax":
         criterion_kind = "contrastive"
     if (criterion_kind == "contrastive") != contrastive_model:
         raise CLIError(
-            f"--model {args.model} needs --criterion contrastive" if contrastive_model
+            f"--model {args.model} needs --criterion contrastive"
+            if contrastive_model
             else f"--criterion contrastive needs a contrastive model (simclr-resnet18), not --model {args.model}"
         )
     if criterion_kind == "contrastive":
-        criterion = model.criterion(seed=args.seed, n_views=4)  # 4 views: NT-Xent without a negative bank
+        criterion = model.criterion(
+            seed=args.seed, n_views=4
+        )  # 4 views: NT-Xent without a negative bank
     elif criterion_kind == "auto":
         if args.attack == "minmax":
             criterion_kind = "margin"
@@ -157,21 +170,32 @@ def build_attack(args: argparse.Namespace, model: nn.Module, sample: torch.Tenso
             " autoencoder model, or --attack minmax / --criterion margin for a classifier"
         )
     if criterion_kind != "contrastive":
-        criterion = Reconstruction(model) if criterion_kind == "reconstruction" else ClassifierMargin(model)
+        criterion = (
+            Reconstruction(model) if criterion_kind == "reconstruction" else ClassifierMargin(model)
+        )
     if args.attack == "gaussian":
         if args.preset is not None:
-            logger.warning("--preset is ignored by --attack gaussian (set sigma with --set sigma=...)")
+            logger.warning(
+                "--preset is ignored by --attack gaussian (set sigma with --set sigma=...)"
+            )
         cls: Any = GaussianNoise
         kwargs: dict[str, Any] = {"seed": args.seed, **overrides}
     else:
         cls = {"mine-uae": MINEUAE, "l2-uae": LpUAE, "minmax": MinMaxAttack}[args.attack]
-        kwargs = {"preset": args.preset, "seed": args.seed, **overrides}  # None: the attack's default
+        kwargs = {
+            "preset": args.preset,
+            "seed": args.seed,
+            **overrides,
+        }  # None: the attack's default
         if args.attack == "minmax":
             kwargs["mode"] = "supervised"
     try:
         return cls(criterion, **kwargs)
     except TypeError as error:
-        accepted = sorted(_accepted_options(cls) - {"criterion", "seed", "preset", "mode", "progress", "feature_layer"})
+        accepted = sorted(
+            _accepted_options(cls)
+            - {"criterion", "seed", "preset", "mode", "progress", "feature_layer"}
+        )
         raise CLIError(
             f"--set: {error}; --attack {args.attack} accepts: {', '.join(accepted)}"
         ) from error
@@ -197,7 +221,9 @@ def warn_if_long(attack: Any, rows: int, sample_shape: tuple[int, ...]) -> float
             "this job may take about %.1f hours on one CPU core (%d rows, preset %r, estimated from "
             "benchmarks/results/attack_speed.json); more threads or a GPU shorten it, --limit or "
             "--preset fast (~50x cheaper than paper) too",
-            seconds / 3600, rows, attack.preset,
+            seconds / 3600,
+            rows,
+            attack.preset,
         )
     return seconds
 
@@ -209,7 +235,9 @@ def _accepted_options(cls: type) -> set[str]:
         if init is None:
             continue
         parameters = inspect.signature(init).parameters
-        names |= {n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        names |= {
+            n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        }
         if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
             break
     return names - {"self"}

@@ -7,8 +7,16 @@
 from __future__ import annotations
 
 DATASET_NAMES: tuple[str, ...] = (
-    "activity", "cifar10", "coil20", "digits", "fashion-mnist", "isolet", "mice-protein", "mnist",
-    "mnist-5k", "svhn",
+    "activity",
+    "cifar10",
+    "coil20",
+    "digits",
+    "fashion-mnist",
+    "isolet",
+    "mice-protein",
+    "mnist",
+    "mnist-5k",
+    "svhn",
 )
 """The names :func:`uae_augment.load_dataset` accepts, sorted."""
 

@@ -74,7 +74,11 @@ def auto_options(progress: bool | None) -> dict[str, Any]:
     exceeds :data:`SLOW_CALL_SECONDS`, so sub-second calls print nothing.
     """
     if progress is None:
-        return {"enabled": not inside_progress(), "quiet_below": SLOW_CALL_SECONDS, "delay": AUTO_DELAY_SECONDS}
+        return {
+            "enabled": not inside_progress(),
+            "quiet_below": SLOW_CALL_SECONDS,
+            "delay": AUTO_DELAY_SECONDS,
+        }
     return {"enabled": bool(progress)}
 
 
@@ -135,8 +139,12 @@ class Progress:
         self.done = self.initial
         self.estimate: float | None = None
         self.bar = tqdm(
-            total=self.total, initial=self.initial, desc=desc, unit=unit,
-            disable=not self.enabled, **bar_options,
+            total=self.total,
+            initial=self.initial,
+            desc=desc,
+            unit=unit,
+            disable=not self.enabled,
+            **bar_options,
         )
         self._start = time.perf_counter()
 
@@ -173,8 +181,12 @@ class Progress:
         level = logging.WARNING if self.estimate > LONG_RUN_SECONDS else logging.INFO
         message = "%s: about %s in total (%s for the first %d of %d %ss)"
         args: list[Any] = [
-            self.desc, format_seconds(self.estimate), format_seconds(elapsed),
-            timed, self.total - self.initial, self.unit,
+            self.desc,
+            format_seconds(self.estimate),
+            format_seconds(elapsed),
+            timed,
+            self.total - self.initial,
+            self.unit,
         ]
         if level == logging.WARNING and self.preset == "paper":
             message += "; %s"
@@ -199,4 +211,3 @@ def configure_logging(level: int, fmt: str) -> None:
     handler = TqdmLoggingHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(fmt))
     logging.basicConfig(level=level, handlers=[handler])
-

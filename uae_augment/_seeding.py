@@ -130,7 +130,9 @@ class CounterStreams:
 
     def _claim(self, numel: int) -> torch.Tensor:
         """The next ``numel`` counters (1, numel) int64; advances the stream."""
-        counters = torch.arange(self.offset, self.offset + numel, dtype=torch.int64, device=self.device)
+        counters = torch.arange(
+            self.offset, self.offset + numel, dtype=torch.int64, device=self.device
+        )
         self.offset += numel
         return counters.unsqueeze(0)
 
@@ -160,10 +162,16 @@ class CounterStreams:
 
 
 def counter_streams(
-    seed: int, indices: torch.Tensor | Sequence[int], stream: Stream, *extra: int, device: torch.device | str
+    seed: int,
+    indices: torch.Tensor | Sequence[int],
+    stream: Stream,
+    *extra: int,
+    device: torch.device | str,
 ) -> CounterStreams:
     """:class:`CounterStreams` of the given global indices on ``device``."""
-    return CounterStreams([derive_seed(seed, i, int(stream), *extra) for i in _as_ints(indices)], device)
+    return CounterStreams(
+        [derive_seed(seed, i, int(stream), *extra) for i in _as_ints(indices)], device
+    )
 
 
 Streams = Sequence[torch.Generator] | CounterStreams

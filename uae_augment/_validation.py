@@ -73,7 +73,9 @@ def check_precision(x: torch.Tensor, models: Sequence[nn.Module]) -> None:
     found = [f"x is {x.dtype}"] if x.dtype in _LOW_PRECISION else []
     for model in models:
         dtypes = {p.dtype for p in model.parameters() if p.dtype in _LOW_PRECISION}
-        found += [f"{type(model).__name__} has {dtype} parameters" for dtype in sorted(dtypes, key=str)]
+        found += [
+            f"{type(model).__name__} has {dtype} parameters" for dtype in sorted(dtypes, key=str)
+        ]
     if found:
         raise ValueError(
             f"attacks run in float32 but {', '.join(found)}; keep inputs and models in float32 and wrap the"

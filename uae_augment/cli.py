@@ -94,7 +94,9 @@ def run_precompute(args: argparse.Namespace) -> int:
         rows: Any = dataset
         if args.limit is not None:
             if args.limit > len(dataset):
-                raise CLIError(f"--limit {args.limit} exceeds the {len(dataset)} rows of {args.dataset}/{args.split}")
+                raise CLIError(
+                    f"--limit {args.limit} exceeds the {len(dataset)} rows of {args.dataset}/{args.split}"
+                )
             rows = Subset(dataset, range(args.limit))
         model = build_victim(args, dataset.sample_shape, dataset.num_classes).to(device)
         attack = build_attack(args, model, dataset[0][0].to(device))
@@ -148,7 +150,11 @@ def run_inspect(args: argparse.Namespace) -> int:
     cache = UAECache(args.path, allow_partial=True, preload=False)
     summary = cache.summary(bins=args.bins)
     if args.json:
-        print(json.dumps({"summary": summary, "provenance": cache.provenance}, indent=2, sort_keys=True))
+        print(
+            json.dumps(
+                {"summary": summary, "provenance": cache.provenance}, indent=2, sort_keys=True
+            )
+        )
     else:
         print(format_summary(summary, cache.provenance, histogram=True))
     return 0
@@ -175,7 +181,9 @@ def _fingerprint(dataset: dict[str, Any]) -> str:
     return f"sha256 of all {dataset.get('rows_hashed')} rows: {fields}"
 
 
-def format_summary(summary: dict[str, Any], provenance: dict[str, Any], *, histogram: bool = False) -> str:
+def format_summary(
+    summary: dict[str, Any], provenance: dict[str, Any], *, histogram: bool = False
+) -> str:
     """Human-readable report of :meth:`UAECache.summary` and the provenance record."""
     attack = dict(provenance.get("attack", {}))
     dataset = provenance.get("dataset", {})
@@ -225,7 +233,11 @@ def _verbosity() -> argparse.ArgumentParser:
     """-v/--verbose accepted after the subcommand too (without resetting a global -v)."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
-        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="-v: info logs, -vv: debug logs"
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="-v: info logs, -vv: debug logs",
     )
     return parent
 
@@ -243,39 +255,115 @@ def _add_precompute(subparsers: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         parents=[_verbosity()],
     )
-    parser.add_argument("dataset", choices=DATASET_NAMES, metavar="DATASET",
-                        help=f"data set name: {', '.join(DATASET_NAMES)}")
-    parser.add_argument("--split", default="train", choices=("train", "test", "all"), help="data split")
-    parser.add_argument("--data-root", type=Path, default=None,
-                        help="folder with the canonical .npz files (default: $UAE_DATA_ROOT or datasets/)")
-    parser.add_argument("--model", required=True, help="model name from the registry (uae_augment.models.available_models())")
-    parser.add_argument("--model-arg", action="append", default=[], type=parse_assignment, metavar="KEY=VALUE",
-                        help="option of the model builder, e.g. hidden=64 (repeatable)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="state dict saved with torch.save(model.state_dict(), path); loaded with weights_only=True")
-    parser.add_argument("--attack", choices=ATTACKS, default="mine-uae",
-                        help="mine-uae, l2-uae and gaussian are unsupervised; minmax is the supervised MINE attack")
-    parser.add_argument("--criterion", choices=CRITERIA, default="auto",
-                        help="attack criterion (auto: reconstruction for autoencoders, margin for classifiers,"
-                        " contrastive (NT-Xent over replayed views) for simclr-resnet18)")
-    parser.add_argument("--preset", choices=PRESET_NAMES, default=None,
-                        help="attack preset (default: fast for mine-uae/l2-uae, paper for minmax; ignored by gaussian)")
-    parser.add_argument("--set", action="append", default=[], type=parse_assignment, metavar="KEY=VALUE",
-                        help="attack option override, JSON-ish value, e.g. steps=10, sigma=0.001 (repeatable)")
-    parser.add_argument("--seed", type=int, default=0, help="attack seed (and model init seed without --checkpoint)")
+    parser.add_argument(
+        "dataset",
+        choices=DATASET_NAMES,
+        metavar="DATASET",
+        help=f"data set name: {', '.join(DATASET_NAMES)}",
+    )
+    parser.add_argument(
+        "--split", default="train", choices=("train", "test", "all"), help="data split"
+    )
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="folder with the canonical .npz files (default: $UAE_DATA_ROOT or datasets/)",
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model name from the registry (uae_augment.models.available_models())",
+    )
+    parser.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        type=parse_assignment,
+        metavar="KEY=VALUE",
+        help="option of the model builder, e.g. hidden=64 (repeatable)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="state dict saved with torch.save(model.state_dict(), path); loaded with weights_only=True",
+    )
+    parser.add_argument(
+        "--attack",
+        choices=ATTACKS,
+        default="mine-uae",
+        help="mine-uae, l2-uae and gaussian are unsupervised; minmax is the supervised MINE attack",
+    )
+    parser.add_argument(
+        "--criterion",
+        choices=CRITERIA,
+        default="auto",
+        help="attack criterion (auto: reconstruction for autoencoders, margin for classifiers,"
+        " contrastive (NT-Xent over replayed views) for simclr-resnet18)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        default=None,
+        help="attack preset (default: fast for mine-uae/l2-uae, paper for minmax; ignored by gaussian)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        type=parse_assignment,
+        metavar="KEY=VALUE",
+        help="attack option override, JSON-ish value, e.g. steps=10, sigma=0.001 (repeatable)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="attack seed (and model init seed without --checkpoint)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="cache file to write (.h5)")
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=PRECOMPUTE_BATCH_SIZE,
+        "--batch-size",
+        type=_positive_int,
+        default=PRECOMPUTE_BATCH_SIZE,
         help="rows per batch handed to the attack (default: %(default)s; the bar moves once per batch)",
     )
-    parser.add_argument("--no-resume", action="store_true", help="overwrite an existing file instead of resuming it")
-    parser.add_argument("--limit", type=_positive_int, default=None, help="attack only the first N rows (rows are served in a fixed shuffled order, so a random sample)")
-    parser.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader workers reading the data")
-    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="storage dtype of the UAEs")
-    parser.add_argument("--compression", choices=("lzf", "gzip", "none"), default="lzf", help="compression of the UAEs")
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...; under torchrun every rank uses cuda:LOCAL_RANK")
-    parser.add_argument("--dist-timeout-min", type=float, default=24 * 60,
-                        help="torchrun: how long ranks wait for each other at the shard barrier")
+    parser.add_argument(
+        "--no-resume", action="store_true", help="overwrite an existing file instead of resuming it"
+    )
+    parser.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        help="attack only the first N rows (rows are served in a fixed shuffled order, so a random sample)",
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=_non_negative_int,
+        default=0,
+        help="DataLoader workers reading the data",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="storage dtype of the UAEs",
+    )
+    parser.add_argument(
+        "--compression",
+        choices=("lzf", "gzip", "none"),
+        default="lzf",
+        help="compression of the UAEs",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda when available), cpu, cuda, cuda:1, ...; under torchrun every rank uses cuda:LOCAL_RANK",
+    )
+    parser.add_argument(
+        "--dist-timeout-min",
+        type=float,
+        default=24 * 60,
+        help="torchrun: how long ranks wait for each other at the shard barrier",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(handler=run_precompute)
 
@@ -291,7 +379,9 @@ def _add_inspect(subparsers: Any) -> None:
     )
     parser.add_argument("path", type=Path, help="cache file (.h5), finished, partial or a shard")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--bins", type=_positive_int, default=10, help="histogram bins of the criterion")
+    parser.add_argument(
+        "--bins", type=_positive_int, default=10, help="histogram bins of the criterion"
+    )
     parser.set_defaults(handler=run_inspect)
 
 
@@ -330,7 +420,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         prog="uae-augment",
         description="MINE-based unsupervised adversarial examples (UAEs) as data augmentation.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: info logs, -vv: debug logs")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="-v: info logs, -vv: debug logs"
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_precompute(subparsers)

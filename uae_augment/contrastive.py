@@ -73,8 +73,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-
-
 def ntxent_per_sample(
     projections: torch.Tensor, negatives: torch.Tensor | None = None, temperature: float = 0.5
 ) -> torch.Tensor:
@@ -106,8 +104,10 @@ def ntxent_per_sample(
         raise ValueError(f"NT-Xent needs an even number of views >= 2 per sample, got {views}")
     has_bank = negatives is not None and negatives.shape[0] > 0
     if views == 2 and not has_bank:
-        raise ValueError("with 2 views and no negatives each view's only candidate is its positive, so the loss"
-                         " is identically zero; use n_views >= 4 or a negative bank")
+        raise ValueError(
+            "with 2 views and no negatives each view's only candidate is its positive, so the loss"
+            " is identically zero; use n_views >= 4 or a negative bank"
+        )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     z = F.normalize(projections, dim=-1)
@@ -119,7 +119,9 @@ def ntxent_per_sample(
     if has_bank:
         assert negatives is not None
         bank = F.normalize(negatives.to(z.dtype), dim=-1)
-        candidates = torch.cat([candidates, torch.einsum("bvd,md->bvm", z, bank) / temperature], dim=2)
+        candidates = torch.cat(
+            [candidates, torch.einsum("bvd,md->bvm", z, bank) / temperature], dim=2
+        )
     return (torch.logsumexp(candidates, dim=2) - positive).mean(dim=1)
 
 
@@ -230,7 +232,9 @@ class Contrastive(Criterion):
         z = self.head(self.backbone(views.flatten(0, 1)))
         return z.unflatten(0, views.shape[:2])
 
-    def view_parameters(self, index: torch.Tensor, image_shape: Sequence[int]) -> _views.ViewParameters:
+    def view_parameters(
+        self, index: torch.Tensor, image_shape: Sequence[int]
+    ) -> _views.ViewParameters:
         """The (replayed) view parameters of the samples with global indices ``index``."""
         generators = _views.view_generators(self.seed, index, _views.ViewPurpose.CRITERION)
         return self.transform.sample(generators, self.n_views, image_shape)
@@ -246,15 +250,24 @@ class Contrastive(Criterion):
         return self.project(self.transform(images, params))[:, 0]
 
     def loss(
-        self, x: torch.Tensor, params: _views.ViewParameters | _views.ViewPlan, negatives: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        params: _views.ViewParameters | _views.ViewPlan,
+        negatives: torch.Tensor | None,
     ) -> torch.Tensor:
         """L per sample (N,) for images x (N, C, H, W) under ``params``, differentiable in x."""
-        return ntxent_per_sample(self.project(self.transform(x, params)), negatives, self.temperature)
+        return ntxent_per_sample(
+            self.project(self.transform(x, params)), negatives, self.temperature
+        )
 
-    def prepare(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> _ContrastiveReference:
+    def prepare(
+        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor
+    ) -> _ContrastiveReference:
         with torch.no_grad():
             params = self.view_parameters(index, tuple(x.shape[1:]))
-            if callable(getattr(self.transform, "plan", None)):  # replayed on the device without syncs
+            if callable(
+                getattr(self.transform, "plan", None)
+            ):  # replayed on the device without syncs
                 params = self.transform.plan(params, x.device)
             negatives = self.negative_bank(x.device)
             if negatives is not None:
@@ -263,7 +276,9 @@ class Contrastive(Criterion):
         return _ContrastiveReference(params=params, negatives=negatives, clean_loss=clean)
 
     def __call__(self, x_adv: torch.Tensor, reference: _ContrastiveReference) -> torch.Tensor:
-        return torch.clamp(self.loss(x_adv, reference.params, reference.negatives) - reference.clean_loss, min=0.0)
+        return torch.clamp(
+            self.loss(x_adv, reference.params, reference.negatives) - reference.clean_loss, min=0.0
+        )
 
     def config(self) -> dict[str, Any]:
         bank: dict[str, Any] | None = None
@@ -276,7 +291,9 @@ class Contrastive(Criterion):
             "n_views": self.n_views,
             "temperature": self.temperature,
             "view_seed": self.seed,
-            "transform": self.transform.config() if hasattr(self.transform, "config") else repr(self.transform),
+            "transform": self.transform.config()
+            if hasattr(self.transform, "config")
+            else repr(self.transform),
             "negatives": bank,
         }
 

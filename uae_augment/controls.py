@@ -44,7 +44,9 @@ def _flat_pair(x: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, 
     check_images(x, name="x")
     check_images(reference, name="reference")
     if x.shape != reference.shape:
-        raise ValueError(f"reference must have the shape of x {tuple(x.shape)}, got {tuple(reference.shape)}")
+        raise ValueError(
+            f"reference must have the shape of x {tuple(x.shape)}, got {tuple(reference.shape)}"
+        )
     return x.flatten(1).double(), reference.flatten(1).double()
 
 
@@ -54,7 +56,9 @@ def _directions(x: torch.Tensor, seed: int, index: object, key: int) -> torch.Te
     return stacked_normal(generators, x.shape[1:], dtype=torch.float64).to(x.device)
 
 
-def _bisect(measure: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor, what: str) -> torch.Tensor:
+def _bisect(
+    measure: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor, what: str
+) -> torch.Tensor:
     """Per-row scale s >= 0 with measure(s) = target, for a measure nondecreasing in s.
 
     Doubles the bracket per row, then bisects each row a fixed number of times.
@@ -72,7 +76,9 @@ def _bisect(measure: Callable[[torch.Tensor], torch.Tensor], target: torch.Tenso
     unreachable = measure(high) < target
     if unreachable.any():
         rows = torch.nonzero(unreachable).flatten().tolist()
-        raise ValueError(f"the {what} of reference rows {rows[:10]} cannot be reached inside the [0, 1] box")
+        raise ValueError(
+            f"the {what} of reference rows {rows[:10]} cannot be reached inside the [0, 1] box"
+        )
     for _ in range(_SCALE_STEPS):
         middle = (low + high) / 2
         below = measure(middle) < target

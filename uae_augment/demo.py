@@ -22,24 +22,50 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the demo's options to ``parser``."""
-    parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=3, help="autoencoder training epochs (default: %(default)s)")
-    parser.add_argument("--train-rows", type=int, default=None, help="train on N digits drawn at random with --seed (default: all 4,000)")
-    parser.add_argument("--samples", type=int, default=64, help="training digits to attack (default: %(default)s)")
     parser.add_argument(
-        "--preset", choices=sorted(PRESET_NAMES), default="fast",
+        "--out",
+        type=Path,
+        default=Path("outputs/demo"),
+        help="output folder (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="autoencoder training epochs (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--train-rows",
+        type=int,
+        default=None,
+        help="train on N digits drawn at random with --seed (default: all 4,000)",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=64, help="training digits to attack (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESET_NAMES),
+        default="fast",
         help="attack preset (default: %(default)s; 'paper' is the release's, ~20x slower)",
     )
-    parser.add_argument("--steps", type=int, default=None, help="attack iterations (default: the preset's, 40)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of training and attack (default: %(default)s)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="attack iterations (default: the preset's, 40)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of training and attack (default: %(default)s)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs the demo; prints a short report and returns the exit status."""
     summary = demo(
-        out=args.out, epochs=args.epochs, train_rows=args.train_rows, samples=args.samples,
-        preset=args.preset, steps=args.steps, seed=args.seed, progress=not args.no_progress,
+        out=args.out,
+        epochs=args.epochs,
+        train_rows=args.train_rows,
+        samples=args.samples,
+        preset=args.preset,
+        steps=args.steps,
+        seed=args.seed,
+        progress=not args.no_progress,
     )
     print(format_summary(summary))
     return 0
@@ -81,9 +107,13 @@ def demo(
     train_s = time.perf_counter() - started
 
     generator = torch.Generator().manual_seed(seed)
-    index = torch.randperm(len(train), generator=generator)[: min(samples, len(train))]  # all classes
+    index = torch.randperm(len(train), generator=generator)[
+        : min(samples, len(train))
+    ]  # all classes
     x = torch.stack([train[int(i)][0] for i in index])
-    attack = MINEUAE(Reconstruction(model), preset=preset, steps=steps, seed=seed, progress=progress)
+    attack = MINEUAE(
+        Reconstruction(model), preset=preset, steps=steps, seed=seed, progress=progress
+    )
     started = time.perf_counter()
     result = attack(x, index=index)
     attack_s = time.perf_counter() - started

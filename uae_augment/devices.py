@@ -47,7 +47,9 @@ def torchrun_local_rank() -> int | None:
     if torchrun_world_size() <= 1:
         return None
     if "LOCAL_RANK" not in os.environ:
-        raise ValueError("WORLD_SIZE > 1 but LOCAL_RANK is not set: start the processes with torchrun")
+        raise ValueError(
+            "WORLD_SIZE > 1 but LOCAL_RANK is not set: start the processes with torchrun"
+        )
     return _env_int("LOCAL_RANK", 0, minimum=0)
 
 
@@ -96,10 +98,16 @@ def resolve_device(name: str = "auto") -> torch.device:
         return device
     count = torch.cuda.device_count()
     if local_rank >= count:
-        raise ValueError(f"torchrun LOCAL_RANK {local_rank} has no GPU of its own: {count} CUDA device(s) visible")
+        raise ValueError(
+            f"torchrun LOCAL_RANK {local_rank} has no GPU of its own: {count} CUDA device(s) visible"
+        )
     if device.index is not None and device.index != local_rank:
-        logger.warning("--device %s under torchrun: rank with LOCAL_RANK %d uses cuda:%d instead (one GPU per rank)",
-                       name, local_rank, local_rank)
+        logger.warning(
+            "--device %s under torchrun: rank with LOCAL_RANK %d uses cuda:%d instead (one GPU per rank)",
+            name,
+            local_rank,
+            local_rank,
+        )
     return torch.device("cuda", local_rank)
 
 
@@ -116,7 +124,9 @@ class Placement(NamedTuple):
 
 
 @contextlib.contextmanager
-def distributed(name: str = "auto", *, timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> Iterator[Placement]:
+def distributed(
+    name: str = "auto", *, timeout: datetime.timedelta = DEFAULT_TIMEOUT
+) -> Iterator[Placement]:
     """Joins torchrun's process group for the ``with`` block when ``WORLD_SIZE`` > 1.
 
     The device is :func:`resolve_device` (``cuda:LOCAL_RANK`` under torchrun,
@@ -142,9 +152,18 @@ def distributed(name: str = "auto", *, timeout: datetime.timedelta = DEFAULT_TIM
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timeout)
         started = True
-        logger.info("initialised a %s process group: rank %d of %d", backend, dist.get_rank(), dist.get_world_size())
+        logger.info(
+            "initialised a %s process group: rank %d of %d",
+            backend,
+            dist.get_rank(),
+            dist.get_world_size(),
+        )
     try:
-        world = (dist.get_rank(), dist.get_world_size()) if _initialised() and dist.get_world_size() > 1 else None
+        world = (
+            (dist.get_rank(), dist.get_world_size())
+            if _initialised() and dist.get_world_size() > 1
+            else None
+        )
         yield Placement(world, device)
     finally:
         if started and _initialised():

@@ -47,12 +47,19 @@ def build_models(seed: int = 0) -> dict[str, nn.Module]:
     """Tiny seeded models on 1x8x8 inputs: a conv classifier, a conv and a dense autoencoder."""
     torch.manual_seed(seed)
     return {
-        "classifier": nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, CLASSES)),
+        "classifier": nn.Sequential(
+            nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, CLASSES)
+        ),
         "conv_ae": nn.Sequential(
             nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1), nn.Sigmoid()
         ),
         "dense_ae": nn.Sequential(
-            nn.Flatten(), nn.Linear(64, 16), nn.Sigmoid(), nn.Linear(16, 64), nn.Sigmoid(), nn.Unflatten(1, (1, 8, 8))
+            nn.Flatten(),
+            nn.Linear(64, 16),
+            nn.Sigmoid(),
+            nn.Linear(16, 64),
+            nn.Sigmoid(),
+            nn.Unflatten(1, (1, 8, 8)),
         ),
     }
 
@@ -68,27 +75,54 @@ def cases(scale: int) -> dict[str, Factory]:
             Reconstruction(m["conv_ae"]), preset="fast", steps=3 * s, seed=1, batch_size=b
         ),
         "mineuae_fast_dense": lambda m, b: MINEUAE(
-            Reconstruction(m["dense_ae"]), preset="fast", steps=3 * s, projections=20, projection_dim=8,
-            seed=1, batch_size=b,
+            Reconstruction(m["dense_ae"]),
+            preset="fast",
+            steps=3 * s,
+            projections=20,
+            projection_dim=8,
+            seed=1,
+            batch_size=b,
         ),
         "mineuae_paper_conv": lambda m, b: MINEUAE(
-            Reconstruction(m["conv_ae"]), preset="paper", steps=2 * s, mine_steps=s, seed=1, batch_size=b
+            Reconstruction(m["conv_ae"]),
+            preset="paper",
+            steps=2 * s,
+            mine_steps=s,
+            seed=1,
+            batch_size=b,
         ),
         "minmax_supervised_fast": lambda m, b: MinMaxAttack(
-            ClassifierMargin(m["classifier"]), preset="fast", steps=4 * s, alpha=0.05, seed=1, batch_size=b
+            ClassifierMargin(m["classifier"]),
+            preset="fast",
+            steps=4 * s,
+            alpha=0.05,
+            seed=1,
+            batch_size=b,
         ),
         "minmax_supervised_paper": lambda m, b: MinMaxAttack(
             ClassifierMargin(m["classifier"]), steps=2 * s, alpha=0.05, seed=1, batch_size=b
         ),
         "penalty": lambda m, b: PenaltyAttack(
-            ClassifierMargin(m["classifier"]), preset="fast", search_steps=2, steps=3 * s, mine_steps=1,
-            alpha=0.05, seed=1, batch_size=b,
+            ClassifierMargin(m["classifier"]),
+            preset="fast",
+            search_steps=2,
+            steps=3 * s,
+            mine_steps=1,
+            alpha=0.05,
+            seed=1,
+            batch_size=b,
         ),
-        "lp_uae": lambda m, b: LpUAE(Reconstruction(m["conv_ae"]), steps=4 * s, seed=1, batch_size=b),
-        "gaussian_noise": lambda m, b: GaussianNoise(Reconstruction(m["dense_ae"]), 0.05, seed=1, batch_size=b),
+        "lp_uae": lambda m, b: LpUAE(
+            Reconstruction(m["conv_ae"]), steps=4 * s, seed=1, batch_size=b
+        ),
+        "gaussian_noise": lambda m, b: GaussianNoise(
+            Reconstruction(m["dense_ae"]), 0.05, seed=1, batch_size=b
+        ),
         "fgsm": lambda m, b: FGSM(m["classifier"], 0.1, batch_size=b),
         "ifgsm": lambda m, b: IFGSM(m["classifier"], 0.1, steps=3 * s, batch_size=b),
-        "pgd_linf": lambda m, b: PGD(m["classifier"], 0.1, steps=3 * s, step_size=0.03, seed=1, batch_size=b),
+        "pgd_linf": lambda m, b: PGD(
+            m["classifier"], 0.1, steps=3 * s, step_size=0.03, seed=1, batch_size=b
+        ),
         "pgd_l2": lambda m, b: PGD(
             m["classifier"], 0.5, steps=3 * s, step_size=0.2, norm="l2", seed=1, batch_size=b
         ),
@@ -97,7 +131,11 @@ def cases(scale: int) -> dict[str, Factory]:
 
 
 def attack_rows(
-    factory: Factory, models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, batch_size: int | None,
+    factory: Factory,
+    models: dict[str, nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int | None,
     rows: slice = slice(None),
 ) -> AttackResult:
     """Attacks ``x[rows]`` (with their global indices) in chunks of ``batch_size``."""
@@ -116,7 +154,9 @@ def result_fields(result: AttackResult) -> dict[str, torch.Tensor]:
     }
 
 
-def differences(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[tuple[str, float]]:
+def differences(
+    found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> list[tuple[str, float]]:
     """(field, max |difference|) for every field whose bits differ (NaN payloads and -0 included)."""
     out = []
     for name, want in expected.items():

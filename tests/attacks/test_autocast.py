@@ -34,17 +34,37 @@ EPSILON = 0.2
 
 
 def _attacks() -> dict:
-    ae, dense, classifier = digits_conv_autoencoder(), digits_dense_autoencoder(), digits_classifier()
+    ae, dense, classifier = (
+        digits_conv_autoencoder(),
+        digits_dense_autoencoder(),
+        digits_classifier(),
+    )
     margin = ClassifierMargin(classifier)
     mine = dict(epsilon=EPSILON, mine_steps=2)
     return {
         "mine-uae fast": (MINEUAE(Reconstruction(ae), preset="fast", steps=4, **mine), False),
-        "mine-uae paper": (MINEUAE(Reconstruction(ae), preset="paper", steps=3, statistics_hidden=16, **mine), False),
+        "mine-uae paper": (
+            MINEUAE(Reconstruction(ae), preset="paper", steps=3, statistics_hidden=16, **mine),
+            False,
+        ),
         "mine-uae projections": (
-            MINEUAE(Reconstruction(dense), preset="fast", steps=3, projections=16, projection_dim=8, **mine), False
+            MINEUAE(
+                Reconstruction(dense),
+                preset="fast",
+                steps=3,
+                projections=16,
+                projection_dim=8,
+                **mine,
+            ),
+            False,
         ),
         "supervised minmax": (MinMaxAttack(margin, steps=4, statistics_hidden=16, **mine), True),
-        "penalty": (PenaltyAttack(margin, search_steps=2, steps=2, preset="fast", epsilon=EPSILON, mine_steps=1), True),
+        "penalty": (
+            PenaltyAttack(
+                margin, search_steps=2, steps=2, preset="fast", epsilon=EPSILON, mine_steps=1
+            ),
+            True,
+        ),
         "lp-uae": (LpUAE(Reconstruction(ae), steps=4, epsilon=EPSILON), False),
         "pgd": (PGD(classifier, epsilon=EPSILON), True),
         "fgsm": (FGSM(classifier, epsilon=EPSILON), True),

@@ -80,7 +80,15 @@ def _attacks(epsilon: float) -> list:
         FGSM(model, epsilon),
         IFGSM(model, epsilon, steps=5),
         PGD(model, epsilon, steps=8, step_size=epsilon / 3),
-        PGD(model, epsilon, steps=8, step_size=epsilon / 3, loss="margin", targeted=True, target="least_likely"),
+        PGD(
+            model,
+            epsilon,
+            steps=8,
+            step_size=epsilon / 3,
+            loss="margin",
+            targeted=True,
+            target="least_likely",
+        ),
     ]
 
 
@@ -220,7 +228,9 @@ def test_pgd_random_start_is_deterministic_and_batch_composition_independent():
     whole = attack(x, y)
     part = attack(x[3:6], y[3:6], index=torch.arange(3, 6))
     assert torch.equal(part.adversarial, whole.adversarial[3:6])
-    chunked = PGD(digits_classifier(), epsilon=0.2, steps=5, step_size=0.05, seed=1, batch_size=2)(x, y)
+    chunked = PGD(digits_classifier(), epsilon=0.2, steps=5, step_size=0.05, seed=1, batch_size=2)(
+        x, y
+    )
     assert torch.equal(chunked.adversarial, whole.adversarial)
     assert torch.equal(attack(x, y).adversarial, whole.adversarial)
     other = PGD(digits_classifier(), epsilon=0.2, steps=5, step_size=0.05, seed=2)(x, y)
@@ -249,7 +259,9 @@ def test_random_start_fills_the_ball(norm):
         direction = delta.flatten(1) / radius[:, None]
         assert float(direction.mean(dim=0).norm()) < 0.2  # no preferred direction
     assert not torch.equal(delta[0], delta[1])
-    plain = PGD(digits_classifier(), epsilon, steps=1, step_size=1e-12, norm=norm, random_start=False)
+    plain = PGD(
+        digits_classifier(), epsilon, steps=1, step_size=1e-12, norm=norm, random_start=False
+    )
     assert float(_linf(plain(x, y).adversarial, x).max()) < 1e-6
 
 
@@ -276,13 +288,17 @@ def test_lbfgs_success_box_and_minimal_distortion(lbfgs_run):
     torch.testing.assert_close(result.moved_l2, _l2(adversarial, x))
     # Close to the decision boundary: half the perturbation is no longer adversarial.
     halfway = x + 0.5 * (adversarial - x)
-    assert float((_predict(model, halfway)[result.success] == y[result.success]).float().mean()) >= 0.8
+    assert (
+        float((_predict(model, halfway)[result.success] == y[result.success]).float().mean()) >= 0.8
+    )
     # Far less L2 distortion than FGSM on the samples both fool.
     fgsm = FGSM(model, 0.3)(x, y)
     both = result.success & fgsm.success
     assert int(both.sum()) >= 8
     assert bool((_l2(adversarial, x)[both] < _l2(fgsm.adversarial, x)[both]).all())
-    assert float(_l2(adversarial, x)[both].mean()) < 0.6 * float(_l2(fgsm.adversarial, x)[both].mean())
+    assert float(_l2(adversarial, x)[both].mean()) < 0.6 * float(
+        _l2(fgsm.adversarial, x)[both].mean()
+    )
     # The search bookkeeping: the returned step succeeded, no earlier than the first success.
     attacked = result.success & (result.first_success > 0)  # not already wrong at x
     chosen = result.best_iteration[attacked]
@@ -301,17 +317,27 @@ def _reference_lbfgs(model, x, label, *, c, search_steps, max_iter):
     """Plain per-sample loop: SciPy L-BFGS-B on c||x'-x||^2 + CE(best other class), c-search."""
     with torch.no_grad():
         logits = model(x[None])[0]
-    target = torch.tensor([int(logits.masked_fill(torch.arange(10) == label, -float("inf")).argmax())])
+    target = torch.tensor(
+        [int(logits.masked_fill(torch.arange(10) == label, -float("inf")).argmax())]
+    )
     start = x.double().numpy().ravel()
 
     def solve(c):
         def fun(z):
             point = torch.tensor(z, dtype=torch.float32).view(1, *x.shape).requires_grad_(True)
             value = c * (point - x).pow(2).sum() + F.cross_entropy(model(point), target)
-            return float(value.detach()), torch.autograd.grad(value, point)[0].double().numpy().ravel()
+            return float(value.detach()), torch.autograd.grad(value, point)[
+                0
+            ].double().numpy().ravel()
 
-        found = minimize(fun, start, jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * start.size,
-                         options={"maxiter": max_iter, "maxcor": 10})
+        found = minimize(
+            fun,
+            start,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=[(0.0, 1.0)] * start.size,
+            options={"maxiter": max_iter, "maxcor": 10},
+        )
         return torch.tensor(found.x, dtype=torch.float32).view_as(x).clamp(0, 1)
 
     low, high, best = 0.0, math.inf, None
@@ -416,7 +442,11 @@ def test_attacks_run_under_no_grad_and_keep_input_dtype():
 def test_config_is_json_and_complete():
     config = PGD(digits_classifier(), 0.3, 40, 0.01, targeted=True, target="least_likely").config()
     assert json.loads(json.dumps(config)) == config
-    assert config["attack"] == "PGD" and config["epsilon"] == 0.3 and config["target"] == "least_likely"
+    assert (
+        config["attack"] == "PGD"
+        and config["epsilon"] == 0.3
+        and config["target"] == "least_likely"
+    )
     assert config["steps"] == 40 and config["random_start"] is True and config["norm"] == "linf"
     assert LBFGS(digits_classifier(), c=2.0).config()["c"] == 2.0
     assert "epsilon=0.1" in repr(FGSM(digits_classifier(), 0.1))
@@ -507,7 +537,17 @@ def test_cuda_matches_cpu():
     for attack_type, kwargs in [
         (FGSM, {"epsilon": 0.1}),
         (PGD, {"epsilon": 0.1, "steps": 5, "step_size": 0.03}),
-        (PGD, {"epsilon": 0.5, "steps": 5, "step_size": 0.2, "norm": "l2", "targeted": True, "target": "random"}),
+        (
+            PGD,
+            {
+                "epsilon": 0.5,
+                "steps": 5,
+                "step_size": 0.2,
+                "norm": "l2",
+                "targeted": True,
+                "target": "random",
+            },
+        ),
         (LBFGS, {"search_steps": 2, "max_iter": 20}),
     ]:
         cpu = attack_type(cpu_model, **kwargs)(x, y)

@@ -57,29 +57,51 @@ def attack_bars(bars: list[RecordingBar], name: str = "MINEUAE") -> list[Recordi
 
 
 def estimates(caplog) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "uae_augment.attacks.base" and "in total" in r.getMessage()]
+    return [
+        r
+        for r in caplog.records
+        if r.name == "uae_augment.attacks.base" and "in total" in r.getMessage()
+    ]
 
 
 def mine_uae(**kwargs: Any) -> MINEUAE:
-    return MINEUAE(Reconstruction(digits_conv_autoencoder()), preset="fast", steps=3, mine_steps=1, **kwargs)
+    return MINEUAE(
+        Reconstruction(digits_conv_autoencoder()), preset="fast", steps=3, mine_steps=1, **kwargs
+    )
 
 
 def test_direct_call_bar_moves_once_per_iteration_of_every_chunk(bars, caplog):
     caplog.set_level(logging.INFO)
     mine_uae(batch_size=4, progress=True)(digits()[0][:9])  # chunks of 4, 4 and 1 rows
     (bar,) = attack_bars(bars)
-    assert (bar.desc, bar.options["unit"], bar.disable) == ("MINEUAE (9 samples)", "iteration", False)
+    assert (bar.desc, bar.options["unit"], bar.disable) == (
+        "MINEUAE (9 samples)",
+        "iteration",
+        False,
+    )
     assert (bar.total, bar.updates) == (9, [1] * 9)
     (record,) = estimates(caplog)
     assert record.getMessage().startswith("MINEUAE (9 samples): about")
     assert record.getMessage().endswith("for the first 1 of 9 iterations)")
 
 
-@pytest.mark.parametrize("make, per_chunk", [
-    (lambda: LpUAE(Reconstruction(digits_conv_autoencoder()), steps=4, progress=True), 4),
-    (lambda: PenaltyAttack(ClassifierMargin(digits_classifier()), search_steps=2, steps=3, mine_steps=1,
-                           preset="fast", progress=True), 6),
-])
+@pytest.mark.parametrize(
+    "make, per_chunk",
+    [
+        (lambda: LpUAE(Reconstruction(digits_conv_autoencoder()), steps=4, progress=True), 4),
+        (
+            lambda: PenaltyAttack(
+                ClassifierMargin(digits_classifier()),
+                search_steps=2,
+                steps=3,
+                mine_steps=1,
+                preset="fast",
+                progress=True,
+            ),
+            6,
+        ),
+    ],
+)
 def test_lp_uae_and_penalty_rounds_count_their_iterations(bars, make, per_chunk):
     x, y = digits()
     attack = make()
@@ -118,8 +140,14 @@ def test_real_bar_is_written_to_stderr_for_a_direct_call(capsys, monkeypatch):
 def test_precompute_shows_only_its_own_bar(bars, caplog, tmp_path, outer_progress):
     caplog.set_level(logging.INFO)
     x, y = digits()
-    precompute(TensorDataset(x[:8], y[:8]), mine_uae(), tmp_path / "c.h5", batch_size=4, chunk_rows=4,
-               progress=outer_progress)
+    precompute(
+        TensorDataset(x[:8], y[:8]),
+        mine_uae(),
+        tmp_path / "c.h5",
+        batch_size=4,
+        chunk_rows=4,
+        progress=outer_progress,
+    )
     (outer,) = [bar for bar in bars if bar.desc.startswith("precompute")]
     assert outer.disable is not outer_progress
     inner = attack_bars(bars)
@@ -138,23 +166,43 @@ def test_uae_augmented_generation_shows_only_its_own_bar(bars, caplog):
 
 def test_an_explicit_progress_true_still_shows_inside_precompute(bars, tmp_path):
     x, y = digits()
-    precompute(TensorDataset(x[:4], y[:4]), mine_uae(progress=True), tmp_path / "c.h5", batch_size=4,
-               chunk_rows=4, progress=False)
+    precompute(
+        TensorDataset(x[:4], y[:4]),
+        mine_uae(progress=True),
+        tmp_path / "c.h5",
+        batch_size=4,
+        chunk_rows=4,
+        progress=False,
+    )
     assert [bar.disable for bar in attack_bars(bars)] == [False]
 
 
-@pytest.mark.parametrize("threads", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2 threads: 60-80 s at load 13
-@pytest.mark.parametrize("make", [
-    lambda progress: mine_uae(batch_size=4, progress=progress),
-    lambda progress: PenaltyAttack(ClassifierMargin(digits_classifier()), search_steps=2, steps=3, mine_steps=1,
-                                   preset="fast", batch_size=4, progress=progress),
-])
+@pytest.mark.parametrize(
+    "threads", [1, pytest.param(2, marks=pytest.mark.slow)]
+)  # 2 threads: 60-80 s at load 13
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda progress: mine_uae(batch_size=4, progress=progress),
+        lambda progress: PenaltyAttack(
+            ClassifierMargin(digits_classifier()),
+            search_steps=2,
+            steps=3,
+            mine_steps=1,
+            preset="fast",
+            batch_size=4,
+            progress=progress,
+        ),
+    ],
+)
 def test_results_are_bitwise_equal_with_and_without_the_bar(make, threads):
     x, y = digits()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        results = [make(progress)(x[:9], y[:9]) for progress in (True, False, None)]  # chunks of 4, 4, 1
+        results = [
+            make(progress)(x[:9], y[:9]) for progress in (True, False, None)
+        ]  # chunks of 4, 4, 1
     finally:
         torch.set_num_threads(previous)
     for other in results[1:]:

@@ -25,20 +25,38 @@ from uae_augment.views import SimCLRViews
 
 def test_counter_sees_sync_causing_operations():
     x = torch.rand(6)
-    counts = count_syncs(lambda: (x[x > 0.5], x.nonzero(), float(x.sum()), x.clone().__setitem__(x > 0.5, 0.0)))
-    assert counts == {"aten.index[bool]": 1, "aten.nonzero": 1, "aten._local_scalar_dense": 1, "aten.index_put_[bool]": 1}
+    counts = count_syncs(
+        lambda: (x[x > 0.5], x.nonzero(), float(x.sum()), x.clone().__setitem__(x > 0.5, 0.0))
+    )
+    assert counts == {
+        "aten.index[bool]": 1,
+        "aten.nonzero": 1,
+        "aten._local_scalar_dense": 1,
+        "aten.index_put_[bool]": 1,
+    }
     assert not count_syncs(lambda: (torch.where(x > 0.5, x, 0.0), x.masked_fill(x > 0.5, 0.0)))
 
 
 def _attacks():
-    ae, dense, classifier = digits_conv_autoencoder(), digits_dense_autoencoder(), digits_classifier()
+    ae, dense, classifier = (
+        digits_conv_autoencoder(),
+        digits_dense_autoencoder(),
+        digits_classifier(),
+    )
     return {
-        "mine-uae fast": lambda steps: MINEUAE(Reconstruction(ae), preset="fast", steps=steps, mine_steps=2),
+        "mine-uae fast": lambda steps: MINEUAE(
+            Reconstruction(ae), preset="fast", steps=steps, mine_steps=2
+        ),
         "mine-uae paper": lambda steps: MINEUAE(
             Reconstruction(ae), preset="paper", steps=steps, mine_steps=2, statistics_hidden=16
         ),
         "mine-uae projections": lambda steps: MINEUAE(
-            Reconstruction(dense), preset="fast", steps=steps, mine_steps=2, projections=16, projection_dim=8
+            Reconstruction(dense),
+            preset="fast",
+            steps=steps,
+            mine_steps=2,
+            projections=16,
+            projection_dim=8,
         ),
         "supervised minmax": lambda steps: MinMaxAttack(
             ClassifierMargin(classifier), steps=steps, statistics_hidden=16

@@ -46,7 +46,10 @@ REPO = Path(__file__).resolve().parents[2]
 WORKER = REPO / "tests" / "data" / "_precompute_worker.py"
 DONE_MARKER = "written and marked done"
 # Scripts run with their own folder first on sys.path: make them import this checkout's uae_augment.
-WORKER_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+WORKER_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+}
 
 
 def stacked(dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +88,12 @@ def fresh_attack_counter(attack) -> list[int]:
 
 def run_script(args: list[str], timeout_s: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=WORKER_ENV, capture_output=True, text=True, timeout=timeout_s
+        [sys.executable, *args],
+        cwd=REPO,
+        env=WORKER_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
     )
 
 
@@ -103,7 +111,9 @@ def rows300():
 @pytest.fixture(scope="module")
 def gaussian_cache(tmp_path_factory, rows300) -> Path:
     path = tmp_path_factory.mktemp("cache") / "gaussian.h5"
-    return precompute(rows300, make_attack("gaussian"), path, batch_size=50, chunk_rows=16, progress=False)
+    return precompute(
+        rows300, make_attack("gaussian"), path, batch_size=50, chunk_rows=16, progress=False
+    )
 
 
 # --------------------------------------------------------------------------- contents
@@ -116,11 +126,17 @@ def test_rows_equal_direct_generation(gaussian_cache, rows300, tmp_path, num_wor
     path = gaussian_cache
     if num_workers:
         path = precompute(
-            rows300, make_attack("gaussian"), tmp_path / "w.h5", batch_size=37, num_workers=num_workers,
+            rows300,
+            make_attack("gaussian"),
+            tmp_path / "w.h5",
+            batch_size=37,
+            num_workers=num_workers,
             progress=False,
         )
     arrays = file_arrays(path)
-    torch.testing.assert_close(torch.from_numpy(arrays["adversarial"]), expected.adversarial, rtol=0, atol=0)
+    torch.testing.assert_close(
+        torch.from_numpy(arrays["adversarial"]), expected.adversarial, rtol=0, atol=0
+    )
     np.testing.assert_array_equal(arrays["success"], expected.success.numpy())
     np.testing.assert_array_equal(arrays["criterion"], expected.criterion.numpy())
     assert np.isnan(arrays["mi"]).all()
@@ -155,7 +171,9 @@ def test_mine_uae_rows_do_not_depend_on_batching(tmp_path):
     rows = digits_rows(24)
     x, _ = stacked(rows)
     expected = make_attack("mine")(x, index=torch.arange(24))
-    path = precompute(rows, make_attack("mine"), tmp_path / "mine.h5", batch_size=10, chunk_rows=4, progress=False)
+    path = precompute(
+        rows, make_attack("mine"), tmp_path / "mine.h5", batch_size=10, chunk_rows=4, progress=False
+    )
     cache = UAECache(path)
     adversarial, _ = cache.rows(range(24))
     torch.testing.assert_close(adversarial, expected.adversarial, rtol=0, atol=0)
@@ -168,7 +186,11 @@ def test_mine_uae_rows_do_not_depend_on_batching(tmp_path):
 @pytest.mark.parametrize(("dtype", "compression"), [("float16", "gzip"), ("float32", None)])
 def test_dtype_and_compression(tmp_path, rows300, dtype, compression):
     path = precompute(
-        rows300, make_attack("gaussian"), tmp_path / "c.h5", dtype=dtype, compression=compression,
+        rows300,
+        make_attack("gaussian"),
+        tmp_path / "c.h5",
+        dtype=dtype,
+        compression=compression,
         progress=False,
     )
     x, _ = stacked(rows300)
@@ -179,7 +201,9 @@ def test_dtype_and_compression(tmp_path, rows300, dtype, compression):
         assert stored.shuffle == (compression == "gzip")
         assert stored.chunks[1:] == (1, 8, 8)
         # about CHUNK_BYTES, at most one batch (default PRECOMPUTE_BATCH_SIZE rows): every batch saves its rows
-        assert stored.chunks[0] == min(300, CHUNK_BYTES // (64 * np.dtype(dtype).itemsize), PRECOMPUTE_BATCH_SIZE)
+        assert stored.chunks[0] == min(
+            300, CHUNK_BYTES // (64 * np.dtype(dtype).itemsize), PRECOMPUTE_BATCH_SIZE
+        )
     cache = UAECache(path)
     assert cache.dtype == dtype
     uae, _ = cache.rows(range(300))
@@ -191,7 +215,8 @@ def test_dtype_and_compression(tmp_path, rows300, dtype, compression):
 # Default: all rows preloaded; preload=False: filled as rows are touched; 4 KiB: an LRU of
 # chunks (the file does not fit); 0: every read goes to the file.
 @pytest.mark.parametrize(
-    "options", [{}, {"preload": False}, {"cache_bytes": 4096}, {"cache_bytes": 0}],
+    "options",
+    [{}, {"preload": False}, {"cache_bytes": 4096}, {"cache_bytes": 0}],
     ids=["preloaded", "lazy", "lru", "uncached"],
 )
 def test_batched_reads_match_item_reads(gaussian_cache, rows300, options):
@@ -199,7 +224,9 @@ def test_batched_reads_match_item_reads(gaussian_cache, rows300, options):
     x, _ = stacked(rows300)
     expected = make_attack("gaussian")(x, index=torch.arange(300)).adversarial
     every, _ = cache.rows(torch.randperm(300, generator=torch.Generator().manual_seed(0)))
-    assert torch.equal(torch.sort(every.flatten(1), dim=0).values, torch.sort(expected.flatten(1), dim=0).values)
+    assert torch.equal(
+        torch.sort(every.flatten(1), dim=0).values, torch.sort(expected.flatten(1), dim=0).values
+    )
     order = [299, 5, 17, 5, 0, 16, 15, -1]
     items = cache.__getitems__(order)
     for index, item in zip(order, items):
@@ -228,8 +255,12 @@ def test_transforms_repr_and_summary(gaussian_cache):
     assert summary["done"] == 300 and summary["coverage"] == 1.0
     assert summary["asr"] == pytest.approx(float(cache.success.double().mean()))
     criterion = cache.criterion
-    assert summary["criterion"]["zero_fraction"] == pytest.approx(float((criterion == 0).double().mean()))
-    assert sum(summary["criterion"]["histogram_of_positive"]["counts"]) == int((criterion > 0).sum())
+    assert summary["criterion"]["zero_fraction"] == pytest.approx(
+        float((criterion == 0).double().mean())
+    )
+    assert sum(summary["criterion"]["histogram_of_positive"]["counts"]) == int(
+        (criterion > 0).sum()
+    )
     assert summary["mi"]["count"] == 0  # Gaussian noise has no MINE estimate
     assert cache.provenance["attack"]["attack"] == "GaussianNoise"
     json.dumps(summary)
@@ -243,9 +274,13 @@ def test_dataloader_workers_read_the_same_data(gaussian_cache):
 
     def collect(num_workers: int, shuffle: bool) -> list[torch.Tensor]:
         generator = torch.Generator().manual_seed(3)
-        loader = DataLoader(cache, batch_size=32, num_workers=num_workers, shuffle=shuffle, generator=generator)
+        loader = DataLoader(
+            cache, batch_size=32, num_workers=num_workers, shuffle=shuffle, generator=generator
+        )
         batches = list(loader)
-        return [torch.cat([b[k].reshape(len(b[k]), -1).double() for b in batches]) for k in range(4)]
+        return [
+            torch.cat([b[k].reshape(len(b[k]), -1).double() for b in batches]) for k in range(4)
+        ]
 
     for shuffle in (False, True):
         serial, parallel = collect(0, shuffle), collect(2, shuffle)
@@ -264,9 +299,25 @@ def test_dataloader_workers_read_the_same_data(gaussian_cache):
 def test_kill_minus_nine_then_resume_equals_uninterrupted_run(tmp_path, caplog):
     path = tmp_path / "killed.h5"
     writer = subprocess.Popen(
-        [sys.executable, str(WORKER), "--out", str(path), "--limit", "600", "--batch-size", "8",
-         "--chunk-rows", "8", "--delay", "0.005"],
-        cwd=REPO, env=WORKER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(WORKER),
+            "--out",
+            str(path),
+            "--limit",
+            "600",
+            "--batch-size",
+            "8",
+            "--chunk-rows",
+            "8",
+            "--delay",
+            "0.005",
+        ],
+        cwd=REPO,
+        env=WORKER_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         marks = 0
@@ -295,7 +346,10 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted_run(tmp_path, caplog):
     with pytest.raises(CacheError, match="unfinished"):
         UAECache(path)
     partial = UAECache(path, allow_partial=True)
-    first_done, first_todo = int(np.flatnonzero(done_before)[0]), int(np.flatnonzero(~done_before)[0])
+    first_done, first_todo = (
+        int(np.flatnonzero(done_before)[0]),
+        int(np.flatnonzero(~done_before)[0]),
+    )
     assert partial.done == int(done_before.sum())
     partial[first_done]
     with pytest.raises(CacheError, match="not done"):
@@ -313,7 +367,9 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted_run(tmp_path, caplog):
     assert sorted(attacked) == whole_batches(np.flatnonzero(~done_before), 0, 600, 64).tolist()
     assert set(np.flatnonzero(~done_before)) <= set(attacked)
 
-    uninterrupted = precompute(digits_rows(600), make_attack("gaussian"), tmp_path / "straight.h5", progress=False)
+    uninterrupted = precompute(
+        digits_rows(600), make_attack("gaussian"), tmp_path / "straight.h5", progress=False
+    )
     assert_same_rows(path, uninterrupted)
 
 
@@ -337,16 +393,26 @@ def test_resume_after_a_kill_mid_batch_is_bitwise_the_uninterrupted_run(tmp_path
     attacked = fresh_attack_counter(attack)
     precompute(digits_rows(120), attack, path, batch_size=12, chunk_rows=8, progress=False)
     straight = precompute(
-        digits_rows(120), make_attack("batchmean"), tmp_path / "straight.h5", batch_size=12, chunk_rows=8,
+        digits_rows(120),
+        make_attack("batchmean"),
+        tmp_path / "straight.h5",
+        batch_size=12,
+        chunk_rows=8,
         progress=False,
     )
     assert_same_rows(path, straight)
-    assert attacked == list(range(24, 120))  # the cut batch from its start; rows 24..31 are not rewritten
+    assert attacked == list(
+        range(24, 120)
+    )  # the cut batch from its start; rows 24..31 are not rewritten
 
 
 def test_whole_batches_extends_rows_to_their_grid_batches():
     assert whole_batches(np.array([5, 6, 13]), 0, 20, 4).tolist() == [4, 5, 6, 7, 12, 13, 14, 15]
-    assert whole_batches(np.array([17, 18]), 10, 18 + 1, 8).tolist() == [16, 17, 18]  # clipped to [start, stop)
+    assert whole_batches(np.array([17, 18]), 10, 18 + 1, 8).tolist() == [
+        16,
+        17,
+        18,
+    ]  # clipped to [start, stop)
     assert whole_batches(np.array([], dtype=np.int64), 0, 20, 4).size == 0
 
 
@@ -446,7 +512,9 @@ def test_a_change_to_any_row_is_refused_naming_the_field_and_row(tmp_path, rows,
     with pytest.raises(ProvenanceMismatchError) as raised:
         precompute(other, make_attack(), path, progress=False)
     message = str(raised.value)
-    assert f"dataset.sha256.{name} (the data set's {name} changed, first at row {changed})" in message
+    assert (
+        f"dataset.sha256.{name} (the data set's {name} changed, first at row {changed})" in message
+    )
     assert message.count("dataset.sha256.") == 1  # only the changed field is named
 
 
@@ -455,15 +523,25 @@ def test_changed_rows_are_refused_by_uae_augmented_and_located_in_large_sets(tmp
     path = tmp_path / "fp.h5"
     UAEAugmented(digits_rows(40), make_attack(), cache=path, progress=False)
     replaced = ChangedRows(digits_rows(40), range(30, 40), sample=True, label=True)
-    with pytest.raises(ProvenanceMismatchError, match=r"label changed, first at row 30\).*sample changed, first at row 30"):
+    with pytest.raises(
+        ProvenanceMismatchError,
+        match=r"label changed, first at row 30\).*sample changed, first at row 30",
+    ):
         UAEAugmented(replaced, make_attack(), cache=path, progress=False)
     # 1437 rows: blocks of 12 rows, the first differing block is named.
     fingerprint = cache_provenance(digits_rows(), make_attack())["dataset"]
     assert fingerprint["block_rows"] == 12 and len(fingerprint["blocks"]["sample"]) == 120
     large = tmp_path / "large.h5"
     precompute(digits_rows(), make_attack(), large, progress=False)
-    with pytest.raises(ProvenanceMismatchError, match=r"sample changed, first at rows 996\.\.1007\)"):
-        precompute(ChangedRows(digits_rows(), [1000, 1400], sample=True), make_attack(), large, progress=False)
+    with pytest.raises(
+        ProvenanceMismatchError, match=r"sample changed, first at rows 996\.\.1007\)"
+    ):
+        precompute(
+            ChangedRows(digits_rows(), [1000, 1400], sample=True),
+            make_attack(),
+            large,
+            progress=False,
+        )
 
 
 def test_dataset_name_and_split_are_recorded_but_not_compared(tmp_path, rows300, gaussian_cache):
@@ -473,7 +551,9 @@ def test_dataset_name_and_split_are_recorded_but_not_compared(tmp_path, rows300,
     # The same rows without a name (a plain wrapper) are the same data: the file is reused as it is.
     attack = make_attack("gaussian")
     attacked = fresh_attack_counter(attack)
-    assert precompute(ChangedRows(rows300), attack, gaussian_cache, progress=False) == gaussian_cache
+    assert (
+        precompute(ChangedRows(rows300), attack, gaussian_cache, progress=False) == gaussian_cache
+    )
     assert attacked == []
     assert "dataset_origin" not in cache_provenance(ChangedRows(rows300), attack)
 
@@ -522,7 +602,9 @@ def test_bad_arguments(tmp_path, rows300):
         precompute(rows300, make_attack(), tmp_path / "a.h5", compression="zstd")
     with pytest.raises(ValueError, match="empty"):
         precompute(torch.utils.data.Subset(rows300, []), make_attack(), tmp_path / "a.h5")
-    keyed = [{"image": torch.rand(1, 8, 8)}] * 4  # dict items need sample_key (tests/data/test_unlabelled.py)
+    keyed = [
+        {"image": torch.rand(1, 8, 8)}
+    ] * 4  # dict items need sample_key (tests/data/test_unlabelled.py)
     with pytest.raises(TypeError, match="pass sample_key"):
         precompute(keyed, make_attack(), tmp_path / "a.h5")
 
@@ -568,9 +650,20 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, rows300, caplog):
 
 
 @pytest.mark.slow  # two torchrun launches (~20-40 s); tests/test_cli.py runs one by default
-def test_torchrun_shards_fail_together_resume_and_join_to_the_single_process_result(tmp_path, rows300):
+def test_torchrun_shards_fail_together_resume_and_join_to_the_single_process_result(
+    tmp_path, rows300
+):
     path = tmp_path / "dist.h5"
-    common = [str(WORKER), "--distributed", "--out", str(path), "--limit", "300", "--chunk-rows", "16"]
+    common = [
+        str(WORKER),
+        "--distributed",
+        "--out",
+        str(path),
+        "--limit",
+        "300",
+        "--chunk-rows",
+        "16",
+    ]
     # Ranks take whole batches of 64 rows: rank 0 rows 0..191, rank 1 rows 192..299.
     # Rank 1 fails at row 291 (its second batch; the failure is injected into the read for attacking,
     # after the fingerprint's read): every rank stops with an error, none hangs.
@@ -593,7 +686,9 @@ def test_torchrun_shards_fail_together_resume_and_join_to_the_single_process_res
     assert not any(s.exists() for s in shards)
     assert not list(tmp_path.glob("*.lock")) and not list(tmp_path.glob(".*"))
 
-    single = precompute(rows300, make_attack("gaussian"), tmp_path / "single.h5", chunk_rows=16, progress=False)
+    single = precompute(
+        rows300, make_attack("gaussian"), tmp_path / "single.h5", chunk_rows=16, progress=False
+    )
     assert_same_rows(path, single)
     assert UAECache(path).provenance["dataset"] == UAECache(single).provenance["dataset"]
     assert "shard" not in UAECache(path).provenance
@@ -602,8 +697,18 @@ def test_torchrun_shards_fail_together_resume_and_join_to_the_single_process_res
 def test_throughput_benchmark_runs_and_reports_consistent_json(tmp_path):
     out = tmp_path / "bench.json"
     done = run_script(
-        [str(REPO / "benchmarks" / "cache_throughput.py"), "--rows", "600", "--epochs", "1", "--workers", "0",
-         "--no-extras", "--out", str(out)]
+        [
+            str(REPO / "benchmarks" / "cache_throughput.py"),
+            "--rows",
+            "600",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--no-extras",
+            "--out",
+            str(out),
+        ]
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())

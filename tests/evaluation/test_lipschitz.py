@@ -58,7 +58,9 @@ def test_conv_power_iteration_matches_the_exact_spectral_norm(options):
     matrix = dense_conv_matrix(conv, shape)
     with torch.no_grad():  # the loop-built matrix is the operator torch applies
         probe = torch.rand(1, *shape, dtype=torch.float64)
-        applied = nn.functional.conv2d(probe, conv.weight.double(), None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        applied = nn.functional.conv2d(
+            probe, conv.weight.double(), None, conv.stride, conv.padding, conv.dilation, conv.groups
+        )
     assert np.allclose(matrix @ probe.flatten().numpy(), applied.flatten().numpy(), atol=1e-10)
     exact = float(torch.linalg.matrix_norm(torch.from_numpy(matrix), ord=2))
     estimate = operator_norm(conv, shape)
@@ -69,12 +71,17 @@ def test_conv_power_iteration_matches_the_exact_spectral_norm(options):
 
 def test_conv_with_other_padding_modes_uses_the_true_adjoint():
     torch.manual_seed(0)
-    for conv in (nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"), nn.Conv2d(2, 3, 3, padding="same")):
+    for conv in (
+        nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"),
+        nn.Conv2d(2, 3, 3, padding="same"),
+    ):
         shape = (2, 6, 6)
         basis = torch.eye(72).view(72, *shape)
         with torch.no_grad():
             matrix = conv._conv_forward(basis, conv.weight, None).flatten(1).T.double()
-        assert operator_norm(conv, shape) == pytest.approx(float(torch.linalg.matrix_norm(matrix, ord=2)), rel=1e-3)
+        assert operator_norm(conv, shape) == pytest.approx(
+            float(torch.linalg.matrix_norm(matrix, ord=2)), rel=1e-3
+        )
 
 
 def test_dense_layer_bound_is_the_exact_spectral_norm():
@@ -104,7 +111,16 @@ def test_lipschitz_report_of_lenet_follows_the_layer_table_and_bounds_the_model(
     model = LeNet()
     report = lipschitz_bounds(model, (1, 28, 28), tol=1e-5)
     kinds = [layer.kind for layer in report.layers]
-    assert kinds == ["Conv2d", "MaxPool2d", "Conv2d", "MaxPool2d", "Conv2d", "ReLU", "Conv2d", "Flatten"]
+    assert kinds == [
+        "Conv2d",
+        "MaxPool2d",
+        "Conv2d",
+        "MaxPool2d",
+        "Conv2d",
+        "ReLU",
+        "Conv2d",
+        "Flatten",
+    ]
     convs = [layer for layer in report.layers if layer.kind == "Conv2d"]
     assert [c.size for c in convs] == ["1x5x5x20", "20x5x5x50", "50x4x4x500", "500x1x1x10"]
     assert [c.input_shape[1] for c in convs] == [28, 12, 4, 1]  # the reference's data sizes
@@ -124,12 +140,15 @@ def test_lipschitz_report_of_lenet_follows_the_layer_table_and_bounds_the_model(
 
 def test_layer_constants_and_errors():
     report = lipschitz_bounds(
-        nn.Sequential(nn.Sigmoid(), nn.MaxPool2d(3, stride=2), nn.MaxPool2d(2), nn.LeakyReLU(2.0)), (1, 9, 9)
+        nn.Sequential(nn.Sigmoid(), nn.MaxPool2d(3, stride=2), nn.MaxPool2d(2), nn.LeakyReLU(2.0)),
+        (1, 9, 9),
     )
     assert [layer.norm for layer in report.layers] == [0.25, 2.0, 1.0, 2.0]
     norm = nn.BatchNorm2d(2).eval()
     norm.running_var.copy_(torch.tensor([0.25, 4.0]))
-    assert lipschitz_bounds(norm, (2, 3, 3)).product == pytest.approx(1 / math.sqrt(0.25 + norm.eps))
+    assert lipschitz_bounds(norm, (2, 3, 3)).product == pytest.approx(
+        1 / math.sqrt(0.25 + norm.eps)
+    )
 
     class Square(nn.Module):
         def forward(self, x):

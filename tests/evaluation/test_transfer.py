@@ -36,7 +36,14 @@ def transfer_setup():
 
 def test_transfer_matrix_shape_and_diagonal_equal_the_attacks_asr(transfer_setup):
     sources, targets, x, y, matrix = transfer_setup
-    assert matrix.rows == ["conv", "mlp", "noise matched to conv", "noise matched to mlp", "noise rms=0.1", "noise rms=0.3"]
+    assert matrix.rows == [
+        "conv",
+        "mlp",
+        "noise matched to conv",
+        "noise matched to mlp",
+        "noise rms=0.1",
+        "noise rms=0.3",
+    ]
     assert matrix.targets == ["conv", "mlp", "conv copy"]
     assert matrix.error.shape == (6, 3)
     assert bool(((matrix.error >= 0) & (matrix.error <= 1)).all())
@@ -55,18 +62,26 @@ def test_transfer_matrix_shape_and_diagonal_equal_the_attacks_asr(transfer_setup
         )
     # a copy of a model is the same target
     assert torch.equal(matrix.error[:, 0], matrix.error[:, 2])
-    assert matrix.entry("conv", "conv") > 0.9 and matrix.entry("conv", "conv") > matrix.entry("noise matched to conv", "conv")
+    assert matrix.entry("conv", "conv") > 0.9 and matrix.entry("conv", "conv") > matrix.entry(
+        "noise matched to conv", "conv"
+    )
 
 
 def test_noise_rows_match_the_distortion_after_clipping(transfer_setup):
     _, _, x, _, matrix = transfer_setup
     for source in ("conv", "mlp"):
         crafted, noise = matrix.rows.index(source), matrix.rows.index(f"noise matched to {source}")
-        assert float(matrix.distortion[noise]) == pytest.approx(float(matrix.distortion[crafted]), rel=1e-4)
+        assert float(matrix.distortion[noise]) == pytest.approx(
+            float(matrix.distortion[crafted]), rel=1e-4
+        )
     for std in (0.1, 0.3):
-        assert float(matrix.distortion[matrix.rows.index(f"noise rms={std:g}")]) == pytest.approx(std, rel=1e-4)
+        assert float(matrix.distortion[matrix.rows.index(f"noise rms={std:g}")]) == pytest.approx(
+            std, rel=1e-4
+        )
     as_dict = matrix.as_dict()
-    assert set(as_dict["error"]) == set(matrix.rows) and set(as_dict["clean_error"]) == set(matrix.targets)
+    assert set(as_dict["error"]) == set(matrix.rows) and set(as_dict["clean_error"]) == set(
+        matrix.targets
+    )
 
 
 def test_transfer_matrix_is_seeded_and_rejects_mismatched_attacks(transfer_setup):

@@ -32,8 +32,11 @@ def test_conv_autoencoder_architecture():
     model = ConvAutoencoder()
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
-        (1, 16, (5, 5), (2, 2)), (16, 8, (5, 5), (2, 2)), (8, 8, (5, 5), (2, 2)),
-        (8, 16, (5, 5), (2, 2)), (16, 1, (5, 5), (2, 2)),
+        (1, 16, (5, 5), (2, 2)),
+        (16, 8, (5, 5), (2, 2)),
+        (8, 8, (5, 5), (2, 2)),
+        (8, 16, (5, 5), (2, 2)),
+        (16, 1, (5, 5), (2, 2)),
     ]
     assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 2
     assert sum(isinstance(m, nn.Upsample) for m in model.modules()) == 2
@@ -101,7 +104,9 @@ def test_dense_architectures():
     assert isinstance(rmsprop, torch.optim.RMSprop) and rmsprop.defaults["lr"] == 2.5e-3
     aae = AdversarialAutoencoder((1, 28, 28))
     sizes = {
-        part: [(m.in_features, m.out_features) for m in getattr(aae, part) if isinstance(m, nn.Linear)]
+        part: [
+            (m.in_features, m.out_features) for m in getattr(aae, part) if isinstance(m, nn.Linear)
+        ]
         for part in ("encoder", "decoder", "discriminator")
     }
     assert sizes == {
@@ -130,7 +135,11 @@ def test_sparse_loss_matches_an_independent_computation(mnist):
 
 @pytest.mark.parametrize(
     ("cls", "batch", "steps", "ratio"),
-    [(DenseAutoencoder, 50, 20, 0.5), (SparseAutoencoder, 50, 20, 0.9), (AdversarialAutoencoder, 25, 12, 0.96)],
+    [
+        (DenseAutoencoder, 50, 20, 0.5),
+        (SparseAutoencoder, 50, 20, 0.9),
+        (AdversarialAutoencoder, 25, 12, 0.96),
+    ],
 )
 def test_dense_models_learn_real_digits(cls, batch, steps, ratio, mnist):
     x, _ = mnist

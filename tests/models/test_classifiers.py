@@ -28,8 +28,11 @@ def _colour(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("build", "shape", "maps"),
-    [(cw_mnist, (1, 28, 28), (32, 26, 26)), (cw_cifar, (3, 32, 32), (64, 30, 30)),
-     (LeNet, (1, 28, 28), (20, 24, 24))],
+    [
+        (cw_mnist, (1, 28, 28), (32, 26, 26)),
+        (cw_cifar, (3, 32, 32), (64, 30, 30)),
+        (LeNet, (1, 28, 28), (20, 24, 24)),
+    ],
 )
 def test_first_layers_match_the_mine_feature_maps(build, shape, maps):
     model = build()
@@ -37,7 +40,9 @@ def test_first_layers_match_the_mine_feature_maps(build, shape, maps):
     assert model(x).shape == (2, 10)
     assert model.first_layer(x).shape == (2, *maps)
     assert find_feature_layer(model) is model.first_layer
-    conv = model.first_layer[0] if isinstance(model.first_layer, nn.Sequential) else model.first_layer
+    conv = (
+        model.first_layer[0] if isinstance(model.first_layer, nn.Sequential) else model.first_layer
+    )
     expected = nn.functional.conv2d(x, conv.weight, conv.bias)
     if isinstance(model.first_layer, nn.Sequential):
         expected = expected.relu()
@@ -46,23 +51,37 @@ def test_first_layers_match_the_mine_feature_maps(build, shape, maps):
 
 def test_cw_architecture_and_optimiser():
     model = cw_mnist()
-    convs = [(m.in_channels, m.out_channels, m.kernel_size) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    convs = [
+        (m.in_channels, m.out_channels, m.kernel_size)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
     assert convs == [(1, 32, (3, 3)), (32, 32, (3, 3)), (32, 64, (3, 3)), (64, 64, (3, 3))]
     dense = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
     assert dense == [(64 * 4 * 4, 200), (200, 200), (200, 10)]
-    cifar_dense = [(m.in_features, m.out_features) for m in cw_cifar().modules() if isinstance(m, nn.Linear)]
+    cifar_dense = [
+        (m.in_features, m.out_features) for m in cw_cifar().modules() if isinstance(m, nn.Linear)
+    ]
     assert cifar_dense == [(128 * 5 * 5, 256), (256, 256), (256, 10)]
     assert CWClassifier((3, 32, 32)).widths == CW_CIFAR_WIDTHS
     assert CWClassifier((1, 28, 28)).widths == CW_MNIST_WIDTHS
     (sgd,) = model.configure_optimizers()
     assert isinstance(sgd, torch.optim.SGD)
-    assert (sgd.defaults["lr"], sgd.defaults["momentum"], sgd.defaults["nesterov"]) == (0.01, 0.9, True)
+    assert (sgd.defaults["lr"], sgd.defaults["momentum"], sgd.defaults["nesterov"]) == (
+        0.01,
+        0.9,
+        True,
+    )
     assert (model.fit_settings.epochs, model.fit_settings.batch_size) == (50, 128)
 
 
 def test_lenet_layer_table():
     model = LeNet()
-    convs = [(m.in_channels, m.out_channels, m.kernel_size) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    convs = [
+        (m.in_channels, m.out_channels, m.kernel_size)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
     assert convs == [(1, 20, (5, 5)), (20, 50, (5, 5)), (50, 500, (4, 4)), (500, 10, (1, 1))]
     sizes, h = [], torch.rand(1, 1, 28, 28)
     for layer in model.layers:
@@ -88,7 +107,9 @@ def test_classifiers_learn_a_real_batch(build, n, steps, ratio, mnist):
     images = x[:n] if model.input_shape == (1, 28, 28) else _colour(x[:n])
     with torch.no_grad():
         before = cross_entropy(model.eval()(images), y[:n])
-    history = fit(model, TensorDataset(images, y[:n]), batch_size=n, max_steps=steps, progress=False)
+    history = fit(
+        model, TensorDataset(images, y[:n]), batch_size=n, max_steps=steps, progress=False
+    )
     with torch.no_grad():
         after = cross_entropy(model(images), y[:n])
     assert after < ratio * before
@@ -106,7 +127,14 @@ def test_mlp_on_tabular_rows_and_labels_are_required(digits):
     linear = MLPClassifier((64,), hidden=(), classes=10)
     assert [type(m) for m in linear.layers] == [nn.Flatten, nn.Linear]
     sigmoid = MLPClassifier((64,), hidden=(16, 8), activation="sigmoid")
-    assert [type(m) for m in sigmoid.layers] == [nn.Flatten, nn.Linear, nn.Sigmoid, nn.Linear, nn.Sigmoid, nn.Linear]
+    assert [type(m) for m in sigmoid.layers] == [
+        nn.Flatten,
+        nn.Linear,
+        nn.Sigmoid,
+        nn.Linear,
+        nn.Sigmoid,
+        nn.Linear,
+    ]
     with pytest.raises(ValueError, match="needs labels"):
         fit(model, rows, epochs=1, progress=False)
 

@@ -118,7 +118,9 @@ def test_concrete_autoencoder_learns_and_serves_as_reconstruction(rows, mnist):
     assert torch.equal(criterion(x[:4], reference), torch.zeros(4))
     assert image_model.first_layer is None
     assert [m.out_features for m in image_model.decoder if isinstance(m, torch.nn.Linear)] == [
-        320, 320, 784,
+        320,
+        320,
+        784,
     ]
 
 

@@ -27,7 +27,11 @@ def test_full_width_backbone_is_torchvisions_resnet18_with_the_cifar_stem() -> N
     net = CIFARResNet18()
     reference = torchvision.models.resnet18()
     stem = net.first_layer
-    assert stem is net.conv1 and (stem.kernel_size, stem.stride, stem.padding) == ((3, 3), (1, 1), (1, 1))
+    assert stem is net.conv1 and (stem.kernel_size, stem.stride, stem.padding) == (
+        (3, 3),
+        (1, 1),
+        (1, 1),
+    )
     assert isinstance(net.maxpool, nn.Identity) and isinstance(net.fc, nn.Identity)
     # same blocks as torchvision's: only the stem (7x7 -> 3x3) and the classifier differ
     ours = {k: v.shape for k, v in net.state_dict().items()}
@@ -37,14 +41,23 @@ def test_full_width_backbone_is_torchvisions_resnet18_with_the_cifar_stem() -> N
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert net.eval()(x).shape == (2, 512)
-        assert stem(x).shape == (2, 64, 32, 32)  # the release's K = 64 maps of 32 x 32, before BatchNorm
+        assert stem(x).shape == (
+            2,
+            64,
+            32,
+            32,
+        )  # the release's K = 64 maps of 32 x 32, before BatchNorm
 
 
 def test_width_scales_every_stage() -> None:
     net = CIFARResNet18(width=8, in_channels=1)
     assert net.feature_dim == 64
-    assert [net.layer1[0].conv1.out_channels, net.layer2[0].conv1.out_channels, net.layer3[0].conv1.out_channels,
-            net.layer4[0].conv1.out_channels] == [8, 16, 32, 64]
+    assert [
+        net.layer1[0].conv1.out_channels,
+        net.layer2[0].conv1.out_channels,
+        net.layer3[0].conv1.out_channels,
+        net.layer4[0].conv1.out_channels,
+    ] == [8, 16, 32, 64]
     assert net.eval()(torch.rand(1, 1, 28, 28)).shape == (1, 64)
 
 
@@ -73,9 +86,15 @@ def test_lars_groups_and_learning_rate_schedule() -> None:
     assert isinstance(optimizer, LARS)
     decayed, plain = optimizer.param_groups
     assert decayed["weight_decay"] == 1e-4 and plain["weight_decay"] == 0.0
-    assert all(p.dim() > 1 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    assert all(p.dim() > 1 for p in decayed["params"]) and all(
+        p.dim() == 1 for p in plain["params"]
+    )
     norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
-    biases = [m.bias for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None]
+    biases = [
+        m.bias
+        for m in model.modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None
+    ]
     expected = {id(p) for m in norms for p in m.parameters()} | {id(b) for b in biases}
     assert {id(p) for p in plain["params"]} == expected
     assert model.learning_rate(0) == 1.0  # no schedule before on_fit_start
@@ -103,7 +122,9 @@ def test_training_step_minimises_lightlys_ntxent_on_both_views(cifar: torch.Tens
     twin = copy.deepcopy(model)
     x, index = cifar[:32], torch.arange(32)
     (optimizer,) = model.configure_optimizers()
-    values = model.training_step(x, None, [optimizer], generators=view_generators(0, index, ViewPurpose.TRAINING))
+    values = model.training_step(
+        x, None, [optimizer], generators=view_generators(0, index, ViewPurpose.TRAINING)
+    )
     # the same step by hand: lightly's loss on the two views, LARS update
     views = twin.make_views(x, view_generators(0, index, ViewPurpose.TRAINING))
     z = twin(views.flatten(0, 1)).unflatten(0, (32, 2))

@@ -16,6 +16,7 @@ PYTHON = sys.executable
 
 def read_results(out: Path) -> dict[str, Any]:
     """The run's results.json (must be strict JSON: no NaN literals)."""
+
     def reject(name: str) -> None:
         raise AssertionError(f"results.json holds the non-JSON constant {name}")
 

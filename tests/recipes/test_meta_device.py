@@ -36,7 +36,9 @@ def _attack_on_meta(attack: Attack, shape: tuple[int, ...], labelled: bool) -> l
     """Runs ``attack``'s batch step on a meta batch; returns the devices its victims' inputs were on."""
     seen: list[torch.device] = []
     hooks = [
-        module.register_forward_pre_hook(lambda _m, args: seen.extend(a.device for a in args if torch.is_tensor(a)))
+        module.register_forward_pre_hook(
+            lambda _m, args: seen.extend(a.device for a in args if torch.is_tensor(a))
+        )
         for module in attack.models()
     ]
     assert attack.device() == META
@@ -61,19 +63,31 @@ def _meta(model: nn.Module) -> nn.Module:
 
 @pytest.mark.parametrize("method", sorted(autoencoders.METHODS))
 def test_autoencoders_recipe_attacks_run_on_the_victims_device(method):
-    args = autoencoders.build_parser().parse_args(["--preset", "fast", "--attack-steps", "3", "--mine-steps", "2"])
-    attack = autoencoders.METHODS[method].build(Reconstruction(_meta(digits_conv_autoencoder())), args, 0)
+    args = autoencoders.build_parser().parse_args(
+        ["--preset", "fast", "--attack-steps", "3", "--mine-steps", "2"]
+    )
+    attack = autoencoders.METHODS[method].build(
+        Reconstruction(_meta(digits_conv_autoencoder())), args, 0
+    )
     seen = _attack_on_meta(attack, (1, 8, 8), labelled=False)
     assert seen and set(seen) == {META}
 
 
 def test_concrete_autoencoder_recipe_attack_runs_on_the_victims_device():
-    args = concrete_autoencoder.build_parser().parse_args(["--preset", "fast", "--attack-steps", "3", "--mine-steps", "2"])
+    args = concrete_autoencoder.build_parser().parse_args(
+        ["--preset", "fast", "--attack-steps", "3", "--mine-steps", "2"]
+    )
     with torch.device(META):
         model = ConcreteAutoencoder((1, 8, 8), k=5)
     attack = MINEUAE(  # as in concrete_autoencoder.Run.run_seed
-        Reconstruction(model), preset=args.preset, steps=args.attack_steps, mine_steps=args.mine_steps,
-        sampler="random_projection", projections=args.projections, projection_dim=args.projection_dim, seed=0,
+        Reconstruction(model),
+        preset=args.preset,
+        steps=args.attack_steps,
+        mine_steps=args.mine_steps,
+        sampler="random_projection",
+        projections=args.projections,
+        projection_dim=args.projection_dim,
+        seed=0,
         batch_size=args.attack_batch_size,
     )
     seen: list[torch.device] = []
@@ -85,13 +99,22 @@ def test_concrete_autoencoder_recipe_attack_runs_on_the_victims_device():
 
 
 def test_simclr_recipe_attack_runs_on_the_victims_device():
-    args = simclr.build_parser().parse_args(["--attack-steps", "2", "--mine-steps", "1", "--n-views", "2"])
+    args = simclr.build_parser().parse_args(
+        ["--attack-steps", "2", "--mine-steps", "1", "--n-views", "2"]
+    )
     with torch.device(META):
         model = SimCLR(in_channels=3, image_size=(8, 8))
     bank = torch.rand(3, 3, 8, 8)  # the recipe's bank of training images lives on the CPU
     criterion = model.criterion(n_views=args.n_views, negatives=bank, seed=0)
-    attack = MINEUAE(criterion, preset="fast", steps=args.attack_steps, mine_steps=args.mine_steps,
-                     gamma_power=simclr.GAMMA_POWER, seed=0, batch_size=args.attack_batch_size)
+    attack = MINEUAE(
+        criterion,
+        preset="fast",
+        steps=args.attack_steps,
+        mine_steps=args.mine_steps,
+        gamma_power=simclr.GAMMA_POWER,
+        seed=0,
+        batch_size=args.attack_batch_size,
+    )
     seen = _attack_on_meta(attack, (3, 8, 8), labelled=False)
     assert seen and set(seen) == {META}
 
@@ -99,8 +122,22 @@ def test_simclr_recipe_attack_runs_on_the_victims_device():
 @pytest.mark.parametrize("name", ["minmax", "penalty", "pgd", "fgsm"])
 def test_supervised_attacks_recipe_attacks_run_on_the_victims_device(name):
     args = supervised_attacks.build_parser().parse_args(
-        ["--attacks", name, "--steps", "3", "--penalty-steps", "2", "--penalty-search-steps", "2",
-         "--penalty-mine-steps", "1", "--pgd-steps", "2", "--preset", "fast"]
+        [
+            "--attacks",
+            name,
+            "--steps",
+            "3",
+            "--penalty-steps",
+            "2",
+            "--penalty-search-steps",
+            "2",
+            "--penalty-mine-steps",
+            "1",
+            "--pgd-steps",
+            "2",
+            "--preset",
+            "fast",
+        ]
     )
     data = supervised_attacks.DataSpec("digits", "digits", (1, 8, 8), 0.3, 2)
     attack, _ = supervised_attacks.build_attacks(_meta(digits_classifier()), data, args, 0)[name]
@@ -121,13 +158,18 @@ def test_lbfgs_of_the_recipes_runs_its_victim_on_its_device_then_stops_at_the_ho
     args = recipe.build_parser().parse_args([])
     model = _meta(digits_classifier())
     if recipe is supervised_attacks:
-        attack = LBFGS(model, search_steps=args.lbfgs_search_steps, max_iter=args.lbfgs_max_iter, seed=0)
+        attack = LBFGS(
+            model, search_steps=args.lbfgs_search_steps, max_iter=args.lbfgs_max_iter, seed=0
+        )
     else:  # as in transferability.main
         attack = LBFGS(model, search_steps=args.search_steps, max_iter=args.max_iter, seed=0)
     seen: list[torch.device] = []
     hook = model.register_forward_pre_hook(lambda _m, a: seen.append(a[0].device))
     with pytest.raises(NotImplementedError, match="meta tensor"), frozen([model]):
-        attack._attack_batch(torch.empty(4, 1, 8, 8, device=META), torch.zeros(4, dtype=torch.long, device=META),
-                             torch.arange(4))
+        attack._attack_batch(
+            torch.empty(4, 1, 8, 8, device=META),
+            torch.zeros(4, dtype=torch.long, device=META),
+            torch.arange(4),
+        )
     hook.remove()
     assert seen and set(seen) == {META}

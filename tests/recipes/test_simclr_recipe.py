@@ -26,13 +26,49 @@ from uae_augment.models import SimCLR
 from .helpers import PYTHON, REPO, assert_png, finite, read_results, table_rows
 
 TRAIN_ROWS, TEST_ROWS, BATCH, EPOCHS, NEGATIVES = 96, 64, 32, 2, 8
-PRESETS = ["fast", "strong"]  # fast: the release's step sizes with rank-10 MINE branches (paper: 63 MB per image)
+PRESETS = [
+    "fast",
+    "strong",
+]  # fast: the release's step sizes with rank-10 MINE branches (paper: 63 MB per image)
 TINY = [
-    "--width", "2", "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--lr", "0.1", "--presets", *PRESETS,
-    "--attack-steps", "2", "--mine-steps", "1", "--negatives", str(NEGATIVES), "--attack-batch-size", "48",
-    "--linear-epochs", "3", "--eval-batch-size", "32", "--pgd-rows", "16", "--pgd-steps", "3",
-    "--pgd-epsilons", "4", "16", "--probe", "4", "--seeds", "0", "--device", "cpu", "--no-progress",
-    "--log-level", "WARNING",
+    "--width",
+    "2",
+    "--epochs",
+    str(EPOCHS),
+    "--batch-size",
+    str(BATCH),
+    "--lr",
+    "0.1",
+    "--presets",
+    *PRESETS,
+    "--attack-steps",
+    "2",
+    "--mine-steps",
+    "1",
+    "--negatives",
+    str(NEGATIVES),
+    "--attack-batch-size",
+    "48",
+    "--linear-epochs",
+    "3",
+    "--eval-batch-size",
+    "32",
+    "--pgd-rows",
+    "16",
+    "--pgd-steps",
+    "3",
+    "--pgd-epsilons",
+    "4",
+    "16",
+    "--probe",
+    "4",
+    "--seeds",
+    "0",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--log-level",
+    "WARNING",
 ]
 
 
@@ -41,7 +77,9 @@ def image_folder(data_root, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A torchvision ImageFolder tree (train/ and test/) of real CIFAR-10 PNGs."""
     root = tmp_path_factory.mktemp("cifar-folder")
     for split, rows in (("train", TRAIN_ROWS), ("test", TEST_ROWS)):
-        data = _protocol.subset_rows(load_dataset("cifar10", root=data_root, split=split), rows)  # every class
+        data = _protocol.subset_rows(
+            load_dataset("cifar10", root=data_root, split=split), rows
+        )  # every class
         for i in range(rows):
             image, label = data[i]
             folder = root / split / f"class{label}"
@@ -64,8 +102,19 @@ def single(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 def two_processes(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("simclr-2")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(REPO / "recipes" / "simclr.py"), "--image-folder", str(image_folder), *TINY, "--out", str(out)]
+    command = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO / "recipes" / "simclr.py"),
+        "--image-folder",
+        str(image_folder),
+        *TINY,
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return out
@@ -103,7 +152,10 @@ def test_results_hold_every_model_and_attack(single: tuple[Path, str]) -> None:
         assert entry["probe"]["max_abs_diff_to_cache"] < 1e-5
         assert entry["probe"]["moved_linf"] >= 0
     # the release's step sizes barely move delta; the strong preset's sign steps do
-    assert run["augmented"]["strong"]["probe"]["moved_linf"] > run["augmented"]["fast"]["probe"]["moved_linf"]
+    assert (
+        run["augmented"]["strong"]["probe"]["moved_linf"]
+        > run["augmented"]["fast"]["probe"]["moved_linf"]
+    )
     assert "clean + MINE-UAE (strong)" in printed
 
 
@@ -111,12 +163,19 @@ def test_table_and_figures(single: tuple[Path, str]) -> None:
     out, _ = single
     rows = table_rows((out / "results.md").read_text())
     labels = [row[0] for row in rows]
-    assert labels[:4] == ["original (clean)", "clean, same steps", "clean + MINE-UAE (fast)",
-                          "clean + MINE-UAE (strong)"]
+    assert labels[:4] == [
+        "original (clean)",
+        "clean, same steps",
+        "clean + MINE-UAE (fast)",
+        "clean + MINE-UAE (strong)",
+    ]
     summary = {row["key"]: row for row in read_results(out)["summary"]}
     assert rows[2][2] == _report.format_stat(summary["uae-fast"]["linear_test_acc"], 2)
     delta = summary["uae-strong"]["vs_same_steps"]["linear_test_acc_pp"]
-    expected = summary["uae-strong"]["linear_test_acc"]["mean"] - summary["same-steps"]["linear_test_acc"]["mean"]
+    expected = (
+        summary["uae-strong"]["linear_test_acc"]["mean"]
+        - summary["same-steps"]["linear_test_acc"]["mean"]
+    )
     assert math.isclose(delta, expected)
     assert PRESETS == [row[0] for row in rows if row[0] in PRESETS]
     assert_png(out / "grid.png")
@@ -124,12 +183,15 @@ def test_table_and_figures(single: tuple[Path, str]) -> None:
     assert (out / "config.yaml").exists() and "total" in (out / "wall_time.log").read_text()
 
 
-def test_cached_uaes_meet_the_criterion_recomputed_from_the_checkpoint(single: tuple[Path, str],
-                                                                       image_folder: Path) -> None:
+def test_cached_uaes_meet_the_criterion_recomputed_from_the_checkpoint(
+    single: tuple[Path, str], image_folder: Path
+) -> None:
     out, _ = single
     train, _ = _simclr_data.image_folder_splits(image_folder, 32)
     model = SimCLR(width=2)
-    model.load_state_dict(torch.load(out / "models" / "simclr-seed0.pt", weights_only=False)["state_dict"])
+    model.load_state_dict(
+        torch.load(out / "models" / "simclr-seed0.pt", weights_only=False)["state_dict"]
+    )
     model.eval()
     bank, _ = _protocol.stack(_protocol.subset_rows(train, NEGATIVES))
     criterion = model.criterion(n_views=2, negatives=bank, seed=0)
@@ -143,7 +205,9 @@ def test_cached_uaes_meet_the_criterion_recomputed_from_the_checkpoint(single: t
     assert bool(((uaes - x).abs().amax(dim=(1, 2, 3)) > 0).all())
 
 
-def test_two_processes_follow_the_one_process_loss_curves(single: tuple[Path, str], two_processes: Path) -> None:
+def test_two_processes_follow_the_one_process_loss_curves(
+    single: tuple[Path, str], two_processes: Path
+) -> None:
     one, two = read_results(single[0]), read_results(two_processes)
     assert two["world_size"] == 2
     for name, entry in _trainings(two["runs"][0]).items():
@@ -176,13 +240,27 @@ def test_paired_comparison_over_seeds(single: tuple[Path, str]) -> None:
     summary = _simclr_report.summarise(runs, [4, 16])
     fast = next(row for row in summary if row["key"] == "uae-fast")
     acc = fast["paired_vs_same_steps"]["linear_test_acc"]
-    differences = [r["augmented"]["fast"]["linear"]["test_acc"] - r["same_steps"]["linear"]["test_acc"] for r in runs]
+    differences = [
+        r["augmented"]["fast"]["linear"]["test_acc"] - r["same_steps"]["linear"]["test_acc"]
+        for r in runs
+    ]
     assert acc["n"] == 4 and acc["mean"] == pytest.approx(float(np.mean(differences)))
-    assert acc["better"] == "higher" and fast["paired_vs_same_steps"]["test_ntxent"]["better"] == "lower"
-    table = _simclr_report.markdown(summary, [4, 16], data="cifar", seeds=4, pgd_rows=16, pgd_steps=3)
+    assert (
+        acc["better"] == "higher"
+        and fast["paired_vs_same_steps"]["test_ntxent"]["better"] == "lower"
+    )
+    table = _simclr_report.markdown(
+        summary, [4, 16], data="cifar", seeds=4, pgd_rows=16, pgd_steps=3
+    )
     paired = [row for row in table_rows(table) if len(row) == 3 and "MDE" in row[1]]
     assert [row[0] for row in paired] == ["clean + MINE-UAE (fast)", "clean + MINE-UAE (strong)"]
     assert paired[0][1] == _report.format_paired(acc, 2)
     # one seed: no paired table
-    assert "Paired over seeds" not in _simclr_report.markdown(_simclr_report.summarise(runs[:1], [4, 16]), [4, 16], data="cifar",
-                                                      seeds=1, pgd_rows=16, pgd_steps=3)
+    assert "Paired over seeds" not in _simclr_report.markdown(
+        _simclr_report.summarise(runs[:1], [4, 16]),
+        [4, 16],
+        data="cifar",
+        seeds=1,
+        pgd_rows=16,
+        pgd_steps=3,
+    )

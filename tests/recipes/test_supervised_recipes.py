@@ -47,9 +47,29 @@ def _mnist_test() -> tuple[torch.Tensor, torch.Tensor]:
 # --------------------------------------------------------------------------- supervised_attacks.py
 
 ATTACK_FLAGS = [
-    "--quick", "--datasets", "mnist-5k", "--train-rows", "300", "--epochs", "2", "--images", "6",
-    "--steps", "4", "--penalty-search-steps", "2", "--penalty-steps", "3", "--pgd-steps", "3",
-    "--lbfgs-search-steps", "2", "--lbfgs-max-iter", "5", "--mi-steps", "30",
+    "--quick",
+    "--datasets",
+    "mnist-5k",
+    "--train-rows",
+    "300",
+    "--epochs",
+    "2",
+    "--images",
+    "6",
+    "--steps",
+    "4",
+    "--penalty-search-steps",
+    "2",
+    "--penalty-steps",
+    "3",
+    "--pgd-steps",
+    "3",
+    "--lbfgs-search-steps",
+    "2",
+    "--lbfgs-max-iter",
+    "5",
+    "--mi-steps",
+    "30",
 ]
 
 
@@ -69,16 +89,28 @@ def test_supervised_attacks_json_matches_a_recomputation(attacks_run: tuple[Path
     for name, entry in run["attacks"].items():
         assert entry["iterations"] == budget[name] and entry["n"] == 6
         assert 0.0 <= entry["asr_pct"] <= 100.0 and finite(entry["seconds_per_example"])
-        assert entry["config"]["attack"] == {"minmax": "MinMaxAttack", "penalty": "PenaltyAttack", "pgd": "PGD",
-                                             "fgsm": "FGSM", "lbfgs": "LBFGS"}[name]
+        assert (
+            entry["config"]["attack"]
+            == {
+                "minmax": "MinMaxAttack",
+                "penalty": "PenaltyAttack",
+                "pgd": "PGD",
+                "fgsm": "FGSM",
+                "lbfgs": "LBFGS",
+            }[name]
+        )
         assert finite(entry["mi_evaluator_all"]) and finite(entry["mi_evaluator_change_2x"])
     assert finite(run["attacks"]["minmax"]["mi_attack"]) or run["attacks"]["minmax"]["asr_pct"] == 0
     assert run["attacks"]["pgd"]["mi_attack"] is None  # gradient attacks have no MINE: NaN -> null
-    assert run["attacks"]["pgd"]["linf"] <= 0.3 + 1e-6 and run["attacks"]["fgsm"]["linf"] <= 0.3 + 1e-6
+    assert (
+        run["attacks"]["pgd"]["linf"] <= 0.3 + 1e-6 and run["attacks"]["fgsm"]["linf"] <= 0.3 + 1e-6
+    )
 
     # recompute from the saved weights: the attacked rows, their accuracy, FGSM and the evaluator
     model = cw_mnist()
-    model.load_state_dict(torch.load(out / "models" / "mnist-5k-cw-seed0.pt", weights_only=False)["state_dict"])
+    model.load_state_dict(
+        torch.load(out / "models" / "mnist-5k-cw-seed0.pt", weights_only=False)["state_dict"]
+    )
     model.eval()
     x_test, y_test = _mnist_test()
     with torch.no_grad():
@@ -89,9 +121,13 @@ def test_supervised_attacks_json_matches_a_recomputation(attacks_run: tuple[Path
     x, y = x_test[rows], y_test[rows]
     fgsm = FGSM(model, epsilon=0.3)(x, y, index=rows)
     assert run["attacks"]["fgsm"]["asr_pct"] == pytest.approx(100 * fgsm.asr)
-    assert run["attacks"]["fgsm"]["l2"] == pytest.approx(float(distortion(x, fgsm.adversarial)["l2"].mean()), rel=1e-5)
+    assert run["attacks"]["fgsm"]["l2"] == pytest.approx(
+        float(distortion(x, fgsm.adversarial)["l2"].mean()), rel=1e-5
+    )
     identical = per_sample_mi(x, x.clone(), steps=30, lr=1e-2, seed=0, index=rows)
-    assert run["mi_references"]["identical copy"] == pytest.approx(float(identical.mean()), rel=1e-4)
+    assert run["mi_references"]["identical copy"] == pytest.approx(
+        float(identical.mean()), rel=1e-4
+    )
 
 
 def test_supervised_attacks_tables_and_figures(attacks_run: tuple[Path, str]) -> None:
@@ -102,11 +138,18 @@ def test_supervised_attacks_tables_and_figures(attacks_run: tuple[Path, str]) ->
     paper = [row for row in rows if row[1] == "paper"]
     assert [row[0] for row in paper] == ["MinMax", "penalty-based"]
     assert paper[0][2:] == ["100%", "51.29"] and paper[1][2:] == ["100%", "28.28"]
-    assert [row[1] for row in rows[:8]] == ["paper", "ours, attack's own MINE", "ours, evaluator",
-                                            "ours, evaluator, images both fooled"] * 2
+    assert [row[1] for row in rows[:8]] == [
+        "paper",
+        "ours, attack's own MINE",
+        "ours, evaluator",
+        "ours, evaluator, images both fooled",
+    ] * 2
     detail = [row for row in rows if len(row) == 11]
-    assert [row[0] for row in detail] == [*(supervised_attacks.LABELS[a] for a in supervised_attacks.ATTACKS),
-                                          "reference: x' = x", "reference: x' = another test image"]
+    assert [row[0] for row in detail] == [
+        *(supervised_attacks.LABELS[a] for a in supervised_attacks.ATTACKS),
+        "reference: x' = x",
+        "reference: x' = another test image",
+    ]
     assert "Evaluator ranking of the attacks" in table and "How to read the MI columns" in table
     assert "the same at both budgets in" in table
     assert_png(out / "mi_curves-mnist-5k.png")
@@ -117,7 +160,9 @@ def test_supervised_attacks_tables_and_figures(attacks_run: tuple[Path, str]) ->
     assert "mnist-5k/seed0/attack/minmax\t" in log and "mnist-5k/seed0/mi-evaluator-2x\t" in log
 
 
-def test_supervised_attacks_rerun_reuses_the_classifier(attacks_run: tuple[Path, str], tmp_path: Path) -> None:
+def test_supervised_attacks_rerun_reuses_the_classifier(
+    attacks_run: tuple[Path, str], tmp_path: Path
+) -> None:
     out, _ = attacks_run
     again = tmp_path / "again"
     shutil.copytree(out, again)
@@ -126,14 +171,42 @@ def test_supervised_attacks_rerun_reuses_the_classifier(attacks_run: tuple[Path,
     (first,) = read_results(out)["runs"]
     assert run["training"]["reused_checkpoint"] is True and set(run["attacks"]) == {"fgsm"}
     assert run["attacks"]["fgsm"]["asr_pct"] == first["attacks"]["fgsm"]["asr_pct"]
-    assert run["attacks"]["fgsm"]["mi_evaluator"] == pytest.approx(first["attacks"]["fgsm"]["mi_evaluator"])
+    assert run["attacks"]["fgsm"]["mi_evaluator"] == pytest.approx(
+        first["attacks"]["fgsm"]["mi_evaluator"]
+    )
     assert "mi_evaluator_change_2x" not in run["attacks"]["fgsm"]
 
 
 def test_supervised_attacks_on_cifar10(data_root: Path, tmp_path: Path) -> None:
-    _run(supervised_attacks.main, tmp_path, "--quick", "--datasets", "cifar10", "--train-rows", "100", "--epochs", "1",
-         "--cifar-epochs", "1", "--test-rows", "100", "--images", "3", "--attacks", "minmax", "pgd", "--steps", "2", "--pgd-steps", "2",
-         "--mi-steps", "10", "--no-mi-check", "--data-root", str(data_root))
+    _run(
+        supervised_attacks.main,
+        tmp_path,
+        "--quick",
+        "--datasets",
+        "cifar10",
+        "--train-rows",
+        "100",
+        "--epochs",
+        "1",
+        "--cifar-epochs",
+        "1",
+        "--test-rows",
+        "100",
+        "--images",
+        "3",
+        "--attacks",
+        "minmax",
+        "pgd",
+        "--steps",
+        "2",
+        "--pgd-steps",
+        "2",
+        "--mi-steps",
+        "10",
+        "--no-mi-check",
+        "--data-root",
+        str(data_root),
+    )
     (run,) = read_results(tmp_path)["runs"]
     assert run["published_as"] == "CIFAR-10" and run["attacks"]["pgd"]["linf"] <= 8 / 255 + 1e-6
     assert "| CIFAR-10 ASR | CIFAR-10 MI |" in (tmp_path / "results.md").read_text()
@@ -142,8 +215,20 @@ def test_supervised_attacks_on_cifar10(data_root: Path, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- adversarial_training.py
 
 TRAINING_FLAGS = [
-    "--quick", "--train-rows", "200", "--test-rows", "100", "--epochs", "1", "--madry-steps", "2",
-    "--pgd-steps", "2", "--epsilon-sweep", "0.1", "0.3",
+    "--quick",
+    "--train-rows",
+    "200",
+    "--test-rows",
+    "100",
+    "--epochs",
+    "1",
+    "--madry-steps",
+    "2",
+    "--pgd-steps",
+    "2",
+    "--epsilon-sweep",
+    "0.1",
+    "0.3",
 ]
 
 
@@ -171,7 +256,9 @@ def test_adversarial_training_json_matches_a_recomputation(training_run: tuple[P
     train = _protocol.subset_rows(load_dataset("mnist-5k"), 200)
     x_train, _ = _protocol.stack(train)
     model = InputNormalization(LeNet(), x_train.mean(dim=0))
-    model.load_state_dict(torch.load(out / "models" / "standard-seed0.pt", weights_only=False)["state_dict"])
+    model.load_state_dict(
+        torch.load(out / "models" / "standard-seed0.pt", weights_only=False)["state_dict"]
+    )
     test = _protocol.subset_rows(load_dataset("mnist-5k", split="test"), 100)
     x, y = _protocol.stack(test)
     with torch.no_grad():
@@ -207,7 +294,9 @@ def test_adversarial_training_tables_and_figures(training_run: tuple[Path, str])
     assert_png(out / "examples.png", min_side=150)
 
 
-def test_adversarial_training_rerun_loads_the_weights(training_run: tuple[Path, str], tmp_path: Path) -> None:
+def test_adversarial_training_rerun_loads_the_weights(
+    training_run: tuple[Path, str], tmp_path: Path
+) -> None:
     out, _ = training_run
     again = tmp_path / "again"
     shutil.copytree(out, again)
@@ -215,15 +304,33 @@ def test_adversarial_training_rerun_loads_the_weights(training_run: tuple[Path, 
     (run,) = read_results(again)["runs"]
     first = next(r for r in read_results(out)["runs"] if r["method"] == "madry")
     assert run["train"]["reused"] is True
-    assert run["eval"]["clean"] == first["eval"]["clean"] and run["eval"]["pgd"] == first["eval"]["pgd"]
+    assert (
+        run["eval"]["clean"] == first["eval"]["clean"]
+        and run["eval"]["pgd"] == first["eval"]["pgd"]
+    )
 
 
 # --------------------------------------------------------------------------- transferability.py
 
 TRANSFER_MODELS = ["FC10(1e-4)", "FC100-100-10", "AE400-10"]
 TRANSFER_FLAGS = [
-    "--quick", "--train-rows", "300", "--epochs", "2", "--cross-epochs", "40", "--ae-epochs", "1", "--images", "8",
-    "--search-steps", "2", "--max-iter", "10", "--models", *TRANSFER_MODELS,
+    "--quick",
+    "--train-rows",
+    "300",
+    "--epochs",
+    "2",
+    "--cross-epochs",
+    "40",
+    "--ae-epochs",
+    "1",
+    "--images",
+    "8",
+    "--search-steps",
+    "2",
+    "--max-iter",
+    "10",
+    "--models",
+    *TRANSFER_MODELS,
 ]
 
 
@@ -238,25 +345,42 @@ def test_transferability_json_is_consistent(transfer_run: tuple[Path, str]) -> N
     (run,) = read_results(out)["runs"]
     matrix = run["transfer"]
     assert matrix["targets"] == TRANSFER_MODELS
-    assert matrix["rows"] == [*TRANSFER_MODELS, *(f"noise matched to {m}" for m in TRANSFER_MODELS),
-                              "noise rms=0.1", "noise rms=0.3"]
+    assert matrix["rows"] == [
+        *TRANSFER_MODELS,
+        *(f"noise matched to {m}" for m in TRANSFER_MODELS),
+        "noise rms=0.1",
+        "noise rms=0.3",
+    ]
     for name in TRANSFER_MODELS:
         assert matrix["error"][name][name] == pytest.approx(matrix["attack_success"][name])
-        assert matrix["distortion_rms"][f"noise matched to {name}"] == pytest.approx(matrix["distortion_rms"][name], rel=1e-3)
+        assert matrix["distortion_rms"][f"noise matched to {name}"] == pytest.approx(
+            matrix["distortion_rms"][name], rel=1e-3
+        )
         assert matrix["clean_error"][name] == 0.0  # attacked digits: right for every model
         layers = run["lipschitz"][name]["layers"]
-        assert run["lipschitz"][name]["product"] == pytest.approx(math.prod(layer["norm"] for layer in layers))
-    assert [layer["kind"] for layer in run["lipschitz"]["AE400-10"]["layers"]] == ["Flatten", "Linear", "Sigmoid", "Linear"]
+        assert run["lipschitz"][name]["product"] == pytest.approx(
+            math.prod(layer["norm"] for layer in layers)
+        )
+    assert [layer["kind"] for layer in run["lipschitz"]["AE400-10"]["layers"]] == [
+        "Flatten",
+        "Linear",
+        "Sigmoid",
+        "Linear",
+    ]
 
     # FC100-100-10's accuracy and first layer bound from its checkpoint
     model = transferability.WeightDecayMLP((1, 28, 28), (100, 100), 1e-5, epochs=2)
-    model.load_state_dict(torch.load(out / "models" / "FC100-100-10-seed0.pt", weights_only=False)["state_dict"])
+    model.load_state_dict(
+        torch.load(out / "models" / "FC100-100-10-seed0.pt", weights_only=False)["state_dict"]
+    )
     x_test, y_test = _mnist_test()
     with torch.no_grad():
         correct = float((model.eval()(x_test).argmax(1) == y_test).double().mean())
     assert run["test_accuracy"]["FC100-100-10"] == pytest.approx(correct)
     first = torch.linalg.matrix_norm(model.layers[1].weight.detach().double(), ord=2)
-    assert run["lipschitz"]["FC100-100-10"]["layers"][1]["norm"] == pytest.approx(float(first), rel=1e-9)
+    assert run["lipschitz"]["FC100-100-10"]["layers"][1]["norm"] == pytest.approx(
+        float(first), rel=1e-9
+    )
 
 
 def test_transferability_cross_training(transfer_run: tuple[Path, str]) -> None:
@@ -268,15 +392,21 @@ def test_transferability_cross_training(transfer_run: tuple[Path, str]) -> None:
     assert [cross["training"][n]["part"] for n in names] == ["P1", "P1", "P2"]
     assert cross["training"][names[0]]["rows"] == cross["training"][names[2]]["rows"] == 150
     for name in names:
-        assert cross["transfer"]["error"][name][name] == pytest.approx(cross["transfer"]["attack_success"][name])
+        assert cross["transfer"]["error"][name][name] == pytest.approx(
+            cross["transfer"]["attack_success"][name]
+        )
         assert cross["transfer"]["clean_error"][name] == 0.0
     assert "noise rms=0.06" in cross["transfer"]["rows"]
     # the halves are disjoint and the P2 net's accuracy is recomputed from its checkpoint
     train = _protocol.subset_rows(load_dataset("mnist-5k", split="train"), 300)
     halves = transferability.split_halves(train)
     assert not set(halves["P1"].indices) & set(halves["P2"].indices)
-    model = transferability.WeightDecayMLP((1, 28, 28), (100, 100), 1e-5, epochs=40, activation="sigmoid")
-    state = torch.load(out / "models" / "cross-FC100-100-10_-seed0.pt", weights_only=False)["state_dict"]
+    model = transferability.WeightDecayMLP(
+        (1, 28, 28), (100, 100), 1e-5, epochs=40, activation="sigmoid"
+    )
+    state = torch.load(out / "models" / "cross-FC100-100-10_-seed0.pt", weights_only=False)[
+        "state_dict"
+    ]
     model.load_state_dict(state)
     x_test, y_test = _mnist_test()
     with torch.no_grad():
@@ -306,21 +436,40 @@ def test_transferability_tables_and_figure(transfer_run: tuple[Path, str]) -> No
 # --------------------------------------------------------------------------- scripts
 
 
-@pytest.mark.parametrize("script", ["supervised_attacks.py", "adversarial_training.py", "transferability.py"])
+@pytest.mark.parametrize(
+    "script", ["supervised_attacks.py", "adversarial_training.py", "transferability.py"]
+)
 def test_help_runs_as_a_script(script: str) -> None:
-    done = subprocess.run([PYTHON, str(REPO / "recipes" / script), "--help"],
-                          capture_output=True, text=True, timeout=120, cwd=REPO.parent)
+    done = subprocess.run(
+        [PYTHON, str(REPO / "recipes" / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO.parent,
+    )
     assert done.returncode == 0, done.stderr
     for flag in ("--quick", "--config", "--out", "--seeds"):
         assert flag in done.stdout
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["supervised_attacks.py", "adversarial_training.py", "transferability.py"])
+@pytest.mark.parametrize(
+    "script", ["supervised_attacks.py", "adversarial_training.py", "transferability.py"]
+)
 def test_quick_mode_end_to_end(script: str, tmp_path: Path) -> None:
     done = subprocess.run(
-        [PYTHON, str(REPO / "recipes" / script), "--quick", "--out", str(tmp_path), "--no-progress"],
-        capture_output=True, text=True, timeout=3600, cwd=REPO,
+        [
+            PYTHON,
+            str(REPO / "recipes" / script),
+            "--quick",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        cwd=REPO,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = read_results(tmp_path)

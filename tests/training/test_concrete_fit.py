@@ -43,8 +43,16 @@ def test_retry_rule_stops_at_the_first_converged_try(rows):
     ("call", "error", "match"),
     [
         (lambda: fit_concrete("model", torch.rand(4, 64)), TypeError, "factory"),
-        (lambda: fit_concrete(ConcreteAutoencoder((64,)), torch.rand(4, 64), tries=0), ValueError, "tries"),
-        (lambda: fit_concrete(lambda: 3, torch.rand(4, 64), progress=False), TypeError, "must return"),
+        (
+            lambda: fit_concrete(ConcreteAutoencoder((64,)), torch.rand(4, 64), tries=0),
+            ValueError,
+            "tries",
+        ),
+        (
+            lambda: fit_concrete(lambda: 3, torch.rand(4, 64), progress=False),
+            TypeError,
+            "must return",
+        ),
     ],
 )
 def test_bad_arguments(call, error, match):

@@ -34,7 +34,7 @@ def test_new_paths_do_not_warn_and_unknown_names_still_fail():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         from uae_augment.training import ConcreteFit, fit_concrete  # noqa: F401
+
         assert uae_augment.fit is training.fit and uae_augment.FitHistory is training.FitHistory
     with pytest.raises(AttributeError, match="no attribute 'fit_concretes'"):
         models.fit_concretes  # noqa: B018
-

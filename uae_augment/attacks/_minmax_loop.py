@@ -237,12 +237,30 @@ class _BestIterate:
         better = key > self.best_key if self.supervised else key < self.best_key
         take = ok & better
         self.best_key.copy_(torch.where(take, key, self.best_key))
-        self._assign(take, x_adv, score, f, iteration, self.best, self.best_score, self.best_f, self.best_iteration)
+        self._assign(
+            take,
+            x_adv,
+            score,
+            f,
+            iteration,
+            self.best,
+            self.best_score,
+            self.best_f,
+            self.best_iteration,
+        )
         self.found |= ok
         self.first_success.masked_fill_((self.first_success < 0) & ok, iteration)
         lower = f < self.fallback_f
         self._assign(
-            lower, x_adv, score, f, iteration, self.fallback, self.fallback_score, self.fallback_f, self.fallback_iteration
+            lower,
+            x_adv,
+            score,
+            f,
+            iteration,
+            self.fallback,
+            self.fallback_score,
+            self.fallback_f,
+            self.fallback_iteration,
         )
 
     @staticmethod
@@ -264,7 +282,9 @@ class _BestIterate:
         return images, scores, fs, iterations
 
 
-def _step(delta: torch.Tensor, grad: torch.Tensor, settings: LoopSettings, adam: torch.optim.Adam | None) -> torch.Tensor:
+def _step(
+    delta: torch.Tensor, grad: torch.Tensor, settings: LoopSettings, adam: torch.optim.Adam | None
+) -> torch.Tensor:
     if settings.delta_update == "gradient":
         delta = delta - settings.alpha * grad
     elif settings.delta_update == "sign":
@@ -353,6 +373,8 @@ def run_minmax(
         moved_linf=moved.abs().amax(dim=1),
         moved_l2=moved.norm(dim=1),
         final_c=c,
-        mi_trace=torch.stack(mi_trace, dim=1) if settings.record_history and similarity.reports_mi else None,
+        mi_trace=torch.stack(mi_trace, dim=1)
+        if settings.record_history and similarity.reports_mi
+        else None,
         criterion_trace=torch.stack(f_trace, dim=1) if settings.record_history else None,
     )

@@ -45,7 +45,9 @@ def check_attack(attack: object, where: str) -> Attack:
         TypeError: for anything else, naming the type found.
     """
     if not isinstance(attack, Attack):
-        raise TypeError(f"{where}: attack must be a uae_augment Attack, got {type(attack).__name__}")
+        raise TypeError(
+            f"{where}: attack must be a uae_augment Attack, got {type(attack).__name__}"
+        )
     return attack
 
 
@@ -111,7 +113,9 @@ class Attack(abc.ABC):
     _progress_unit: str = "sample"
     _bar: Progress | None = None
 
-    def __init__(self, *, seed: int = 0, batch_size: int | None = None, progress: bool | None = None):
+    def __init__(
+        self, *, seed: int = 0, batch_size: int | None = None, progress: bool | None = None
+    ):
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
         self.seed = int(seed)
@@ -181,22 +185,37 @@ class Attack(abc.ABC):
         bounds = [(start, min(start + chunk, n)) for start in range(0, n, chunk)]
         units = [self._chunk_units(stop - start) for start, stop in bounds]
         bar = Progress(
-            sum(units), f"{type(self).__name__} ({n} samples)", unit=self._progress_unit,
-            preset=getattr(self, "preset", None), log=logger, leave=False, **auto_options(self.progress),
+            sum(units),
+            f"{type(self).__name__} ({n} samples)",
+            unit=self._progress_unit,
+            preset=getattr(self, "preset", None),
+            log=logger,
+            leave=False,
+            **auto_options(self.progress),
         )
         self._bar = bar
         try:
             with frozen(self.models()), bar:
                 for (start, stop), end in zip(bounds, itertools.accumulate(units)):
-                    parts.append(self._attack_chunk(x[start:stop].detach(), labels, global_index, start, stop))
-                    bar.update(end - bar.done)  # the rest of the chunk's units (all, without _advance)
+                    parts.append(
+                        self._attack_chunk(
+                            x[start:stop].detach(), labels, global_index, start, stop
+                        )
+                    )
+                    bar.update(
+                        end - bar.done
+                    )  # the rest of the chunk's units (all, without _advance)
                 clean_success = self._clean_success(x.detach(), labels, global_index, chunk)
         finally:
             self._bar = None
         result = AttackResult.cat(parts).to(x.device)
         result.clean_success = None if clean_success is None else clean_success.to(x.device)
         logger.debug(
-            "%s on %d samples: ASR %.4f (all inputs %.4f)", type(self).__name__, n, result.asr, result.asr_all
+            "%s on %d samples: ASR %.4f (all inputs %.4f)",
+            type(self).__name__,
+            n,
+            result.asr,
+            result.asr_all,
         )
         return result
 

@@ -129,7 +129,9 @@ class _ChunkWriter:
         self.handle.flush()
         logger.debug(
             "%s: rows %d..%d written and marked done",
-            self.path.name, self.layout.chunk_range(complete[0])[0], self.layout.chunk_range(complete[-1])[1] - 1,
+            self.path.name,
+            self.layout.chunk_range(complete[0])[0],
+            self.layout.chunk_range(complete[-1])[1] - 1,
         )
         return sum(stop - start for start, stop in map(self.layout.chunk_range, complete))
 
@@ -152,7 +154,9 @@ class _ChunkWriter:
 
     def close(self) -> None:
         if self.pending:
-            raise RuntimeError(f"internal error: chunks {sorted(self.pending)} were left incomplete")
+            raise RuntimeError(
+                f"internal error: chunks {sorted(self.pending)} were left incomplete"
+            )
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,9 @@ def new_chunk_rows(sample_shape: tuple[int, ...], rows: int, options: WriteOptio
     """Rows per chunk of a new file: ``options.chunk_rows``, else about ``CHUNK_BYTES`` but at
     most one batch, so that every batch completes (and saves) its chunks and the bar moves
     once per batch."""
-    return options.chunk_rows or min(auto_chunk_rows(sample_shape, options.dtype, rows), options.batch_size)
+    return options.chunk_rows or min(
+        auto_chunk_rows(sample_shape, options.dtype, rows), options.batch_size
+    )
 
 
 def finished_and_matching(path: Path, provenance: dict[str, Any]) -> bool:
@@ -239,7 +245,10 @@ def _prepare(
             logger.warning(
                 "%s was started with batch_size=%d, resumed with batch_size=%d: the rows may not be bitwise"
                 " those of one uninterrupted run (resume with batch_size=%d for that)",
-                path, started_with, options.batch_size, started_with,
+                path,
+                started_with,
+                options.batch_size,
+                started_with,
             )
         return layout, np.flatnonzero(~done)
     rows = stop - start
@@ -270,7 +279,9 @@ def whole_batches(rows: np.ndarray, start: int, stop: int, batch_size: int) -> n
     cells = np.unique(rows // batch_size).tolist()
     if not cells:
         return rows
-    return np.concatenate([np.arange(max(c * batch_size, start), min((c + 1) * batch_size, stop)) for c in cells])
+    return np.concatenate(
+        [np.arange(max(c * batch_size, start), min((c + 1) * batch_size, stop)) for c in cells]
+    )
 
 
 class GridBatches:
@@ -306,7 +317,11 @@ def _attack_rows(
 ) -> None:
     rows = whole_batches(start + todo, start, start + layout.rows, options.batch_size)
     if rows.size > todo.size:
-        logger.info("%s: attacking %d done rows again with the rest of their batch", path, rows.size - todo.size)
+        logger.info(
+            "%s: attacking %d done rows again with the rest of their batch",
+            path,
+            rows.size - todo.size,
+        )
     loader = DataLoader(
         _Rows(dataset, rows),
         batch_sampler=GridBatches(rows, options.batch_size),
@@ -353,7 +368,9 @@ def _attack_rows(
     logger.info("%s: all %d rows done", path, layout.rows)
 
 
-def _check_labels(attack: Attack, y: torch.Tensor | None, layout: Layout, first: int, path: Path) -> None:
+def _check_labels(
+    attack: Attack, y: torch.Tensor | None, layout: Layout, first: int, path: Path
+) -> None:
     """Raises ValueError when a batch's labels do not fit the file or the attack."""
     require_labels(attack, y is not None, first)
     if (y is not None) != layout.labelled:
@@ -364,7 +381,12 @@ def _check_labels(attack: Attack, y: torch.Tensor | None, layout: Layout, first:
         )
 
 
-def _join(path: Path, shards: list[tuple[Path, int, int]], provenance: dict[str, Any], options: WriteOptions) -> None:
+def _join(
+    path: Path,
+    shards: list[tuple[Path, int, int]],
+    provenance: dict[str, Any],
+    options: WriteOptions,
+) -> None:
     """Copies finished shards (path, start, stop) into the final file ``path`` and removes them."""
     try:
         owner = _lock.acquire(path)
@@ -375,8 +397,12 @@ def _join(path: Path, shards: list[tuple[Path, int, int]], provenance: dict[str,
         try:
             for handle, (shard, _, _) in zip(handles, shards):
                 if not read_all(handle["done"], shard).all():
-                    raise CacheError(f"shard {shard} is unfinished; rerun the same command to resume")
-            _copy_shards(path, handles, [(start, stop) for _, start, stop in shards], provenance, options)
+                    raise CacheError(
+                        f"shard {shard} is unfinished; rerun the same command to resume"
+                    )
+            _copy_shards(
+                path, handles, [(start, stop) for _, start, stop in shards], provenance, options
+            )
         finally:
             for handle in handles:
                 handle.close()
@@ -434,13 +460,16 @@ def precompute_distributed(
 ) -> Path:
     _distributed.same_on_every_rank("precompute: provenance", provenance_hash(provenance))
     finished = _distributed.on_rank0(
-        "checking the final cache", lambda: options.resume and finished_and_matching(path, provenance)
+        "checking the final cache",
+        lambda: options.resume and finished_and_matching(path, provenance),
     )
     if finished:
         logger.info("%s is finished and matches: reusing it without attacking", path)
         return path
     rows = provenance["dataset"]["length"]
-    ranges = [_distributed.split(rows, r, world_size, unit=options.batch_size) for r in range(world_size)]
+    ranges = [
+        _distributed.split(rows, r, world_size, unit=options.batch_size) for r in range(world_size)
+    ]
     start, stop = ranges[rank]
     shards = [(shard_path(path, r, world_size), a, b) for r, (a, b) in enumerate(ranges) if b > a]
     mine = shard_path(path, rank, world_size)
@@ -451,16 +480,18 @@ def precompute_distributed(
     shard_options = options if rank == 0 else _replace(options, progress=False)
     _distributed.every_rank(
         f"attacking the rows of the shards {path}.rank*-of-{world_size}.h5",
-        lambda: write_file(dataset, attack, mine, start, stop, shard_provenance, shard_options)
-        if stop > start
-        else mine,
+        lambda: (
+            write_file(dataset, attack, mine, start, stop, shard_provenance, shard_options)
+            if stop > start
+            else mine
+        ),
     )
-    _distributed.on_rank0(f"joining the shards into {path}", lambda: _join(path, shards, provenance, options))
+    _distributed.on_rank0(
+        f"joining the shards into {path}", lambda: _join(path, shards, provenance, options)
+    )
     return path
 
 
 def _replace(options: WriteOptions, **changes: Any) -> WriteOptions:
     values = {**options.__dict__, **changes}
     return WriteOptions(**values)
-
-

@@ -140,7 +140,11 @@ def parse_item(
         raise TypeError(
             f"{name} is a dict (keys {sorted(map(str, item))}): pass sample_key=... naming its sample"
         )
-    found = f"an empty {type(item).__name__}" if isinstance(item, (tuple, list)) else type(item).__name__
+    found = (
+        f"an empty {type(item).__name__}"
+        if isinstance(item, (tuple, list))
+        else type(item).__name__
+    )
     raise TypeError(
         f"{name} must be a float tensor sample, a tuple (x, y, ...) or a dict with sample_key=...,"
         f" got {found}"
@@ -163,27 +167,37 @@ def integer_label(y: Any, index: int | None, source: str = "the dataset") -> int
         TypeError: ``y`` is not an integer label.
     """
     if isinstance(y, torch.Tensor):
-        if y.numel() == 1 and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool):
+        if y.numel() == 1 and not (
+            y.is_floating_point() or y.is_complex() or y.dtype == torch.bool
+        ):
             return int(y.item())
     else:
         try:
             return operator.index(y)
         except TypeError:
             pass
-    raise TypeError(f"the label of {where(index, source)} must be an integer class label, got {y!r}")
+    raise TypeError(
+        f"the label of {where(index, source)} must be an integer class label, got {y!r}"
+    )
 
 
-def split_item(item: Any, index: int, source: str = "the dataset") -> tuple[torch.Tensor, int | None]:
+def split_item(
+    item: Any, index: int, source: str = "the dataset"
+) -> tuple[torch.Tensor, int | None]:
     """(sample, integer label or None) of a dataset item (see :func:`parse_item`).
 
     Raises:
         TypeError: a malformed item, or a label that is not an integer.
     """
     parsed = parse_item(item, index, source=source)
-    return parsed.sample, None if parsed.label is None else integer_label(parsed.label, index, source)
+    return parsed.sample, None if parsed.label is None else integer_label(
+        parsed.label, index, source
+    )
 
 
-def batch_labels(labels: Sequence[Any], indices: Sequence[int], source: str = "the dataset") -> torch.Tensor | None:
+def batch_labels(
+    labels: Sequence[Any], indices: Sequence[int], source: str = "the dataset"
+) -> torch.Tensor | None:
     """The (B,) int64 labels of a batch of items, or None when none of them has a label.
 
     Args:
@@ -204,10 +218,14 @@ def batch_labels(labels: Sequence[Any], indices: Sequence[int], source: str = "t
             f"item {missing[0]} of {source} has no label but item {present} has one:"
             " the items of a dataset must all have labels or all have none"
         )
-    return torch.tensor([integer_label(y, i, source) for y, i in zip(labels, indices)], dtype=torch.long)
+    return torch.tensor(
+        [integer_label(y, i, source) for y, i in zip(labels, indices)], dtype=torch.long
+    )
 
 
-def require_labels(attack: Any, labelled: bool, index: int | None, source: str = "the dataset") -> None:
+def require_labels(
+    attack: Any, labelled: bool, index: int | None, source: str = "the dataset"
+) -> None:
     """Raises ValueError when ``attack`` needs labels and the data has none.
 
     Raises:

@@ -184,7 +184,9 @@ class UAEAugmented(Dataset):
             if function is not None and not callable(function):
                 raise TypeError(f"{name} must be callable or None, got {type(function).__name__}")
         if return_flag and mode == "pair":
-            raise ValueError("return_flag has no meaning in pair mode (every item holds both samples)")
+            raise ValueError(
+                "return_flag has no meaning in pair mode (every item holds both samples)"
+            )
         size = dataset_length(dataset, "augment")
 
         self.dataset = dataset
@@ -279,12 +281,19 @@ class UAEAugmented(Dataset):
         device = self.attack.device()
         logger.info(
             "generating %d UAEs with %r in batches of %d on %s",
-            self._size, self.attack, self.batch_size, device,
+            self._size,
+            self.attack,
+            self.batch_size,
+            device,
         )
         parts: list[AttackResult] = []
         with Progress(
-            self._size, "UAEAugmented", unit="sample", enabled=self.progress,
-            preset=getattr(self.attack, "preset", None), log=logger,
+            self._size,
+            "UAEAugmented",
+            unit="sample",
+            enabled=self.progress,
+            preset=getattr(self.attack, "preset", None),
+            log=logger,
         ) as bar:
             for start in range(0, self._size, self.batch_size):
                 index = torch.arange(start, min(start + self.batch_size, self._size))
@@ -352,7 +361,9 @@ class UAEAugmented(Dataset):
         if position < 0:
             position += length
         if not 0 <= position < length:
-            raise IndexError(f"index {index} is out of range for {type(self).__name__} of length {length}")
+            raise IndexError(
+                f"index {index} is out of range for {type(self).__name__} of length {length}"
+            )
         return position
 
     def _sources(self, positions: list[int]) -> tuple[list[int], list[bool]]:
@@ -435,8 +446,12 @@ class UAEAugmented(Dataset):
         ensure_main_process("Precomputing the UAE cache of UAEAugmented", _IN_WORKER_HINT)
         assert self.cache_path is not None
         path = precompute(
-            self.dataset, self.attack, self.cache_path,
-            batch_size=self.batch_size, progress=self.progress, sample_key=self.sample_key,
+            self.dataset,
+            self.attack,
+            self.cache_path,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            sample_key=self.sample_key,
         )
         cache = UAECache(path)
         if len(cache) != self._size:
@@ -451,4 +466,3 @@ class UAEAugmented(Dataset):
         if self._cache is not None:
             return self._cache.success, self._cache.mi
         return None
-

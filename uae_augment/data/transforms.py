@@ -179,7 +179,11 @@ class UAETransform(nn.Module):
 
     @overload
     def forward(
-        self, x: Mapping[str, Any], y: None = None, *, index: torch.Tensor | Sequence[int] | None = None
+        self,
+        x: Mapping[str, Any],
+        y: None = None,
+        *,
+        index: torch.Tensor | Sequence[int] | None = None,
     ) -> dict[str, Any]: ...
 
     def forward(
@@ -269,8 +273,13 @@ class UAETransform(nn.Module):
         self.last_result = result
         adversarial = result.adversarial.to(device=x.device, dtype=x.dtype)
         log_duration(
-            logger, time.perf_counter() - start, "UAETransform call %d: attacked %d of %d samples, ASR %.4f,",
-            self.calls, rows.numel(), n, result.asr,
+            logger,
+            time.perf_counter() - start,
+            "UAETransform call %d: attacked %d of %d samples, ASR %.4f,",
+            self.calls,
+            rows.numel(),
+            n,
+            result.asr,
         )
         if self.mode == "replace":
             out = x.clone()
@@ -298,7 +307,9 @@ def _append_rows(value: Any, rows: torch.Tensor, n: int, key: str) -> Any:
         return torch.cat([value, value.index_select(0, rows.to(value.device))])
     if isinstance(value, (list, tuple)) and len(value) == n:
         return type(value)([*value, *(value[r] for r in rows.tolist())])
-    found = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+    found = (
+        f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+    )
     raise ValueError(
         f"append mode appends the attacked rows to every entry of a dict batch, so entry {key!r}"
         f" must be a tensor, list or tuple with {n} rows, got {found}"

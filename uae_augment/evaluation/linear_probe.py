@@ -23,7 +23,10 @@ SEED_KEY = 7919
 
 @torch.no_grad()
 def representations(
-    backbone: nn.Module, x: torch.Tensor, device: torch.device | str | None = None, batch_size: int = 1024
+    backbone: nn.Module,
+    x: torch.Tensor,
+    device: torch.device | str | None = None,
+    batch_size: int = 1024,
 ) -> torch.Tensor:
     """Backbone features (N, F) of inputs (N, ...), in eval mode, returned on the CPU.
 

@@ -69,7 +69,9 @@ def standardised_projection_mi(
         ValueError: if ``dim`` < 3 or |cos| >= 1.
     """
     if dim < 3:
-        raise ValueError(f"dim must be >= 3 (the direction of a centred vector needs 2 dimensions), got {dim}")
+        raise ValueError(
+            f"dim must be >= 3 (the direction of a centred vector needs 2 dimensions), got {dim}"
+        )
     if not abs(cos) < 1:
         raise ValueError(f"|cos| must be < 1, got {cos}")
     n, rho = dim - 1, float(cos)
@@ -88,7 +90,10 @@ def standardised_projection_mi(
         math.lgamma(0.5) + math.lgamma((n - 1) / 2) - math.lgamma(n / 2)
     )
     log_ratio = torch.cat(
-        [torch.logsumexp(pair_weight + rho * chunk[:, None] * products, dim=1) for chunk in t.split(32)]
+        [
+            torch.logsumexp(pair_weight + rho * chunk[:, None] * products, dim=1)
+            for chunk in t.split(32)
+        ]
     ) + n / 2 * math.log1p(-rho * rho)
     density = torch.exp(log_null + log_ratio) * jacobian
     return float((density * log_ratio).sum() * (z[1] - z[0]))

@@ -53,7 +53,11 @@ __all__ = [
     "simclr_resnet18",
 ]
 
-_SIMCLR = ("CIFARResNet18", "SimCLR", "simclr_resnet18")  # torchvision and lightly load on first use
+_SIMCLR = (
+    "CIFARResNet18",
+    "SimCLR",
+    "simclr_resnet18",
+)  # torchvision and lightly load on first use
 _MOVED_TO_TRAINING = ("ConcreteFit", "fit_concrete")  # deprecated here for one release
 
 

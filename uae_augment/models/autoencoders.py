@@ -92,15 +92,19 @@ class ConvAutoencoder(ReferenceModel):
         self.encoder = nn.Sequential(
             self.first_layer,
             nn.MaxPool2d(2),
-            conv(16, 8), nn.ReLU(),
+            conv(16, 8),
+            nn.ReLU(),
             nn.MaxPool2d(2),
-            conv(8, 8), nn.ReLU(),
+            conv(8, 8),
+            nn.ReLU(),
         )
         self.decoder = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="nearest"),
-            conv(8, 16), nn.ReLU(),
+            conv(8, 16),
+            nn.ReLU(),
             nn.Upsample(scale_factor=2, mode="nearest"),
-            conv(16, in_channels), nn.Sigmoid(),
+            conv(16, in_channels),
+            nn.Sigmoid(),
         )
         keras_init_(self)
 
@@ -112,7 +116,9 @@ class ConvAutoencoder(ReferenceModel):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [torch.optim.Adadelta(self.parameters(), **ADADELTA_KERAS)]
 
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, LossParts]:
+    def training_loss(
+        self, x: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, LossParts]:
         return F.binary_cross_entropy(self(x), x), {}
 
 
@@ -164,7 +170,9 @@ class DenseAutoencoder(ReferenceModel):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [torch.optim.RMSprop(self.parameters(), **RMSPROP_KERAS)]
 
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, LossParts]:
+    def training_loss(
+        self, x: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, LossParts]:
         return F.mse_loss(self(x), x), {}
 
 
@@ -219,7 +227,9 @@ class SparseAutoencoder(DenseAutoencoder):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [torch.optim.Adam(self.parameters(), **ADAM_KERAS)]
 
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, LossParts]:
+    def training_loss(
+        self, x: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, LossParts]:
         code = self.encode(x)
         mse = F.mse_loss(self.decoder(code), x)
         kl = kl_sparsity(self.sparsity, code.mean(dim=0))
@@ -278,7 +288,10 @@ class AdversarialAutoencoder(ReferenceModel):
     fit_settings = FitSettings(epochs=50, batch_size=100)
 
     def __init__(
-        self, input_shape: Sequence[int] | int = (1, 28, 28), latent_dim: int = 2, hidden: int = 1000
+        self,
+        input_shape: Sequence[int] | int = (1, 28, 28),
+        latent_dim: int = 2,
+        hidden: int = 1000,
     ):
         super().__init__()
         self.input_shape = normalise_shape(input_shape)
@@ -314,7 +327,9 @@ class AdversarialAutoencoder(ReferenceModel):
             torch.optim.Adam(self.encoder.parameters(), lr=1e-4, eps=ADAM_KERAS["eps"]),
         ]
 
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, LossParts]:
+    def training_loss(
+        self, x: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, LossParts]:
         """The reconstruction phase's loss (MSE)."""
         return F.mse_loss(self(x), x), {}
 

@@ -82,7 +82,9 @@ class ReferenceModel(nn.Module, abc.ABC):
         """Fresh optimisers over the model's parameters (the release's choice)."""
 
     @abc.abstractmethod
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, LossParts]:
+    def training_loss(
+        self, x: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, LossParts]:
         """The scalar training loss of a batch and its named parts (detached or not)."""
 
     def training_step(

@@ -37,7 +37,9 @@ class _Classifier(ReferenceModel):
 
     input_shape: tuple[int, ...]
 
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, LossParts]:
+    def training_loss(
+        self, x: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, LossParts]:
         if y is None:
             raise ValueError(
                 f"{type(self).__name__} needs labels: train it on a data set of (x, y) items"
@@ -106,23 +108,30 @@ class CWClassifier(_Classifier):
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         side_h, side_w = ((height - 4) // 2 - 4) // 2, ((width - 4) // 2 - 4) // 2
         if min(side_h, side_w) < 1:
-            raise ValueError(f"CWClassifier needs images of at least 10 x 10, got {height} x {width}")
+            raise ValueError(
+                f"CWClassifier needs images of at least 10 x 10, got {height} x {width}"
+            )
         self.widths, self.classes = widths, positive_int(classes, "classes")
         c0, c1, c2, c3, d0, d1 = widths
         self.first_layer = nn.Sequential(nn.Conv2d(channels, c0, 3), nn.ReLU())
         self.features = nn.Sequential(
             self.first_layer,
-            nn.Conv2d(c0, c1, 3), nn.ReLU(),
+            nn.Conv2d(c0, c1, 3),
+            nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3), nn.ReLU(),
-            nn.Conv2d(c2, c3, 3), nn.ReLU(),
+            nn.Conv2d(c1, c2, 3),
+            nn.ReLU(),
+            nn.Conv2d(c2, c3, 3),
+            nn.ReLU(),
             nn.MaxPool2d(2),
         )
         self.head = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(c3 * side_h * side_w, d0), nn.ReLU(),
+            nn.Linear(c3 * side_h * side_w, d0),
+            nn.ReLU(),
             nn.Dropout(dropout),
-            nn.Linear(d0, d1), nn.ReLU(),
+            nn.Linear(d0, d1),
+            nn.ReLU(),
             nn.Linear(d1, classes),
         )
         keras_init_(self)
@@ -189,7 +198,8 @@ class LeNet(_Classifier):
             nn.MaxPool2d(2),
             nn.Conv2d(20, 50, 5),
             nn.MaxPool2d(2),
-            nn.Conv2d(50, 500, (side_h, side_w)), nn.ReLU(),
+            nn.Conv2d(50, 500, (side_h, side_w)),
+            nn.ReLU(),
             nn.Conv2d(500, classes, 1),
             nn.Flatten(),
         )

@@ -33,6 +33,7 @@ from .base import (
 
 logger = logging.getLogger(__name__)
 
+
 class ConcreteSelector(nn.Module):
     """Selects K of d features: concrete samples in training, distinct one-hots at eval.
 
@@ -81,7 +82,9 @@ class ConcreteSelector(nn.Module):
         (input_dim,) = normalise_shape(input_dim, name="input_dim")
         (k,) = normalise_shape(k, name="k")
         if k > input_dim:
-            raise ValueError(f"k must be at most input_dim={input_dim} to select distinct features, got {k}")
+            raise ValueError(
+                f"k must be at most input_dim={input_dim} to select distinct features, got {k}"
+            )
         check_positive(start_temp, "start_temp")
         check_positive(end_temp, "end_temp")
         self.input_dim, self.k = input_dim, k
@@ -260,7 +263,9 @@ class ConcreteAutoencoder(ReferenceModel):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [torch.optim.Adam(self.parameters(), **ADAM_KERAS)]
 
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, LossParts]:
+    def training_loss(
+        self, x: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, LossParts]:
         return F.mse_loss(self.reconstruct_linear(x), x), {}
 
     def training_step(

@@ -42,17 +42,19 @@ def _simclr_resnet18(input_shape: Sequence[int] | int, **kwargs: Any) -> nn.Modu
     return simclr_resnet18(input_shape, **kwargs)
 
 
-MODELS: MappingProxyType[str, Callable[..., nn.Module]] = MappingProxyType({
-    "conv-ae": _conv_autoencoder,
-    "sparse-ae": SparseAutoencoder,
-    "dense-ae": DenseAutoencoder,
-    "adversarial-ae": AdversarialAutoencoder,
-    "concrete-ae": ConcreteAutoencoder,
-    "cw-classifier": CWClassifier,
-    "lenet": LeNet,
-    "mlp": MLPClassifier,
-    "simclr-resnet18": _simclr_resnet18,
-})
+MODELS: MappingProxyType[str, Callable[..., nn.Module]] = MappingProxyType(
+    {
+        "conv-ae": _conv_autoencoder,
+        "sparse-ae": SparseAutoencoder,
+        "dense-ae": DenseAutoencoder,
+        "adversarial-ae": AdversarialAutoencoder,
+        "concrete-ae": ConcreteAutoencoder,
+        "cw-classifier": CWClassifier,
+        "lenet": LeNet,
+        "mlp": MLPClassifier,
+        "simclr-resnet18": _simclr_resnet18,
+    }
+)
 """Model name -> builder taking ``(input_shape, **kwargs)``."""
 
 

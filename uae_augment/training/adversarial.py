@@ -71,8 +71,13 @@ class StepFn(Protocol):
     """What :func:`train_epoch` calls per batch: ``step(model, optimizer, x, y, index=...)``."""
 
     def __call__(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-        *, index: torch.Tensor | None = None,
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        index: torch.Tensor | None = None,
     ) -> dict[str, float]: ...
 
 
@@ -100,11 +105,17 @@ class InputNormalization(nn.Module):
         [[0.5, 0.5, 0.5, 0.5]]
     """
 
-    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor | float | None = None):
+    def __init__(
+        self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor | float | None = None
+    ):
         super().__init__()
         self.model = model
         mean = torch.as_tensor(mean, dtype=torch.float32).detach().clone()
-        std_tensor = torch.ones_like(mean) if std is None else torch.as_tensor(std, dtype=torch.float32).detach().clone()
+        std_tensor = (
+            torch.ones_like(mean)
+            if std is None
+            else torch.as_tensor(std, dtype=torch.float32).detach().clone()
+        )
         if not (std_tensor > 0).all():
             raise ValueError("std must be > 0 everywhere")
         self.register_buffer("mean", mean)
@@ -125,7 +136,9 @@ class InputNormalization(nn.Module):
         return declared if isinstance(declared, nn.Module) else None
 
 
-def _check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_batch(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     x = check_images(x)
     labels = check_labels(y, x.shape[0], required=True, device=x.device)
     assert labels is not None
@@ -135,7 +148,11 @@ def _check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[to
 def _check_attack(model: nn.Module, attack: Attack) -> None:
     check_attack(attack, "adversarial training")
     for used in attack.models():
-        if used is model or any(m is model for m in used.modules()) or any(m is used for m in model.modules()):
+        if (
+            used is model
+            or any(m is model for m in used.modules())
+            or any(m is used for m in model.modules())
+        ):
             return
     raise ValueError(
         "the attack was built on another model: build it on the model being trained, e.g."
@@ -143,7 +160,9 @@ def _check_attack(model: nn.Module, attack: Attack) -> None:
     )
 
 
-def _adversarial(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+def _adversarial(
+    model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None
+) -> torch.Tensor:
     _check_attack(model, attack)
     return attack(x, y, index=index).adversarial.detach()
 
@@ -155,8 +174,12 @@ def _update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
 
 
 def clean_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-    *, index: torch.Tensor | None = None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    index: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One standard training step: minimise CE(model(x), y). ``index`` is accepted and unused.
 
@@ -174,8 +197,14 @@ def clean_step(
 
 
 def goodfellow_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, attack: Attack,
-    *, alpha: float = 0.5, index: torch.Tensor | None = None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: Attack,
+    *,
+    alpha: float = 0.5,
+    index: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One step on Goodfellow et al.'s objective alpha * CE(x, y) + (1 - alpha) * CE(x_adv, y).
 
@@ -201,7 +230,7 @@ def goodfellow_step(
     model.train()
     logits = model(torch.cat([x, x_adv]))
     clean_loss = F.cross_entropy(logits[: len(x)], y)
-    adversarial_loss = F.cross_entropy(logits[len(x):], y)
+    adversarial_loss = F.cross_entropy(logits[len(x) :], y)
     loss = alpha * clean_loss + (1.0 - alpha) * adversarial_loss
     _update(optimizer, loss)
     return {
@@ -212,8 +241,15 @@ def goodfellow_step(
 
 
 def kurakin_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, attack: Attack,
-    *, k: int | None = None, lam: float = 0.3, generator: torch.Generator | None = None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: Attack,
+    *,
+    k: int | None = None,
+    lam: float = 0.3,
+    generator: torch.Generator | None = None,
     index: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One step on Kurakin et al.'s mixed mini-batch of m - k clean and k adversarial examples.
@@ -271,8 +307,13 @@ def kurakin_step(
 
 
 def madry_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, attack: Attack,
-    *, index: torch.Tensor | None = None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: Attack,
+    *,
+    index: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One step of Madry et al.'s adversarial training: minimise CE(model(x_adv), y) only.
 
@@ -353,7 +394,12 @@ def train_epoch(
     batches = order.split(batch_size)
     for rows in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not progress, leave=False):
         values = step(
-            model, optimizer, x[rows].to(device), y[rows].to(device), index=epoch * n + rows, **step_options
+            model,
+            optimizer,
+            x[rows].to(device),
+            y[rows].to(device),
+            index=epoch * n + rows,
+            **step_options,
         )
         values = check_step_values(values, "the training step", f"in epoch {epoch}, step {steps}")
         for key, value in values.items():
@@ -412,8 +458,15 @@ def fgsm_augment_epoch(
     augmented_x = torch.cat([x, *copies])
     augmented_y = torch.cat([y, y])
     metrics = train_epoch(
-        model, optimizer, augmented_x, augmented_y, clean_step,
-        batch_size=batch_size, seed=seed, epoch=epoch, progress=progress,
+        model,
+        optimizer,
+        augmented_x,
+        augmented_y,
+        clean_step,
+        batch_size=batch_size,
+        seed=seed,
+        epoch=epoch,
+        progress=progress,
     )
     metrics["adversarial_success"] = fooled / n
     return metrics

@@ -97,14 +97,24 @@ def fit_concrete(
         if epochs is None:
             epochs = candidate.default_fit(len(dataset)).epochs  # type: ignore[arg-type]
         history = fit(
-            candidate, dataset, epochs=epochs, batch_size=batch_size, seed=seed,
-            progress=progress, device=device, num_workers=num_workers,
+            candidate,
+            dataset,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+            device=device,
+            num_workers=num_workers,
         )
         record.append(epochs)
         probabilities.append(candidate.mean_max_probability())
         logger.info(
             "concrete AE try %d/%d: %d epochs, mean max probability %.5f (target %.3f)",
-            attempt + 1, tries, epochs, probabilities[-1], target,
+            attempt + 1,
+            tries,
+            epochs,
+            probabilities[-1],
+            target,
         )
         if probabilities[-1] >= target:
             break
@@ -112,7 +122,12 @@ def fit_concrete(
             logger.warning(
                 "concrete AE try %d/%d did not converge (mean max probability %.5f < target %.3f):"
                 " training a fresh model with %d epochs (twice the last try's); %d tries left",
-                attempt + 1, tries, probabilities[-1], target, 2 * epochs, tries - attempt - 1,
+                attempt + 1,
+                tries,
+                probabilities[-1],
+                target,
+                2 * epochs,
+                tries - attempt - 1,
             )
         epochs *= 2
     return ConcreteFit(
@@ -139,7 +154,9 @@ def _factory(
     def build() -> ConcreteAutoencoder:
         built = model()
         if not isinstance(built, ConcreteAutoencoder):
-            raise TypeError(f"the model factory must return a ConcreteAutoencoder, got {type(built).__name__}")
+            raise TypeError(
+                f"the model factory must return a ConcreteAutoencoder, got {type(built).__name__}"
+            )
         return built
 
     return build

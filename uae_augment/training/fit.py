@@ -170,7 +170,12 @@ def fit(
     name = type(model).__name__
     logger.info(
         "fit %s: %d samples, %d epochs, batch %d, %d steps on %s",
-        name, num_samples, epochs, batch_size, total_steps, device,
+        name,
+        num_samples,
+        epochs,
+        batch_size,
+        total_steps,
+        device,
     )
     start = time.perf_counter()
     cuda_devices = _cuda_indices(device)
@@ -183,7 +188,13 @@ def fit(
             on_fit_start(total_steps)
         model.train()
         try:
-            bar = Progress(total_steps, f"fit {name}", unit="step", enabled=progress and order.rank == 0, log=logger)
+            bar = Progress(
+                total_steps,
+                f"fit {name}",
+                unit="step",
+                enabled=progress and order.rank == 0,
+                log=logger,
+            )
             with bar:
                 for epoch in range(epochs):
                     if history.steps >= total_steps:
@@ -205,7 +216,9 @@ def fit(
                     history.metrics.append(means)
                     history.losses.append(means["loss"])
                     history.epochs += 1
-                    logger.info("fit %s: epoch %d/%d mean loss %.6g", name, epoch + 1, epochs, means["loss"])
+                    logger.info(
+                        "fit %s: epoch %d/%d mean loss %.6g", name, epoch + 1, epochs, means["loss"]
+                    )
             step.finish()
         finally:
             model.eval()
@@ -231,7 +244,9 @@ class _EpochOrder(Sampler[list[int]]):
             if not 0 <= self.rank < self.size:
                 raise ValueError(f"world must be (rank, size) with 0 <= rank < size, got {world}")
             if batch_size % self.size:
-                raise ValueError(f"batch_size {batch_size} does not split evenly over {self.size} processes")
+                raise ValueError(
+                    f"batch_size {batch_size} does not split evenly over {self.size} processes"
+                )
             self.batches_per_epoch = num_samples // batch_size
             if self.batches_per_epoch == 0:
                 raise ValueError(
@@ -241,7 +256,9 @@ class _EpochOrder(Sampler[list[int]]):
             self._generator = torch.Generator().manual_seed(seed)
         else:
             self.batches_per_epoch = math.ceil(num_samples / batch_size)
-            self._generator = torch.Generator().manual_seed(derive_seed(seed, _FIT_KEY, _SHUFFLE_STREAM))
+            self._generator = torch.Generator().manual_seed(
+                derive_seed(seed, _FIT_KEY, _SHUFFLE_STREAM)
+            )
         self.rows: list[torch.Tensor] = []
 
     def start_epoch(self, steps_left: int) -> None:
@@ -250,12 +267,16 @@ class _EpochOrder(Sampler[list[int]]):
         batches = min(self.batches_per_epoch, steps_left)
         if not self.distributed:
             if batches == self.batches_per_epoch:
-                torch.randperm(self.num_samples, generator=self._generator)  # RandomSampler's remainder draw
+                torch.randperm(
+                    self.num_samples, generator=self._generator
+                )  # RandomSampler's remainder draw
             self.rows = list(permutation.split(self.batch_size)[:batches])
             return
         local = self.batch_size // self.size
         self.rows = [
-            permutation[b * self.batch_size : (b + 1) * self.batch_size][self.rank * local : (self.rank + 1) * local]
+            permutation[b * self.batch_size : (b + 1) * self.batch_size][
+                self.rank * local : (self.rank + 1) * local
+            ]
             for b in range(batches)
         ]
 
@@ -269,7 +290,9 @@ class _EpochOrder(Sampler[list[int]]):
 class _Step:
     """Calls the model's training step with the options it names; in a distributed fit, under DDP."""
 
-    def __init__(self, model: nn.Module, device: torch.device, seed: int, world: tuple[int, int] | None):
+    def __init__(
+        self, model: nn.Module, device: torch.device, seed: int, world: tuple[int, int] | None
+    ):
         self.model, self.device, self.seed = model, device, seed
         self.size = world[1] if world is not None else 1
         self.owner = f"{type(model).__name__}.training_step"
@@ -288,8 +311,13 @@ class _Step:
             self.forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def __call__(
-        self, x: torch.Tensor, y: torch.Tensor | None, optimizers: Sequence[torch.optim.Optimizer],
-        rows: torch.Tensor, epoch: int, step: int,
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        optimizers: Sequence[torch.optim.Optimizer],
+        rows: torch.Tensor,
+        epoch: int,
+        step: int,
     ) -> dict[str, float]:
         given = {"index": rows, "epoch": epoch, "seed": self.seed, "forward": self.forward}
         options = {name: given[name] for name in self.options if given[name] is not None}
@@ -302,7 +330,9 @@ class _Step:
         if not isinstance(values, dict):
             return values
         keys = sorted(values)
-        summed = torch.tensor([float(values[key]) for key in keys], dtype=torch.float64, device=self.device)
+        summed = torch.tensor(
+            [float(values[key]) for key in keys], dtype=torch.float64, device=self.device
+        )
         dist.all_reduce(summed)
         summed /= self.size
         return dict(zip(keys, summed.tolist()))
@@ -317,7 +347,8 @@ class _Step:
 def _check_trainable(model: nn.Module) -> None:
     if not isinstance(model, nn.Module) or not isinstance(model, Trainable):
         missing = [
-            name for name in ("default_fit", "configure_optimizers", "training_step")
+            name
+            for name in ("default_fit", "configure_optimizers", "training_step")
             if not callable(getattr(model, name, None))
         ]
         raise TypeError(
@@ -328,7 +359,11 @@ def _check_trainable(model: nn.Module) -> None:
 
 
 def _schedule(
-    model: nn.Module, num_samples: int, batches_per_epoch: int, epochs: int | None, max_steps: int | None
+    model: nn.Module,
+    num_samples: int,
+    batches_per_epoch: int,
+    epochs: int | None,
+    max_steps: int | None,
 ) -> tuple[int, int]:
     """(epochs, total steps) of a fit."""
     if max_steps is not None:

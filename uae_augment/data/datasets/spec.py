@@ -21,7 +21,6 @@ class DatasetFormatError(ValueError):
     """A canonical ``.npz`` file (or a built array set) does not have the expected layout."""
 
 
-
 @dataclass(frozen=True)
 class DatasetInfo:
     """What a named data set is: one row of the registry.
