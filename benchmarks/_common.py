@@ -37,9 +37,7 @@ def load_average() -> list[float]:
 def uptime_line() -> str:
     """The output of ``uptime`` (empty when the command is missing)."""
     try:
-        return subprocess.run(
-            ["uptime"], capture_output=True, text=True, check=False
-        ).stdout.strip()
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
     except OSError:
         return ""
 

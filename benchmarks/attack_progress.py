@@ -67,31 +67,17 @@ def attack_row(model_name: str, x: torch.Tensor, steps: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--images", type=int, default=8, help="MNIST-5k digits attacked (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--steps", type=int, default=10, help="MinMax iterations (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--updates", type=int, default=20000, help="bar updates timed (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--models", default="conv-ae,dense-ae", help="registry models (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--out", default=str(Path(__file__).resolve().parent / "results" / "attack_progress.json")
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=8, help="MNIST-5k digits attacked (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=10, help="MinMax iterations (default: %(default)s)")
+    parser.add_argument("--updates", type=int, default=20000, help="bar updates timed (default: %(default)s)")
+    parser.add_argument("--models", default="conv-ae,dense-ae", help="registry models (default: %(default)s)")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "attack_progress.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
     result: dict[str, Any] = {"settings": vars(args), "machine": machine_info(torch.device("cpu"))}
-    x = torch.stack(
-        [image for image, _ in random_subset(load_dataset("mnist-5k"), args.images, seed=0)]
-    )
+    x = torch.stack([image for image, _ in random_subset(load_dataset("mnist-5k"), args.images, seed=0)])
     result["update_s"] = update_cost(args.updates)
     result["attacks"] = [attack_row(name, x, args.steps) for name in args.models.split(",")]
     for row in result["attacks"]:

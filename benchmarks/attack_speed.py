@@ -81,9 +81,7 @@ def _best_time(fn, device: torch.device, repeats: int) -> float:
     return best
 
 
-def measure_peaks(
-    device: torch.device, copy_mb: int, matmul_size: int, repeats: int = 5
-) -> dict[str, float]:
+def measure_peaks(device: torch.device, copy_mb: int, matmul_size: int, repeats: int = 5) -> dict[str, float]:
     """Copy bandwidth (GB/s, read + write counted) and float32 matmul throughput (GFLOP/s)."""
     source = torch.rand(copy_mb * 2**20 // FLOAT_BYTES, device=device)
     target = torch.empty_like(source)
@@ -119,9 +117,7 @@ COST_MODEL = (
 )
 
 
-def iteration_cost(
-    count: int, map_shape: tuple[int, int], hidden: int | None, mine_steps: int
-) -> dict[str, float]:
+def iteration_cost(count: int, map_shape: tuple[int, int], hidden: int | None, mine_steps: int) -> dict[str, float]:
     """Bytes streamed and FLOPs of one attack iteration for one sample (see COST_MODEL)."""
     out_h, out_w = map_shape[0] - BRANCH_CONV_KERNEL + 1, map_shape[1] - BRANCH_CONV_KERNEL + 1
     positions = out_h * out_w
@@ -327,30 +323,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Seconds per image of MINE-UAE: per-sample reference loop vs batched engine vs presets.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--device", default="cpu", help="cpu or cuda (the reference loop always runs on CPU)"
-    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the reference loop always runs on CPU)")
     parser.add_argument("--iterations", type=int, default=3, help="attack iterations timed (m)")
     parser.add_argument("--extrapolate-to", type=int, default=40, help="full attack length T")
-    parser.add_argument(
-        "--mine-steps", type=int, default=None, help="override every preset's MINE steps"
-    )
-    parser.add_argument(
-        "--batch-sizes", default="1,8,32,64", help="batch sizes of the paper preset"
-    )
+    parser.add_argument("--mine-steps", type=int, default=None, help="override every preset's MINE steps")
+    parser.add_argument("--batch-sizes", default="1,8,32,64", help="batch sizes of the paper preset")
     parser.add_argument("--presets", default="fast,strong", help="further presets to time")
-    parser.add_argument(
-        "--preset-images", type=int, default=64, help="images for the further presets"
-    )
-    parser.add_argument(
-        "--fast-batch-sizes", default="", help="fast preset batch sizes timed with user/sys CPU s"
-    )
-    parser.add_argument(
-        "--fast-threads", default="", help="extra thread counts for the fast preset at B = 64"
-    )
-    parser.add_argument(
-        "--fast-images", type=int, default=64, help="images per fast-preset batch-size row"
-    )
+    parser.add_argument("--preset-images", type=int, default=64, help="images for the further presets")
+    parser.add_argument("--fast-batch-sizes", default="", help="fast preset batch sizes timed with user/sys CPU s")
+    parser.add_argument("--fast-threads", default="", help="extra thread counts for the fast preset at B = 64")
+    parser.add_argument("--fast-images", type=int, default=64, help="images per fast-preset batch-size row")
     parser.add_argument(
         "--precompute-batch",
         type=int,
@@ -362,27 +344,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="git ref of an earlier version: every fast_* row also runs on it (git worktree) in the same run",
     )
-    parser.add_argument(
-        "--reference-images", type=int, default=2, help="images for the reference loop"
-    )
+    parser.add_argument("--reference-images", type=int, default=2, help="images for the reference loop")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
-    parser.add_argument(
-        "--train-rows", type=int, default=4000, help="MNIST-5k training rows for the victim"
-    )
+    parser.add_argument("--train-rows", type=int, default=4000, help="MNIST-5k training rows for the victim")
     parser.add_argument("--epochs", type=int, default=1, help="victim training epochs")
-    parser.add_argument(
-        "--threads", type=int, default=torch.get_num_threads(), help="torch threads"
-    )
-    parser.add_argument(
-        "--copy-mb", type=int, default=256, help="tensor size of the bandwidth test"
-    )
-    parser.add_argument(
-        "--matmul-size", type=int, default=2048, help="square matmul size of the peak test"
-    )
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    parser.add_argument("--copy-mb", type=int, default=256, help="tensor size of the bandwidth test")
+    parser.add_argument("--matmul-size", type=int, default=2048, help="square matmul size of the peak test")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)"
-    )
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.extrapolate_to < 2:
@@ -390,9 +360,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _specs(
-    args: argparse.Namespace, paths: dict[str, str], device: torch.device
-) -> list[dict[str, Any]]:
+def _specs(args: argparse.Namespace, paths: dict[str, str], device: torch.device) -> list[dict[str, Any]]:
     common = {
         **paths,
         "iterations": args.iterations,
@@ -402,9 +370,7 @@ def _specs(
         "matmul_size": args.matmul_size,
     }
     paper = PRESETS["paper"]
-    paper_steps = (
-        args.mine_steps if args.mine_steps is not None else paper["mine_steps"]["unsupervised"]
-    )
+    paper_steps = args.mine_steps if args.mine_steps is not None else paper["mine_steps"]["unsupervised"]
     specs = []
     if not args.no_reference:
         specs.append(
@@ -435,13 +401,9 @@ def _specs(
             }
         )
     fast = PRESETS["fast"]
-    fast_steps = (
-        args.mine_steps if args.mine_steps is not None else fast["mine_steps"]["unsupervised"]
-    )
+    fast_steps = args.mine_steps if args.mine_steps is not None else fast["mine_steps"]["unsupervised"]
     fast_rows = [(int(b), args.threads) for b in args.fast_batch_sizes.split(",") if b]
-    fast_rows += [
-        (64, int(t)) for t in args.fast_threads.split(",") if t and int(t) != args.threads
-    ]
+    fast_rows += [(64, int(t)) for t in args.fast_threads.split(",") if t and int(t) != args.threads]
     for batch, threads in fast_rows:
         specs.append(
             {
@@ -473,9 +435,7 @@ def _specs(
         )
     for preset in [p for p in args.presets.split(",") if p]:
         values = PRESETS[preset]
-        steps = (
-            args.mine_steps if args.mine_steps is not None else values["mine_steps"]["unsupervised"]
-        )
+        steps = args.mine_steps if args.mine_steps is not None else values["mine_steps"]["unsupervised"]
         specs.append(
             {
                 **common,
@@ -492,9 +452,7 @@ def _specs(
     return specs
 
 
-def _summarise(
-    spec: dict[str, Any], raw: dict[str, Any], args: argparse.Namespace
-) -> dict[str, Any]:
+def _summarise(spec: dict[str, Any], raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     n = spec["images_timed"]
     slope = (raw["timed_s"] - raw["setup_s"]) / args.iterations / n
     setup = raw["setup_s"] / n
@@ -527,9 +485,7 @@ def _baseline_tree(ref: str, workdir: Path) -> Path:
     """A detached git worktree of ``ref`` under ``workdir`` (the earlier version to time)."""
     root = Path(__file__).resolve().parent.parent
     tree = workdir / "baseline"
-    commit = subprocess.run(
-        ["git", "-C", str(root), "rev-parse", ref], capture_output=True, text=True, check=True
-    )
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", ref], capture_output=True, text=True, check=True)
     subprocess.run(
         ["git", "-C", str(root), "worktree", "add", "--detach", str(tree), commit.stdout.strip()],
         capture_output=True,
@@ -555,12 +511,7 @@ def _skip_for_memory(spec: dict[str, Any], cost: dict[str, float]) -> str | None
     if spec["device"] != "cpu":
         return None
     needed_mb = (
-        1.3
-        * 4
-        * FLOAT_BYTES
-        * cost["params_per_sample"]
-        * min(spec["batch_size"], spec["images_timed"])
-        / 2**20
+        1.3 * 4 * FLOAT_BYTES * cost["params_per_sample"] * min(spec["batch_size"], spec["images_timed"]) / 2**20
     )
     available = _available_memory_mb()
     if available is not None and needed_mb > 0.85 * available:
@@ -573,9 +524,7 @@ def _goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     goals: dict[str, Any] = {}
     if "reference" not in by_name:
         return goals
-    paper = [
-        row for row in by_name.values() if row["kind"] == "engine" and row["preset"] == "paper"
-    ]
+    paper = [row for row in by_name.values() if row["kind"] == "engine" and row["preset"] == "paper"]
     if paper:
         best = max(paper, key=lambda row: row["speedup_vs_reference"])
         goals["paper_batched_at_least_2x_reference"] = {
@@ -600,9 +549,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     machine = machine_info(device)
     peaks = measure_peaks(device, args.copy_mb, args.matmul_size)
     images = training_images("mnist-5k", None)[: args.train_rows]
-    model, training = train_conv_autoencoder(
-        images, epochs=args.epochs, seed=args.seed, device=torch.device("cpu")
-    )
+    model, training = train_conv_autoencoder(images, epochs=args.epochs, seed=args.seed, device=torch.device("cpu"))
     training["dataset"] = "mnist-5k"
     needed = max(
         [
@@ -636,9 +583,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row = _summarise(spec, raw, args)
             row["roofline"] = {
                 "peaks_in_this_process": raw["peaks"],
-                **roofline(
-                    cost, raw["peaks"], row["s_per_iteration_per_image"], args.extrapolate_to
-                ),
+                **roofline(cost, raw["peaks"], row["s_per_iteration_per_image"], args.extrapolate_to),
             }
             rows.append(row)
             print(
@@ -654,9 +599,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 check=False,
             )
 
-    reference = next(
-        (row for row in rows if row["name"] == "reference" and "skipped" not in row), None
-    )
+    reference = next((row for row in rows if row["name"] == "reference" and "skipped" not in row), None)
     for row in rows:
         if reference is not None and "s_per_image_extrapolated" in row:
             row["speedup_vs_reference"] = round(
@@ -698,9 +641,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "goals": _goals(rows),
     }
     if device.type == "cuda":
-        result["notes"] = [
-            "the reference loop (tests/reference.py) draws on CPU generators and runs on CPU only"
-        ]
+        result["notes"] = ["the reference loop (tests/reference.py) draws on CPU generators and runs on CPU only"]
     write_json(result, args.out)
     return result
 

@@ -62,9 +62,7 @@ class PassThrough(Attack):
     def _config(self) -> dict[str, Any]:
         return {"note": "benchmark pass-through, no attack"}
 
-    def _attack_batch(
-        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor
-    ) -> AttackResult:
+    def _attack_batch(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> AttackResult:
         n = x.shape[0]
         return AttackResult(
             adversarial=x.clone(),
@@ -182,9 +180,7 @@ def interleaved(
             "median_samples_per_s": round(statistics.median(values)),
         }
         if values is not reference:
-            row["ratio_vs_in_memory"] = round(
-                statistics.median(v / r for v, r in zip(values, reference)), 3
-            )
+            row["ratio_vs_in_memory"] = round(statistics.median(v / r for v, r in zip(values, reference)), 3)
         rows.append(row)
     del loaders
     return rows
@@ -198,20 +194,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=10_000, help="rows of the cache")
     parser.add_argument("--batch-size", type=int, default=256, help="DataLoader batch size")
     parser.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
-    parser.add_argument(
-        "--epochs", type=int, default=5, help="timed epochs per configuration (median reported)"
-    )
-    parser.add_argument(
-        "--no-extras", action="store_true", help="skip the per-item, no-LRU and persistent rows"
-    )
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per configuration (median reported)")
+    parser.add_argument("--no-extras", action="store_true", help="skip the per-item, no-LRU and persistent rows")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--dir", default=None, help="folder for the cache files (default: a temporary one)"
-    )
-    parser.add_argument(
-        "--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)"
-    )
+    parser.add_argument("--dir", default=None, help="folder for the cache files (default: a temporary one)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)")
     return parser.parse_args(argv)
 
 

@@ -39,9 +39,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(
-    1, str(Path(__file__).resolve().parents[1] / "recipes")
-)  # the recipes' sibling modules
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "recipes"))  # the recipes' sibling modules
 
 from _common import finish_machine_info, load_average, machine_info, write_json  # noqa: E402
 
@@ -56,31 +54,19 @@ TRIES = 5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--dataset", default="mnist-5k", help="data set (default: %(default)s, the README's)"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="mnist-5k", help="data set (default: %(default)s, the README's)")
     parser.add_argument(
         "--rows",
         type=int,
         default=1000,
         help="training rows: a seeded random subset, or all with 0 (default: %(default)s)",
     )
-    parser.add_argument(
-        "--test-rows", type=int, default=0, help="test rows (0: all) (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--k", type=int, default=50, help="selected features (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--budgets", default="25,50,100,200,400,800", help="epoch budgets (default: %(default)s)"
-    )
+    parser.add_argument("--test-rows", type=int, default=0, help="test rows (0: all) (default: %(default)s)")
+    parser.add_argument("--k", type=int, default=50, help="selected features (default: %(default)s)")
+    parser.add_argument("--budgets", default="25,50,100,200,400,800", help="epoch budgets (default: %(default)s)")
     parser.add_argument("--seeds", default="0", help="seeds (default: %(default)s)")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (default: %(default)s)"
-    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     parser.add_argument(
         "--out",
         default=None,
@@ -149,9 +135,7 @@ def retries(runs: list[dict[str, Any]], tries: int = TRIES) -> list[dict[str, An
                 "first_try_epochs": first,
                 "retries": retry,
                 "epochs_trained": total,
-                "converged": None
-                if retry is None
-                else by_key[(seed, first * 2**retry)]["converged"],
+                "converged": None if retry is None else by_key[(seed, first * 2**retry)]["converged"],
             }
         )
     return rows
@@ -162,9 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     budgets = [int(b) for b in args.budgets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    out = args.out or str(
-        Path(__file__).resolve().parent / "results" / f"concrete_epochs_{args.rows or 'all'}.json"
-    )
+    out = args.out or str(Path(__file__).resolve().parent / "results" / f"concrete_epochs_{args.rows or 'all'}.json")
     full = load_dataset(args.dataset, split="train")
     train = random_subset(full, args.rows, seed=0) if args.rows else full
     test = load_dataset(args.dataset, split="test")
@@ -180,9 +162,7 @@ def main(argv: list[str] | None = None) -> None:
             "seeds": seeds,
             "target": MEAN_MAX_TARGET,
             "tries": TRIES,
-            "command": " ".join(
-                ["python", "benchmarks/concrete_epochs.py", *(argv or sys.argv[1:])]
-            ),
+            "command": " ".join(["python", "benchmarks/concrete_epochs.py", *(argv or sys.argv[1:])]),
         },
         "machine": machine_info(torch.device("cpu")),
         "runs": [],
@@ -190,13 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     start, loads = time.perf_counter(), []
     for seed in seeds:
         for epochs in budgets:
-            result["runs"].append(
-                train_one(train, train_xy, test_xy, k=args.k, epochs=epochs, seed=seed)
-            )
+            result["runs"].append(train_one(train, train_xy, test_xy, k=args.k, epochs=epochs, seed=seed))
             loads.append(result["runs"][-1]["load_1min_at_end"])
-            result["cpu_s_per_epoch_median"] = statistics.median(
-                r["cpu_s_per_epoch"] for r in result["runs"]
-            )
+            result["cpu_s_per_epoch_median"] = statistics.median(r["cpu_s_per_epoch"] for r in result["runs"])
             result["retries"] = retries(result["runs"])
             finish_machine_info(result["machine"], time.perf_counter() - start, loads)
             write_json(result, out)

@@ -82,9 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-seed", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="estimate_mi's seed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument(
-        "--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)"
-    )
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)")
     return parser.parse_args(argv)
 
 

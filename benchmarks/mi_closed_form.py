@@ -60,9 +60,7 @@ def closed_forms(dims: tuple[int, ...]) -> list[dict[str, Any]]:
                 {
                     "dim": dim,
                     "cos": cos,
-                    "gaussian_closed_form": round(
-                        float(projection_mi(torch.tensor(cos, dtype=torch.float64), dim)), 4
-                    ),
+                    "gaussian_closed_form": round(float(projection_mi(torch.tensor(cos, dtype=torch.float64), dim)), 4),
                     "standardised_exact": round(standardised_projection_mi(cos, dim), 4),
                 }
             )
@@ -76,9 +74,7 @@ def per_sample_grid(dims: tuple[int, ...], budgets: list[tuple[int, int]]) -> li
     for dim in dims:
         for projections, steps in budgets:
             start = time.perf_counter()
-            values = per_sample_mi(
-                x, other, steps=steps, projections=projections, projection_dim=dim
-            )
+            values = per_sample_mi(x, other, steps=steps, projections=projections, projection_dim=dim)
             rows.append(
                 {
                     "dim": dim,
@@ -100,9 +96,7 @@ ATTACK_SETTINGS = {
 }
 
 
-def attack_estimates(
-    dims: tuple[int, ...], projections: int = 500, iterations: int = 40
-) -> list[dict[str, Any]]:
+def attack_estimates(dims: tuple[int, ...], projections: int = 500, iterations: int = 40) -> list[dict[str, Any]]:
     """The attack's own MINE (``MISimilarity``) after ``iterations`` updates on a fixed pair."""
     x, other = _pairs(len(COSINES))
     rows = []
@@ -145,15 +139,11 @@ def _map_correlation(maps: torch.Tensor, other: torch.Tensor) -> float:
     return float(correlation.mean())
 
 
-def feature_maps(
-    images: torch.Tensor, labels: torch.Tensor, layer: torch.nn.Module, pairs: int
-) -> dict[str, Any]:
+def feature_maps(images: torch.Tensor, labels: torch.Tensor, layer: torch.nn.Module, pairs: int) -> dict[str, Any]:
     """per_sample_mi with the feature-map sampler on identical, noisy and unrelated MNIST pairs."""
     generator = torch.Generator().manual_seed(0)
     x = images[:pairs]
-    unrelated_index = torch.tensor(
-        [int(torch.nonzero(labels != labels[i])[i, 0]) for i in range(pairs)]
-    )
+    unrelated_index = torch.tensor([int(torch.nonzero(labels != labels[i])[i, 0]) for i in range(pairs)])
     kinds = {
         "identical": x,
         "noisy_0.1": (x + 0.1 * torch.randn(x.shape, generator=generator)).clamp(0, 1),
@@ -204,9 +194,7 @@ def speed(images: torch.Tensor, model: torch.nn.Module, count: int, dim: int) ->
         result[mi] = {
             "s_per_image": round(elapsed / count, 4),
             "success_rate": round(float(out.success.float().mean()), 3),
-            "mean_cos_to_x_of_successes": round(float(cos[out.success].mean()), 4)
-            if out.success.any()
-            else None,
+            "mean_cos_to_x_of_successes": round(float(cos[out.success].mean()), 4) if out.success.any() else None,
             "moved_linf_mean": round(float(out.moved_linf.mean()), 4),
         }
     result["speedup"] = round(result["mine"]["s_per_image"] / result["analytic"]["s_per_image"], 1)
@@ -224,12 +212,8 @@ def plot(result: dict[str, Any], path: str) -> None:
     figure, axes = plt.subplots(1, len(dims), figsize=(5 * len(dims), 4), squeeze=False)
     for axis, dim in zip(axes[0], dims):
         forms = [r for r in result["closed_forms"] if r["dim"] == dim]
-        axis.plot(
-            COSINES, [r["gaussian_closed_form"] for r in forms], "k-", label="-(p/2) log(1-cos²)"
-        )
-        axis.plot(
-            COSINES, [r["standardised_exact"] for r in forms], "k--", label="exact, standardised"
-        )
+        axis.plot(COSINES, [r["gaussian_closed_form"] for r in forms], "k-", label="-(p/2) log(1-cos²)")
+        axis.plot(COSINES, [r["standardised_exact"] for r in forms], "k--", label="exact, standardised")
         for row in result["per_sample_mi"]:
             if row["dim"] == dim:
                 axis.plot(
@@ -273,13 +257,9 @@ def main() -> None:
     dataset, root = mnist_source("auto", None)
     data = load_dataset(dataset, root=root, split="train")
     images, labels = data.data, data.targets
-    model, training = train_conv_autoencoder(
-        images[:2000], epochs=1, seed=0, device=torch.device("cpu")
-    )
+    model, training = train_conv_autoencoder(images[:2000], epochs=1, seed=0, device=torch.device("cpu"))
     result["victim"] = {"dataset": dataset, **training}
-    result["feature_maps"] = feature_maps(
-        images, labels, model.first_layer, 4 if args.quick else 16
-    )
+    result["feature_maps"] = feature_maps(images, labels, model.first_layer, 4 if args.quick else 16)
     result["speed"] = speed(images, model, 8 if args.quick else 32, 32)
     info["wall_s"] = round(time.perf_counter() - start, 1)
     write_json(result, args.out)

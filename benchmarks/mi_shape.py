@@ -135,13 +135,9 @@ def victims(names: list[str], args: argparse.Namespace) -> list[Victim]:
         elif name == "simclr":
             cifar = load_dataset("cifar10", split="train").data
             model = SimCLR(width=8, image_size=32)
-            record = _timed_fit(
-                model, cifar[: args.cifar_train_rows], epochs=args.simclr_epochs, batch_size=128
-            )
+            record = _timed_fit(model, cifar[: args.cifar_train_rows], epochs=args.simclr_epochs, batch_size=128)
             record["width"] = 8
-            criterion = model.criterion(
-                n_views=2, negatives=cifar[-args.negatives :], seed=ATTACK_SEED
-            )
+            criterion = model.criterion(n_views=2, negatives=cifar[-args.negatives :], seed=ATTACK_SEED)
             # the SimCLR recipe's attack settings: T = 20, gamma_t = (t+1)^-0.5
             out.append(Victim(name, criterion, cifar, record, {"steps": 20, "gamma_power": 0.5}))
         else:
@@ -164,9 +160,7 @@ def _rows(x: torch.Tensor, adv: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"l2": (b - a).norm(dim=1), "cos": (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))}
 
 
-def _criterion_success(
-    victim: Victim, x: torch.Tensor, adv: torch.Tensor, index: torch.Tensor
-) -> torch.Tensor:
+def _criterion_success(victim: Victim, x: torch.Tensor, adv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         reference = victim.criterion.prepare(x, None, index)
         return victim.criterion(adv, reference) <= 0
@@ -293,14 +287,11 @@ def report(victim: Victim, args: argparse.Namespace) -> dict[str, Any]:
     for seed in map(str, REPORT_EVAL_SEEDS):
         strong = methods["strong"]["rows"]["evaluator_mi"][seed]
         diffs[seed] = {
-            f"strong-{other}": paired(strong, methods[other]["rows"]["evaluator_mi"][seed])
-            for other in COMPARED
+            f"strong-{other}": paired(strong, methods[other]["rows"]["evaluator_mi"][seed]) for other in COMPARED
         }
     for metric in ("l2", "cos"):
         diffs[metric] = {
-            f"strong-{other}": paired(
-                methods["strong"]["rows"][metric], methods[other]["rows"][metric]
-            )
+            f"strong-{other}": paired(methods["strong"]["rows"][metric], methods[other]["rows"][metric])
             for other in COMPARED
         }
     return {
@@ -344,9 +335,7 @@ def choose(tuned: dict[str, dict[str, Any]]) -> str:
     seed = str(TUNE_EVAL_SEED)
 
     def feasible(name: str) -> bool:
-        return all(
-            m[name]["attack_success"] >= m["fast"]["attack_success"] - 0.1 for m in tuned.values()
-        )
+        return all(m[name]["attack_success"] >= m["fast"]["attack_success"] - 0.1 for m in tuned.values())
 
     def mean_mi(name: str) -> float:
         return sum(m[name]["evaluator_mi"][seed] for m in tuned.values()) / len(tuned)
@@ -380,30 +369,22 @@ def plot(name: str, record: dict[str, Any], path: Path) -> None:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["conv", "dense", "simclr"])
-    parser.add_argument(
-        "--tune", action="store_true", help="run the candidate strong settings instead"
-    )
+    parser.add_argument("--tune", action="store_true", help="run the candidate strong settings instead")
     parser.add_argument("--images", type=int, default=64, help="reporting images (the first rows)")
-    parser.add_argument(
-        "--tune-images", type=int, default=16, help="tuning images (the rows after them)"
-    )
+    parser.add_argument("--tune-images", type=int, default=16, help="tuning images (the rows after them)")
     parser.add_argument("--mnist-train-rows", type=int, default=5000)
     parser.add_argument("--cifar-train-rows", type=int, default=1024)
     parser.add_argument("--conv-epochs", type=int, default=2)
     parser.add_argument("--dense-epochs", type=int, default=5)
     parser.add_argument("--simclr-epochs", type=int, default=10)
-    parser.add_argument(
-        "--negatives", type=int, default=64, help="SimCLR criterion's bank (the last train rows)"
-    )
+    parser.add_argument("--negatives", type=int, default=64, help="SimCLR criterion's bank (the last train rows)")
     parser.add_argument("--projections", type=int, default=2000)
     parser.add_argument("--projection-dim", type=int, default=32)
     parser.add_argument("--eval-steps", type=int, default=400)
     parser.add_argument("--second-seed-rows", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the test suite")
     parser.add_argument("--out", default=None)
-    parser.add_argument(
-        "--plots", default=None, help="folder for the PNGs (default: next to --out)"
-    )
+    parser.add_argument("--plots", default=None, help="folder for the PNGs (default: next to --out)")
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.tune_images, args.second_seed_rows = 4, 2, 2
@@ -431,9 +412,7 @@ def main(argv: list[str] | None = None) -> None:
         models = [m for m in args.models if m != "simclr"]
         tuned = {v.name: {"training": v.training, **tune(v, args)} for v in victims(models, args)}
         result["tuning"] = tuned
-        result["chosen"] = choose(
-            {k: {n: r for n, r in v.items() if n != "training"} for k, v in tuned.items()}
-        )
+        result["chosen"] = choose({k: {n: r for n, r in v.items() if n != "training"} for k, v in tuned.items()})
         result["candidates"] = CANDIDATES
     else:
         folder = Path(args.plots or (Path(args.out).parent if args.out else "."))

@@ -140,36 +140,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="precompute img/s on MNIST with 1 and n processes; projected time for 60,000 rows.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--rows", type=int, default=512, help="MNIST training rows attacked per configuration"
-    )
+    parser.add_argument("--rows", type=int, default=512, help="MNIST training rows attacked per configuration")
     parser.add_argument("--processes", default="1,2", help="process counts (n > 1: torchrun, gloo)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument(
-        "--batch-size", type=int, default=None, help="rows per attack call (default: precompute's)"
-    )
+    parser.add_argument("--batch-size", type=int, default=None, help="rows per attack call (default: precompute's)")
     parser.add_argument(
         "--steps",
         type=int,
         default=None,
         help="fast-preset attack iterations (default: the preset's)",
     )
-    parser.add_argument(
-        "--train-rows", type=int, default=1000, help="rows the victim autoencoder trains on"
-    )
+    parser.add_argument("--train-rows", type=int, default=1000, help="rows the victim autoencoder trains on")
     parser.add_argument("--epochs", type=int, default=1, help="victim training epochs")
-    parser.add_argument(
-        "--paper-rows", type=int, default=8, help="rows of the paper preset's measurement (0: skip)"
-    )
+    parser.add_argument("--paper-rows", type=int, default=8, help="rows of the paper preset's measurement (0: skip)")
     parser.add_argument(
         "--paper-iterations",
         type=int,
         default=2,
         help="m: the paper preset runs T = 1 and T = 1 + m",
     )
-    parser.add_argument(
-        "--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)"
-    )
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -177,9 +167,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _projection(rows: int, wall_s: float, cpu_s: float, processes: int) -> dict[str, float]:
     """img/s as measured (shared machine) and the 60k-row wall time, measured and on idle cores."""
     rate = rows / wall_s
-    idle_rate = (
-        rows * processes / cpu_s
-    )  # each process on its own idle core, at its measured CPU s/image
+    idle_rate = rows * processes / cpu_s  # each process on its own idle core, at its measured CPU s/image
     return {
         "img_per_s_measured": round(rate, 3),
         "projected_60k_wall_h_at_measured_rate": round(TRAIN_ROWS / rate / 3600, 2),
@@ -232,9 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "attack_iterations": fast_steps,
                 "load_1min_before": loads[-1],
                 **raw,
-                "cpu_s_per_image": round(
-                    (raw["precompute_user_s"] + raw["precompute_sys_s"]) / args.rows, 4
-                ),
+                "cpu_s_per_image": round((raw["precompute_user_s"] + raw["precompute_sys_s"]) / args.rows, 4),
                 **_projection(
                     args.rows,
                     raw["precompute_wall_s"],

@@ -94,28 +94,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="auto: full MNIST when mnist.npz is found (--root, else $UAE_DATA_ROOT or datasets/)",
     )
     parser.add_argument("--root", default=None, help="data root holding mnist.npz")
-    parser.add_argument(
-        "--train-rows", type=int, default=10000, help="training rows for the autoencoder"
-    )
+    parser.add_argument("--train-rows", type=int, default=10000, help="training rows for the autoencoder")
     parser.add_argument("--epochs", type=int, default=3, help="autoencoder training epochs")
-    parser.add_argument(
-        "--images", type=int, default=16, help="images every preset attacks (compared)"
-    )
+    parser.add_argument("--images", type=int, default=16, help="images every preset attacks (compared)")
     parser.add_argument("--large-images", type=int, default=64, help="images for init/fast/strong")
-    parser.add_argument(
-        "--steps", type=int, default=None, help="override every preset's attack iterations"
-    )
-    parser.add_argument(
-        "--mine-steps", type=int, default=None, help="override every preset's MINE steps"
-    )
-    parser.add_argument(
-        "--eval-steps", type=int, default=600, help="Adam steps of the independent evaluator"
-    )
+    parser.add_argument("--steps", type=int, default=None, help="override every preset's attack iterations")
+    parser.add_argument("--mine-steps", type=int, default=None, help="override every preset's MINE steps")
+    parser.add_argument("--eval-steps", type=int, default=600, help="Adam steps of the independent evaluator")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)"
-    )
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the JSON ('' for stdout only)")
     args = parser.parse_args(argv)
     if args.images < 1 or args.large_images < args.images:
         parser.error("--images must be >= 1 and --large-images >= --images")
@@ -130,12 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dataset, root = mnist_source(args.dataset, args.root)
     images = training_images(dataset, root)[: args.train_rows]
     if images.shape[0] < args.large_images:
-        raise SystemExit(
-            f"--large-images {args.large_images} exceeds the {images.shape[0]} training rows"
-        )
-    model, training = train_conv_autoencoder(
-        images, epochs=args.epochs, seed=args.seed, device=device
-    )
+        raise SystemExit(f"--large-images {args.large_images} exceeds the {images.shape[0]} training rows")
+    model, training = train_conv_autoencoder(images, epochs=args.epochs, seed=args.seed, device=device)
     training.update(dataset=dataset, root=root)
     criterion = Reconstruction(model)
     x_large = images[: args.large_images].to(device)
@@ -144,10 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     loads = [machine["load_average_at_start"][0]]
     runs: dict[str, dict[str, Any]] = {}
     plan = [("init", args.large_images, {"preset": "fast", "steps": 1})]
-    plan += [
-        (name, n if name == "paper" else args.large_images, {"preset": name})
-        for name in PRESET_NAMES
-    ]
+    plan += [(name, n if name == "paper" else args.large_images, {"preset": name}) for name in PRESET_NAMES]
     for name, rows, options in plan:
         attack = MINEUAE(
             criterion,
@@ -160,9 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = attack(x_large[:rows])
         synchronize(device)
         seconds = time.perf_counter() - start
-        evaluated = per_sample_mi(
-            x_large[:rows], result.adversarial, steps=args.eval_steps, seed=args.seed
-        )
+        evaluated = per_sample_mi(x_large[:rows], result.adversarial, steps=args.eval_steps, seed=args.seed)
         runs[name] = {
             "attack": attack,
             "result": result,
@@ -254,9 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine,
         "victim": training,
         "presets": presets,
-        "distances_between_presets": {
-            f"{a}_vs_{b}": distance(adversarial[a], adversarial[b]) for a, b in pairs
-        },
+        "distances_between_presets": {f"{a}_vs_{b}": distance(adversarial[a], adversarial[b]) for a, b in pairs},
         "asr_difference_points": {
             "fast_minus_paper": round(100 * (asr["fast"] - asr["paper"]), 2),
             "strong_minus_paper": round(100 * (asr["strong"] - asr["paper"]), 2),

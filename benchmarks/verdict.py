@@ -55,9 +55,7 @@ from torch.utils.data import Dataset
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(
-    1, str(Path(__file__).resolve().parents[1] / "recipes")
-)  # the recipes' sibling modules
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "recipes"))  # the recipes' sibling modules
 
 import _protocol  # noqa: E402
 import _report  # noqa: E402
@@ -134,16 +132,12 @@ class Settings:
     linear_rows: int = 2000
 
 
-SETTING_DEFAULTS = {
-    f.name: f.default for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING
-}
+SETTING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING}
 
 DEFAULTS: dict[str, Settings] = {
     "conv": Settings("conv", "mnist", 100, 1000, 10, 5),
     "sparse": Settings("sparse", "mnist", 100, 1000, 20, 20),
-    "simclr": Settings(
-        "simclr", "cifar10", 192, 1000, 6, 3, batch_size=64, negatives=32, linear_epochs=100
-    ),
+    "simclr": Settings("simclr", "cifar10", 192, 1000, 6, 3, batch_size=64, negatives=32, linear_epochs=100),
 }
 
 
@@ -170,9 +164,7 @@ class Task:
     def build(self) -> nn.Module:
         raise NotImplementedError
 
-    def fit(
-        self, model: nn.Module, dataset: Dataset, seed: int, max_steps: int | None
-    ) -> dict[str, Any]:
+    def fit(self, model: nn.Module, dataset: Dataset, seed: int, max_steps: int | None) -> dict[str, Any]:
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, seed: int) -> dict[str, float]:
@@ -221,9 +213,7 @@ class Task:
         if arm == "mine-strong":
             return MINEUAE(criterion, preset="strong", steps=s.attack_steps, **mine)
         if arm == "l2-uae":
-            return LpUAE(
-                criterion, preset="fast", steps=s.attack_steps, seed=seed, **self.attack_options()
-            )
+            return LpUAE(criterion, preset="fast", steps=s.attack_steps, seed=seed, **self.attack_options())
         if arm in MATCHED:
             assert reference is not None
             return MatchedNoise(criterion, reference, match=MATCHED[arm], seed=seed)
@@ -246,13 +236,9 @@ class AutoencoderTask(Task):
     def build(self) -> nn.Module:
         return build_model(f"{self.settings.model}-ae", self.shape)
 
-    def fit(
-        self, model: nn.Module, dataset: Dataset, seed: int, max_steps: int | None
-    ) -> dict[str, Any]:
+    def fit(self, model: nn.Module, dataset: Dataset, seed: int, max_steps: int | None) -> dict[str, Any]:
         epochs = None if max_steps is not None else self.settings.epochs
-        trainer = _protocol.fit_trainer(
-            device=self.device, epochs=epochs, max_steps=max_steps, seed=seed
-        )
+        trainer = _protocol.fit_trainer(device=self.device, epochs=epochs, max_steps=max_steps, seed=seed)
         return trainer(model, dataset)[1]
 
     def evaluate(self, model: nn.Module, seed: int) -> dict[str, float]:
@@ -276,21 +262,15 @@ class SimCLRTask(Task):
         super().__init__(settings, data_root, device)
         # the linear probe's labelled images: a fixed training-split subset, larger than the SimCLR rows
         self.linear_xy = _protocol.stack(
-            _protocol.load_splits(
-                settings.dataset, data_root, train_rows=settings.linear_rows, test_rows=1
-            )[0]
+            _protocol.load_splits(settings.dataset, data_root, train_rows=settings.linear_rows, test_rows=1)[0]
         )
         self.test_xy = _protocol.stack(self.test)
         self.bank = _protocol.stack(_protocol.subset_rows(self.train, settings.negatives))[0]
 
     def build(self) -> nn.Module:
-        return SimCLR(
-            in_channels=self.shape[0], image_size=self.shape[1:], width=self.settings.width
-        )
+        return SimCLR(in_channels=self.shape[0], image_size=self.shape[1:], width=self.settings.width)
 
-    def fit(
-        self, model: nn.Module, dataset: Dataset, seed: int, max_steps: int | None
-    ) -> dict[str, Any]:
+    def fit(self, model: nn.Module, dataset: Dataset, seed: int, max_steps: int | None) -> dict[str, Any]:
         assert isinstance(model, SimCLR) and self.settings.batch_size is not None
         epochs = None if max_steps is not None else self.settings.epochs
         history = fit(
@@ -319,9 +299,7 @@ class SimCLRTask(Task):
             seed=seed,
             device=self.device,
         )
-        ntxent = simclr_recipe.test_ntxent(
-            model, self.test_xy[0], batch_size=256, device=self.device
-        )
+        ntxent = simclr_recipe.test_ntxent(model, self.test_xy[0], batch_size=256, device=self.device)
         return {
             "linear_test_acc": linear["test_acc"],
             "linear_train_acc": linear["train_acc"],
@@ -359,13 +337,9 @@ def run_seed(task: Task, seed: int, arms: Sequence[str], out: Path) -> dict[str,
     folder = out / task.settings.model
     path = folder / f"seed{seed}.json"
     settings = dataclasses.asdict(task.settings)
-    record: dict[str, Any] = (
-        json.loads(path.read_text()) if path.exists() else {"seed": seed, "arms": {}}
-    )
+    record: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"seed": seed, "arms": {}}
     if record.setdefault("settings", settings) != settings:
-        raise SystemExit(
-            f"{path} was written with other settings ({record['settings']}); use another --out"
-        )
+        raise SystemExit(f"{path} was written with other settings ({record['settings']}); use another --out")
 
     def save(arm: str, entry: dict[str, Any]) -> None:
         record["arms"][arm] = entry
@@ -379,9 +353,7 @@ def run_seed(task: Task, seed: int, arms: Sequence[str], out: Path) -> dict[str,
         )
 
     started = time.process_time()
-    clean, history = task.train_model(
-        task.train, seed, checkpoint=folder / "models" / f"clean-seed{seed}.pt"
-    )
+    clean, history = task.train_model(task.train, seed, checkpoint=folder / "models" / f"clean-seed{seed}.pt")
     if "original" not in record["arms"]:
         save(
             "original",
@@ -457,9 +429,7 @@ def merged_records(*outs: Path) -> dict[tuple[str, int], list[dict[str, Any]]]:
                 seeds = joined.setdefault((name, record["settings"]["train_rows"]), {})
                 seed = seeds.setdefault(record["seed"], {**record, "arms": {}})
                 if seed["settings"] != record["settings"]:
-                    raise ValueError(
-                        f"{path}: other settings than the same model's records elsewhere"
-                    )
+                    raise ValueError(f"{path}: other settings than the same model's records elsewhere")
                 metric = TASKS[name].metric
                 for arm, entry in record["arms"].items():
                     if arm in seed["arms"] and seed["arms"][arm][metric] != entry[metric]:
@@ -488,9 +458,7 @@ def summarise(*outs: Path) -> dict[str, Any]:
             entry: dict[str, Any] = {
                 "seeds": [r["seed"] for r in paired],
                 "mean": _report.mean_std(values),
-                "asr_pct": _report.mean_std(
-                    [r["arms"][arm].get("asr_pct", math.nan) for r in paired]
-                ),
+                "asr_pct": _report.mean_std([r["arms"][arm].get("asr_pct", math.nan) for r in paired]),
                 "attack_steps": paired[0]["arms"][arm].get("attack_steps"),
                 "cpu_s": _report.mean_std([r["arms"][arm].get("cpu_s", math.nan) for r in paired]),
             }
@@ -593,11 +561,7 @@ def markdown(models: dict[str, Any]) -> str:
         s = model["settings"]
         scale, digits = _scale(model)
         lower = model["better"] == "lower"
-        unit = (
-            "test MSE × 1e3 (lower is better)"
-            if lower
-            else "linear test accuracy, % (higher is better)"
-        )
+        unit = "test MSE × 1e3 (lower is better)" if lower else "linear test accuracy, % (higher is better)"
         lines += [
             f"### {model['model']} ({s['dataset']}, {s['train_rows']} train rows, {s['test_rows']} test rows,"
             f" {s['epochs']} epochs, attack T = {s['attack_steps']}; total {model['total_cpu_s'] / 60:.1f} CPU-min)",
@@ -696,21 +660,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="output folder (--summarise: one or more)",
     )
     parser.add_argument("--data-root", type=Path, default=None)
-    parser.add_argument(
-        "--dataset", default=None, help="override the model's data set (tests: mnist-5k)"
-    )
-    parser.add_argument(
-        "--train-rows", type=int, default=None, help="override the model's default rows"
-    )
-    parser.add_argument(
-        "--test-rows", type=int, default=None, help="override the model's default test rows"
-    )
-    parser.add_argument(
-        "--epochs", type=int, default=None, help="override the model's default epochs"
-    )
-    parser.add_argument(
-        "--attack-steps", type=int, default=None, help="override the model's default T"
-    )
+    parser.add_argument("--dataset", default=None, help="override the model's data set (tests: mnist-5k)")
+    parser.add_argument("--train-rows", type=int, default=None, help="override the model's default rows")
+    parser.add_argument("--test-rows", type=int, default=None, help="override the model's default test rows")
+    parser.add_argument("--epochs", type=int, default=None, help="override the model's default epochs")
+    parser.add_argument("--attack-steps", type=int, default=None, help="override the model's default T")
     parser.add_argument(
         "--summarise",
         action="store_true",
@@ -727,9 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
     if args.summarise:
         models = summarise(*args.out)

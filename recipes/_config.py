@@ -71,9 +71,7 @@ def base_parser(
         action="store_true",
         help="the recipe's minutes-long CPU preset (flags and --config still override it)",
     )
-    group.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: outputs/<recipe>[-quick])"
-    )
+    group.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/<recipe>[-quick])")
     group.add_argument(
         "--seeds",
         type=int,
@@ -148,9 +146,7 @@ def parse_config(
         parser.set_defaults(**previous)  # leave the caller's parser as it was
 
 
-def _read_yaml_options(
-    parser: argparse.ArgumentParser, path: Path, destinations: set[str]
-) -> dict[str, Any]:
+def _read_yaml_options(parser: argparse.ArgumentParser, path: Path, destinations: set[str]) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
@@ -160,9 +156,7 @@ def _read_yaml_options(
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        parser.error(
-            f"--config file {str(path)!r} must hold a mapping of options, found {type(loaded).__name__}"
-        )
+        parser.error(f"--config file {str(path)!r} must hold a mapping of options, found {type(loaded).__name__}")
     options: dict[str, Any] = {}
     for key, value in loaded.items():
         dest = str(key).replace("-", "_")
@@ -196,9 +190,7 @@ def save_config(args: argparse.Namespace, out: Path, argv: Sequence[str] | None)
     out.mkdir(parents=True, exist_ok=True)
     path = out / CONFIG_FILE
     command = " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)])
-    text = f"# resolved configuration of: {command}\n" + yaml.safe_dump(
-        resolved_config(args), sort_keys=True
-    )
+    text = f"# resolved configuration of: {command}\n" + yaml.safe_dump(resolved_config(args), sort_keys=True)
     path.write_text(text)
     return path
 
@@ -210,9 +202,7 @@ def setup_run(args: argparse.Namespace) -> None:
         ValueError: if ``--threads`` is below 1.
     """
     level = getattr(logging, args.log_level)
-    configure_logging(
-        level, "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )  # through tqdm: no interleaving
+    configure_logging(level, "%(asctime)s %(levelname)s %(name)s: %(message)s")  # through tqdm: no interleaving
     for name in ("recipes", "uae_augment"):
         logging.getLogger(name).setLevel(level)
     if args.threads is not None:

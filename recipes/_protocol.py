@@ -200,9 +200,7 @@ def train_model(
     model.to(device).eval()
     if checkpoint is not None:
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {"key": stored_key, "state_dict": model.state_dict(), "history": record}, checkpoint
-        )
+        torch.save({"key": stored_key, "state_dict": model.state_dict(), "history": record}, checkpoint)
     return model, {**record, "reused": False}
 
 
@@ -264,9 +262,7 @@ def augment(
     except ProvenanceMismatchError as error:
         logger.warning("%s was written for other settings; rebuilding it (%s)", path, error)
         precompute(train, attack, path, batch_size=batch_size, resume=False, progress=progress)
-    augmented = UAEAugmented(
-        train, attack, mode="concat", cache=path, batch_size=batch_size, progress=progress
-    )
+    augmented = UAEAugmented(train, attack, mode="concat", cache=path, batch_size=batch_size, progress=progress)
     cache = UAECache(path)
     n = len(cache)
     if failed == "keep":

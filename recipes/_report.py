@@ -82,9 +82,7 @@ class StageTimer:
         finally:
             seconds = time.perf_counter() - started
             cpu_s = time.process_time() - cpu_started
-            self.records.append(
-                {"stage": name, "seconds": round(seconds, 3), "cpu_s": round(cpu_s, 3)}
-            )
+            self.records.append({"stage": name, "seconds": round(seconds, 3), "cpu_s": round(cpu_s, 3)})
             with self.path.open("a") as log:
                 log.write(f"{name}\t{seconds:.2f} s\tcpu {cpu_s:.2f} s\n")
             logger.info("stage %s: %.1f s (cpu %.1f s)", name, seconds, cpu_s)
@@ -194,21 +192,14 @@ def format_paired(comparison: Mapping[str, Any] | None, digits: int = 5, scale: 
     if comparison is None:
         return "—"
     if "error" in comparison:
-        return (
-            "undefined (zero variance)" if "zero variance" in comparison["error"] else "undefined"
-        )
+        return "undefined (zero variance)" if "zero variance" in comparison["error"] else "undefined"
     low, high, mean, mde = (scale * comparison[k] for k in ("ci_low", "ci_high", "mean", "mde"))
     return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}], MDE {mde:.{digits}f}: {comparison['verdict']}"
 
 
 def improvement_pct(original: float, new: float) -> float:
     """The paper's "(+x%)": relative reduction of an error, 100 * (original - new) / original."""
-    if (
-        original is None
-        or new is None
-        or not (math.isfinite(original) and math.isfinite(new))
-        or original == 0
-    ):
+    if original is None or new is None or not (math.isfinite(original) and math.isfinite(new)) or original == 0:
         return math.nan
     return 100.0 * (original - new) / original
 
@@ -236,9 +227,7 @@ def format_stat(stat: Mapping[str, float], digits: int = 5) -> str:
     return f"{stat['mean']:.{digits}f}"
 
 
-def format_stat_change(
-    stat: Mapping[str, float], change: float | None = None, digits: int = 5
-) -> str:
+def format_stat_change(stat: Mapping[str, float], change: float | None = None, digits: int = 5) -> str:
     """:func:`format_stat` followed by the change in % (:func:`format_pct`) when both are known.
 
     Example:

@@ -41,22 +41,15 @@ def image_folder_splits(root: Path, size: int) -> tuple[ArrayDataset, ArrayDatas
 
     if not root.is_dir():
         raise FileNotFoundError(f"--image-folder {str(root)!r} is not a folder")
-    to_tensor = transforms.Compose(
-        [transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()]
-    )
+    to_tensor = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()])
     if (root / "train").is_dir() and (root / "test").is_dir():
-        parts = [
-            datasets.ImageFolder(str(root / split), transform=to_tensor)
-            for split in ("train", "test")
-        ]
+        parts = [datasets.ImageFolder(str(root / split), transform=to_tensor) for split in ("train", "test")]
         (x_train, y_train), (x_test, y_test) = (_protocol.stack(part) for part in parts)
         classes = parts[0].classes
     else:
         folder = datasets.ImageFolder(str(root), transform=to_tensor)
         x, y = _protocol.stack(folder)
-        order = torch.randperm(
-            len(x), generator=torch.Generator().manual_seed(_protocol.SUBSET_SEED)
-        )
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(_protocol.SUBSET_SEED))
         cut = int(round(0.8 * len(x)))
         (x_train, y_train), (x_test, y_test) = (
             (x[order[:cut]], y[order[:cut]]),

@@ -14,9 +14,7 @@ def rows_of(run: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     rows = [("original", "original (clean)", run["original"])]
     if "same_steps" in run:
         rows.append(("same-steps", "clean, same steps", run["same_steps"]))
-    rows += [
-        (f"uae-{p}", f"clean + MINE-UAE ({p})", entry) for p, entry in run["augmented"].items()
-    ]
+    rows += [(f"uae-{p}", f"clean + MINE-UAE ({p})", entry) for p, entry in run["augmented"].items()]
     return rows
 
 
@@ -35,17 +33,13 @@ def summarise(runs: Sequence[dict[str, Any]], epsilons: Sequence[float]) -> list
             "test_ntxent": _report.mean_std([e["test_ntxent"] for e in entries]),
             "pgd_clean_acc": _report.mean_std([e["pgd_accuracy"]["clean"] for e in entries]),
             "pgd_accuracy": {
-                f"{eps:g}": _report.mean_std([e["pgd_accuracy"][f"{eps:g}"] for e in entries])
-                for eps in epsilons
+                f"{eps:g}": _report.mean_std([e["pgd_accuracy"][f"{eps:g}"] for e in entries]) for eps in epsilons
             },
         }
         if key.startswith("uae-"):
             row["attack"] = {
                 name: _report.mean_std(
-                    [
-                        e.get(source, {}).get(field, math.nan) if source else e[field]
-                        for e in entries
-                    ]
+                    [e.get(source, {}).get(field, math.nan) if source else e[field] for e in entries]
                 )
                 for name, source, field in (
                     ("asr_pct", None, "asr_pct"),
@@ -81,12 +75,10 @@ def summarise(runs: Sequence[dict[str, Any]], epsilons: Sequence[float]) -> list
                 ),
             }
             row["vs_same_steps"] = {
-                "linear_test_acc_pp": row["linear_test_acc"]["mean"]
-                - control["linear_test_acc"]["mean"],
+                "linear_test_acc_pp": row["linear_test_acc"]["mean"] - control["linear_test_acc"]["mean"],
                 "test_ntxent": row["test_ntxent"]["mean"] - control["test_ntxent"]["mean"],
                 "pgd_acc_pp": {
-                    k: row["pgd_accuracy"][k]["mean"] - control["pgd_accuracy"][k]["mean"]
-                    for k in row["pgd_accuracy"]
+                    k: row["pgd_accuracy"][k]["mean"] - control["pgd_accuracy"][k]["mean"] for k in row["pgd_accuracy"]
                 },
             }
     return summary
@@ -174,9 +166,7 @@ def markdown(
                     [
                         [
                             row["label"],
-                            _report.format_paired(
-                                row["paired_vs_same_steps"]["linear_test_acc"], 2
-                            ),
+                            _report.format_paired(row["paired_vs_same_steps"]["linear_test_acc"], 2),
                             _report.format_paired(row["paired_vs_same_steps"]["test_ntxent"], 4),
                         ]
                         for row in paired

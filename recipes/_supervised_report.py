@@ -45,9 +45,7 @@ _METRICS = (
 )
 
 
-def summarise(
-    runs: Sequence[dict[str, Any]], datasets: Sequence[str], attacks: Sequence[str]
-) -> list[dict[str, Any]]:
+def summarise(runs: Sequence[dict[str, Any]], datasets: Sequence[str], attacks: Sequence[str]) -> list[dict[str, Any]]:
     """Mean/std over seeds of every metric, per data set and attack."""
     summary = []
     for name in datasets:
@@ -61,28 +59,22 @@ def summarise(
             "images": [r["images"] for r in group],
             "test_accuracy": _report.mean_std([r["test_accuracy"] for r in group]),
             "mi_references": {
-                k: _report.mean_std([r["mi_references"][k] for r in group])
-                for k in group[0]["mi_references"]
+                k: _report.mean_std([r["mi_references"][k] for r in group]) for k in group[0]["mi_references"]
             },
             "mine_common_successes": _report.mean_std([r["mine_common_successes"] for r in group]),
             "mi_ranking": group[0].get("mi_ranking", {}).get("steps", []),
             "mi_ranking_agree": (
-                sum(bool(r["mi_ranking"]["agree"]) for r in group)
-                if all("mi_ranking" in r for r in group)
-                else None
+                sum(bool(r["mi_ranking"]["agree"]) for r in group) if all("mi_ranking" in r for r in group) else None
             ),
             "attacks": {},
         }
         if all("mi_references_2x_steps" in r for r in group):
             row["mi_references_2x_steps"] = {
-                k: _report.mean_std([r["mi_references_2x_steps"][k] for r in group])
-                for k in group[0]["mi_references"]
+                k: _report.mean_std([r["mi_references_2x_steps"][k] for r in group]) for k in group[0]["mi_references"]
             }
         for attack in attacks:
             entries = [r["attacks"][attack] for r in group if attack in r["attacks"]]
-            row["attacks"][attack] = {
-                m: _report.mean_std([e.get(m, math.nan) for e in entries]) for m in _METRICS
-            }
+            row["attacks"][attack] = {m: _report.mean_std([e.get(m, math.nan) for e in entries]) for m in _METRICS}
             row["attacks"][attack]["iterations"] = entries[0]["iterations"]
         summary.append(row)
     return summary
@@ -92,9 +84,7 @@ def _stat(stat: dict[str, Any], digits: int = 3) -> str:
     return _report.format_stat(stat, digits)
 
 
-def markdown(
-    summary: Sequence[dict[str, Any]], args: argparse.Namespace, *, minmax_mine_lr: float
-) -> str:
+def markdown(summary: Sequence[dict[str, Any]], args: argparse.Namespace, *, minmax_mine_lr: float) -> str:
     """The paper comparison, one detailed table per data set and the explanation of the MI columns.
 
     ``args`` are the recipe's settings; ``minmax_mine_lr`` is MinMax's MINE learning rate (its preset's).

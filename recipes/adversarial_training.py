@@ -156,12 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=METHODS,
         help="training methods (default: all)",
     )
-    group.add_argument(
-        "--epochs", type=int, default=30, help="training epochs (reference: %(default)s)"
-    )
-    group.add_argument(
-        "--batch-size", type=int, default=100, help="mini-batch size m (default: %(default)s)"
-    )
+    group.add_argument("--epochs", type=int, default=30, help="training epochs (reference: %(default)s)")
+    group.add_argument("--batch-size", type=int, default=100, help="mini-batch size m (default: %(default)s)")
     group.add_argument(
         "--lr",
         type=float,
@@ -278,9 +274,7 @@ def trainer(
     return train
 
 
-def epoch_step(
-    method: str, model: nn.Module, args: argparse.Namespace, seed: int
-) -> Callable[..., dict[str, float]]:
+def epoch_step(method: str, model: nn.Module, args: argparse.Namespace, seed: int) -> Callable[..., dict[str, float]]:
     """``run(optimizer, x, y, epoch=, progress=)``: one epoch of ``method`` on ``model``."""
     fgsm = FGSM(model, epsilon=args.epsilon, seed=seed)
     common_options = {"batch_size": args.batch_size, "seed": seed}
@@ -319,9 +313,7 @@ def evaluate(
     pgd_result = pgd(model, args.epsilon, args.pgd_steps, seed)(x, y)
     pgd_table = confidence_table(model, pgd_result.adversarial, y)
     sweep = {
-        f"{eps:g}": confidence_table(
-            model, FGSM(model, epsilon=eps, seed=seed)(x, y).adversarial, y
-        ).correct
+        f"{eps:g}": confidence_table(model, FGSM(model, epsilon=eps, seed=seed)(x, y).adversarial, y).correct
         for eps in args.epsilon_sweep
     }
     lipschitz = lipschitz_bounds(model, tuple(x.shape[1:]), tol=1e-5)
@@ -333,9 +325,7 @@ def evaluate(
         "fgsm_accuracy_vs_epsilon": sweep,
         "lipschitz_product": lipschitz.product,
         "lipschitz_layers": {
-            layer.name: layer.norm
-            for layer in lipschitz.layers
-            if layer.kind in ("Conv2d", "Linear")
+            layer.name: layer.norm for layer in lipschitz.layers if layer.kind in ("Conv2d", "Linear")
         },
     }
     shown = (
@@ -356,12 +346,8 @@ def summarise(runs: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[st
             continue
         entry: dict[str, Any] = {"seeds": [r["seed"] for r in group]}
         for split in ("clean", "fgsm", "pgd"):
-            entry[split] = {
-                c: _report.mean_std([r["eval"][split][c] for r in group]) for c in COLUMNS
-            }
-        entry["lipschitz_product"] = _report.mean_std(
-            [r["eval"]["lipschitz_product"] for r in group]
-        )
+            entry[split] = {c: _report.mean_std([r["eval"][split][c] for r in group]) for c in COLUMNS}
+        entry["lipschitz_product"] = _report.mean_std([r["eval"]["lipschitz_product"] for r in group])
         entry["train_steps"] = group[0]["train"]["steps"]
         entry["train_s"] = _report.mean_std([r["train_s"] for r in group])
         summary[method] = entry
@@ -520,9 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     examples = images
     timer.close()
     summary = summarise(runs, args.methods)
-    data_label = (
-        args.dataset if args.train_rows is None else f"{args.dataset} ({len(x)} training rows)"
-    )
+    data_label = args.dataset if args.train_rows is None else f"{args.dataset} ({len(x)} training rows)"
     table = markdown(summary, args, data_label)
     figures = [
         save_curves(

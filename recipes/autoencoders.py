@@ -78,9 +78,7 @@ class Method:
     build: Callable[[Reconstruction, argparse.Namespace, int], Attack]
 
 
-def attack_steps(
-    criterion: Reconstruction, args: argparse.Namespace, *, strong: bool = False
-) -> int | None:
+def attack_steps(criterion: Reconstruction, args: argparse.Namespace, *, strong: bool = False) -> int | None:
     """MinMax iterations for this model: ``--dense-attack-steps`` for models without a convolution."""
     if args.dense_attack_steps is not None and criterion.feature_layer() is None:
         return args.dense_attack_steps
@@ -174,30 +172,16 @@ def _published(
 # docs/method.md section 6: test reconstruction error per method and training-set ASR (%).
 PUBLISHED: dict[str, dict[str, Published]] = {
     "MNIST": {
-        "sparse": _published(
-            0.00561, 0.00243, 0.00348, 0.00280, 0.00280, (100, 99.18, 54.10, 63.95)
-        ),
-        "dense": _published(
-            0.00258, 0.00228, 0.00286, 0.00244, 0.00238, (92.99, 99.94, 48.53, 58.47)
-        ),
-        "conv": _published(
-            0.00294, 0.00256, 0.00364, 0.00301, 0.00304, (99.86, 99.61, 68.71, 99.61)
-        ),
-        "adversarial": _published(
-            0.04785, 0.04581, 0.06098, 0.05793, 0.05544, (98.46, 43.54, 99.79, 99.83)
-        ),
+        "sparse": _published(0.00561, 0.00243, 0.00348, 0.00280, 0.00280, (100, 99.18, 54.10, 63.95)),
+        "dense": _published(0.00258, 0.00228, 0.00286, 0.00244, 0.00238, (92.99, 99.94, 48.53, 58.47)),
+        "conv": _published(0.00294, 0.00256, 0.00364, 0.00301, 0.00304, (99.86, 99.61, 68.71, 99.61)),
+        "adversarial": _published(0.04785, 0.04581, 0.06098, 0.05793, 0.05544, (98.46, 43.54, 99.79, 99.83)),
     },
     "SVHN": {
-        "sparse": _published(
-            0.00887, 0.00235, 0.00315, 0.00301, 0.00293, (100, 72.16, 72.42, 79.92)
-        ),
-        "dense": _published(
-            0.00659, 0.00421, 0.0055, 0.00858, 0.00860, (99.99, 82.65, 92.3, 93.92)
-        ),
+        "sparse": _published(0.00887, 0.00235, 0.00315, 0.00301, 0.00293, (100, 72.16, 72.42, 79.92)),
+        "dense": _published(0.00659, 0.00421, 0.0055, 0.00858, 0.00860, (99.99, 82.65, 92.3, 93.92)),
         "conv": _published(None, None, None, None, None, (100, 56, 96.40, 99.24)),
-        "adversarial": _published(
-            0.00173, None, None, 0.00161, 0.00130, (94.82, 58.98, 97.31, 99.85)
-        ),
+        "adversarial": _published(0.00173, None, None, 0.00161, 0.00130, (94.82, 58.98, 97.31, 99.85)),
     },
 }
 
@@ -252,9 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(METHODS),
         help="augmentation methods (default: all)",
     )
-    group.add_argument(
-        "--no-control", action="store_true", help="skip the same-steps clean control"
-    )
+    group.add_argument("--no-control", action="store_true", help="skip the same-steps clean control")
     group.add_argument(
         "--failed",
         choices=_protocol.FAILED_POLICIES,
@@ -362,9 +344,7 @@ class DataSpec:
         return self.name if not self.note else f"{self.name} ({self.note})"
 
 
-def resolve_datasets(
-    requested: Sequence[str], root: Path | None
-) -> tuple[list[DataSpec], list[dict[str, str]]]:
+def resolve_datasets(requested: Sequence[str], root: Path | None) -> tuple[list[DataSpec], list[dict[str, str]]]:
     """Maps requested names to loadable data sets; returns (usable, skipped-with-reason)."""
     usable: list[DataSpec] = []
     skipped: list[dict[str, str]] = []
@@ -373,13 +353,9 @@ def resolve_datasets(
         published = {"mnist": "MNIST", "mnist-5k": "MNIST", "svhn": "SVHN"}.get(key)
         if key == "svhn" and not _protocol.dataset_available("svhn", root):
             if _protocol.dataset_available(SVHN_STAND_IN, root):
-                usable.append(
-                    DataSpec(name, SVHN_STAND_IN, "SVHN", "stand-in for SVHN, whose file is absent")
-                )
+                usable.append(DataSpec(name, SVHN_STAND_IN, "SVHN", "stand-in for SVHN, whose file is absent"))
             else:
-                skipped.append(
-                    {"dataset": name, "reason": "neither svhn nor cifar10 found in the data root"}
-                )
+                skipped.append({"dataset": name, "reason": "neither svhn nor cifar10 found in the data root"})
             continue
         if not _protocol.dataset_available(key, root):
             skipped.append({"dataset": name, "reason": "file not found in the data root"})
@@ -432,9 +408,7 @@ class Experiment(_protocol.RecipeRun):
         def build() -> nn.Module:
             return build_model(f"{kind}-ae", shape)
 
-        trainer = _protocol.fit_trainer(
-            device=self.device, epochs=self.args.epochs, seed=seed, progress=self.progress
-        )
+        trainer = _protocol.fit_trainer(device=self.device, epochs=self.args.epochs, seed=seed, progress=self.progress)
         key = {
             "dataset": data.name,
             "kind": kind,
@@ -478,9 +452,7 @@ class Experiment(_protocol.RecipeRun):
         if not self.args.no_control and record["methods"]:
             # every augmented set has 2N rows under --failed keep; under drop the MINE-UAE run sets the budget
             steps = record["methods"].get("mine", next(iter(record["methods"].values())))["steps"]
-            same_steps = _protocol.fit_trainer(
-                device=self.device, max_steps=steps, seed=seed, progress=self.progress
-            )
+            same_steps = _protocol.fit_trainer(device=self.device, max_steps=steps, seed=seed, progress=self.progress)
             with self.timer.stage(f"{tag}/same-steps-control"):
                 control, control_history = _protocol.train_model(
                     build, train, same_steps, seed=seed, device=self.device
@@ -525,19 +497,13 @@ class Experiment(_protocol.RecipeRun):
         entry: dict[str, Any] = {"attack": attack.config(), **augmentation.stats()}
         if self.args.probe > 0:
             with self.timer.stage(f"{tag}/probe/{method.key}"):
-                x_probe, result, entry["probe"] = _protocol.probe(
-                    attack, train, self.args.probe, augmentation.cache
-                )
+                x_probe, result, entry["probe"] = _protocol.probe(attack, train, self.args.probe, augmentation.cache)
             if grid_rows is not None:
                 grid_rows.setdefault("clean", x_probe)
                 grid_rows[method.label] = result.adversarial.cpu()
-                grid_rows[f"{method.label} δ"] = perturbation_picture(
-                    result.perturbation(x_probe).cpu()
-                )
+                grid_rows[f"{method.label} δ"] = perturbation_picture(result.perturbation(x_probe).cpu())
         with self.timer.stage(f"{tag}/retrain/{method.key}"):
-            model, history = _protocol.train_model(
-                build, augmentation.dataset, trainer, seed=seed, device=self.device
-            )
+            model, history = _protocol.train_model(build, augmentation.dataset, trainer, seed=seed, device=self.device)
         return {**entry, "test_mse": self._test_mse(model, x_test), **_protocol.brief(history)}
 
     @staticmethod
@@ -577,9 +543,7 @@ def summarise(
                 control = _report.mean_std([r["same_steps"]["test_mse"] for r in group])
                 row["same_steps"] = {
                     **control,
-                    "change_vs_original_pct": _report.improvement_pct(
-                        original["mean"], control["mean"]
-                    ),
+                    "change_vs_original_pct": _report.improvement_pct(original["mean"], control["mean"]),
                 }
             row["methods"] = {}
             for key in methods:
@@ -588,12 +552,8 @@ def summarise(
                 paired = [r for r in group if key in r["methods"] and "same_steps" in r]
                 row["methods"][key] = {
                     "test_mse": mse,
-                    "change_vs_original_pct": _report.improvement_pct(
-                        original["mean"], mse["mean"]
-                    ),
-                    "change_vs_same_steps_pct": _report.improvement_pct(
-                        control["mean"], mse["mean"]
-                    )
+                    "change_vs_original_pct": _report.improvement_pct(original["mean"], mse["mean"]),
+                    "change_vs_same_steps_pct": _report.improvement_pct(control["mean"], mse["mean"])
                     if control
                     else math.nan,
                     "paired_vs_same_steps": _report.paired_vs_control(
@@ -601,16 +561,10 @@ def summarise(
                         [r["same_steps"]["test_mse"] for r in paired],
                     ),
                     "asr_pct": _report.mean_std([e["asr_pct"] for e in entries]),
-                    "criterion_zero_pct": _report.mean_std(
-                        [e["criterion_zero_pct"] for e in entries]
-                    ),
+                    "criterion_zero_pct": _report.mean_std([e["criterion_zero_pct"] for e in entries]),
                     "mean_mi": _report.mean_std([e["mean_mi"] for e in entries]),
-                    "moved_linf": _report.mean_std(
-                        [e.get("probe", {}).get("moved_linf", math.nan) for e in entries]
-                    ),
-                    "linf": _report.mean_std(
-                        [e.get("probe", {}).get("linf", math.nan) for e in entries]
-                    ),
+                    "moved_linf": _report.mean_std([e.get("probe", {}).get("moved_linf", math.nan) for e in entries]),
+                    "linf": _report.mean_std([e.get("probe", {}).get("linf", math.nan) for e in entries]),
                 }
             summary.append(row)
     return summary
@@ -651,23 +605,15 @@ def markdown(
             row["model"],
             _report.ours_label(n, row["train_size"]),
             _report.format_stat_change(row["original"]),
-            _report.format_stat_change(
-                row["same_steps"], row["same_steps"]["change_vs_original_pct"]
-            )
+            _report.format_stat_change(row["same_steps"], row["same_steps"]["change_vs_original_pct"])
             if "same_steps" in row
             else "—",
         ]
         ours += [
-            _report.format_stat_change(
-                row["methods"][m]["test_mse"], row["methods"][m]["change_vs_original_pct"]
-            )
+            _report.format_stat_change(row["methods"][m]["test_mse"], row["methods"][m]["change_vs_original_pct"])
             for m in methods
         ]
-        ours.append(
-            " / ".join(
-                _report.format_number(row["methods"][m]["asr_pct"]["mean"], 1) for m in methods
-            )
-        )
+        ours.append(" / ".join(_report.format_number(row["methods"][m]["asr_pct"]["mean"], 1) for m in methods))
         rows.append(ours)
         published = PUBLISHED.get(row["published_as"] or "", {}).get(row["model"])
         if published is not None:
@@ -678,14 +624,8 @@ def markdown(
                 _published_cell(published, "original"),
                 "—",
             ]
-            paper += [
-                _published_cell(published, m.published) if m.published else "—" for m in columns
-            ]
-            paper.append(
-                " / ".join(
-                    f"{published['asr'][m.published]:g}" if m.published else "—" for m in columns
-                )
-            )
+            paper += [_published_cell(published, m.published) if m.published else "—" for m in columns]
+            paper.append(" / ".join(f"{published['asr'][m.published]:g}" if m.published else "—" for m in columns))
             rows.append(paper)
     lines = [
         "### Test reconstruction error (per-pixel MSE) and training-set ASR",
@@ -702,10 +642,7 @@ def markdown(
             [
                 row["data_label"],
                 row["model"],
-                *(
-                    _report.format_pct(row["methods"][m]["change_vs_same_steps_pct"])
-                    for m in methods
-                ),
+                *(_report.format_pct(row["methods"][m]["change_vs_same_steps_pct"]) for m in methods),
             ]
             for row in summary
             if "same_steps" in row
@@ -720,10 +657,7 @@ def markdown(
             [
                 row["data_label"],
                 row["model"],
-                *(
-                    _report.format_paired(row["methods"][m].get("paired_vs_same_steps"), 5)
-                    for m in methods
-                ),
+                *(_report.format_paired(row["methods"][m].get("paired_vs_same_steps"), 5) for m in methods),
             ]
             for row in summary
             if any(row["methods"][m].get("paired_vs_same_steps") for m in methods)
@@ -786,10 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, out = _config.start_run(parser, argv, QUICK, RECIPE)
     datasets, skipped = resolve_datasets(args.datasets, args.data_root)
     if not datasets:
-        parser.error(
-            "none of the requested data sets is available: "
-            + "; ".join(s["reason"] for s in skipped)
-        )
+        parser.error("none of the requested data sets is available: " + "; ".join(s["reason"] for s in skipped))
     experiment = Experiment(args, out)
     for data in datasets:
         experiment.run(data)

@@ -144,9 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(DATASETS),
         help="data sets (absent files are skipped and listed) (default: %(default)s)",
     )
-    group.add_argument(
-        "--k", type=int, default=None, help="selected features (default: 50; 10 for mice-protein)"
-    )
+    group.add_argument("--k", type=int, default=None, help="selected features (default: 50; 10 for mice-protein)")
     group.add_argument(
         "--epochs",
         type=int,
@@ -159,9 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=5,
         help="most trainings of the retry rule (doubling the epochs each time) (default: %(default)s)",
     )
-    group.add_argument(
-        "--no-control", action="store_true", help="skip the same-steps clean control"
-    )
+    group.add_argument("--no-control", action="store_true", help="skip the same-steps clean control")
     group.add_argument(
         "--failed",
         choices=_protocol.FAILED_POLICIES,
@@ -276,9 +272,7 @@ def evaluate(
     return Evaluation(mse, 100.0 * accuracy, selected.tolist())
 
 
-def concrete_trainer(
-    args: argparse.Namespace, *, device: torch.device, seed: int, progress: bool
-) -> _protocol.Trainer:
+def concrete_trainer(args: argparse.Namespace, *, device: torch.device, seed: int, progress: bool) -> _protocol.Trainer:
     """A trainer applying the authors' retry rule (``--tries`` trainings at most)."""
 
     def train(model: nn.Module, dataset: Any) -> tuple[nn.Module, dict[str, Any]]:
@@ -321,9 +315,7 @@ class Experiment(_protocol.RecipeRun):
             )
             train_xy, test_xy = _protocol.stack(train), _protocol.stack(test)
         for position, seed in enumerate(self.args.seeds):
-            self.runs.append(
-                self.run_seed(name, seed, train, train_xy, test_xy, grid=position == 0)
-            )
+            self.runs.append(self.run_seed(name, seed, train, train_xy, test_xy, grid=position == 0))
 
     def run_seed(
         self,
@@ -395,19 +387,11 @@ class Experiment(_protocol.RecipeRun):
         mine: dict[str, Any] = {"attack": attack.config(), **augmentation.stats()}
         if args.probe > 0:
             with self.timer.stage(f"{tag}/probe/mine"):
-                x_probe, result, mine["probe"] = _protocol.probe(
-                    attack, train, args.probe, augmentation.cache
-                )
+                x_probe, result, mine["probe"] = _protocol.probe(attack, train, args.probe, augmentation.cache)
             if grid and len(shape) == 3:
-                self.grids.append(
-                    str(
-                        self._grid(name, seed, x_probe, result.adversarial.cpu(), original.selected)
-                    )
-                )
+                self.grids.append(str(self._grid(name, seed, x_probe, result.adversarial.cpu(), original.selected)))
         with self.timer.stage(f"{tag}/retrain/mine"):
-            model, retrain = _protocol.train_model(
-                build, augmentation.dataset, trainer, seed=seed, device=self.device
-            )
+            model, retrain = _protocol.train_model(build, augmentation.dataset, trainer, seed=seed, device=self.device)
         mine.update(evaluate(model, train_xy, test_xy, device=self.device, seed=seed).as_dict())
         mine.update(_protocol.brief(retrain, CONCRETE_FIELDS))
         record["mine"] = mine
@@ -425,9 +409,7 @@ class Experiment(_protocol.RecipeRun):
             }
         return record
 
-    def _grid(
-        self, name: str, seed: int, x: torch.Tensor, uae: torch.Tensor, selected: list[int]
-    ) -> Path:
+    def _grid(self, name: str, seed: int, x: torch.Tensor, uae: torch.Tensor, selected: list[int]) -> Path:
         mask = torch.zeros(x[0].numel())
         mask[selected] = 1.0
         masked = x.flatten(1) * (0.25 + 0.75 * mask)
@@ -465,12 +447,8 @@ def summarise(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict
                     "steps": _report.mean_std([r[arm]["steps"] for r in group]),
                 }
         row["asr_pct"] = _report.mean_std([r["mine"]["asr_pct"] for r in group])
-        row["criterion_zero_pct"] = _report.mean_std(
-            [r["mine"]["criterion_zero_pct"] for r in group]
-        )
-        row["moved_linf"] = _report.mean_std(
-            [r["mine"].get("probe", {}).get("moved_linf", math.nan) for r in group]
-        )
+        row["criterion_zero_pct"] = _report.mean_std([r["mine"]["criterion_zero_pct"] for r in group])
+        row["moved_linf"] = _report.mean_std([r["mine"].get("probe", {}).get("moved_linf", math.nan) for r in group])
         row["re_change_vs_original_pct"] = _report.improvement_pct(
             row["original"]["test_mse"]["mean"], row["mine"]["test_mse"]["mean"]
         )
@@ -493,9 +471,7 @@ def summarise(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict
     return summary
 
 
-def markdown(
-    summary: Sequence[dict[str, Any]], *, failed: str, skipped: Sequence[dict[str, str]]
-) -> str:
+def markdown(summary: Sequence[dict[str, Any]], *, failed: str, skipped: Sequence[dict[str, str]]) -> str:
     """The results table (docs/method.md section 6 layout, published figures beside ours)."""
     header = [
         "data",
@@ -599,9 +575,7 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def resolve_datasets(
-    requested: Sequence[str], root: Path | None
-) -> tuple[list[str], list[dict[str, str]]]:
+def resolve_datasets(requested: Sequence[str], root: Path | None) -> tuple[list[str], list[dict[str, str]]]:
     """(available names, skipped with reasons)."""
     usable, skipped = [], []
     for name in requested:
@@ -619,10 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, out = _config.start_run(parser, argv, QUICK, RECIPE)
     names, skipped = resolve_datasets(args.datasets, args.data_root)
     if not names:
-        parser.error(
-            "none of the requested data sets is available: "
-            + "; ".join(s["dataset"] for s in skipped)
-        )
+        parser.error("none of the requested data sets is available: " + "; ".join(s["dataset"] for s in skipped))
     experiment = Experiment(args, out)
     for name in names:
         experiment.run(name)

@@ -38,9 +38,7 @@ from uae_augment.models import ConvAutoencoder
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The sizes of the run (defaults: ``make demo``)."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--train-rows", type=int, default=400, help="training digits (default: %(default)s)")
     add("--test-rows", type=int, default=1000, help="test digits (default: %(default)s)")

@@ -76,9 +76,7 @@ RECIPE = "simclr"
 GAMMA_POWER = 0.5  # the release's SimCLR attack: gamma_t = (t + 1)^(-1/2)
 EVAL_VIEW_SEED = 2022  # views of the test-set NT-Xent: the same for every model and seed
 LINEAR_BATCH = 512
-STEP_LOSSES = (
-    "step_losses",
-)  # kept in each model's record: the loss curves and the tests read them
+STEP_LOSSES = ("step_losses",)  # kept in each model's record: the loss curves and the tests read them
 
 QUICK: dict[str, Any] = {
     "seeds": [0],
@@ -116,9 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.set_defaults(seeds=[0])
     data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset", default="cifar10", help="data set name for load_dataset (default: %(default)s)"
-    )
+    data.add_argument("--dataset", default="cifar10", help="data set name for load_dataset (default: %(default)s)")
     data.add_argument(
         "--image-folder",
         type=Path,
@@ -162,12 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="pretraining epochs; retrains: the same epochs (default: %(default)s)",
     )
-    train.add_argument(
-        "--batch-size", type=int, default=512, help="global batch (default: %(default)s)"
-    )
-    train.add_argument(
-        "--lr", type=float, default=1.0, help="LARS learning rate (default: %(default)s)"
-    )
+    train.add_argument("--batch-size", type=int, default=512, help="global batch (default: %(default)s)")
+    train.add_argument("--lr", type=float, default=1.0, help="LARS learning rate (default: %(default)s)")
     train.add_argument("--weight-decay", type=float, default=1e-4, help="(default: %(default)s)")
     train.add_argument(
         "--warmup-fraction",
@@ -175,9 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="share of warm-up steps (default: %(default)s, 10 of 1000 epochs)",
     )
-    train.add_argument(
-        "--no-control", action="store_true", help="skip the same-steps clean control"
-    )
+    train.add_argument("--no-control", action="store_true", help="skip the same-steps clean control")
     attack = parser.add_argument_group("attacks")
     attack.add_argument(
         "--presets",
@@ -255,9 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[1, 2, 4, 8, 16],
         help="L-inf radii in 1/255 (default: %(default)s)",
     )
-    evaluation.add_argument(
-        "--pgd-steps", type=int, default=100, help="PGD steps (release: %(default)s)"
-    )
+    evaluation.add_argument("--pgd-steps", type=int, default=100, help="PGD steps (release: %(default)s)")
     evaluation.add_argument(
         "--pgd-rows",
         type=int,
@@ -299,16 +287,12 @@ def test_ntxent(model: SimCLR, x: torch.Tensor, *, batch_size: int, device: torc
     from lightly.loss import NTXentLoss
 
     model.eval()
-    loss_fn = NTXentLoss(
-        temperature=model.temperature
-    )  # this process's batch only, also under torchrun
+    loss_fn = NTXentLoss(temperature=model.temperature)  # this process's batch only, also under torchrun
     batch = min(batch_size, len(x))
     losses = []
     for start in range(0, len(x) - batch + 1, batch):
         index = torch.arange(start, start + batch)
-        views = model.make_views(
-            x[index].to(device), view_generators(EVAL_VIEW_SEED, index, ViewPurpose.EVALUATION)
-        )
+        views = model.make_views(x[index].to(device), view_generators(EVAL_VIEW_SEED, index, ViewPurpose.EVALUATION))
         z = model(views.flatten(0, 1)).unflatten(0, views.shape[:2])
         losses.append(float(loss_fn(z[:, 0], z[:, 1])))
     return sum(losses) / len(losses)
@@ -340,9 +324,7 @@ def pgd_robustness(
         )
         adversarial = attack(x, y).adversarial
         with torch.no_grad():
-            out[f"{epsilon:g}"] = 100.0 * float(
-                (classifier(adversarial).argmax(1) == y).float().mean()
-            )
+            out[f"{epsilon:g}"] = 100.0 * float((classifier(adversarial).argmax(1) == y).float().mean())
     return out
 
 
@@ -367,9 +349,7 @@ class Experiment:
         self.rank0 = world is None or world[0] == 0
         self.device = device
         self.progress = not args.no_progress
-        self.timer: Any = (
-            _report.StageTimer(out / _report.WALL_TIME_FILE) if self.rank0 else _NoTimer()
-        )
+        self.timer: Any = _report.StageTimer(out / _report.WALL_TIME_FILE) if self.rank0 else _NoTimer()
         self.runs: list[dict[str, Any]] = []
         self.curves: dict[str, list[float]] = {}
         self.grid: str | None = None
@@ -389,9 +369,7 @@ class Experiment:
 
         return build
 
-    def trainer(
-        self, seed: int, *, epochs: int | None = None, max_steps: int | None = None
-    ) -> _protocol.Trainer:
+    def trainer(self, seed: int, *, epochs: int | None = None, max_steps: int | None = None) -> _protocol.Trainer:
         def train(model: nn.Module, dataset: Dataset) -> tuple[nn.Module, dict[str, Any]]:
             assert isinstance(model, SimCLR)
             # one process trains on the global batches of a torchrun run: world (0, 1)
@@ -451,11 +429,7 @@ class Experiment:
             "augmented": {},
         }
         self._curve("pretrain (clean)", history, first)
-        bank = (
-            _protocol.stack(_protocol.subset_rows(train, args.negatives))[0]
-            if args.negatives > 0
-            else None
-        )
+        bank = _protocol.stack(_protocol.subset_rows(train, args.negatives))[0] if args.negatives > 0 else None
         criterion = model.criterion(n_views=args.n_views, negatives=bank, seed=seed)
         grid_rows: dict[str, torch.Tensor] = {}
         augmented_steps = None
@@ -484,15 +458,11 @@ class Experiment:
             }
             if args.probe > 0 and self.rank0:
                 with self.timer.stage(f"seed{seed}/probe/{preset}"):
-                    x_probe, result, entry["probe"] = _protocol.probe(
-                        attack, train, args.probe, augmentation.cache
-                    )
+                    x_probe, result, entry["probe"] = _protocol.probe(attack, train, args.probe, augmentation.cache)
                 if first:
                     grid_rows.setdefault("clean", x_probe)
                     grid_rows[f"UAE {preset}"] = result.adversarial.cpu()
-                    grid_rows[f"δ {preset}"] = perturbation_picture(
-                        result.perturbation(x_probe).cpu()
-                    )
+                    grid_rows[f"δ {preset}"] = perturbation_picture(result.perturbation(x_probe).cpu())
             with self.timer.stage(f"seed{seed}/retrain/{preset}"):
                 retrained, retrain = _protocol.train_model(
                     build,
@@ -553,9 +523,7 @@ class Experiment:
                     seed=seed,
                     device=self.device,
                 )
-                ntxent = test_ntxent(
-                    model, test[0], batch_size=args.eval_batch_size, device=self.device
-                )
+                ntxent = test_ntxent(model, test[0], batch_size=args.eval_batch_size, device=self.device)
                 robust = pgd_robustness(
                     classifier,
                     test[0][pgd_rows],

@@ -111,9 +111,7 @@ class Victim(CWClassifier):
     lets a few epochs on a small subset leave chance level (the quick preset).
     """
 
-    def __init__(
-        self, input_shape: tuple[int, int, int], optimizer: str = "sgd", lr: float | None = None
-    ):
+    def __init__(self, input_shape: tuple[int, int, int], optimizer: str = "sgd", lr: float | None = None):
         super().__init__(input_shape)
         self.optimizer_name = optimizer
         self.lr = lr if lr is not None else (0.01 if optimizer == "sgd" else 1e-3)
@@ -237,9 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="paper",
         help="MinMax and penalty preset (default: %(default)s, the release's values)",
     )
-    mine.add_argument(
-        "--steps", type=int, default=None, help="MinMax iterations T (default: the preset's, 1000)"
-    )
+    mine.add_argument("--steps", type=int, default=None, help="MinMax iterations T (default: the preset's, 1000)")
     mine.add_argument(
         "--penalty-search-steps",
         type=int,
@@ -258,9 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="MINE Adam steps per penalty iteration (default: the release's 20)",
     )
-    mine.add_argument(
-        "--alpha", type=float, default=None, help="step size on δ (default: the preset's)"
-    )
+    mine.add_argument("--alpha", type=float, default=None, help="step size on δ (default: the preset's)")
     mine.add_argument(
         "--c0",
         type=float,
@@ -280,9 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="L∞ radius of PGD and FGSM (default: MNIST 0.3, CIFAR-10 8/255)",
     )
-    gradient.add_argument(
-        "--pgd-steps", type=int, default=None, help="PGD steps (default: MNIST 40, CIFAR-10 20)"
-    )
+    gradient.add_argument("--pgd-steps", type=int, default=None, help="PGD steps (default: MNIST 40, CIFAR-10 20)")
     gradient.add_argument(
         "--lbfgs-search-steps",
         type=int,
@@ -302,9 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1200,
         help="Adam steps of the evaluator's MINE (default: %(default)s)",
     )
-    evaluator.add_argument(
-        "--mi-lr", type=float, default=1e-2, help="its learning rate (default: %(default)s)"
-    )
+    evaluator.add_argument("--mi-lr", type=float, default=1e-2, help="its learning rate (default: %(default)s)")
     evaluator.add_argument(
         "--mi-projections",
         type=int,
@@ -496,9 +486,7 @@ class Experiment(_protocol.RecipeRun):
             "optimizer": args.optimizer,
             "lr": args.lr,
         }
-        trainer = _protocol.fit_trainer(
-            device=self.device, epochs=epochs, seed=seed, progress=self.progress
-        )
+        trainer = _protocol.fit_trainer(device=self.device, epochs=epochs, seed=seed, progress=self.progress)
         with self.timer.stage(f"{tag}/train"):
             model, history = _protocol.train_model(
                 lambda: Victim(data.shape, args.optimizer, args.lr),
@@ -510,9 +498,7 @@ class Experiment(_protocol.RecipeRun):
                 key=key,
             )
         test_accuracy = accuracy(model, x_test, y_test)
-        positions = correctly_classified(
-            model, x_test, y_test, count=args.images, seed=_protocol.SUBSET_SEED
-        )
+        positions = correctly_classified(model, x_test, y_test, count=args.images, seed=_protocol.SUBSET_SEED)
         x, y = x_test[positions.to(self.device)], y_test[positions.to(self.device)]
         # the images' indices in the test split (they also seed the attacks' per-sample randomness)
         rows = torch.as_tensor(test.indices)[positions] if isinstance(test, Subset) else positions
@@ -554,24 +540,18 @@ class Experiment(_protocol.RecipeRun):
                 checks = score_pairs(x, others, rows, args, seed, 2 * args.mi_steps)
         # MINE attacks compared on the images that all of them fooled (their MI means are over successes)
         mine_runs = [results[n] for n in MINE_ATTACKS if n in results]
-        common_mask = (
-            torch.stack([r.success.cpu() for r in mine_runs]).all(dim=0) if mine_runs else None
-        )
+        common_mask = torch.stack([r.success.cpu() for r in mine_runs]).all(dim=0) if mine_runs else None
         record["mine_common_successes"] = int(common_mask.sum()) if common_mask is not None else 0
         for name, result in results.items():
             seconds, cpu_s, iterations, config = timings[name]
             mi_check = checks[name] if checks is not None else None
             record["attacks"][name] = {
-                **attack_record(
-                    name, result, x, seconds, cpu_s, iterations, scores[name], mi_check
-                ),
+                **attack_record(name, result, x, seconds, cpu_s, iterations, scores[name], mi_check),
                 "config": config,
             }
             if name in MINE_ATTACKS and common_mask is not None:
                 record["attacks"][name]["mi_evaluator_common"] = _mean(scores[name], common_mask)
-        record["mi_references"] = {
-            key: _mean(scores[key]) for key in ("identical copy", "unrelated image")
-        }
+        record["mi_references"] = {key: _mean(scores[key]) for key in ("identical copy", "unrelated image")}
         if checks is not None:
             record["mi_references_2x_steps"] = {
                 key: _mean(checks[key]) for key in ("identical copy", "unrelated image")
@@ -589,10 +569,7 @@ class Experiment(_protocol.RecipeRun):
 
     def _figures(self, data: DataSpec, x: torch.Tensor, results: dict[str, AttackResult]) -> None:
         curves = {
-            f"{LABELS[name]} (attack's own MINE estimate)": results[name]
-            .mi_trace.mean(dim=0)
-            .cpu()
-            .tolist()
+            f"{LABELS[name]} (attack's own MINE estimate)": results[name].mi_trace.mean(dim=0).cpu().tolist()
             for name in MINE_ATTACKS
             if name in results and results[name].mi_trace is not None
         }
@@ -605,9 +582,7 @@ class Experiment(_protocol.RecipeRun):
                 title=f"{data.published}: MI per iteration",
             )
             self.figures.append(str(path))
-        shown = (
-            torch.linspace(0, len(x) - 1, min(8, len(x))).round().long().unique()
-        )  # the rows are sorted by index
+        shown = torch.linspace(0, len(x) - 1, min(8, len(x))).round().long().unique()  # the rows are sorted by index
         clean = x.cpu()[shown]
         grid: dict[str, torch.Tensor] = {"clean": clean}
         for name in ("minmax", "penalty", "pgd"):
@@ -642,16 +617,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             skipped.append({"dataset": name, "reason": str(error).splitlines()[0]})
     experiment.timer.close()
     if not available:
-        parser.error(
-            "none of the requested data sets is available: "
-            + "; ".join(s["reason"] for s in skipped)
-        )
+        parser.error("none of the requested data sets is available: " + "; ".join(s["reason"] for s in skipped))
     summary = _supervised_report.summarise(experiment.runs, available, args.attacks)
     table = _supervised_report.markdown(summary, args, minmax_mine_lr=_feature_map_lr(args.preset))
     if skipped:
-        table += (
-            "\nSkipped: " + "; ".join(f"{s['dataset']} ({s['reason']})" for s in skipped) + "\n"
-        )
+        table += "\nSkipped: " + "; ".join(f"{s['dataset']} ({s['reason']})" for s in skipped) + "\n"
     _report.write_outputs(
         out,
         RECIPE,

@@ -74,13 +74,9 @@ class WeightDecayMLP(MLPClassifier):
         self.weight_decay = float(weight_decay)
         self.fit_settings = FitSettings(epochs=epochs, batch_size=128)
 
-    def training_loss(
-        self, x: torch.Tensor, y: torch.Tensor | None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, parts = super().training_loss(x, y)
-        penalty = sum(
-            layer.weight.pow(2).sum() for layer in self.modules() if isinstance(layer, nn.Linear)
-        )
+        penalty = sum(layer.weight.pow(2).sum() for layer in self.modules() if isinstance(layer, nn.Linear))
         return loss + 0.5 * self.weight_decay * penalty, {**parts, "cross_entropy": loss.detach()}
 
 
@@ -106,9 +102,7 @@ class AutoencoderClassifier(ReferenceModel):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [torch.optim.Adam(self.head.parameters(), lr=1e-3, eps=1e-7)]
 
-    def training_loss(
-        self, x: torch.Tensor, y: torch.Tensor | None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert y is not None
         return F.cross_entropy(self(x), y), {}
 
@@ -329,9 +323,7 @@ def train_models(
                 autoencoder, ae_record = _protocol.train_model(
                     lambda: DenseAutoencoder(shape, hidden=400),
                     train,
-                    _protocol.fit_trainer(
-                        device=device, epochs=args.ae_epochs, seed=seed, progress=progress
-                    ),
+                    _protocol.fit_trainer(device=device, epochs=args.ae_epochs, seed=seed, progress=progress),
                     seed=seed,
                     device=device,
                     checkpoint=out / "models" / f"dense-ae-400-seed{seed}.pt",
@@ -402,9 +394,7 @@ def train_cross_training(
         }
 
         def build(spec: CrossTrainingSpec = spec) -> nn.Module:
-            return WeightDecayMLP(
-                shape, spec.hidden, CROSS_TRAINING_DECAY, epochs, activation="sigmoid"
-            )
+            return WeightDecayMLP(shape, spec.hidden, CROSS_TRAINING_DECAY, epochs, activation="sigmoid")
 
         with timer.stage(f"seed{seed}/cross-training/train/{spec.name}"):
             model, record = _protocol.train_model(
@@ -468,13 +458,8 @@ def matrix_markdown(matrix: dict[str, Any], accuracies: dict[str, float], n: int
 def published_markdown() -> str:
     """The published table (references/adversarial-examples-lecture-a.md)."""
     header = ["crafted on \\ fed to", *PUBLISHED["columns"]]
-    rows = [
-        [row, *(f"{v:g}%" for v in values[:-1]), f"{values[-1]:g}"]
-        for row, values in PUBLISHED["rows"].items()
-    ]
-    return "\n".join(
-        ["### Published (Szegedy et al. 2014, MNIST)", "", _report.markdown_table(header, rows)]
-    )
+    rows = [[row, *(f"{v:g}%" for v in values[:-1]), f"{values[-1]:g}"] for row, values in PUBLISHED["rows"].items()]
+    return "\n".join(["### Published (Szegedy et al. 2014, MNIST)", "", _report.markdown_table(header, rows)])
 
 
 def cross_training_markdown(matrix: dict[str, Any], accuracies: dict[str, float], n: int) -> str:
@@ -490,10 +475,7 @@ def cross_training_markdown(matrix: dict[str, Any], accuracies: dict[str, float]
         for row in matrix["rows"]
     ]
     rows.append(["clean test accuracy", *(_pct(accuracies[t]) for t in targets), "—"])
-    published = [
-        [row, *(f"{v:g}%" for v in values)]
-        for row, values in PUBLISHED_CROSS_TRAINING["rows"].items()
-    ]
+    published = [[row, *(f"{v:g}%" for v in values)] for row, values in PUBLISHED_CROSS_TRAINING["rows"].items()]
     parts = ", ".join(f"{spec.name} on {spec.part}" for spec in CROSS_TRAINING)
     return "\n".join(
         [
@@ -506,9 +488,7 @@ def cross_training_markdown(matrix: dict[str, Any], accuracies: dict[str, float]
             "",
             "Published (Szegedy et al. 2014, MNIST halves of 30,000 images):",
             "",
-            _report.markdown_table(
-                ["crafted on \\ fed to", *PUBLISHED_CROSS_TRAINING["columns"]], published
-            ),
+            _report.markdown_table(["crafted on \\ fed to", *PUBLISHED_CROSS_TRAINING["columns"]], published),
         ]
     )
 
@@ -553,9 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     timer = _report.StageTimer(out / _report.WALL_TIME_FILE)
     try:
         with timer.stage("load"):
-            train, test = _protocol.load_splits(
-                args.dataset, args.data_root, train_rows=args.train_rows
-            )
+            train, test = _protocol.load_splits(args.dataset, args.data_root, train_rows=args.train_rows)
             x_test, y_test = _protocol.stack(test)
     except _protocol.MissingDataset as error:
         parser.error(str(error))
@@ -563,13 +541,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     shape, classes = _protocol.sample_shape(train), int(y_test.max()) + 1
     runs, sections = [], []
     for seed in args.seeds:
-        models, training = train_models(
-            args.models, train, shape, classes, args, seed, device, out, timer
-        )
+        models, training = train_models(args.models, train, shape, classes, args, seed, device, out, timer)
         accuracies = {name: accuracy(model, x_test, y_test) for name, model in models.items()}
-        rows = correctly_classified(
-            models, x_test, y_test, count=args.images, seed=_protocol.SUBSET_SEED
-        ).to(device)
+        rows = correctly_classified(models, x_test, y_test, count=args.images, seed=_protocol.SUBSET_SEED).to(device)
         x, y = x_test[rows], y_test[rows]
         sources = {
             name: (
@@ -585,14 +559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, model in models.items()
         }
         with timer.stage(f"seed{seed}/transfer"):
-            matrix = transfer_matrix(
-                sources, models, x, y, noise_stds=args.noise_rms, seed=seed, index=rows.cpu()
-            )
+            matrix = transfer_matrix(sources, models, x, y, noise_stds=args.noise_rms, seed=seed, index=rows.cpu())
         with timer.stage(f"seed{seed}/lipschitz"):
-            reports = {
-                name: lipschitz_bounds(model, shape, tol=1e-6).as_dict()
-                for name, model in models.items()
-            }
+            reports = {name: lipschitz_bounds(model, shape, tol=1e-6).as_dict() for name, model in models.items()}
         result = matrix.as_dict()
         run = {
             "seed": seed,
@@ -603,9 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "transfer": result,
             "lipschitz": reports,
         }
-        section = (
-            matrix_markdown(result, accuracies, len(rows)) + "\n\n" + lipschitz_markdown(reports)
-        )
+        section = matrix_markdown(result, accuracies, len(rows)) + "\n\n" + lipschitz_markdown(reports)
         if args.cross_training:
             run["cross_training"] = cross_training(
                 train, shape, classes, x_test, y_test, args, seed, device, out, timer
@@ -654,9 +621,7 @@ def cross_training(
     """The cross-training experiment of one seed: training records, accuracies and the transfer matrix."""
     models, training = train_cross_training(train, shape, classes, args, seed, device, out, timer)
     accuracies = {name: accuracy(model, x_test, y_test) for name, model in models.items()}
-    rows = correctly_classified(
-        models, x_test, y_test, count=args.images, seed=_protocol.SUBSET_SEED
-    ).to(device)
+    rows = correctly_classified(models, x_test, y_test, count=args.images, seed=_protocol.SUBSET_SEED).to(device)
     if len(rows) == 0:
         raise RuntimeError(
             f"no test digit is classified correctly by all cross-training nets (accuracies"
@@ -694,9 +659,7 @@ def cross_training(
     }
 
 
-def _examples(
-    sources: dict[str, Any], x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, path: Path
-) -> Path:
+def _examples(sources: dict[str, Any], x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, path: Path) -> Path:
     """clean | adversarial (and its perturbation) per source model, for 8 evenly spaced images."""
     shown = torch.linspace(0, len(x) - 1, min(8, len(x))).round().long().unique()
     x, y, index = x[shown.to(x.device)], y[shown.to(y.device)], index.cpu()[shown]

@@ -17,9 +17,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.tensor(data.target)
 
 
-def _train(
-    model: nn.Module, x: torch.Tensor, target: torch.Tensor, loss_fn, epochs: int
-) -> nn.Module:
+def _train(model: nn.Module, x: torch.Tensor, target: torch.Tensor, loss_fn, epochs: int) -> nn.Module:
     generator = torch.Generator().manual_seed(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(epochs):

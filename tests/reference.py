@@ -39,9 +39,7 @@ class ReferenceStatisticsNetwork(nn.Module):
             layers: list[nn.Module] = []
             if self.is_map:
                 conv = nn.Conv2d(1, 16, 2)
-                conv.weight.data = _uniform(generator, (16, 4), math.sqrt(6 / (4 + 64))).view(
-                    16, 1, 2, 2
-                )
+                conv.weight.data = _uniform(generator, (16, 4), math.sqrt(6 / (4 + 64))).view(16, 1, 2, 2)
                 conv.bias.data.zero_()
                 layers += [conv, nn.Flatten()]
                 features = 16 * (sample_shape[0] - 1) * (sample_shape[1] - 1)
@@ -57,9 +55,7 @@ class ReferenceStatisticsNetwork(nn.Module):
                 layers.append(linear)
             self.branches[name] = nn.Sequential(*layers)
         self.out = nn.Linear(embed, 1, bias=False)
-        self.out.weight.data = _uniform(generator, (embed,), math.sqrt(6 / (embed + 1))).view(
-            1, embed
-        )
+        self.out.weight.data = _uniform(generator, (embed,), math.sqrt(6 / (embed + 1))).view(1, embed)
 
     def forward(self, u: torch.Tensor, v: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
         if self.is_map:
@@ -97,17 +93,15 @@ def reference_minmax(
     """Attacks ONE sample x (C, H, W) (or (d,)); returns its kept iterate and scores."""
     x = x.detach()
     limit = glorot_limit(tuple(x.shape))
-    delta = _uniform(
-        sample_generator(seed, index, Stream.DELTA_INIT, 0), tuple(x.shape), limit
-    ).clamp(-epsilon, epsilon)
+    delta = _uniform(sample_generator(seed, index, Stream.DELTA_INIT, 0), tuple(x.shape), limit).clamp(
+        -epsilon, epsilon
+    )
     start = torch.clamp(x + delta, 0, 1)
     y = None if label is None else label.view(1)
     reference = criterion.prepare(x[None], y, torch.tensor([index]))
     with torch.no_grad():
         u = sampler(x[None])[0]
-    network = ReferenceStatisticsNetwork(
-        tuple(u.shape[1:]), sample_generator(seed, index, Stream.MINE_INIT, 0), hidden
-    )
+    network = ReferenceStatisticsNetwork(tuple(u.shape[1:]), sample_generator(seed, index, Stream.MINE_INIT, 0), hidden)
     optimizer = torch.optim.Adam(network.parameters(), lr=mine_lr)
     permutation_generator = sample_generator(seed, index, Stream.PERMUTATION, 0)
     count = u.shape[0]
@@ -121,9 +115,7 @@ def reference_minmax(
         mi = network(u, sampler(x_adv[None])[0], _permutations(permutation_generator, 1, count)[0])
         f_value, mi_value = float(f.detach()), float(mi.detach())
         ok = f_value <= 0 and (supervised or mi_value > 0)
-        if ok and (
-            best is None or (mi_value > best_score if supervised else mi_value < best_score)
-        ):
+        if ok and (best is None or (mi_value > best_score if supervised else mi_value < best_score)):
             best, best_score, best_f = x_adv.detach().clone(), mi_value, f_value
         found = found or ok
         if f_value < fallback_f:

@@ -35,9 +35,7 @@ _INDEXING = {"aten.index", "aten.index_put", "aten.index_put_", "aten._index_put
 
 def _has_bool_index(args: tuple) -> bool:
     indices = args[1] if len(args) > 1 else ()
-    return any(
-        isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices or ()
-    )
+    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices or ())
 
 
 def _sync_name(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> str | None:
@@ -51,18 +49,10 @@ def _sync_name(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> str | 
         device = kwargs.get("device")
         source = args[0] if name != "aten.copy_" else args[1]
         target = args[0] if name == "aten.copy_" else None
-        if (
-            name == "aten.copy_"
-            and isinstance(target, torch.Tensor)
-            and isinstance(source, torch.Tensor)
-        ):
+        if name == "aten.copy_" and isinstance(target, torch.Tensor) and isinstance(source, torch.Tensor):
             if target.device.type == "cpu" and source.device.type != "cpu":
                 return "device->cpu copy"
-        elif (
-            device is not None
-            and torch.device(device).type == "cpu"
-            and source.device.type != "cpu"
-        ):
+        elif device is not None and torch.device(device).type == "cpu" and source.device.type != "cpu":
             return "device->cpu copy"
     return None
 

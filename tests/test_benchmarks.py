@@ -76,16 +76,11 @@ def test_draw_cost_end_to_end(tmp_path):
     )
     one = sum(
         p.numel()
-        for p in PerSampleMINE(
-            (6, 6), seed=0, index=torch.arange(1), count=4, lr=1e-3, hidden=8
-        ).network.parameters()
+        for p in PerSampleMINE((6, 6), seed=0, index=torch.arange(1), count=4, lr=1e-3, hidden=8).network.parameters()
     )
     assert result["parameter_bytes_per_batch"] == 2 * 4 * one
     for kind in ("host_generators", "counter_streams"):
-        assert (
-            result[kind]["init_cpu_s"] >= 0
-            and result[kind]["permutations_cpu_s_per_iteration"] >= 0
-        )
+        assert result[kind]["init_cpu_s"] >= 0 and result[kind]["permutations_cpu_s_per_iteration"] >= 0
 
 
 def test_attack_speed_end_to_end(tmp_path):
@@ -116,17 +111,9 @@ def test_attack_speed_end_to_end(tmp_path):
         out=tmp_path / "speed.json",
     )
     assert {"settings", "machine", "victim", "roofline", "configurations", "goals"} <= result.keys()
-    assert (
-        result["settings"]["measured_iterations"] == 1
-        and result["settings"]["extrapolated_to"] == 5
-    )
-    assert {"load_average_at_start", "torch_threads", "high_load", "wall_s"} <= result[
-        "machine"
-    ].keys()
-    assert (
-        result["roofline"]["peaks"]["copy_GBps"] > 0
-        and result["roofline"]["peaks"]["matmul_GFLOPps"] > 0
-    )
+    assert result["settings"]["measured_iterations"] == 1 and result["settings"]["extrapolated_to"] == 5
+    assert {"load_average_at_start", "torch_threads", "high_load", "wall_s"} <= result["machine"].keys()
+    assert result["roofline"]["peaks"]["copy_GBps"] > 0 and result["roofline"]["peaks"]["matmul_GFLOPps"] > 0
     rows = {row["name"]: row for row in result["configurations"]}
     assert list(rows) == ["reference", "paper_B1", "fast"]
     for row in rows.values():
@@ -143,20 +130,14 @@ def test_attack_speed_end_to_end(tmp_path):
             "peaks_in_this_process",
         } <= row["roofline"].keys()
     assert rows["reference"]["speedup_vs_reference"] == 1.0
-    assert (
-        rows["fast"]["statistics_hidden"] is None and rows["paper_B1"]["statistics_hidden"] == 512
-    )
-    assert {"paper_batched_at_least_2x_reference", "fast_at_least_30x_reference"} <= result[
-        "goals"
-    ].keys()
+    assert rows["fast"]["statistics_hidden"] is None and rows["paper_B1"]["statistics_hidden"] == 512
+    assert {"paper_batched_at_least_2x_reference", "fast_at_least_30x_reference"} <= result["goals"].keys()
 
 
 def _attack_speed_module():
     sys.path.insert(0, str(BENCHMARKS))  # attack_speed imports its sibling _common
     try:
-        spec = importlib.util.spec_from_file_location(
-            "attack_speed", BENCHMARKS / "attack_speed.py"
-        )
+        spec = importlib.util.spec_from_file_location("attack_speed", BENCHMARKS / "attack_speed.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
@@ -176,16 +157,12 @@ def test_cost_model_matches_the_engine(hidden):
         network.ascent_gradients(u, v, permutation)
     delta = v.clone().requires_grad_(True)
     with FlopCounterMode(display=False) as delta_step:  # the attack's MI gradient w.r.t. v
-        joint, marginal = network.scores(
-            network.branch("u", u), network.branch("v", delta * 1.0), permutation
-        )
+        joint, marginal = network.scores(network.branch("u", u), network.branch("v", delta * 1.0), permutation)
         torch.autograd.grad(donsker_varadhan(joint, marginal).sum(), delta)
     cost = iteration_cost(16, (28, 28), hidden, mine_steps=3)
     assert cost["params_per_sample"] == sum(p.numel() for p in network.parameters())
     assert cost["mine_step_flops"] == pytest.approx(mine_step.get_total_flops(), rel=1e-3)
-    assert cost["flops"] == pytest.approx(
-        3 * mine_step.get_total_flops() + delta_step.get_total_flops(), rel=1e-3
-    )
+    assert cost["flops"] == pytest.approx(3 * mine_step.get_total_flops() + delta_step.get_total_flops(), rel=1e-3)
 
 
 def test_preset_tradeoff_end_to_end(tmp_path):
@@ -238,9 +215,7 @@ def test_preset_tradeoff_end_to_end(tmp_path):
             presets[name]["shared"]["mean_moved_linf"], abs=1e-5
         )
     asr = {name: presets[name]["shared"]["asr"] for name in presets}
-    assert result["asr_difference_points"]["fast_minus_paper"] == pytest.approx(
-        100 * (asr["fast"] - asr["paper"])
-    )
+    assert result["asr_difference_points"]["fast_minus_paper"] == pytest.approx(100 * (asr["fast"] - asr["paper"]))
 
 
 def test_attack_speed_reports_kernel_time_and_runs_a_baseline_version(tmp_path):
@@ -280,13 +255,8 @@ def test_attack_speed_reports_kernel_time_and_runs_a_baseline_version(tmp_path):
     for row in rows.values():
         assert row["user_s_per_image"] > 0 and row["sys_s_per_image"] >= 0 and row["threads"] == 1
         assert 0 <= row["sys_fraction_of_cpu"] < 1
-    assert (
-        rows["fast_B2_T1_baseline"]["speedup_cpu_s"] > 0
-        and rows["fast_B2_T1_baseline"]["kind"] == "baseline"
-    )
-    worktrees = subprocess.run(
-        ["git", "worktree", "list"], capture_output=True, text=True, check=True
-    ).stdout
+    assert rows["fast_B2_T1_baseline"]["speedup_cpu_s"] > 0 and rows["fast_B2_T1_baseline"]["kind"] == "baseline"
+    worktrees = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, check=True).stdout
     assert "attack_speed_" not in worktrees  # the baseline's worktree is removed again
 
 
@@ -313,18 +283,11 @@ def test_mi_shape_end_to_end(tmp_path, data_root):
     result = json.loads((tmp_path / "m.json").read_text())
     record = result["models"]["dense"]
     assert set(record["methods"]) == {"init", "fast", "strong", "l2", "gauss_l2", "cos_matched"}
-    strong, gauss, cos = (
-        record["methods"][m]["rows"] for m in ("strong", "gauss_l2", "cos_matched")
-    )
+    strong, gauss, cos = (record["methods"][m]["rows"] for m in ("strong", "gauss_l2", "cos_matched"))
     # the controls are matched to the strong UAEs row by row
-    assert gauss["l2"] == pytest.approx(strong["l2"], rel=1e-3) and cos["cos"] == pytest.approx(
-        strong["cos"], abs=1e-4
-    )
+    assert gauss["l2"] == pytest.approx(strong["l2"], rel=1e-3) and cos["cos"] == pytest.approx(strong["cos"], abs=1e-4)
     differences = record["paired_differences"]["1001"]["strong-cos_matched"]
-    assert (
-        differences["n"] == 4
-        and differences["ci95"][0] <= differences["mean"] <= differences["ci95"][1]
-    )
+    assert differences["n"] == 4 and differences["ci95"][0] <= differences["mean"] <= differences["ci95"][1]
     assert record["evaluator_noise"]["pairs"] == 6 * 2
     assert (tmp_path / "mi_shape_dense.png").stat().st_size > 0
 

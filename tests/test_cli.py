@@ -109,9 +109,7 @@ def test_demo_help_shows_the_demo_options(capsys):
     demo = pytest.importorskip("uae_augment.demo")
     own = argparse.ArgumentParser()
     demo.add_arguments(own)
-    options = [
-        o for action in own._actions for o in action.option_strings if o not in ("-h", "--help")
-    ]
+    options = [o for action in own._actions for o in action.option_strings if o not in ("-h", "--help")]
     with pytest.raises(SystemExit) as exited:
         main(["demo", "--help"])
     assert exited.value.code == 0
@@ -124,17 +122,13 @@ def test_cli_works_without_the_demo_module(monkeypatch, capsys, tmp_path, checkp
     assert main(["demo"]) == 1
     assert "demo is not available" in capsys.readouterr().err
     out = tmp_path / "g.h5"
-    assert (
-        main(precompute_args(out, checkpoints["ae"], "--attack", "gaussian", "--limit", "20")) == 0
-    )
+    assert main(precompute_args(out, checkpoints["ae"], "--attack", "gaussian", "--limit", "20")) == 0
     assert main(["inspect", str(out)]) == 0
 
 
 def test_console_script_help():
     script = Path(sys.executable).with_name("uae-augment")
-    done = subprocess.run(
-        [str(script), "precompute", "--help"], capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run([str(script), "precompute", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--checkpoint" in done.stdout
 
 
@@ -168,9 +162,7 @@ def test_precompute_equals_the_python_api(tmp_path, checkpoints, capsys):
     x, y = digits_rows(16)
     # The same batches as the command (rows [6k, 6k + 6)): kernels may round differently
     # for other batch sizes (about 1e-8 on MI), and the command promises bitwise equality.
-    expected = AttackResult.cat(
-        [attack(x[i : i + 6], index=torch.arange(i, min(i + 6, 16))) for i in range(0, 16, 6)]
-    )
+    expected = AttackResult.cat([attack(x[i : i + 6], index=torch.arange(i, min(i + 6, 16))) for i in range(0, 16, 6)])
     cache = UAECache(out)
     adversarial, labels = cache.rows(range(16))
     torch.testing.assert_close(adversarial, expected.adversarial, rtol=0, atol=0)
@@ -251,9 +243,7 @@ def test_minmax_on_a_classifier(tmp_path, checkpoints, capsys):
         ("absent", "does not exist"),
     ],
 )
-def test_checkpoint_that_is_not_a_matching_state_dict_is_refused(
-    tmp_path, checkpoints, capsys, checkpoint, message
-):
+def test_checkpoint_that_is_not_a_matching_state_dict_is_refused(tmp_path, checkpoints, capsys, checkpoint, message):
     path = checkpoints.get(checkpoint, tmp_path / "absent.pt")
     assert main(precompute_args(tmp_path / "x.h5", path, "--limit", "4")) == 1
     assert message in capsys.readouterr().err
@@ -275,9 +265,7 @@ def test_bad_options_give_clear_errors(tmp_path, checkpoints, capsys):
 
 def test_inspect_text_json_partial_and_damaged(tmp_path, checkpoints, capsys):
     out = tmp_path / "i.h5"
-    assert (
-        main(precompute_args(out, checkpoints["ae"], "--attack", "gaussian", "--limit", "50")) == 0
-    )
+    assert main(precompute_args(out, checkpoints["ae"], "--attack", "gaussian", "--limit", "50")) == 0
     capsys.readouterr()
     assert main(["inspect", str(out), "-v"]) == 0
     text = capsys.readouterr().out
@@ -362,9 +350,7 @@ def test_simclr_models_get_the_contrastive_criterion(capsys):
 
     model = build_model("simclr-resnet18", (3, 32, 32), width=4)
     sample = torch.rand(1, 3, 32, 32)
-    args = build_parser(
-        ["precompute", "cifar10", "--model", "simclr-resnet18", "--out", "x.h5"]
-    ).parse_args(
+    args = build_parser(["precompute", "cifar10", "--model", "simclr-resnet18", "--out", "x.h5"]).parse_args(
         ["precompute", "cifar10", "--model", "simclr-resnet18", "--out", "x.h5", "--preset", "fast"]
     )
     assert isinstance(build_attack(args, model, sample).criterion, Contrastive)

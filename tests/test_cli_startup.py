@@ -26,13 +26,9 @@ PROBE = (
 )
 
 
-@pytest.mark.parametrize(
-    "argv", [["--help"], ["precompute", "--help"], ["inspect", "--help"], ["demo", "--help"]]
-)
+@pytest.mark.parametrize("argv", [["--help"], ["precompute", "--help"], ["inspect", "--help"], ["demo", "--help"]])
 def test_help_does_not_import_torch(argv):
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=REPO, timeout=120
-    )
+    done = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "usage: uae-augment" in done.stdout and done.stdout.rstrip().endswith("NO-TORCH")
 

@@ -21,10 +21,7 @@ def _module():
 
 
 def test_retries_follow_the_doubling_rule():
-    runs = [
-        {"seed": 0, "epochs": e, "converged": c}
-        for e, c in [(25, False), (50, False), (100, True), (200, True)]
-    ]
+    runs = [{"seed": 0, "epochs": e, "converged": c} for e, c in [(25, False), (50, False), (100, True), (200, True)]]
     rows = {row["first_try_epochs"]: row for row in _module().retries(runs, tries=3)}
     assert (rows[25]["retries"], rows[25]["epochs_trained"], rows[25]["converged"]) == (
         2,
@@ -40,9 +37,7 @@ def test_retries_follow_the_doubling_rule():
         175,
         False,
     )  # tries spent
-    assert (
-        rows[50]["retries"] is None and rows[50]["epochs_trained"] is None
-    )  # needs the unmeasured 200
+    assert rows[50]["retries"] is None and rows[50]["epochs_trained"] is None  # needs the unmeasured 200
 
 
 def test_end_to_end(tmp_path):
@@ -75,9 +70,5 @@ def test_end_to_end(tmp_path):
         (2, 4, 16),
     ]
     for run in result["runs"]:
-        assert (
-            0 < run["mean_max_probability"] <= 1
-            and run["test_mse"] > 0
-            and 0 <= run["accuracy_pct"] <= 100
-        )
+        assert 0 < run["mean_max_probability"] <= 1 and run["test_mse"] > 0 and 0 <= run["accuracy_pct"] <= 100
     assert [row["first_try_epochs"] for row in result["retries"]] == [1, 2]

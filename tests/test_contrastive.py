@@ -48,9 +48,7 @@ def test_ntxent_per_sample_equals_lightlys_memory_bank_form_with_two_views() -> 
 # --------------------------------------------------------------------------- the criterion
 
 
-def _criterion(
-    images: torch.Tensor, width: int = 4, dtype: torch.dtype = torch.float32, **kwargs
-) -> Contrastive:
+def _criterion(images: torch.Tensor, width: int = 4, dtype: torch.dtype = torch.float32, **kwargs) -> Contrastive:
     backbone, head = _net(width, dtype)
     kwargs.setdefault("negatives", images)
     return Contrastive(backbone, head, SimCLRViews(), **kwargs)
@@ -62,9 +60,7 @@ def test_zero_at_delta_zero_and_positive_for_a_worse_input(cifar: torch.Tensor) 
     reference = crit.prepare(x, None, torch.arange(8))
     assert crit(x, reference).equal(torch.zeros(8))
     noisy = (x + 0.3 * torch.randn_like(x)).clamp(0, 1)
-    assert (
-        float(crit(noisy, reference).detach().max()) > 0
-    )  # noise changes L: for some images it gets worse
+    assert float(crit(noisy, reference).detach().max()) > 0  # noise changes L: for some images it gets worse
 
 
 def test_views_are_replayed_for_x_and_x_plus_delta(cifar: torch.Tensor) -> None:
@@ -72,9 +68,7 @@ def test_views_are_replayed_for_x_and_x_plus_delta(cifar: torch.Tensor) -> None:
     negatives, x, index = cifar[16:24], cifar[:4], torch.tensor([3, 7, 8, 20])
     crit = _criterion(negatives, seed=5)
     reference = crit.prepare(x, None, index)
-    x_adv = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(
-        0, 1
-    )
+    x_adv = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
     views = SimCLRViews()
     params = views.sample(view_generators(5, index, ViewPurpose.CRITERION), 2, (3, 32, 32))
     bank_params = views.sample(view_generators(5, range(8), ViewPurpose.NEGATIVES), 1, (3, 32, 32))
@@ -121,9 +115,7 @@ def test_gradcheck_of_the_contrastive_loss_in_float64() -> None:
     params.jitter[:] = True  # exercise every colour operation
     with torch.no_grad():
         bank = crit.negative_bank("cpu")
-    assert torch.autograd.gradcheck(
-        lambda images: crit.loss(images, params, bank), (x,), eps=1e-6, atol=1e-5
-    )
+    assert torch.autograd.gradcheck(lambda images: crit.loss(images, params, bank), (x,), eps=1e-6, atol=1e-5)
 
 
 def test_per_sample_values_do_not_depend_on_the_batch(cifar: torch.Tensor) -> None:
@@ -174,9 +166,7 @@ def test_contrastive_rejects_bad_configurations(cifar: torch.Tensor) -> None:
     assert crit.config()["negatives"] is None and "n_views=4" in repr(crit)
 
 
-@pytest.mark.parametrize(
-    "name", ["SimCLRViews", "ViewParameters", "ViewPurpose", "view_generators"]
-)
+@pytest.mark.parametrize("name", ["SimCLRViews", "ViewParameters", "ViewPurpose", "view_generators"])
 def test_moved_view_names_still_import_from_contrastive_with_a_warning(name: str) -> None:
     contrastive = importlib.import_module("uae_augment.contrastive")
     with pytest.warns(DeprecationWarning, match=f"uae_augment.views.{name}"):

@@ -29,9 +29,7 @@ def _pair(n: int = 13, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 1, 12, 12, generator=generator)
     x = torch.where(x > 0.6, x.clamp(max=0.9) / 0.9, torch.zeros_like(x))
-    delta = (
-        0.3 * torch.rand(x.shape, generator=generator) - 0.1 * torch.arange(n).view(-1, 1, 1, 1) / n
-    )
+    delta = 0.3 * torch.rand(x.shape, generator=generator) - 0.1 * torch.arange(n).view(-1, 1, 1, 1) / n
     return x, (x + delta).clamp(0, 1)
 
 
@@ -41,9 +39,7 @@ def test_l2_matched_noise_matches_the_clipped_l2_distance():
     torch.testing.assert_close(_l2(out, x), _l2(reference, x), rtol=1e-4, atol=0)
     assert out.dtype == x.dtype and out.shape == x.shape
     assert out.min() >= 0 and out.max() <= 1
-    assert (
-        (out == 0) | (out == 1)
-    ).float().mean() > 0.1  # the box clipped it: the match holds after clipping
+    assert ((out == 0) | (out == 1)).float().mean() > 0.1  # the box clipped it: the match holds after clipping
 
 
 def test_cosine_matched_noise_matches_cos_retained_component_and_energy():
@@ -54,9 +50,7 @@ def test_cosine_matched_noise_matches_cos_retained_component_and_energy():
     assert error <= COSINE_TOLERANCE, error
     # same retained component and orthogonal energy, hence the same L2 distance and norm
     torch.testing.assert_close(_l2(out, x), _l2(reference, x), rtol=1e-4, atol=0)
-    torch.testing.assert_close(
-        out.flatten(1).norm(dim=1), reference.flatten(1).norm(dim=1), rtol=1e-4, atol=0
-    )
+    torch.testing.assert_close(out.flatten(1).norm(dim=1), reference.flatten(1).norm(dim=1), rtol=1e-4, atol=0)
     # it is another point: not the reference, and not on the line through x
     assert (_l2(out, reference) > 0.1 * _l2(reference, x)).all()
 
@@ -65,18 +59,12 @@ def test_cosine_matched_noise_is_the_plain_construction_where_it_fits_in_the_box
     # x inside (0.2, 0.8) and a small orthogonal energy: a x + R u never leaves the box, nothing is projected
     generator = torch.Generator().manual_seed(1)
     x = 0.2 + 0.6 * torch.rand(5, 30, generator=generator, dtype=torch.float64)
-    reference = (x + 0.02 * torch.randn(x.shape, generator=generator, dtype=torch.float64)).clamp(
-        0, 1
-    )
+    reference = (x + 0.02 * torch.randn(x.shape, generator=generator, dtype=torch.float64)).clamp(0, 1)
     out = cosine_matched_noise(x, reference, seed=2)
     retained = (reference * x).sum(1) / x.pow(2).sum(1)
     residual = out - retained[:, None] * x
-    torch.testing.assert_close(
-        (residual * x).sum(1), torch.zeros(5, dtype=torch.float64), atol=1e-9, rtol=0
-    )
-    torch.testing.assert_close(
-        residual.norm(dim=1), (reference - retained[:, None] * x).norm(dim=1)
-    )
+    torch.testing.assert_close((residual * x).sum(1), torch.zeros(5, dtype=torch.float64), atol=1e-9, rtol=0)
+    torch.testing.assert_close(residual.norm(dim=1), (reference - retained[:, None] * x).norm(dim=1))
 
 
 @pytest.mark.parametrize("control", CONTROLS)
@@ -95,9 +83,7 @@ def test_seed_and_index_reproduce_and_change_the_draw(control):
     assert torch.equal(first, control(x, reference, seed=1))
     assert not torch.equal(first, control(x, reference, seed=2))
     assert not torch.equal(first, control(x, reference, seed=1, index=[10, 11, 12, 13]))
-    assert not torch.equal(
-        l2_matched_noise(x, reference, seed=1), cosine_matched_noise(x, reference, seed=1)
-    )
+    assert not torch.equal(l2_matched_noise(x, reference, seed=1), cosine_matched_noise(x, reference, seed=1))
 
 
 @pytest.mark.parametrize("control", CONTROLS)

@@ -20,11 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_demo_writes_grid_and_summary(tmp_path):
     summary = demo(out=tmp_path, epochs=1, train_rows=200, samples=3, steps=2, progress=False)
     saved = json.loads((tmp_path / "summary.json").read_text())
-    assert (
-        saved["samples"] == 3
-        and saved["attack"]["preset"] == "fast"
-        and saved["attack"]["steps"] == 2
-    )
+    assert saved["samples"] == 3 and saved["attack"]["preset"] == "fast" and saved["attack"]["steps"] == 2
     assert 0.0 <= saved["asr"] <= 1.0
     # the fast preset keeps the release's epsilon = 1, so only the box binds; delta is glorot-sized
     assert 0.0 < saved["max_linf"] <= 1.0
@@ -65,11 +61,7 @@ def _run_example(out: Path) -> int:
 
 def _example_table(printed: str) -> dict[str, list[str]]:
     """The arms of the example's table: name -> [steps, test MSE, vs control, ASR]."""
-    rows = [
-        line.strip("|").split("|")
-        for line in printed.splitlines()
-        if line.startswith("| ") and "---" not in line
-    ]
+    rows = [line.strip("|").split("|") for line in printed.splitlines() if line.startswith("| ") and "---" not in line]
     return {cells[0].strip(): [cell.strip() for cell in cells[1:]] for cells in rows[1:]}
 
 
@@ -81,9 +73,7 @@ def test_example_runs_end_to_end_and_a_rerun_reuses_its_cache(tmp_path, capsys, 
     with UAECache(cache) as rows:
         assert len(rows) == 52 and 0.0 <= rows.asr <= 1.0
         asr = rows.asr
-    assert (
-        "all 52 rows done" in caplog.text
-    )  # attacked once, by precompute; UAEAugmented reads the file
+    assert "all 52 rows done" in caplog.text  # attacked once, by precompute; UAEAugmented reads the file
 
     table = _example_table(first)
     assert list(table) == ["original", "same-steps control", "MINE-UAE"]
@@ -95,9 +85,7 @@ def test_example_runs_end_to_end_and_a_rerun_reuses_its_cache(tmp_path, capsys, 
     assert all(0.0 < float(table[arm][1]) < 1.0 for arm in table)
     assert table["same-steps control"][2] == "+0.0%" and table["original"][3] == "—"
     assert table["MINE-UAE"][3] == f"{asr:.1%}"
-    assert (
-        'README.md, section "Results"' in first and "## Results" in (REPO / "README.md").read_text()
-    )
+    assert 'README.md, section "Results"' in first and "## Results" in (REPO / "README.md").read_text()
 
     caplog.clear()
     assert _run_example(tmp_path) == 0

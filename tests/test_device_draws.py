@@ -56,9 +56,7 @@ def test_rows_depend_on_seed_and_index_only():
     whole = _draws(counter_streams(4, index, Stream.MINE_INIT, 0, device="cpu"))
     for batch in _BATCHES:
         for start in range(0, len(index), batch):
-            part = _draws(
-                counter_streams(4, index[start : start + batch], Stream.MINE_INIT, 0, device="cpu")
-            )
+            part = _draws(counter_streams(4, index[start : start + batch], Stream.MINE_INIT, 0, device="cpu"))
             for got, expected in zip(part, whole):
                 assert torch.equal(got, expected[start : start + batch])
     single = _draws(counter_streams(4, [105], Stream.MINE_INIT, 0, device="cpu"))
@@ -66,16 +64,10 @@ def test_rows_depend_on_seed_and_index_only():
 
 
 def test_different_indices_streams_and_seeds_differ():
-    base = stacked_uniform(
-        counter_streams(0, range(6), Stream.MINE_INIT, device="cpu"), (50,), 0.0, 1.0
-    )
+    base = stacked_uniform(counter_streams(0, range(6), Stream.MINE_INIT, device="cpu"), (50,), 0.0, 1.0)
     assert len({tuple(row.tolist()) for row in base}) == 6
-    other_stream = stacked_uniform(
-        counter_streams(0, range(6), Stream.PERMUTATION, device="cpu"), (50,), 0.0, 1.0
-    )
-    other_seed = stacked_uniform(
-        counter_streams(1, range(6), Stream.MINE_INIT, device="cpu"), (50,), 0.0, 1.0
-    )
+    other_stream = stacked_uniform(counter_streams(0, range(6), Stream.PERMUTATION, device="cpu"), (50,), 0.0, 1.0)
+    other_seed = stacked_uniform(counter_streams(1, range(6), Stream.MINE_INIT, device="cpu"), (50,), 0.0, 1.0)
     assert not (base == other_stream).any() and not (base == other_seed).any()
     streams = counter_streams(0, range(6), Stream.MINE_INIT, device="cpu")
     first, second = (
@@ -103,9 +95,7 @@ def test_uniform_and_normal_distributions():
 
 
 def test_permutations_are_permutations_and_uniform():
-    perms = stacked_permutations(
-        counter_streams(2, range(3), Stream.PERMUTATION, device="cpu"), 3000, 4
-    )
+    perms = stacked_permutations(counter_streams(2, range(3), Stream.PERMUTATION, device="cpu"), 3000, 4)
     assert torch.equal(perms.sort(dim=-1).values, torch.arange(4).expand_as(perms))
     first = torch.bincount(perms[..., 0].flatten(), minlength=4).float()
     assert (first - 2250).abs().max() < 150  # 9000 draws, sd ~41
@@ -116,9 +106,7 @@ def test_per_sample_mine_device_draws_are_batch_independent(hidden):
     index = torch.arange(20, 32)
 
     def mine(rows: torch.Tensor) -> PerSampleMINE:
-        return PerSampleMINE(
-            (6, 6), seed=3, index=rows, count=5, lr=1e-3, hidden=hidden, device_draws=True
-        )
+        return PerSampleMINE((6, 6), seed=3, index=rows, count=5, lr=1e-3, hidden=hidden, device_draws=True)
 
     whole = mine(index)
     whole_params = [p.detach() for p in whole.network.parameters()]
@@ -133,19 +121,12 @@ def test_per_sample_mine_device_draws_are_batch_independent(hidden):
 
 def test_device_draws_follow_glorot_and_differ_from_the_cpu_streams():
     index = torch.arange(8)
-    counter = PerSampleMINE(
-        (10, 10), seed=0, index=index, count=4, lr=1e-3, hidden=32, device_draws=True
-    )
+    counter = PerSampleMINE((10, 10), seed=0, index=index, count=4, lr=1e-3, hidden=32, device_draws=True)
     default = PerSampleMINE((10, 10), seed=0, index=index, count=4, lr=1e-3, hidden=32)
-    reference = StatisticsNetwork(
-        (10, 10), sample_generators(0, index, Stream.MINE_INIT, 0), hidden=32
-    )
+    reference = StatisticsNetwork((10, 10), sample_generators(0, index, Stream.MINE_INIT, 0), hidden=32)
     weight = counter.network.u_weight0.detach()
     limit = math.sqrt(6.0 / (weight.shape[2] + weight.shape[1]))
-    assert (
-        weight.abs().max() <= limit
-        and abs(float(weight.std()) - limit / math.sqrt(3)) < 0.02 * limit
-    )
+    assert weight.abs().max() <= limit and abs(float(weight.std()) - limit / math.sqrt(3)) < 0.02 * limit
     assert not torch.equal(weight, default.network.u_weight0.detach())
     # the CPU default is unchanged: the generator streams, bitwise
     for got, expected in zip(default.network.parameters(), reference.parameters()):
@@ -160,14 +141,10 @@ def test_device_draws_train_a_useful_estimator():
     dependent, independent = u + 0.1 * torch.randn_like(u), torch.randn_like(u)
     scores = []
     for v in (dependent, independent):
-        mine = PerSampleMINE(
-            (6,), seed=0, index=torch.arange(4), count=32, lr=1e-2, hidden=None, device_draws=True
-        )
+        mine = PerSampleMINE((6,), seed=0, index=torch.arange(4), count=32, lr=1e-2, hidden=None, device_draws=True)
         mine.train(u, v, 200)
         with torch.no_grad():
-            scores.append(
-                torch.stack([mine.estimate(u, v, p) for p in mine.permutations(8)]).mean(0)
-            )
+            scores.append(torch.stack([mine.estimate(u, v, p) for p in mine.permutations(8)]).mean(0))
     assert (scores[0] > scores[1] + 0.3).all()
 
 

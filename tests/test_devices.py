@@ -122,11 +122,7 @@ class TestDistributed:
     def test_alone_no_process_group(self, no_torchrun, monkeypatch):
         group = FakeGroup(monkeypatch, 0, 1)
         with distributed("cpu") as placement:
-            assert (
-                placement.world is None
-                and placement.device == torch.device("cpu")
-                and placement.is_main
-            )
+            assert placement.world is None and placement.device == torch.device("cpu") and placement.is_main
         assert group.calls == []
 
     def test_torchrun_on_gpus_uses_nccl_and_the_local_gpu(self, monkeypatch, gpus):

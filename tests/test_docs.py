@@ -11,9 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
-OUTSIDE = re.compile(
-    r"SPEC\.md|DESIGN\.md|STYLE\.md|LAYOUT\.md|\.\./shared|/work/shared|PROVENANCE\.md"
-)
+OUTSIDE = re.compile(r"SPEC\.md|DESIGN\.md|STYLE\.md|LAYOUT\.md|\.\./shared|/work/shared|PROVENANCE\.md")
 
 
 def _markdown_files() -> list[Path]:
@@ -24,9 +22,7 @@ def _markdown_files() -> list[Path]:
         ).stdout.split()
         return sorted(REPO / name for name in listed)
     except (OSError, subprocess.CalledProcessError):
-        return sorted(
-            p for p in REPO.rglob("*.md") if ".git" not in p.parts and ".venv" not in p.parts
-        )
+        return sorted(p for p in REPO.rglob("*.md") if ".git" not in p.parts and ".venv" not in p.parts)
 
 
 def _anchors(path: Path) -> set[str]:

@@ -32,9 +32,7 @@ ROOTS = (PACKAGE, "recipes")
 
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"recipes"}),  # outside the package: users of its public API
-    frozenset(
-        {"", "cli", "_cli_build", "__main__", "demo"}
-    ),  # "" is the package root, uae_augment/__init__.py
+    frozenset({"", "cli", "_cli_build", "__main__", "demo"}),  # "" is the package root, uae_augment/__init__.py
     frozenset(
         {"training", "adversarial_training"}
     ),  # adversarial_training: the deprecated shim of training.adversarial
@@ -146,21 +144,15 @@ def _from_base(importer: str, node: ast.ImportFrom, modules: Mapping[str, Module
     return f"{package}.{node.module}" if node.module else package
 
 
-def _targets(
-    importer: str, node: ast.Import | ast.ImportFrom, modules: Mapping[str, Module]
-) -> list[tuple[str, bool]]:
+def _targets(importer: str, node: ast.Import | ast.ImportFrom, modules: Mapping[str, Module]) -> list[tuple[str, bool]]:
     """(imported module, is a star import) for each name of one import statement."""
     if isinstance(node, ast.Import):
         return [(_known(alias.name, modules), False) for alias in node.names]
     base = _from_base(importer, node, modules)
     targets = []
     for alias in node.names:
-        submodule = (
-            f"{base}.{alias.name}"  # `from . import views` imports the submodule, not the root
-        )
-        targets.append(
-            (submodule if submodule in modules else _known(base, modules), alias.name == "*")
-        )
+        submodule = f"{base}.{alias.name}"  # `from . import views` imports the submodule, not the root
+        targets.append((submodule if submodule in modules else _known(base, modules), alias.name == "*"))
     return targets
 
 
@@ -176,17 +168,14 @@ def imports_of(importer: str, modules: Mapping[str, Module]) -> list[Import]:
                         found.append(Import(importer, imported, child.lineno, in_function, star))
             visit(
                 child,
-                in_function
-                or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)),
+                in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)),
             )
 
     visit(ast.parse(modules[importer].source), False)
     return found
 
 
-def import_graph(
-    modules: Mapping[str, Module], exempt: Iterable[tuple[str, str]] = ()
-) -> list[Import]:
+def import_graph(modules: Mapping[str, Module], exempt: Iterable[tuple[str, str]] = ()) -> list[Import]:
     """Every internal import of ``modules``, without the ``exempt`` (importer, imported) edges."""
     skipped = set(exempt)
     return [
@@ -212,9 +201,7 @@ def root_imports(edges: Iterable[Import]) -> list[str]:
     return [
         f"{edge.where()}: rule (a), no import of the package root from inside the package"
         for edge in edges
-        if edge.imported == PACKAGE
-        and edge.importer.startswith(f"{PACKAGE}.")
-        and edge.importer not in ROOT_IMPORTERS
+        if edge.imported == PACKAGE and edge.importer.startswith(f"{PACKAGE}.") and edge.importer not in ROOT_IMPORTERS
     ]
 
 
@@ -247,11 +234,7 @@ def star_imports(edges: Iterable[Import]) -> list[str]:
 
 def unlayered(modules: Iterable[str]) -> list[str]:
     """Modules that no layer holds: every module must have a place in :data:`LAYERS`."""
-    return [
-        f"{name}: has no layer in LAYERS; add its first name to one"
-        for name in modules
-        if layer_of(name) is None
-    ]
+    return [f"{name}: has no layer in LAYERS; add its first name to one" for name in modules if layer_of(name) is None]
 
 
 def upward_imports(edges: Iterable[Import]) -> list[str]:
@@ -363,19 +346,14 @@ def edges(repository: dict[str, Module]) -> list[Import]:
     return import_graph(repository, KNOWN_UNTIL_MERGE)
 
 
-def test_the_walk_finds_the_package_and_the_recipes(
-    repository: dict[str, Module], edges: list[Import]
-) -> None:
+def test_the_walk_finds_the_package_and_the_recipes(repository: dict[str, Module], edges: list[Import]) -> None:
     assert {
         PACKAGE,
         f"{PACKAGE}.mine.per_sample",
         f"{PACKAGE}.attacks._minmax_loop",
         "recipes.simclr",
     } <= set(repository)
-    assert any(
-        edge.importer == f"{PACKAGE}.criteria" and edge.imported == f"{PACKAGE}.mine"
-        for edge in edges
-    )
+    assert any(edge.importer == f"{PACKAGE}.criteria" and edge.imported == f"{PACKAGE}.mine" for edge in edges)
 
 
 def test_every_module_has_a_layer(repository: dict[str, Module]) -> None:
@@ -399,9 +377,7 @@ def test_every_known_until_merge_edge_still_exists(repository: dict[str, Module]
 
 def test_every_lazy_import_allowance_is_used(repository: dict[str, Module]) -> None:
     lazy = [edge for edge in import_graph(repository) if edge.function_level]
-    unused = [
-        key for key in LAZY_FOR_STARTUP if not any(_lazy_allowed(edge, {key: ""}) for edge in lazy)
-    ]
+    unused = [key for key in LAZY_FOR_STARTUP if not any(_lazy_allowed(edge, {key: ""}) for edge in lazy)]
     assert unused == []
 
 
@@ -441,9 +417,7 @@ def test_a_cycle_is_caught_and_every_edge_of_it_is_named() -> None:
         "rule (e), an import cycle: uae_augment.attacks.base (line 2) imports uae_augment.attacks.gradient,"
         " uae_augment.attacks.gradient (line 1) imports uae_augment.attacks.base"
     )
-    assert cycles(
-        import_graph(_package(views="from . import views\n"))
-    )  # a module importing itself
+    assert cycles(import_graph(_package(views="from . import views\n")))  # a module importing itself
     acyclic = _package(views="", criteria="from .views import x\n", mine="from .views import y\n")
     assert cycles(import_graph(acyclic)) == []
 
@@ -462,12 +436,9 @@ def test_root_star_and_function_level_imports_are_caught() -> None:
     assert star_imports(edges) == [
         "uae_augment.mine.per_sample (line 2) imports uae_augment.views: rule (c), no `from ... import *`"
     ]
-    assert (
-        [problem.partition(":")[0] for problem in function_level_imports(edges)]
-        == [
-            "uae_augment.criteria (line 2) imports uae_augment.mine.per_sample"  # the CLI's lazy import is allowed
-        ]
-    )
+    assert [problem.partition(":")[0] for problem in function_level_imports(edges)] == [
+        "uae_augment.criteria (line 2) imports uae_augment.mine.per_sample"  # the CLI's lazy import is allowed
+    ]
 
 
 def test_relative_imports_resolve_against_the_importers_package() -> None:
@@ -478,21 +449,16 @@ def test_relative_imports_resolve_against_the_importers_package() -> None:
         attacks__init__="",
         attacks__base="",
     )
-    assert (
-        [edge.imported for edge in import_graph(modules)]
-        == [
-            "uae_augment.data.cache",
-            "uae_augment.attacks.base",
-            "uae_augment.data._items",
-            "uae_augment",  # `import uae_augment.views`, and no such module here: the longest known prefix
-        ]
-    )
+    assert [edge.imported for edge in import_graph(modules)] == [
+        "uae_augment.data.cache",
+        "uae_augment.attacks.base",
+        "uae_augment.data._items",
+        "uae_augment",  # `import uae_augment.views`, and no such module here: the longest known prefix
+    ]
 
 
 def test_exempt_edges_and_unlayered_modules() -> None:
-    modules = _package(
-        models__concrete="def fit_concrete():\n    from ..training import fit\n", training=""
-    )
+    modules = _package(models__concrete="def fit_concrete():\n    from ..training import fit\n", training="")
     problems = violations(modules)
     assert len(problems) == 2 and all(
         "uae_augment.models.concrete (line 2) imports uae_augment.training" in p for p in problems

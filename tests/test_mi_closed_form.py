@@ -24,9 +24,7 @@ def gaussian_mi(covariance: torch.Tensor, split: int) -> float:
     """I(A; B) = (log det S_A + log det S_B - log det S) / 2 for a joint Gaussian."""
     logdet = torch.linalg.slogdet
     return 0.5 * float(
-        logdet(covariance[:split, :split])[1]
-        + logdet(covariance[split:, split:])[1]
-        - logdet(covariance)[1]
+        logdet(covariance[:split, :split])[1] + logdet(covariance[split:, split:])[1] - logdet(covariance)[1]
     )
 
 
@@ -57,14 +55,8 @@ def test_projection_mi_monte_carlo_log_density_ratio():
     generator = torch.Generator().manual_seed(0)
     cos, dim, n = 0.7, 4, 200_000
     a = torch.randn(n, dim, generator=generator, dtype=torch.float64)
-    b = cos * a + math.sqrt(1 - cos**2) * torch.randn(
-        n, dim, generator=generator, dtype=torch.float64
-    )
-    log_ratio = (
-        -0.5 * math.log(1 - cos**2)
-        - (a**2 + b**2 - 2 * cos * a * b) / (2 * (1 - cos**2))
-        + (a**2 + b**2) / 2
-    )
+    b = cos * a + math.sqrt(1 - cos**2) * torch.randn(n, dim, generator=generator, dtype=torch.float64)
+    log_ratio = -0.5 * math.log(1 - cos**2) - (a**2 + b**2 - 2 * cos * a * b) / (2 * (1 - cos**2)) + (a**2 + b**2) / 2
     estimate = float(log_ratio.sum(dim=1).mean())
     assert estimate == pytest.approx(float(projection_mi(torch.tensor(cos), dim)), abs=0.02)
 
@@ -73,9 +65,7 @@ def test_projection_mi_is_finite_with_zero_gradient_at_identical_inputs():
     cos = torch.tensor([1.0, 0.5], requires_grad=True)
     value = projection_mi(cos, 8)
     value.sum().backward()
-    assert torch.isfinite(value).all() and float(value[0].detach()) == pytest.approx(
-        -4 * math.log(1e-6), rel=1e-3
-    )
+    assert torch.isfinite(value).all() and float(value[0].detach()) == pytest.approx(-4 * math.log(1e-6), rel=1e-3)
     assert torch.isfinite(cos.grad).all()
     with pytest.raises(ValueError, match="dim must be >= 1"):
         projection_mi(cos, 0)
@@ -88,11 +78,7 @@ def test_standardised_mi_matches_circular_closed_form_for_dim_3(cos):
     # b = r cos D, and I = E[log(2 pi f(D))]. The radius grid converges slowest at dim 3 (0.4% at cos 0.8).
     angles = torch.linspace(-math.pi, math.pi, 200_001, dtype=torch.float64)[:-1]
     beta = cos * torch.cos(angles)
-    density = (
-        (1 - cos**2)
-        / (2 * math.pi * (1 - beta**2))
-        * (1 + beta * torch.arccos(-beta) / (1 - beta**2).sqrt())
-    )
+    density = (1 - cos**2) / (2 * math.pi * (1 - beta**2)) * (1 + beta * torch.arccos(-beta) / (1 - beta**2).sqrt())
     step = float(angles[1] - angles[0])
     assert float(density.sum() * step) == pytest.approx(1.0, abs=1e-6)
     expected = float((density * torch.log(2 * math.pi * density)).sum() * step)
@@ -120,16 +106,12 @@ def test_per_sample_mine_is_monotone_in_cos_and_below_the_exact_mi_and_log_k():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        estimate = per_sample_mi(
-            x, with_cosine(x, cos), steps=300, projections=128, projection_dim=8
-        )
+        estimate = per_sample_mi(x, with_cosine(x, cos), steps=300, projections=128, projection_dim=8)
     finally:
         torch.set_num_threads(threads)
     assert (estimate.diff() > 0).all(), estimate
     # a coarse grid (within 1% of the default one here; MINE is 2.5-7x below)
-    exact = torch.tensor(
-        [standardised_projection_mi(float(c), 8, angle_points=301, radius_points=100) for c in cos]
-    )
+    exact = torch.tensor([standardised_projection_mi(float(c), 8, angle_points=301, radius_points=100) for c in cos])
     assert (estimate < exact).all(), (estimate, exact)
     assert (estimate < math.log(128)).all()
 
@@ -180,9 +162,7 @@ def test_analytic_term_drives_delta_down_the_closed_form():
 def test_analytic_similarity_value_matches_closed_form_of_cosine():
     x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(4))
     other = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(5))
-    cos = (x.flatten(1) * other.flatten(1)).sum(1) / (
-        x.flatten(1).norm(dim=1) * other.flatten(1).norm(dim=1)
-    )
+    cos = (x.flatten(1) * other.flatten(1)).sum(1) / (x.flatten(1).norm(dim=1) * other.flatten(1).norm(dim=1))
     expected = -4.0 * torch.log(1 - cos**2)
     torch.testing.assert_close(AnalyticMISimilarity(x, 8).value(other), expected)
 
@@ -202,9 +182,7 @@ def test_analytic_option_validation_and_config():
 def test_per_sample_mine_below_exact_mi_on_a_grid(dim):
     cos = torch.tensor([0.6, 0.8, 0.9, 0.95, 0.99])
     x = torch.randn(5, 256, generator=torch.Generator().manual_seed(0))
-    estimate = per_sample_mi(
-        x, with_cosine(x, cos), steps=800, projections=2000, projection_dim=dim
-    )
+    estimate = per_sample_mi(x, with_cosine(x, cos), steps=800, projections=2000, projection_dim=dim)
     exact = torch.tensor([standardised_projection_mi(float(c), dim) for c in cos])
     # increasing over well-separated cosines; between 0.95 and 0.99 it can dip (p = 32: 4.10 -> 3.90)
     assert (estimate[[0, 2, 4]].diff() > 0).all(), estimate

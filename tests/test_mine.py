@@ -24,14 +24,10 @@ from uae_augment.mine import (
 
 
 def _network(sample_shape, batch, hidden):
-    return StatisticsNetwork(
-        sample_shape, sample_generators(0, range(batch), Stream.MINE_INIT), hidden=hidden
-    )
+    return StatisticsNetwork(sample_shape, sample_generators(0, range(batch), Stream.MINE_INIT), hidden=hidden)
 
 
-@pytest.mark.parametrize(
-    "sample_shape,hidden", [((6, 5), 32), ((6, 5), None), ((12,), 16), ((12,), None)]
-)
+@pytest.mark.parametrize("sample_shape,hidden", [((6, 5), 32), ((6, 5), None), ((12,), 16), ((12,), None)])
 def test_manual_gradients_equal_autograd(sample_shape, hidden):
     network = _network(sample_shape, 3, hidden)
     u = torch.randn(3, 7, *sample_shape)
@@ -55,12 +51,8 @@ def test_stacked_network_equals_reference_per_sample(sample_shape, hidden):
     permutation = torch.stack([torch.randperm(7) for _ in range(4)])
     batched = network(u, v, permutation)
     for i in range(4):
-        reference = ReferenceStatisticsNetwork(
-            sample_shape, sample_generator(0, i, Stream.MINE_INIT), hidden
-        )
-        torch.testing.assert_close(
-            batched[i], reference(u[i], v[i], permutation[i]), rtol=1e-5, atol=1e-5
-        )
+        reference = ReferenceStatisticsNetwork(sample_shape, sample_generator(0, i, Stream.MINE_INIT), hidden)
+        torch.testing.assert_close(batched[i], reference(u[i], v[i], permutation[i]), rtol=1e-5, atol=1e-5)
 
 
 def test_donsker_varadhan_matches_formula_and_does_not_overflow():
@@ -70,9 +62,7 @@ def test_donsker_varadhan_matches_formula_and_does_not_overflow():
     torch.testing.assert_close(donsker_varadhan(joint, marginal)[0], expected)
     huge = donsker_varadhan(joint, torch.tensor([[1000.0, 999.0, 998.0]]))
     assert torch.isfinite(huge).all()
-    assert huge.item() == pytest.approx(
-        2.0 - (1000.0 + math.log((1 + math.exp(-1) + math.exp(-2)) / 3)), abs=1e-3
-    )
+    assert huge.item() == pytest.approx(2.0 - (1000.0 + math.log((1 + math.exp(-1) + math.exp(-2)) / 3)), abs=1e-3)
 
 
 @pytest.fixture
@@ -103,10 +93,7 @@ def test_estimate_mi_matches_analytic_gaussian_mi(d, rho, steps, one_thread):
 
 
 JUDGED_GRID = [  # truth <= 2 nats; d = 10 at rho 0.6 and 0.8 (2.23, 5.11) is only reported by the benchmark
-    (d, rho)
-    for d in (2, 10)
-    for rho in (0.0, 0.2, 0.4, 0.6, 0.8)
-    if -d / 2 * math.log(1 - rho**2) <= 2.0
+    (d, rho) for d in (2, 10) for rho in (0.0, 0.2, 0.4, 0.6, 0.8) if -d / 2 * math.log(1 - rho**2) <= 2.0
 ]
 
 
@@ -120,9 +107,7 @@ def test_estimate_mi_matches_analytic_gaussian_mi_full_grid(d, rho, one_thread):
 
 def test_estimate_mi_is_deterministic_and_needs_held_out_pairs(one_thread):
     a, b = _gaussian_pairs(200, 2, 0.5)
-    assert estimate_mi(a, b, steps=20, eval_every=5, seed=3) == estimate_mi(
-        a, b, steps=20, eval_every=5, seed=3
-    )
+    assert estimate_mi(a, b, steps=20, eval_every=5, seed=3) == estimate_mi(a, b, steps=20, eval_every=5, seed=3)
     with pytest.raises(ValueError, match="at least 6 paired samples"):
         estimate_mi(a[:5], b[:5])
     with pytest.raises(ValueError, match=r"holdout must be a fraction in \(0, 1\), got 1.0"):
@@ -152,9 +137,7 @@ def test_random_projection_sampler_standardises_and_is_seeded():
     samples = sampler(x)
     assert samples.shape == (5, 20, 16)
     torch.testing.assert_close(samples.mean(-1), torch.zeros(5, 20), atol=1e-5, rtol=0)
-    torch.testing.assert_close(
-        samples.std(-1, unbiased=False), torch.ones(5, 20), atol=1e-4, rtol=0
-    )
+    torch.testing.assert_close(samples.std(-1, unbiased=False), torch.ones(5, 20), atol=1e-4, rtol=0)
     torch.testing.assert_close(RandomProjectionSampler(64, 20, 16, seed=3)(x), samples)
     assert not torch.allclose(RandomProjectionSampler(64, 20, 16, seed=4)(x), samples)
     torch.testing.assert_close(sampler(x[2:3]), samples[2:3])  # one matrix shared by all samples

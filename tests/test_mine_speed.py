@@ -50,9 +50,7 @@ def test_mine_iterations_allocate_no_large_temporaries(threads):
         (grad,) = torch.autograd.grad(mine.estimate(u, v_step).sum(), v_step)
         return v_step.detach() - 1e-3 * grad
 
-    mine.train(
-        u, delta_step(), 2
-    )  # first touch of parameters, gradients, Adam moments and workspace
+    mine.train(u, delta_step(), 2)  # first touch of parameters, gradients, Adam moments and workspace
     moved = delta_step()
     before = _page_faults()
     mine.train(u, moved, 2)

@@ -9,9 +9,7 @@ from uae_augment._model_state import frozen, state_hash
 
 
 def test_state_hash_covers_batchnorm_buffers_and_values():
-    model = nn.Sequential(
-        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)
-    )  # num_batches_tracked is a 0-d long
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))  # num_batches_tracked is a 0-d long
     first = state_hash([model])
     assert first == state_hash([model]) and len(first) == 64
     model[1].num_batches_tracked += 1

@@ -24,9 +24,7 @@ class RecordingBar:
 
     bars: list[RecordingBar] = []
 
-    def __init__(
-        self, *, total: int, initial: int = 0, desc: str = "", disable: bool = False, **_: Any
-    ):
+    def __init__(self, *, total: int, initial: int = 0, desc: str = "", disable: bool = False, **_: Any):
         self.total, self.initial, self.desc, self.disable = total, initial, desc, disable
         self.updates: list[int] = []
         RecordingBar.bars.append(self)
@@ -112,9 +110,7 @@ def test_estimate_resumes_count_only_the_rows_this_run_does(bars, caplog, monkey
     caplog.set_level(logging.INFO)
     with _progress.Progress(100, "job", unit="row", initial=90) as bar:
         bar.update(5)
-    assert (
-        "about 20 s in total (10 s for the first 5 of 10 rows)" in estimates(caplog)[0].getMessage()
-    )
+    assert "about 20 s in total (10 s for the first 5 of 10 rows)" in estimates(caplog)[0].getMessage()
 
 
 def test_format_seconds():
@@ -139,9 +135,7 @@ def test_precompute_bar_counts_saved_rows_per_batch(bars, caplog, tmp_path):
     precompute(rows, Flip(), tmp_path / "c.h5", batch_size=4, chunk_rows=4, progress=True)
     (bar,) = [b for b in bars if b.desc.startswith("precompute")]
     assert (bar.total, bar.updates) == (12, [4, 4, 4])
-    assert any(
-        r.getMessage().startswith("precompute c.h5 (rows saved): about") for r in estimates(caplog)
-    )
+    assert any(r.getMessage().startswith("precompute c.h5 (rows saved): about") for r in estimates(caplog))
 
 
 def test_uae_augmented_cache_build_shows_the_precompute_bar(bars, tmp_path):
@@ -194,6 +188,4 @@ def test_uae_transform_logs_the_time_of_a_slow_call(monkeypatch, caplog, seconds
     UAETransform(Flip(), p=1.0)(torch.rand(4, 1, 2, 2))
     (record,) = [r for r in caplog.records if r.name == "uae_augment.data.transforms"]
     assert record.levelno == level
-    assert record.getMessage().endswith(
-        f"attacked 4 of 4 samples, ASR 1.0000, in {_progress.format_seconds(seconds)}"
-    )
+    assert record.getMessage().endswith(f"attacked 4 of 4 samples, ASR 1.0000, in {_progress.format_seconds(seconds)}")

@@ -45,9 +45,7 @@ def _conv_classifier() -> nn.Sequential:
 
 
 def _conv_autoencoder() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1), nn.Sigmoid()
-    )
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1), nn.Sigmoid())
 
 
 def _count_forward_calls(model: nn.Module) -> list[int]:
@@ -62,9 +60,7 @@ def _count_forward_calls(model: nn.Module) -> list[int]:
 
 
 UNSUPERVISED = {
-    "MINEUAE feature maps": lambda ae: MINEUAE(
-        Reconstruction(ae), preset="fast", steps=2, sampler="feature_maps"
-    ),
+    "MINEUAE feature maps": lambda ae: MINEUAE(Reconstruction(ae), preset="fast", steps=2, sampler="feature_maps"),
     "MINEUAE random projection": lambda ae: MINEUAE(
         Reconstruction(ae),
         preset="fast",
@@ -127,12 +123,8 @@ def test_uae_transform_names_a_missing_batch_axis_whether_or_not_the_sample_is_d
     ids=lambda model: type(model).__name__,
 )
 def test_library_models_name_a_missing_batch_axis(model):
-    attack = GaussianNoise(
-        Reconstruction(model) if hasattr(model, "encode") else ClassifierMargin(model)
-    )
-    with pytest.raises(
-        ValueError, match=r"missing its batch axis: got shape \(1, 28, 28\).*samples \(1, 28, 28\)"
-    ):
+    attack = GaussianNoise(Reconstruction(model) if hasattr(model, "encode") else ClassifierMargin(model))
+    with pytest.raises(ValueError, match=r"missing its batch axis: got shape \(1, 28, 28\).*samples \(1, 28, 28\)"):
         attack(torch.rand(1, 28, 28), torch.tensor([0]))
 
 
@@ -148,9 +140,7 @@ def test_library_models_name_a_missing_batch_axis(model):
         (CIFARResNet18(), ("(C, H, W) (its first layer is a Conv2d)", 3)),
         (MLPClassifier((617,)), ("(617,)", 1)),
         (
-            nn.Sequential(
-                nn.Flatten(), nn.Linear(64, 3), nn.Unflatten(1, (3, 1, 1)), nn.Conv2d(3, 1, 1)
-            ),
+            nn.Sequential(nn.Flatten(), nn.Linear(64, 3), nn.Unflatten(1, (3, 1, 1)), nn.Conv2d(3, 1, 1)),
             None,
         ),
         (nn.Sequential(nn.Linear(64, 3)), None),

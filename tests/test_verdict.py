@@ -13,9 +13,7 @@ from uae_augment import UAECache
 from uae_augment.statistics import paired_difference
 
 SEEDS = (0, 1)
-ARMS = [
-    arm for arm in verdict.ARMS if arm != "mine-strong"
-]  # strong: the same path as mine-fast, another preset
+ARMS = [arm for arm in verdict.ARMS if arm != "mine-strong"]  # strong: the same path as mine-fast, another preset
 TINY = [
     "--model",
     "conv",
@@ -52,10 +50,7 @@ def test_every_arm_of_every_seed_is_recorded_with_the_control_steps(run):
         assert set(record["arms"]) == set(ARMS)
         assert record["arms"]["original"]["steps"] == 1  # 100 rows, batch 100
         assert {entry["steps"] for arm, entry in record["arms"].items() if arm != "original"} == {2}
-        assert (
-            record["arms"]["mine-fast"]["attack_steps"] == 2
-            and record["arms"]["init-only"]["attack_steps"] == 1
-        )
+        assert record["arms"]["mine-fast"]["attack_steps"] == 2 and record["arms"]["init-only"]["attack_steps"] == 1
 
 
 @pytest.mark.slow
@@ -103,10 +98,7 @@ def test_a_rerun_skips_finished_arms_and_refuses_other_settings(run):
     out, _ = run
     path = out / "conv" / "seed0.json"
     before = path.read_text()
-    assert (
-        verdict.main([*TINY[: -len(ARMS) - 1], "--arms", "original", "l2-uae", "--out", str(out)])
-        == 0
-    )
+    assert verdict.main([*TINY[: -len(ARMS) - 1], "--arms", "original", "l2-uae", "--out", str(out)]) == 0
     assert path.read_text() == before
     with pytest.raises(SystemExit, match="other settings"):
         verdict.main([*TINY, "--epochs", "2", "--out", str(out)])
@@ -143,19 +135,12 @@ def test_summary_of_written_records(tmp_path):
     models = verdict.summarise(tmp_path)
     assert list(models) == ["simclr-128"] and models["simclr-128"]["better"] == "higher"
     entry = models["simclr-128"]["arms"]["mine-fast"]
-    assert (
-        entry["vs_control"]["mean"] == pytest.approx(1.6)
-        and entry["vs_control"]["verdict"] == "helps"
-    )
+    assert entry["vs_control"]["mean"] == pytest.approx(1.6) and entry["vs_control"]["verdict"] == "helps"
     assert entry["asr_pct"]["mean"] == pytest.approx(52.0) and entry["attack_steps"] == 3
     assert models["simclr-128"]["total_cpu_s"] == pytest.approx(150.0)
     (duel,) = models["simclr-128"]["head_to_head"].values()
-    expected = verdict.paired_difference(
-        arm, [c + 0.5 * (i % 2) for i, c in enumerate(control)], better="higher"
-    )
-    assert (duel["arm"], duel["rival"]) == ("mine-fast", "init-only") and duel[
-        "mean"
-    ] == pytest.approx(expected.mean)
+    expected = verdict.paired_difference(arm, [c + 0.5 * (i % 2) for i, c in enumerate(control)], better="higher")
+    assert (duel["arm"], duel["rival"]) == ("mine-fast", "init-only") and duel["mean"] == pytest.approx(expected.mean)
     assert duel["verdict"] == expected.verdict
     table = verdict.markdown(models)
     # init only: differences 0, .5, 0, .5, 0: mean 0.2, sd 0.274, half width 2.776 * 0.274 / sqrt 5 = 0.340

@@ -65,13 +65,9 @@ def test_each_view_operation_equals_torchvisions(cifar: torch.Tensor) -> None:
             lambda im: TF.adjust_saturation(im, 1.3),
             lambda im: TF.adjust_hue(im, 0.05),
         ][op](composed)
-    out = views(x, _one_view(6, jitter=True, factors=(1.2, 0.7, 1.3, 0.05), order=(3, 1, 0, 2)))[
-        :, 0
-    ]
+    out = views(x, _one_view(6, jitter=True, factors=(1.2, 0.7, 1.3, 0.05), order=(3, 1, 0, 2)))[:, 0]
     torch.testing.assert_close(out, composed, atol=3e-6, rtol=0)
-    torch.testing.assert_close(
-        views(x, _one_view(6, gray=True))[:, 0], TF.rgb_to_grayscale(x, 3), atol=1e-6, rtol=0
-    )
+    torch.testing.assert_close(views(x, _one_view(6, gray=True))[:, 0], TF.rgb_to_grayscale(x, 3), atol=1e-6, rtol=0)
     assert views(x, _one_view(6, flip=True))[:, 0].equal(TF.hflip(x))
 
 
@@ -89,24 +85,15 @@ def test_crop_box_resamples_like_torchvisions_resized_crop(cifar: torch.Tensor) 
 def test_drawn_parameters_follow_simclrs_distribution() -> None:
     views = SimCLRViews(cj_strength=0.5)
     n = 3000
-    params = views.sample(
-        view_generators(0, range(n), ViewPurpose.TRAINING), 1, (3, 32, 32)
-    ).flatten()
+    params = views.sample(view_generators(0, range(n), ViewPurpose.TRAINING), 1, (3, 32, 32)).flatten()
     centre_x, centre_y, width, height = params.box.unbind(-1)
     area = width * height
     assert bool((area >= 0.08 - 1e-6).all() and (area <= 1 + 1e-6).all())
-    assert bool(
-        ((width / height) >= 3 / 4 - 1e-5).all() and ((width / height) <= 4 / 3 + 1e-5).all()
-    )
+    assert bool(((width / height) >= 3 / 4 - 1e-5).all() and ((width / height) <= 4 / 3 + 1e-5).all())
     assert bool((centre_x - width / 2 >= -1e-6).all() and (centre_x + width / 2 <= 1 + 1e-6).all())
-    assert bool(
-        (centre_y - height / 2 >= -1e-6).all() and (centre_y + height / 2 <= 1 + 1e-6).all()
-    )
+    assert bool((centre_y - height / 2 >= -1e-6).all() and (centre_y + height / 2 <= 1 + 1e-6).all())
     torchvision_area = [
-        math.prod(
-            RandomResizedCrop.get_params(torch.zeros(3, 32, 32), (0.08, 1.0), (3 / 4, 4 / 3))[2:]
-        )
-        / 1024
+        math.prod(RandomResizedCrop.get_params(torch.zeros(3, 32, 32), (0.08, 1.0), (3 / 4, 4 / 3))[2:]) / 1024
         for _ in range(n)
     ]
     assert abs(float(area.mean()) - sum(torchvision_area) / n) < 0.03
@@ -117,17 +104,13 @@ def test_drawn_parameters_follow_simclrs_distribution() -> None:
     assert bool((params.factors >= low - 1e-6).all() and (params.factors <= high + 1e-6).all())
     assert torch.allclose(params.factors.mean(0), (low + high) / 2, atol=0.02)
     assert bool((params.order.sort(-1).values == torch.arange(4)).all())
-    assert (
-        len({tuple(o.tolist()) for o in params.order}) == 24
-    )  # every order of the four operations occurs
+    assert len({tuple(o.tolist()) for o in params.order}) == 24  # every order of the four operations occurs
 
 
 def test_views_depend_on_the_generator_not_on_the_batch(cifar: torch.Tensor) -> None:
     views = SimCLRViews()
     index = torch.tensor([5, 9, 11])
-    together = views(
-        cifar[:3], views.sample(view_generators(1, index, ViewPurpose.CRITERION), 2, (3, 32, 32))
-    )
+    together = views(cifar[:3], views.sample(view_generators(1, index, ViewPurpose.CRITERION), 2, (3, 32, 32)))
     alone = views(
         cifar[1:2],
         views.sample(view_generators(1, index[1:2], ViewPurpose.CRITERION), 2, (3, 32, 32)),

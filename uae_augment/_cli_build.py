@@ -73,15 +73,11 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _describe(value: object) -> str:
     if isinstance(value, Mapping):
         kinds = sorted({type(v).__name__ for v in value.values()})
-        return (
-            f"a {type(value).__name__} with {len(value)} entries of type {', '.join(kinds) or '-'}"
-        )
+        return f"a {type(value).__name__} with {len(value)} entries of type {', '.join(kinds) or '-'}"
     return f"a {type(value).__name__}"
 
 
-def build_victim(
-    args: argparse.Namespace, input_shape: tuple[int, ...], num_classes: int | None
-) -> nn.Module:
+def build_victim(args: argparse.Namespace, input_shape: tuple[int, ...], num_classes: int | None) -> nn.Module:
     """The model named by ``--model`` (with ``--model-arg``), its checkpoint loaded, in eval mode."""
     import torch
 
@@ -101,9 +97,7 @@ def build_victim(
         torch.manual_seed(args.seed)
         model = build_model(args.model, input_shape, **kwargs)
     if args.checkpoint is None:
-        logger.warning(
-            "no --checkpoint: attacking a randomly initialised %s (seed %d)", args.model, args.seed
-        )
+        logger.warning("no --checkpoint: attacking a randomly initialised %s (seed %d)", args.model, args.seed)
     else:
         state = load_state_dict(args.checkpoint)
         try:
@@ -141,9 +135,7 @@ def build_attack(args: argparse.Namespace, model: nn.Module, sample: torch.Tenso
         if reserved in overrides:
             raise CLIError(f"use {flag} instead of --set {reserved}=...")
     criterion_kind = args.criterion
-    contrastive_model = callable(
-        getattr(model, "criterion", None)
-    )  # SimCLR builds its own criterion
+    contrastive_model = callable(getattr(model, "criterion", None))  # SimCLR builds its own criterion
     if criterion_kind == "auto" and contrastive_model and args.attack != "minmax":
         criterion_kind = "contrastive"
     if (criterion_kind == "contrastive") != contrastive_model:
@@ -153,9 +145,7 @@ def build_attack(args: argparse.Namespace, model: nn.Module, sample: torch.Tenso
             else f"--criterion contrastive needs a contrastive model (simclr-resnet18), not --model {args.model}"
         )
     if criterion_kind == "contrastive":
-        criterion = model.criterion(
-            seed=args.seed, n_views=4
-        )  # 4 views: NT-Xent without a negative bank
+        criterion = model.criterion(seed=args.seed, n_views=4)  # 4 views: NT-Xent without a negative bank
     elif criterion_kind == "auto":
         if args.attack == "minmax":
             criterion_kind = "margin"
@@ -170,14 +160,10 @@ def build_attack(args: argparse.Namespace, model: nn.Module, sample: torch.Tenso
             " autoencoder model, or --attack minmax / --criterion margin for a classifier"
         )
     if criterion_kind != "contrastive":
-        criterion = (
-            Reconstruction(model) if criterion_kind == "reconstruction" else ClassifierMargin(model)
-        )
+        criterion = Reconstruction(model) if criterion_kind == "reconstruction" else ClassifierMargin(model)
     if args.attack == "gaussian":
         if args.preset is not None:
-            logger.warning(
-                "--preset is ignored by --attack gaussian (set sigma with --set sigma=...)"
-            )
+            logger.warning("--preset is ignored by --attack gaussian (set sigma with --set sigma=...)")
         cls: Any = GaussianNoise
         kwargs: dict[str, Any] = {"seed": args.seed, **overrides}
     else:
@@ -192,13 +178,8 @@ def build_attack(args: argparse.Namespace, model: nn.Module, sample: torch.Tenso
     try:
         return cls(criterion, **kwargs)
     except TypeError as error:
-        accepted = sorted(
-            _accepted_options(cls)
-            - {"criterion", "seed", "preset", "mode", "progress", "feature_layer"}
-        )
-        raise CLIError(
-            f"--set: {error}; --attack {args.attack} accepts: {', '.join(accepted)}"
-        ) from error
+        accepted = sorted(_accepted_options(cls) - {"criterion", "seed", "preset", "mode", "progress", "feature_layer"})
+        raise CLIError(f"--set: {error}; --attack {args.attack} accepts: {', '.join(accepted)}") from error
 
 
 LONG_JOB_S = 1800.0
@@ -235,9 +216,7 @@ def _accepted_options(cls: type) -> set[str]:
         if init is None:
             continue
         parameters = inspect.signature(init).parameters
-        names |= {
-            n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-        }
+        names |= {n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
         if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
             break
     return names - {"self"}

@@ -48,7 +48,5 @@ def state_hash(models: Iterable[nn.Module]) -> str:
         for name, tensor in model.state_dict().items():
             value = tensor.detach().cpu().contiguous()
             digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
-            digest.update(
-                value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b""
-            )
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()

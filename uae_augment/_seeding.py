@@ -130,9 +130,7 @@ class CounterStreams:
 
     def _claim(self, numel: int) -> torch.Tensor:
         """The next ``numel`` counters (1, numel) int64; advances the stream."""
-        counters = torch.arange(
-            self.offset, self.offset + numel, dtype=torch.int64, device=self.device
-        )
+        counters = torch.arange(self.offset, self.offset + numel, dtype=torch.int64, device=self.device)
         self.offset += numel
         return counters.unsqueeze(0)
 
@@ -169,9 +167,7 @@ def counter_streams(
     device: torch.device | str,
 ) -> CounterStreams:
     """:class:`CounterStreams` of the given global indices on ``device``."""
-    return CounterStreams(
-        [derive_seed(seed, i, int(stream), *extra) for i in _as_ints(indices)], device
-    )
+    return CounterStreams([derive_seed(seed, i, int(stream), *extra) for i in _as_ints(indices)], device)
 
 
 Streams = Sequence[torch.Generator] | CounterStreams

@@ -44,9 +44,7 @@ def check_images(x: object, *, name: str = "x", min_rank: int = 2) -> torch.Tens
             " (convert uint8 images with x.float() / 255)"
         )
     if x.dim() < min_rank:
-        raise ValueError(
-            f"{name} must have shape (N, ...) with rank >= {min_rank}, got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"{name} must have shape (N, ...) with rank >= {min_rank}, got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is empty: got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():
@@ -54,9 +52,7 @@ def check_images(x: object, *, name: str = "x", min_rank: int = 2) -> torch.Tens
         raise ValueError(f"{name} contains {bad} NaN/Inf values")
     low, high = float(x.min()), float(x.max())
     if low < 0.0 or high > 1.0:
-        raise ValueError(
-            f"{name} must lie in [0, 1] (normalise after the attack), found range [{low:.4g}, {high:.4g}]"
-        )
+        raise ValueError(f"{name} must lie in [0, 1] (normalise after the attack), found range [{low:.4g}, {high:.4g}]")
     return x
 
 
@@ -73,9 +69,7 @@ def check_precision(x: torch.Tensor, models: Sequence[nn.Module]) -> None:
     found = [f"x is {x.dtype}"] if x.dtype in _LOW_PRECISION else []
     for model in models:
         dtypes = {p.dtype for p in model.parameters() if p.dtype in _LOW_PRECISION}
-        found += [
-            f"{type(model).__name__} has {dtype} parameters" for dtype in sorted(dtypes, key=str)
-        ]
+        found += [f"{type(model).__name__} has {dtype} parameters" for dtype in sorted(dtypes, key=str)]
     if found:
         raise ValueError(
             f"attacks run in float32 but {', '.join(found)}; keep inputs and models in float32 and wrap the"
@@ -158,9 +152,7 @@ def normalise_shape(input_shape: object, *, name: str = "input_shape") -> tuple[
     if isinstance(input_shape, int) and not isinstance(input_shape, bool):
         input_shape = (input_shape,)
     if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
-        raise TypeError(
-            f"{name} must be a tuple of ints such as (1, 28, 28) or (617,), got {input_shape!r}"
-        )
+        raise TypeError(f"{name} must be a tuple of ints such as (1, 28, 28) or (617,), got {input_shape!r}")
     shape = tuple(input_shape)
     if not shape or any(isinstance(s, bool) or not isinstance(s, int) for s in shape):
         raise TypeError(f"{name} must be a non-empty tuple of ints, got {input_shape!r}")

@@ -94,9 +94,7 @@ def run_precompute(args: argparse.Namespace) -> int:
         rows: Any = dataset
         if args.limit is not None:
             if args.limit > len(dataset):
-                raise CLIError(
-                    f"--limit {args.limit} exceeds the {len(dataset)} rows of {args.dataset}/{args.split}"
-                )
+                raise CLIError(f"--limit {args.limit} exceeds the {len(dataset)} rows of {args.dataset}/{args.split}")
             rows = Subset(dataset, range(args.limit))
         model = build_victim(args, dataset.sample_shape, dataset.num_classes).to(device)
         attack = build_attack(args, model, dataset[0][0].to(device))
@@ -150,11 +148,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     cache = UAECache(args.path, allow_partial=True, preload=False)
     summary = cache.summary(bins=args.bins)
     if args.json:
-        print(
-            json.dumps(
-                {"summary": summary, "provenance": cache.provenance}, indent=2, sort_keys=True
-            )
-        )
+        print(json.dumps({"summary": summary, "provenance": cache.provenance}, indent=2, sort_keys=True))
     else:
         print(format_summary(summary, cache.provenance, histogram=True))
     return 0
@@ -181,9 +175,7 @@ def _fingerprint(dataset: dict[str, Any]) -> str:
     return f"sha256 of all {dataset.get('rows_hashed')} rows: {fields}"
 
 
-def format_summary(
-    summary: dict[str, Any], provenance: dict[str, Any], *, histogram: bool = False
-) -> str:
+def format_summary(summary: dict[str, Any], provenance: dict[str, Any], *, histogram: bool = False) -> str:
     """Human-readable report of :meth:`UAECache.summary` and the provenance record."""
     attack = dict(provenance.get("attack", {}))
     dataset = provenance.get("dataset", {})
@@ -261,9 +253,7 @@ def _add_precompute(subparsers: Any) -> None:
         metavar="DATASET",
         help=f"data set name: {', '.join(DATASET_NAMES)}",
     )
-    parser.add_argument(
-        "--split", default="train", choices=("train", "test", "all"), help="data split"
-    )
+    parser.add_argument("--split", default="train", choices=("train", "test", "all"), help="data split")
     parser.add_argument(
         "--data-root",
         type=Path,
@@ -316,9 +306,7 @@ def _add_precompute(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="attack option override, JSON-ish value, e.g. steps=10, sigma=0.001 (repeatable)",
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="attack seed (and model init seed without --checkpoint)"
-    )
+    parser.add_argument("--seed", type=int, default=0, help="attack seed (and model init seed without --checkpoint)")
     parser.add_argument("--out", type=Path, required=True, help="cache file to write (.h5)")
     parser.add_argument(
         "--batch-size",
@@ -326,9 +314,7 @@ def _add_precompute(subparsers: Any) -> None:
         default=PRECOMPUTE_BATCH_SIZE,
         help="rows per batch handed to the attack (default: %(default)s; the bar moves once per batch)",
     )
-    parser.add_argument(
-        "--no-resume", action="store_true", help="overwrite an existing file instead of resuming it"
-    )
+    parser.add_argument("--no-resume", action="store_true", help="overwrite an existing file instead of resuming it")
     parser.add_argument(
         "--limit",
         type=_positive_int,
@@ -379,9 +365,7 @@ def _add_inspect(subparsers: Any) -> None:
     )
     parser.add_argument("path", type=Path, help="cache file (.h5), finished, partial or a shard")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument(
-        "--bins", type=_positive_int, default=10, help="histogram bins of the criterion"
-    )
+    parser.add_argument("--bins", type=_positive_int, default=10, help="histogram bins of the criterion")
     parser.set_defaults(handler=run_inspect)
 
 
@@ -420,9 +404,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         prog="uae-augment",
         description="MINE-based unsupervised adversarial examples (UAEs) as data augmentation.",
     )
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="-v: info logs, -vv: debug logs"
-    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: info logs, -vv: debug logs")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_precompute(subparsers)

@@ -119,9 +119,7 @@ def ntxent_per_sample(
     if has_bank:
         assert negatives is not None
         bank = F.normalize(negatives.to(z.dtype), dim=-1)
-        candidates = torch.cat(
-            [candidates, torch.einsum("bvd,md->bvm", z, bank) / temperature], dim=2
-        )
+        candidates = torch.cat([candidates, torch.einsum("bvd,md->bvm", z, bank) / temperature], dim=2)
     return (torch.logsumexp(candidates, dim=2) - positive).mean(dim=1)
 
 
@@ -232,9 +230,7 @@ class Contrastive(Criterion):
         z = self.head(self.backbone(views.flatten(0, 1)))
         return z.unflatten(0, views.shape[:2])
 
-    def view_parameters(
-        self, index: torch.Tensor, image_shape: Sequence[int]
-    ) -> _views.ViewParameters:
+    def view_parameters(self, index: torch.Tensor, image_shape: Sequence[int]) -> _views.ViewParameters:
         """The (replayed) view parameters of the samples with global indices ``index``."""
         generators = _views.view_generators(self.seed, index, _views.ViewPurpose.CRITERION)
         return self.transform.sample(generators, self.n_views, image_shape)
@@ -256,18 +252,12 @@ class Contrastive(Criterion):
         negatives: torch.Tensor | None,
     ) -> torch.Tensor:
         """L per sample (N,) for images x (N, C, H, W) under ``params``, differentiable in x."""
-        return ntxent_per_sample(
-            self.project(self.transform(x, params)), negatives, self.temperature
-        )
+        return ntxent_per_sample(self.project(self.transform(x, params)), negatives, self.temperature)
 
-    def prepare(
-        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor
-    ) -> _ContrastiveReference:
+    def prepare(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> _ContrastiveReference:
         with torch.no_grad():
             params = self.view_parameters(index, tuple(x.shape[1:]))
-            if callable(
-                getattr(self.transform, "plan", None)
-            ):  # replayed on the device without syncs
+            if callable(getattr(self.transform, "plan", None)):  # replayed on the device without syncs
                 params = self.transform.plan(params, x.device)
             negatives = self.negative_bank(x.device)
             if negatives is not None:
@@ -276,9 +266,7 @@ class Contrastive(Criterion):
         return _ContrastiveReference(params=params, negatives=negatives, clean_loss=clean)
 
     def __call__(self, x_adv: torch.Tensor, reference: _ContrastiveReference) -> torch.Tensor:
-        return torch.clamp(
-            self.loss(x_adv, reference.params, reference.negatives) - reference.clean_loss, min=0.0
-        )
+        return torch.clamp(self.loss(x_adv, reference.params, reference.negatives) - reference.clean_loss, min=0.0)
 
     def config(self) -> dict[str, Any]:
         bank: dict[str, Any] | None = None
@@ -291,9 +279,7 @@ class Contrastive(Criterion):
             "n_views": self.n_views,
             "temperature": self.temperature,
             "view_seed": self.seed,
-            "transform": self.transform.config()
-            if hasattr(self.transform, "config")
-            else repr(self.transform),
+            "transform": self.transform.config() if hasattr(self.transform, "config") else repr(self.transform),
             "negatives": bank,
         }
 

@@ -44,9 +44,7 @@ def _flat_pair(x: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, 
     check_images(x, name="x")
     check_images(reference, name="reference")
     if x.shape != reference.shape:
-        raise ValueError(
-            f"reference must have the shape of x {tuple(x.shape)}, got {tuple(reference.shape)}"
-        )
+        raise ValueError(f"reference must have the shape of x {tuple(x.shape)}, got {tuple(reference.shape)}")
     return x.flatten(1).double(), reference.flatten(1).double()
 
 
@@ -56,9 +54,7 @@ def _directions(x: torch.Tensor, seed: int, index: object, key: int) -> torch.Te
     return stacked_normal(generators, x.shape[1:], dtype=torch.float64).to(x.device)
 
 
-def _bisect(
-    measure: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor, what: str
-) -> torch.Tensor:
+def _bisect(measure: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor, what: str) -> torch.Tensor:
     """Per-row scale s >= 0 with measure(s) = target, for a measure nondecreasing in s.
 
     Doubles the bracket per row, then bisects each row a fixed number of times.
@@ -76,9 +72,7 @@ def _bisect(
     unreachable = measure(high) < target
     if unreachable.any():
         rows = torch.nonzero(unreachable).flatten().tolist()
-        raise ValueError(
-            f"the {what} of reference rows {rows[:10]} cannot be reached inside the [0, 1] box"
-        )
+        raise ValueError(f"the {what} of reference rows {rows[:10]} cannot be reached inside the [0, 1] box")
     for _ in range(_SCALE_STEPS):
         middle = (low + high) / 2
         below = measure(middle) < target
@@ -86,9 +80,7 @@ def _bisect(
     return high
 
 
-def l2_matched_noise(
-    x: torch.Tensor, reference: torch.Tensor, *, seed: int, index: object = None
-) -> torch.Tensor:
+def l2_matched_noise(x: torch.Tensor, reference: torch.Tensor, *, seed: int, index: object = None) -> torch.Tensor:
     """Gaussian noise with the L2 distance of ``reference``: clip(x + s_i z_i, 0, 1) per row.
 
     z_i ~ N(0, I) comes from (seed, index[i]); s_i is bisected so that
@@ -143,9 +135,7 @@ def _onto_plane_in_box(y: torch.Tensor, x: torch.Tensor, level: torch.Tensor) ->
     return torch.clamp(y - ((low + high) / 2)[:, None] * x, 0.0, 1.0)
 
 
-def cosine_matched_noise(
-    x: torch.Tensor, reference: torch.Tensor, *, seed: int, index: object = None
-) -> torch.Tensor:
+def cosine_matched_noise(x: torch.Tensor, reference: torch.Tensor, *, seed: int, index: object = None) -> torch.Tensor:
     """Random x'' with the retained component and orthogonal energy of ``reference``, inside the box.
 
     With a = <x', x> / ||x||^2 and R = ||x' - a x|| for x' = ``reference``, the

@@ -85,9 +85,7 @@ class ClassifierMargin(Criterion):
     def __call__(self, x_adv: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         logits = self.model(x_adv)
         if logits.dim() != 2:
-            raise ValueError(
-                f"the classifier must return logits (N, classes), got {tuple(logits.shape)}"
-            )
+            raise ValueError(f"the classifier must return logits (N, classes), got {tuple(logits.shape)}")
         self._check_labels(reference, logits.shape[1])
         return margin(logits, reference, targeted=self.targeted, kappa=self.kappa)
 
@@ -102,26 +100,18 @@ class ClassifierMargin(Criterion):
         """
         if labels.device.type == "meta":  # no values to check (device tests run victims there)
             return
-        if (
-            self._checked is not None
-            and self._checked[0]() is labels
-            and self._checked[1] == classes
-        ):
+        if self._checked is not None and self._checked[0]() is labels and self._checked[1] == classes:
             return
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= classes:
-            raise ValueError(
-                f"label {high if high >= classes else low} out of range for {classes} classes"
-            )
+            raise ValueError(f"label {high if high >= classes else low} out of range for {classes} classes")
         self._checked = (weakref.ref(labels), classes)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "targeted": self.targeted, "kappa": self.kappa}
 
 
-def margin(
-    logits: torch.Tensor, labels: torch.Tensor, *, targeted: bool, kappa: float
-) -> torch.Tensor:
+def margin(logits: torch.Tensor, labels: torch.Tensor, *, targeted: bool, kappa: float) -> torch.Tensor:
     """The C&W margin criterion on logits (N, C) for labels/targets (N,)."""
     label_logit = logits.gather(1, labels[:, None]).squeeze(1)
     # the label mask by comparison: one_hot checks the labels' range on the host (a device sync)
@@ -153,9 +143,7 @@ class Reconstruction(Criterion):
         True
     """
 
-    def prepare(
-        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor
-    ) -> _ReconstructionReference:
+    def prepare(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> _ReconstructionReference:
         with torch.no_grad():
             clean_error = self._error(x, x)
         return _ReconstructionReference(x=x, clean_error=clean_error)

@@ -28,30 +28,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("outputs/demo"),
         help="output folder (default: %(default)s)",
     )
-    parser.add_argument(
-        "--epochs", type=int, default=3, help="autoencoder training epochs (default: %(default)s)"
-    )
+    parser.add_argument("--epochs", type=int, default=3, help="autoencoder training epochs (default: %(default)s)")
     parser.add_argument(
         "--train-rows",
         type=int,
         default=None,
         help="train on N digits drawn at random with --seed (default: all 4,000)",
     )
-    parser.add_argument(
-        "--samples", type=int, default=64, help="training digits to attack (default: %(default)s)"
-    )
+    parser.add_argument("--samples", type=int, default=64, help="training digits to attack (default: %(default)s)")
     parser.add_argument(
         "--preset",
         choices=sorted(PRESET_NAMES),
         default="fast",
         help="attack preset (default: %(default)s; 'paper' is the release's, ~20x slower)",
     )
-    parser.add_argument(
-        "--steps", type=int, default=None, help="attack iterations (default: the preset's, 40)"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of training and attack (default: %(default)s)"
-    )
+    parser.add_argument("--steps", type=int, default=None, help="attack iterations (default: the preset's, 40)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of training and attack (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -107,13 +99,9 @@ def demo(
     train_s = time.perf_counter() - started
 
     generator = torch.Generator().manual_seed(seed)
-    index = torch.randperm(len(train), generator=generator)[
-        : min(samples, len(train))
-    ]  # all classes
+    index = torch.randperm(len(train), generator=generator)[: min(samples, len(train))]  # all classes
     x = torch.stack([train[int(i)][0] for i in index])
-    attack = MINEUAE(
-        Reconstruction(model), preset=preset, steps=steps, seed=seed, progress=progress
-    )
+    attack = MINEUAE(Reconstruction(model), preset=preset, steps=steps, seed=seed, progress=progress)
     started = time.perf_counter()
     result = attack(x, index=index)
     attack_s = time.perf_counter() - started

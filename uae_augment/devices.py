@@ -47,9 +47,7 @@ def torchrun_local_rank() -> int | None:
     if torchrun_world_size() <= 1:
         return None
     if "LOCAL_RANK" not in os.environ:
-        raise ValueError(
-            "WORLD_SIZE > 1 but LOCAL_RANK is not set: start the processes with torchrun"
-        )
+        raise ValueError("WORLD_SIZE > 1 but LOCAL_RANK is not set: start the processes with torchrun")
     return _env_int("LOCAL_RANK", 0, minimum=0)
 
 
@@ -98,9 +96,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return device
     count = torch.cuda.device_count()
     if local_rank >= count:
-        raise ValueError(
-            f"torchrun LOCAL_RANK {local_rank} has no GPU of its own: {count} CUDA device(s) visible"
-        )
+        raise ValueError(f"torchrun LOCAL_RANK {local_rank} has no GPU of its own: {count} CUDA device(s) visible")
     if device.index is not None and device.index != local_rank:
         logger.warning(
             "--device %s under torchrun: rank with LOCAL_RANK %d uses cuda:%d instead (one GPU per rank)",
@@ -124,9 +120,7 @@ class Placement(NamedTuple):
 
 
 @contextlib.contextmanager
-def distributed(
-    name: str = "auto", *, timeout: datetime.timedelta = DEFAULT_TIMEOUT
-) -> Iterator[Placement]:
+def distributed(name: str = "auto", *, timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> Iterator[Placement]:
     """Joins torchrun's process group for the ``with`` block when ``WORLD_SIZE`` > 1.
 
     The device is :func:`resolve_device` (``cuda:LOCAL_RANK`` under torchrun,
@@ -159,11 +153,7 @@ def distributed(
             dist.get_world_size(),
         )
     try:
-        world = (
-            (dist.get_rank(), dist.get_world_size())
-            if _initialised() and dist.get_world_size() > 1
-            else None
-        )
+        world = (dist.get_rank(), dist.get_world_size()) if _initialised() and dist.get_world_size() > 1 else None
         yield Placement(world, device)
     finally:
         if started and _initialised():

@@ -108,9 +108,7 @@ def _check_better(better: str) -> Better:
     return better  # type: ignore[return-value]
 
 
-def minimum_detectable_effect(
-    n: int, sd: float, *, alpha: float = 0.05, power: float = 0.8
-) -> float:
+def minimum_detectable_effect(n: int, sd: float, *, alpha: float = 0.05, power: float = 0.8) -> float:
     """Smallest true mean difference a two-sided paired t test detects with probability ``power``.
 
     Solves ``P(|T| > t_{1-alpha/2, n-1}) = power`` for the effect ``delta``, with
@@ -136,12 +134,8 @@ def minimum_detectable_effect(
     critical = stats.t.ppf(1.0 - alpha / 2.0, df)
 
     def shortfall(noncentrality: float) -> float:
-        wrong_side = float(
-            stats.nct.cdf(-critical, df, noncentrality)
-        )  # NaN where it underflows (large nc)
-        detected = float(stats.nct.sf(critical, df, noncentrality)) + (
-            0.0 if math.isnan(wrong_side) else wrong_side
-        )
+        wrong_side = float(stats.nct.cdf(-critical, df, noncentrality))  # NaN where it underflows (large nc)
+        detected = float(stats.nct.sf(critical, df, noncentrality)) + (0.0 if math.isnan(wrong_side) else wrong_side)
         return detected - power
 
     upper = critical + stats.norm.ppf(power) + 1.0
@@ -198,9 +192,7 @@ def paired_difference(
     a = np.asarray(arm, dtype=np.float64).ravel()
     c = np.asarray(control, dtype=np.float64).ravel()
     if a.shape != c.shape:
-        raise ValueError(
-            f"arm and control need one value per seed each; got {a.size} and {c.size} values"
-        )
+        raise ValueError(f"arm and control need one value per seed each; got {a.size} and {c.size} values")
     if a.size < 2:
         raise ValueError(f"a paired comparison needs at least 2 seeds, got {a.size}")
     if not (np.isfinite(a).all() and np.isfinite(c).all()):

@@ -216,9 +216,7 @@ class SimCLRViews(nn.Module):
             if value < 0 or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite value >= 0, got {value}")
         if cj_strength * cj_hue > 0.5:
-            raise ValueError(
-                f"the hue range cj_strength * cj_hue must be <= 0.5, got {cj_strength * cj_hue}"
-            )
+            raise ValueError(f"the hue range cj_strength * cj_hue must be <= 0.5, got {cj_strength * cj_hue}")
         if not 0.0 < min_scale <= 1.0:
             raise ValueError(f"min_scale must lie in (0, 1], got {min_scale}")
         if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
@@ -243,9 +241,7 @@ class SimCLRViews(nn.Module):
 
     # ----------------------------------------------------------------- parameters
 
-    def sample(
-        self, generators: Sequence[torch.Generator], n_views: int, image_shape: Sequence[int]
-    ) -> ViewParameters:
+    def sample(self, generators: Sequence[torch.Generator], n_views: int, image_shape: Sequence[int]) -> ViewParameters:
         """Parameters of ``n_views`` views per image, image ``b`` drawn from ``generators[b]`` alone.
 
         Args:
@@ -286,9 +282,7 @@ class SimCLRViews(nn.Module):
         factors = low + draws * (high - low)
         order = rest[..., 6:10].argsort(dim=-1)
         gray = rest[..., 10] < self.random_gray_scale
-        return ViewParameters(
-            box=box, flip=flip, jitter=jitter, factors=factors, order=order, gray=gray
-        )
+        return ViewParameters(box=box, flip=flip, jitter=jitter, factors=factors, order=order, gray=gray)
 
     def _crop_boxes(self, u: torch.Tensor, aspect: float) -> torch.Tensor:
         """torchvision's RandomResizedCrop.get_params on relative, continuous boxes; aspect = H / W."""
@@ -337,9 +331,7 @@ class SimCLRViews(nn.Module):
         jitter_rows = flat.jitter.cpu().nonzero().flatten()
         order = flat.order.cpu().index_select(0, jitter_rows)
         chosen = tuple(
-            tuple(
-                (order[:, position] == op_id).nonzero().flatten().to(device) for op_id in range(4)
-            )
+            tuple((order[:, position] == op_id).nonzero().flatten().to(device) for op_id in range(4))
             for position in range(4)
         )
         return ViewPlan(
@@ -387,12 +379,8 @@ class SimCLRViews(nn.Module):
             dim=-2,
         )
         out_h, out_w = self.size or rows.shape[-2:]
-        grid = F.affine_grid(
-            theta, [rows.shape[0], rows.shape[1], out_h, out_w], align_corners=False
-        )
-        return F.grid_sample(
-            rows, grid, mode="bilinear", padding_mode="border", align_corners=False
-        )
+        grid = F.affine_grid(theta, [rows.shape[0], rows.shape[1], out_h, out_w], align_corners=False)
+        return F.grid_sample(rows, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     def _jitter(self, out: torch.Tensor, plan: ViewPlan, *, colour: bool) -> torch.Tensor:
         rows = plan.jitter_rows
@@ -400,16 +388,12 @@ class SimCLRViews(nn.Module):
             return out
         selected = out.index_select(0, rows)
         factors = plan.params.factors.index_select(0, rows).to(out.dtype)
-        operations = (
-            (_brightness, _contrast, _saturation, _hue) if colour else (_brightness, _contrast)
-        )
+        operations = (_brightness, _contrast, _saturation, _hue) if colour else (_brightness, _contrast)
         for position in range(4):
             step = selected
             for op_id, (operation, chosen) in enumerate(zip(operations, plan.chosen[position])):
                 if chosen.numel():
-                    changed = operation(
-                        selected.index_select(0, chosen), factors.index_select(0, chosen)[:, op_id]
-                    )
+                    changed = operation(selected.index_select(0, chosen), factors.index_select(0, chosen)[:, op_id])
                     step = step.index_copy(0, chosen, changed)
             selected = step
         return out.index_copy(0, rows, selected)
@@ -438,9 +422,7 @@ def check_n_views(n_views: int) -> None:
 
 def _image_dims(shape: Sequence[int]) -> tuple[int, int, int]:
     if len(shape) != 3 or shape[0] not in (1, 3):
-        raise ValueError(
-            f"SimCLR views need images (C, H, W) with C = 1 or 3, got shape {tuple(shape)}"
-        )
+        raise ValueError(f"SimCLR views need images (C, H, W) with C = 1 or 3, got shape {tuple(shape)}")
     return int(shape[0]), int(shape[1]), int(shape[2])
 
 

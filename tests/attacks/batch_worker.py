@@ -47,12 +47,8 @@ def build_models(seed: int = 0) -> dict[str, nn.Module]:
     """Tiny seeded models on 1x8x8 inputs: a conv classifier, a conv and a dense autoencoder."""
     torch.manual_seed(seed)
     return {
-        "classifier": nn.Sequential(
-            nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, CLASSES)
-        ),
-        "conv_ae": nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1), nn.Sigmoid()
-        ),
+        "classifier": nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, CLASSES)),
+        "conv_ae": nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1), nn.Sigmoid()),
         "dense_ae": nn.Sequential(
             nn.Flatten(),
             nn.Linear(64, 16),
@@ -112,20 +108,12 @@ def cases(scale: int) -> dict[str, Factory]:
             seed=1,
             batch_size=b,
         ),
-        "lp_uae": lambda m, b: LpUAE(
-            Reconstruction(m["conv_ae"]), steps=4 * s, seed=1, batch_size=b
-        ),
-        "gaussian_noise": lambda m, b: GaussianNoise(
-            Reconstruction(m["dense_ae"]), 0.05, seed=1, batch_size=b
-        ),
+        "lp_uae": lambda m, b: LpUAE(Reconstruction(m["conv_ae"]), steps=4 * s, seed=1, batch_size=b),
+        "gaussian_noise": lambda m, b: GaussianNoise(Reconstruction(m["dense_ae"]), 0.05, seed=1, batch_size=b),
         "fgsm": lambda m, b: FGSM(m["classifier"], 0.1, batch_size=b),
         "ifgsm": lambda m, b: IFGSM(m["classifier"], 0.1, steps=3 * s, batch_size=b),
-        "pgd_linf": lambda m, b: PGD(
-            m["classifier"], 0.1, steps=3 * s, step_size=0.03, seed=1, batch_size=b
-        ),
-        "pgd_l2": lambda m, b: PGD(
-            m["classifier"], 0.5, steps=3 * s, step_size=0.2, norm="l2", seed=1, batch_size=b
-        ),
+        "pgd_linf": lambda m, b: PGD(m["classifier"], 0.1, steps=3 * s, step_size=0.03, seed=1, batch_size=b),
+        "pgd_l2": lambda m, b: PGD(m["classifier"], 0.5, steps=3 * s, step_size=0.2, norm="l2", seed=1, batch_size=b),
         "lbfgs": lambda m, b: LBFGS(m["classifier"], search_steps=2, max_iter=5 * s, batch_size=b),
     }
 
@@ -154,9 +142,7 @@ def result_fields(result: AttackResult) -> dict[str, torch.Tensor]:
     }
 
 
-def differences(
-    found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
-) -> list[tuple[str, float]]:
+def differences(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[tuple[str, float]]:
     """(field, max |difference|) for every field whose bits differ (NaN payloads and -0 included)."""
     out = []
     for name, want in expected.items():

@@ -42,9 +42,7 @@ def test_gradient_attack_asr_leaves_out_misclassified_inputs(data, batch_size):
     x, y = data
     model = poor_classifier()
     wrong = predictions(model, x) != y
-    assert (
-        0 < int(wrong.sum()) < len(y)
-    )  # a deliberately poor classifier: most inputs already wrong
+    assert 0 < int(wrong.sum()) < len(y)  # a deliberately poor classifier: most inputs already wrong
     result = FGSM(model, epsilon=0.02, batch_size=batch_size)(x, y)
     torch.testing.assert_close(result.clean_success, wrong, atol=0, rtol=0)
     assert result.success[wrong].all()  # counted as successes with (almost) no perturbation
@@ -62,9 +60,7 @@ def test_targeted_attacks_leave_out_inputs_already_at_their_target(data):
     targets = predictions(model, x).clone()
     targets[::2] = (targets[::2] + 1) % 10  # the odd rows already sit at their target
     result = PGD(model, epsilon=0.05, steps=3, targeted=True)(x, targets)
-    torch.testing.assert_close(
-        result.clean_success, predictions(model, x) == targets, atol=0, rtol=0
-    )
+    torch.testing.assert_close(result.clean_success, predictions(model, x) == targets, atol=0, rtol=0)
     assert result.clean_success[1::2].all() and not result.clean_success[::2].any()
     assert result.asr == pytest.approx(float(result.success[::2].float().mean()))
 
@@ -73,9 +69,7 @@ def test_criterion_based_supervised_attacks_use_the_clean_criterion(data):
     x, y = data
     model = poor_classifier()
     result = MinMaxAttack(ClassifierMargin(model), preset="fast", steps=2)(x[:12], y[:12])
-    torch.testing.assert_close(
-        result.clean_success, predictions(model, x[:12]) != y[:12], atol=0, rtol=0
-    )
+    torch.testing.assert_close(result.clean_success, predictions(model, x[:12]) != y[:12], atol=0, rtol=0)
     assert result.asr == pytest.approx(float(result.success[~result.clean_success].float().mean()))
 
 

@@ -60,9 +60,7 @@ def _attacks() -> dict:
         ),
         "supervised minmax": (MinMaxAttack(margin, steps=4, statistics_hidden=16, **mine), True),
         "penalty": (
-            PenaltyAttack(
-                margin, search_steps=2, steps=2, preset="fast", epsilon=EPSILON, mine_steps=1
-            ),
+            PenaltyAttack(margin, search_steps=2, steps=2, preset="fast", epsilon=EPSILON, mine_steps=1),
             True,
         ),
         "lp-uae": (LpUAE(Reconstruction(ae), steps=4, epsilon=EPSILON), False),

@@ -52,8 +52,7 @@ def _save_cases(path: Path, rows: int, scale: int) -> None:
     torch.set_num_threads(1)
     try:
         expected = {
-            case: result_fields(attack_rows(factory, models, x, y, None))
-            for case, factory in cases(scale).items()
+            case: result_fields(attack_rows(factory, models, x, y, None)) for case, factory in cases(scale).items()
         }
     finally:
         torch.set_num_threads(threads)
@@ -64,9 +63,7 @@ def _save_cases(path: Path, rows: int, scale: int) -> None:
 def _run_worker(path: Path, threads: int, env: dict[str, str]) -> dict[str, list]:
     environment = {k: v for k, v in os.environ.items() if k not in SAME_KERNELS}
     # Passive OpenMP waits: spinning threads on a shared, busy CPU make a 2-thread run ~6x slower.
-    environment.update(
-        env, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(REPO)
-    )
+    environment.update(env, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(REPO))
     done = subprocess.run(
         [sys.executable, "-m", "tests.attacks.batch_worker", str(path), str(threads)],
         cwd=REPO,
@@ -80,22 +77,16 @@ def _run_worker(path: Path, threads: int, env: dict[str, str]) -> dict[str, list
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _check_runs(
-    tmp_path: Path, rows: int, scale: int, runs: list[tuple[int, dict[str, str]]]
-) -> None:
+def _check_runs(tmp_path: Path, rows: int, scale: int, runs: list[tuple[int, dict[str, str]]]) -> None:
     path = tmp_path / "cases.pt"
     _save_cases(path, rows, scale)
     for threads, env in runs:
         report = _run_worker(path, threads, env)
         label = f"threads={threads} {env}"
-        assert report["rows"] == [], (
-            f"{label}: batched rows differ from the full batch: {report['rows']}"
-        )
+        assert report["rows"] == [], f"{label}: batched rows differ from the full batch: {report['rows']}"
         if not any(key in env for key in SAME_KERNELS):
             # Same kernels, other thread count and process: the very same bits as here.
-            assert report["process"] == [], (
-                f"{label}: full batch differs from this process: {report['process']}"
-            )
+            assert report["process"] == [], f"{label}: full batch differs from this process: {report['process']}"
 
 
 def test_every_attack_is_bitwise_batch_size_independent(tmp_path):

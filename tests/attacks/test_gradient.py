@@ -108,9 +108,7 @@ def test_outputs_respect_ball_box_and_flags_match_recomputation(epsilon):
         predicted = logits.argmax(dim=1)
         expected = predicted == aimed if attack.targeted else predicted != y
         assert torch.equal(result.success, expected), attack
-        torch.testing.assert_close(
-            result.criterion, margin(logits, aimed, targeted=attack.targeted, kappa=0.0)
-        )
+        torch.testing.assert_close(result.criterion, margin(logits, aimed, targeted=attack.targeted, kappa=0.0))
         assert torch.equal(result.criterion == 0, result.success)
         assert bool(result.mi.isnan().all())
         assert result.asr_all == pytest.approx(float(expected.float().mean()))
@@ -228,9 +226,7 @@ def test_pgd_random_start_is_deterministic_and_batch_composition_independent():
     whole = attack(x, y)
     part = attack(x[3:6], y[3:6], index=torch.arange(3, 6))
     assert torch.equal(part.adversarial, whole.adversarial[3:6])
-    chunked = PGD(digits_classifier(), epsilon=0.2, steps=5, step_size=0.05, seed=1, batch_size=2)(
-        x, y
-    )
+    chunked = PGD(digits_classifier(), epsilon=0.2, steps=5, step_size=0.05, seed=1, batch_size=2)(x, y)
     assert torch.equal(chunked.adversarial, whole.adversarial)
     assert torch.equal(attack(x, y).adversarial, whole.adversarial)
     other = PGD(digits_classifier(), epsilon=0.2, steps=5, step_size=0.05, seed=2)(x, y)
@@ -259,9 +255,7 @@ def test_random_start_fills_the_ball(norm):
         direction = delta.flatten(1) / radius[:, None]
         assert float(direction.mean(dim=0).norm()) < 0.2  # no preferred direction
     assert not torch.equal(delta[0], delta[1])
-    plain = PGD(
-        digits_classifier(), epsilon, steps=1, step_size=1e-12, norm=norm, random_start=False
-    )
+    plain = PGD(digits_classifier(), epsilon, steps=1, step_size=1e-12, norm=norm, random_start=False)
     assert float(_linf(plain(x, y).adversarial, x).max()) < 1e-6
 
 
@@ -288,17 +282,13 @@ def test_lbfgs_success_box_and_minimal_distortion(lbfgs_run):
     torch.testing.assert_close(result.moved_l2, _l2(adversarial, x))
     # Close to the decision boundary: half the perturbation is no longer adversarial.
     halfway = x + 0.5 * (adversarial - x)
-    assert (
-        float((_predict(model, halfway)[result.success] == y[result.success]).float().mean()) >= 0.8
-    )
+    assert float((_predict(model, halfway)[result.success] == y[result.success]).float().mean()) >= 0.8
     # Far less L2 distortion than FGSM on the samples both fool.
     fgsm = FGSM(model, 0.3)(x, y)
     both = result.success & fgsm.success
     assert int(both.sum()) >= 8
     assert bool((_l2(adversarial, x)[both] < _l2(fgsm.adversarial, x)[both]).all())
-    assert float(_l2(adversarial, x)[both].mean()) < 0.6 * float(
-        _l2(fgsm.adversarial, x)[both].mean()
-    )
+    assert float(_l2(adversarial, x)[both].mean()) < 0.6 * float(_l2(fgsm.adversarial, x)[both].mean())
     # The search bookkeeping: the returned step succeeded, no earlier than the first success.
     attacked = result.success & (result.first_success > 0)  # not already wrong at x
     chosen = result.best_iteration[attacked]
@@ -317,18 +307,14 @@ def _reference_lbfgs(model, x, label, *, c, search_steps, max_iter):
     """Plain per-sample loop: SciPy L-BFGS-B on c||x'-x||^2 + CE(best other class), c-search."""
     with torch.no_grad():
         logits = model(x[None])[0]
-    target = torch.tensor(
-        [int(logits.masked_fill(torch.arange(10) == label, -float("inf")).argmax())]
-    )
+    target = torch.tensor([int(logits.masked_fill(torch.arange(10) == label, -float("inf")).argmax())])
     start = x.double().numpy().ravel()
 
     def solve(c):
         def fun(z):
             point = torch.tensor(z, dtype=torch.float32).view(1, *x.shape).requires_grad_(True)
             value = c * (point - x).pow(2).sum() + F.cross_entropy(model(point), target)
-            return float(value.detach()), torch.autograd.grad(value, point)[
-                0
-            ].double().numpy().ravel()
+            return float(value.detach()), torch.autograd.grad(value, point)[0].double().numpy().ravel()
 
         found = minimize(
             fun,
@@ -442,11 +428,7 @@ def test_attacks_run_under_no_grad_and_keep_input_dtype():
 def test_config_is_json_and_complete():
     config = PGD(digits_classifier(), 0.3, 40, 0.01, targeted=True, target="least_likely").config()
     assert json.loads(json.dumps(config)) == config
-    assert (
-        config["attack"] == "PGD"
-        and config["epsilon"] == 0.3
-        and config["target"] == "least_likely"
-    )
+    assert config["attack"] == "PGD" and config["epsilon"] == 0.3 and config["target"] == "least_likely"
     assert config["steps"] == 40 and config["random_start"] is True and config["norm"] == "linf"
     assert LBFGS(digits_classifier(), c=2.0).config()["c"] == 2.0
     assert "epsilon=0.1" in repr(FGSM(digits_classifier(), 0.1))

@@ -29,9 +29,7 @@ from uae_augment._model_state import frozen
 from uae_augment.attacks.minmax import resolve_preset
 
 
-def _assert_rows_match_reference(
-    attack, x, result, *, supervised, labels=None, start=0, **settings
-):
+def _assert_rows_match_reference(attack, x, result, *, supervised, labels=None, start=0, **settings):
     sampler = attack.sampler_for(tuple(x.shape[1:]))
     with frozen(attack.models()):  # the reference, like the engine, runs on a frozen model
         _compare_rows(attack, x, result, sampler, supervised, labels, start, settings)
@@ -49,14 +47,10 @@ def _compare_rows(attack, x, result, sampler, supervised, labels, start, setting
             seed=attack.seed,
             **settings,
         )
-        torch.testing.assert_close(
-            result.adversarial[row], expected["adversarial"], atol=1e-5, rtol=0
-        )
+        torch.testing.assert_close(result.adversarial[row], expected["adversarial"], atol=1e-5, rtol=0)
         assert bool(result.success[row]) == bool(expected["success"])
         torch.testing.assert_close(result.mi[row], expected["mi"], atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(
-            result.criterion[row], expected["criterion"], atol=1e-5, rtol=1e-4
-        )
+        torch.testing.assert_close(result.criterion[row], expected["criterion"], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("batch", [1, 4])
@@ -105,9 +99,7 @@ def test_unsupervised_random_projection_matches_reference():
 
 def test_supervised_matches_reference():
     x, y = digits()
-    attack = MinMaxAttack(
-        ClassifierMargin(digits_classifier()), steps=12, alpha=0.05, statistics_hidden=32
-    )
+    attack = MinMaxAttack(ClassifierMargin(digits_classifier()), steps=12, alpha=0.05, statistics_hidden=32)
     result = attack(x[:3], y[:3])
     _assert_rows_match_reference(
         attack,
@@ -128,9 +120,7 @@ def test_batch_composition_chunking_and_determinism():
     attack = MINEUAE(criterion, preset="fast", steps=5, seed=1)
     whole = attack(x)
     part = attack(x[3:6], index=torch.arange(3, 6))
-    assert torch.equal(part.adversarial, whole.adversarial[3:6]) and torch.equal(
-        part.mi, whole.mi[3:6]
-    )
+    assert torch.equal(part.adversarial, whole.adversarial[3:6]) and torch.equal(part.mi, whole.mi[3:6])
     chunked = MINEUAE(criterion, preset="fast", steps=5, seed=1, batch_size=2)(x)
     assert torch.equal(chunked.adversarial, whole.adversarial) and torch.equal(chunked.mi, whole.mi)
     again = attack(x)
@@ -144,9 +134,7 @@ def test_output_constraints_and_success_flags():
     model = digits_conv_autoencoder()
     criterion = Reconstruction(model)
     for epsilon in (0.02, 1.0):
-        result = MINEUAE(
-            criterion, preset="strong", steps=8, epsilon=epsilon, delta_init="uniform"
-        )(x)
+        result = MINEUAE(criterion, preset="strong", steps=8, epsilon=epsilon, delta_init="uniform")(x)
         assert (result.adversarial >= 0).all() and (result.adversarial <= 1).all()
         assert (result.adversarial - x).abs().max() <= epsilon + 1e-6
         with torch.no_grad():
@@ -233,17 +221,11 @@ def test_presets_and_overrides_and_config():
     assert resolve_preset("paper", "supervised", {})["steps"] == 1000
     assert resolve_preset("paper", "unsupervised", {})["mine_steps"] == 20
     assert resolve_preset("fast", "unsupervised", {"mine_steps": 7})["mine_steps"] == 7
-    attack = MINEUAE(
-        Reconstruction(digits_conv_autoencoder()), preset="fast", alpha=0.2, statistics_hidden=64
-    )
+    attack = MINEUAE(Reconstruction(digits_conv_autoencoder()), preset="fast", alpha=0.2, statistics_hidden=64)
     assert attack.alpha == 0.2 and attack.statistics_hidden == 64 and attack.steps == 40
     config = attack.config()
     assert json.loads(json.dumps(config)) == config
-    assert (
-        config["attack"] == "MINEUAE"
-        and config["preset"] == "fast"
-        and config["criterion"] == "Reconstruction"
-    )
+    assert config["attack"] == "MINEUAE" and config["preset"] == "fast" and config["criterion"] == "Reconstruction"
     assert "MINEUAE(" in repr(attack)
 
 
@@ -254,11 +236,7 @@ def test_default_preset_is_fast_unsupervised_and_the_release_supervised():
         assert attack.steps == 40 and attack.statistics_hidden is None
     assert MINEUAE(conv).mine_steps == 5
     supervised = MinMaxAttack(ClassifierMargin(digits_classifier()))
-    assert (
-        supervised.preset == "paper"
-        and supervised.steps == 1000
-        and supervised.statistics_hidden == 512
-    )
+    assert supervised.preset == "paper" and supervised.steps == 1000 and supervised.statistics_hidden == 512
     paper = MINEUAE(conv, preset="paper")  # still available and the release's values
     assert (paper.steps, paper.mine_steps, paper.statistics_hidden, paper.mine_lr) == (
         40,
@@ -276,9 +254,7 @@ def test_long_jobs_are_announced_with_an_estimate(caplog):
     paper, fast = MINEUAE(conv, preset="paper"), MINEUAE(conv)
     assert estimate_cpu_seconds(paper, 8, (1, 28, 28)) == pytest.approx(8 * 55.0)
     assert estimate_cpu_seconds(fast, 8, (1, 28, 28)) == pytest.approx(8 * 1.1)
-    assert estimate_cpu_seconds(
-        MINEUAE(conv, preset="paper", steps=20), 8, (1, 28, 28)
-    ) == pytest.approx(4 * 55.0)
+    assert estimate_cpu_seconds(MINEUAE(conv, preset="paper", steps=20), 8, (1, 28, 28)) == pytest.approx(4 * 55.0)
     with caplog.at_level("WARNING", logger="uae_augment.cli"):
         assert warn_if_long(fast, 1000, (1, 28, 28)) == pytest.approx(1100.0)
         assert not caplog.records
@@ -309,18 +285,14 @@ def test_fast_preset_learning_rate_follows_the_sampler_mode():
 def test_fast_preset_succeeds_on_a_dense_model():
     """Random-projection MINE: the fast preset's DV estimate must rise above 0 within the attack."""
     x = digits()[0][:16]
-    result = MINEUAE(
-        Reconstruction(digits_dense_autoencoder()), preset="fast", record_history=True
-    )(x)
+    result = MINEUAE(Reconstruction(digits_dense_autoencoder()), preset="fast", record_history=True)(x)
     assert result.mi_trace[:, -1].mean() > result.mi_trace[:, 0].mean() + 0.5
     assert result.success[result.criterion == 0].float().mean() > 0.9
 
 
 def test_history_and_bookkeeping_fields():
     x = digits()[0][:3]
-    result = MINEUAE(
-        Reconstruction(digits_conv_autoencoder()), preset="fast", steps=7, record_history=True
-    )(x)
+    result = MINEUAE(Reconstruction(digits_conv_autoencoder()), preset="fast", steps=7, record_history=True)(x)
     assert result.mi_trace.shape == (3, 7) and result.criterion_trace.shape == (3, 7)
     for row in range(3):
         if result.success[row]:
@@ -352,9 +324,7 @@ def test_penalty_attack_search_and_result():
     # c grows x10 per failed round: the final c of a never-successful row is c0 * 10^2
     failed = ~result.success
     if failed.any():
-        torch.testing.assert_close(
-            result.final_c[failed], torch.full((int(failed.sum()),), 1e-3 * 100)
-        )
+        torch.testing.assert_close(result.final_c[failed], torch.full((int(failed.sum()),), 1e-3 * 100))
     assert "search_steps" in attack.config() and "beta" not in attack.config()
 
 

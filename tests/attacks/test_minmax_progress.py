@@ -57,17 +57,11 @@ def attack_bars(bars: list[RecordingBar], name: str = "MINEUAE") -> list[Recordi
 
 
 def estimates(caplog) -> list[logging.LogRecord]:
-    return [
-        r
-        for r in caplog.records
-        if r.name == "uae_augment.attacks.base" and "in total" in r.getMessage()
-    ]
+    return [r for r in caplog.records if r.name == "uae_augment.attacks.base" and "in total" in r.getMessage()]
 
 
 def mine_uae(**kwargs: Any) -> MINEUAE:
-    return MINEUAE(
-        Reconstruction(digits_conv_autoencoder()), preset="fast", steps=3, mine_steps=1, **kwargs
-    )
+    return MINEUAE(Reconstruction(digits_conv_autoencoder()), preset="fast", steps=3, mine_steps=1, **kwargs)
 
 
 def test_direct_call_bar_moves_once_per_iteration_of_every_chunk(bars, caplog):
@@ -177,9 +171,7 @@ def test_an_explicit_progress_true_still_shows_inside_precompute(bars, tmp_path)
     assert [bar.disable for bar in attack_bars(bars)] == [False]
 
 
-@pytest.mark.parametrize(
-    "threads", [1, pytest.param(2, marks=pytest.mark.slow)]
-)  # 2 threads: 60-80 s at load 13
+@pytest.mark.parametrize("threads", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2 threads: 60-80 s at load 13
 @pytest.mark.parametrize(
     "make",
     [
@@ -200,9 +192,7 @@ def test_results_are_bitwise_equal_with_and_without_the_bar(make, threads):
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        results = [
-            make(progress)(x[:9], y[:9]) for progress in (True, False, None)
-        ]  # chunks of 4, 4, 1
+        results = [make(progress)(x[:9], y[:9]) for progress in (True, False, None)]  # chunks of 4, 4, 1
     finally:
         torch.set_num_threads(previous)
     for other in results[1:]:

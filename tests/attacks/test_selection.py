@@ -82,27 +82,20 @@ def test_cosine_selection_keeps_the_successful_iterate_of_lowest_cosine():
     assert (running.best_iteration == 0).all()  # ... and does under the release's rule
     # the result reports the term's value at the kept iterate, not the selection key
     offset = 100.0 * expected.double()
-    torch.testing.assert_close(
-        result.mi.double(), projection_mi(cos[torch.arange(5), expected], 8).double() + offset
-    )
+    torch.testing.assert_close(result.mi.double(), projection_mi(cos[torch.arange(5), expected], 8).double() + offset)
 
 
 @pytest.mark.parametrize("preset", ["paper", "fast"])
 def test_paper_and_fast_keep_the_running_rule_and_their_config(preset):
     attack = MINEUAE(Reconstruction(digits_conv_autoencoder()), preset=preset)
     assert attack.select == "running" and attack.mi == "mine"
-    assert (
-        "select" not in attack.config() and "mi" not in attack.config()
-    )  # cache fingerprints unchanged
+    assert "select" not in attack.config() and "mi" not in attack.config()  # cache fingerprints unchanged
 
 
 def test_strong_selects_on_the_common_scale_and_reports_it():
     attack = MINEUAE(Reconstruction(digits_conv_autoencoder()), preset="strong")
     assert attack.select == "cosine" and attack.config()["select"] == "cosine"
-    assert (
-        MINEUAE(Reconstruction(digits_conv_autoencoder()), preset="strong", select="running").select
-        == "running"
-    )
+    assert MINEUAE(Reconstruction(digits_conv_autoencoder()), preset="strong", select="running").select == "running"
 
 
 def test_select_validation():

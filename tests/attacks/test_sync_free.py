@@ -25,9 +25,7 @@ from uae_augment.views import SimCLRViews
 
 def test_counter_sees_sync_causing_operations():
     x = torch.rand(6)
-    counts = count_syncs(
-        lambda: (x[x > 0.5], x.nonzero(), float(x.sum()), x.clone().__setitem__(x > 0.5, 0.0))
-    )
+    counts = count_syncs(lambda: (x[x > 0.5], x.nonzero(), float(x.sum()), x.clone().__setitem__(x > 0.5, 0.0)))
     assert counts == {
         "aten.index[bool]": 1,
         "aten.nonzero": 1,
@@ -44,9 +42,7 @@ def _attacks():
         digits_classifier(),
     )
     return {
-        "mine-uae fast": lambda steps: MINEUAE(
-            Reconstruction(ae), preset="fast", steps=steps, mine_steps=2
-        ),
+        "mine-uae fast": lambda steps: MINEUAE(Reconstruction(ae), preset="fast", steps=steps, mine_steps=2),
         "mine-uae paper": lambda steps: MINEUAE(
             Reconstruction(ae), preset="paper", steps=steps, mine_steps=2, statistics_hidden=16
         ),

@@ -52,17 +52,13 @@ class BatchMeanNoise(GaussianNoise):
     batch: a row equals the uninterrupted run's only when attacked in the same batch.
     """
 
-    def _attack_batch(
-        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor
-    ) -> AttackResult:
+    def _attack_batch(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> AttackResult:
         result = super()._attack_batch(x, y, index)
         result.adversarial = torch.clamp(result.adversarial + 1e-3 * (x.mean() - 0.5), 0.0, 1.0)
         return result
 
 
-def make_attack(
-    kind: str = "gaussian", seed: int = 0, sigma: float = 0.01, model_seed: int = 0
-) -> Attack:
+def make_attack(kind: str = "gaussian", seed: int = 0, sigma: float = 0.01, model_seed: int = 0) -> Attack:
     """A cheap real attack: Gaussian noise, a 2-step MINE-UAE ("mine") or :class:`BatchMeanNoise` ("batchmean")."""
     criterion = Reconstruction(tiny_autoencoder(model_seed))
     if kind == "gaussian":
@@ -115,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--chunk-rows", type=int, default=None)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds of sleep per item")
-    parser.add_argument(
-        "--fail-at", type=int, default=None, help="row whose read (for attacking) raises"
-    )
+    parser.add_argument("--fail-at", type=int, default=None, help="row whose read (for attacking) raises")
     parser.add_argument(
         "--kill-at",
         type=int,
@@ -126,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--distributed", action="store_true", help="init a gloo group (torchrun)")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
     if args.distributed:
         torch.distributed.init_process_group("gloo")
     try:

@@ -133,9 +133,7 @@ def test_concat_serves_clean_items_then_their_uaes(materialized, base, expected)
     assert torch.equal(materialized[-1][0], materialized[2 * N - 1][0])
 
 
-def test_uae_rows_equal_the_attack_called_on_each_sample_with_its_index(
-    materialized, attack, stacked
-):
+def test_uae_rows_equal_the_attack_called_on_each_sample_with_its_index(materialized, attack, stacked):
     x, _ = stacked
     for i in (3, 41):
         direct = attack(x[i : i + 1], index=torch.tensor([i]))
@@ -151,9 +149,7 @@ def test_success_mi_and_asr_come_from_the_generated_attack(base, attack, expecte
 
 
 def test_supervised_attack_receives_the_labels(base, stacked):
-    attack = MinMaxAttack(
-        ClassifierMargin(digits_classifier()), mode="supervised", preset="fast", steps=3
-    )
+    attack = MinMaxAttack(ClassifierMargin(digits_classifier()), mode="supervised", preset="fast", steps=3)
     x, y = stacked
     ds = UAEAugmented(Subset(base, range(20)), attack, batch_size=8, progress=False)
     direct = attack(x[:20], y[:20], index=torch.arange(20))
@@ -216,9 +212,7 @@ def test_getitems_matches_getitem(materialized):
 def test_replace_draws_follow_seed_index_and_epoch(train_set):
     noise = GaussianNoise(Reconstruction(digits_conv_autoencoder()), sigma=0.01, seed=1)
     p = 0.3
-    ds = UAEAugmented(
-        train_set, noise, mode="replace", p=p, seed=5, return_flag=True, progress=False
-    )
+    ds = UAEAugmented(train_set, noise, mode="replace", p=p, seed=5, return_flag=True, progress=False)
     n = len(train_set)
     assert len(ds) == n
     flags = {}
@@ -240,14 +234,10 @@ def test_replace_draws_follow_seed_index_and_epoch(train_set):
     assert abs(changed - 2 * p * (1 - p)) < 0.06
 
     ds.set_epoch(1)
-    again = UAEAugmented(
-        train_set, noise, mode="replace", p=p, seed=5, return_flag=True, progress=False
-    )
+    again = UAEAugmented(train_set, noise, mode="replace", p=p, seed=5, return_flag=True, progress=False)
     again.set_epoch(1)
     assert [again[i][-1] for i in range(200)] == flags[1][:200].tolist()
-    other_seed = UAEAugmented(
-        train_set, noise, mode="replace", p=p, seed=6, return_flag=True, progress=False
-    )
+    other_seed = UAEAugmented(train_set, noise, mode="replace", p=p, seed=6, return_flag=True, progress=False)
     other_seed.set_epoch(1)
     assert [other_seed[i][-1] for i in range(200)] != flags[1][:200].tolist()
 
@@ -369,9 +359,7 @@ def test_invalid_arguments_raise_clear_errors(base, attack):
 
 def test_invalid_items_raise_clear_errors(base, attack):
     x, y = base[0]
-    with pytest.raises(
-        TypeError, match=r"a tuple \(x, y, \.\.\.\) or a dict with sample_key=\.\.\., got str"
-    ):
+    with pytest.raises(TypeError, match=r"a tuple \(x, y, \.\.\.\) or a dict with sample_key=\.\.\., got str"):
         UAEAugmented(ListDataset(["x"]), attack)
     with pytest.raises(TypeError, match="got an empty tuple"):
         UAEAugmented(ListDataset([()]), attack)
@@ -383,9 +371,7 @@ def test_invalid_items_raise_clear_errors(base, attack):
         UAEAugmented(ListDataset([(x * 16, y)]), attack)
 
     late_bad = UAEAugmented(ListDataset([(x, y), (x * 16, y), (x, y)]), attack, progress=False)
-    with pytest.raises(
-        ValueError, match=r"samples 0\.\.2 of the base dataset must lie in \[0, 1\]"
-    ):
+    with pytest.raises(ValueError, match=r"samples 0\.\.2 of the base dataset must lie in \[0, 1\]"):
         late_bad.materialize()
     supervised = MinMaxAttack(ClassifierMargin(digits_classifier()), mode="supervised", steps=1)
     with pytest.raises(TypeError, match="integer class label, got 'seven'"):

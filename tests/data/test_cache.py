@@ -98,9 +98,7 @@ def run_script(args: list[str], timeout_s: float = 120) -> subprocess.CompletedP
 
 
 def torchrun(args: list[str], timeout_s: float = 180) -> subprocess.CompletedProcess:
-    return run_script(
-        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args], timeout_s
-    )
+    return run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args], timeout_s)
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +109,7 @@ def rows300():
 @pytest.fixture(scope="module")
 def gaussian_cache(tmp_path_factory, rows300) -> Path:
     path = tmp_path_factory.mktemp("cache") / "gaussian.h5"
-    return precompute(
-        rows300, make_attack("gaussian"), path, batch_size=50, chunk_rows=16, progress=False
-    )
+    return precompute(rows300, make_attack("gaussian"), path, batch_size=50, chunk_rows=16, progress=False)
 
 
 # --------------------------------------------------------------------------- contents
@@ -134,9 +130,7 @@ def test_rows_equal_direct_generation(gaussian_cache, rows300, tmp_path, num_wor
             progress=False,
         )
     arrays = file_arrays(path)
-    torch.testing.assert_close(
-        torch.from_numpy(arrays["adversarial"]), expected.adversarial, rtol=0, atol=0
-    )
+    torch.testing.assert_close(torch.from_numpy(arrays["adversarial"]), expected.adversarial, rtol=0, atol=0)
     np.testing.assert_array_equal(arrays["success"], expected.success.numpy())
     np.testing.assert_array_equal(arrays["criterion"], expected.criterion.numpy())
     assert np.isnan(arrays["mi"]).all()
@@ -171,9 +165,7 @@ def test_mine_uae_rows_do_not_depend_on_batching(tmp_path):
     rows = digits_rows(24)
     x, _ = stacked(rows)
     expected = make_attack("mine")(x, index=torch.arange(24))
-    path = precompute(
-        rows, make_attack("mine"), tmp_path / "mine.h5", batch_size=10, chunk_rows=4, progress=False
-    )
+    path = precompute(rows, make_attack("mine"), tmp_path / "mine.h5", batch_size=10, chunk_rows=4, progress=False)
     cache = UAECache(path)
     adversarial, _ = cache.rows(range(24))
     torch.testing.assert_close(adversarial, expected.adversarial, rtol=0, atol=0)
@@ -201,9 +193,7 @@ def test_dtype_and_compression(tmp_path, rows300, dtype, compression):
         assert stored.shuffle == (compression == "gzip")
         assert stored.chunks[1:] == (1, 8, 8)
         # about CHUNK_BYTES, at most one batch (default PRECOMPUTE_BATCH_SIZE rows): every batch saves its rows
-        assert stored.chunks[0] == min(
-            300, CHUNK_BYTES // (64 * np.dtype(dtype).itemsize), PRECOMPUTE_BATCH_SIZE
-        )
+        assert stored.chunks[0] == min(300, CHUNK_BYTES // (64 * np.dtype(dtype).itemsize), PRECOMPUTE_BATCH_SIZE)
     cache = UAECache(path)
     assert cache.dtype == dtype
     uae, _ = cache.rows(range(300))
@@ -224,9 +214,7 @@ def test_batched_reads_match_item_reads(gaussian_cache, rows300, options):
     x, _ = stacked(rows300)
     expected = make_attack("gaussian")(x, index=torch.arange(300)).adversarial
     every, _ = cache.rows(torch.randperm(300, generator=torch.Generator().manual_seed(0)))
-    assert torch.equal(
-        torch.sort(every.flatten(1), dim=0).values, torch.sort(expected.flatten(1), dim=0).values
-    )
+    assert torch.equal(torch.sort(every.flatten(1), dim=0).values, torch.sort(expected.flatten(1), dim=0).values)
     order = [299, 5, 17, 5, 0, 16, 15, -1]
     items = cache.__getitems__(order)
     for index, item in zip(order, items):
@@ -255,12 +243,8 @@ def test_transforms_repr_and_summary(gaussian_cache):
     assert summary["done"] == 300 and summary["coverage"] == 1.0
     assert summary["asr"] == pytest.approx(float(cache.success.double().mean()))
     criterion = cache.criterion
-    assert summary["criterion"]["zero_fraction"] == pytest.approx(
-        float((criterion == 0).double().mean())
-    )
-    assert sum(summary["criterion"]["histogram_of_positive"]["counts"]) == int(
-        (criterion > 0).sum()
-    )
+    assert summary["criterion"]["zero_fraction"] == pytest.approx(float((criterion == 0).double().mean()))
+    assert sum(summary["criterion"]["histogram_of_positive"]["counts"]) == int((criterion > 0).sum())
     assert summary["mi"]["count"] == 0  # Gaussian noise has no MINE estimate
     assert cache.provenance["attack"]["attack"] == "GaussianNoise"
     json.dumps(summary)
@@ -274,13 +258,9 @@ def test_dataloader_workers_read_the_same_data(gaussian_cache):
 
     def collect(num_workers: int, shuffle: bool) -> list[torch.Tensor]:
         generator = torch.Generator().manual_seed(3)
-        loader = DataLoader(
-            cache, batch_size=32, num_workers=num_workers, shuffle=shuffle, generator=generator
-        )
+        loader = DataLoader(cache, batch_size=32, num_workers=num_workers, shuffle=shuffle, generator=generator)
         batches = list(loader)
-        return [
-            torch.cat([b[k].reshape(len(b[k]), -1).double() for b in batches]) for k in range(4)
-        ]
+        return [torch.cat([b[k].reshape(len(b[k]), -1).double() for b in batches]) for k in range(4)]
 
     for shuffle in (False, True):
         serial, parallel = collect(0, shuffle), collect(2, shuffle)
@@ -367,9 +347,7 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted_run(tmp_path, caplog):
     assert sorted(attacked) == whole_batches(np.flatnonzero(~done_before), 0, 600, 64).tolist()
     assert set(np.flatnonzero(~done_before)) <= set(attacked)
 
-    uninterrupted = precompute(
-        digits_rows(600), make_attack("gaussian"), tmp_path / "straight.h5", progress=False
-    )
+    uninterrupted = precompute(digits_rows(600), make_attack("gaussian"), tmp_path / "straight.h5", progress=False)
     assert_same_rows(path, uninterrupted)
 
 
@@ -401,9 +379,7 @@ def test_resume_after_a_kill_mid_batch_is_bitwise_the_uninterrupted_run(tmp_path
         progress=False,
     )
     assert_same_rows(path, straight)
-    assert attacked == list(
-        range(24, 120)
-    )  # the cut batch from its start; rows 24..31 are not rewritten
+    assert attacked == list(range(24, 120))  # the cut batch from its start; rows 24..31 are not rewritten
 
 
 def test_whole_batches_extends_rows_to_their_grid_batches():
@@ -467,9 +443,7 @@ def test_stale_provenance_is_refused(tmp_path, rows300, change, field):
     # resume=False overwrites the file with the new configuration.
     precompute(digits_rows(limit), other, path, dtype=dtype, resume=False, progress=False)
     cache = UAECache(path)
-    assert provenance_hash(cache.provenance) == provenance_hash(
-        cache_provenance(digits_rows(limit), other, dtype)
-    )
+    assert provenance_hash(cache.provenance) == provenance_hash(cache_provenance(digits_rows(limit), other, dtype))
 
 
 def test_same_rows_in_another_dataset_order_is_refused(tmp_path, rows300):
@@ -512,9 +486,7 @@ def test_a_change_to_any_row_is_refused_naming_the_field_and_row(tmp_path, rows,
     with pytest.raises(ProvenanceMismatchError) as raised:
         precompute(other, make_attack(), path, progress=False)
     message = str(raised.value)
-    assert (
-        f"dataset.sha256.{name} (the data set's {name} changed, first at row {changed})" in message
-    )
+    assert f"dataset.sha256.{name} (the data set's {name} changed, first at row {changed})" in message
     assert message.count("dataset.sha256.") == 1  # only the changed field is named
 
 
@@ -533,9 +505,7 @@ def test_changed_rows_are_refused_by_uae_augmented_and_located_in_large_sets(tmp
     assert fingerprint["block_rows"] == 12 and len(fingerprint["blocks"]["sample"]) == 120
     large = tmp_path / "large.h5"
     precompute(digits_rows(), make_attack(), large, progress=False)
-    with pytest.raises(
-        ProvenanceMismatchError, match=r"sample changed, first at rows 996\.\.1007\)"
-    ):
+    with pytest.raises(ProvenanceMismatchError, match=r"sample changed, first at rows 996\.\.1007\)"):
         precompute(
             ChangedRows(digits_rows(), [1000, 1400], sample=True),
             make_attack(),
@@ -551,9 +521,7 @@ def test_dataset_name_and_split_are_recorded_but_not_compared(tmp_path, rows300,
     # The same rows without a name (a plain wrapper) are the same data: the file is reused as it is.
     attack = make_attack("gaussian")
     attacked = fresh_attack_counter(attack)
-    assert (
-        precompute(ChangedRows(rows300), attack, gaussian_cache, progress=False) == gaussian_cache
-    )
+    assert precompute(ChangedRows(rows300), attack, gaussian_cache, progress=False) == gaussian_cache
     assert attacked == []
     assert "dataset_origin" not in cache_provenance(ChangedRows(rows300), attack)
 
@@ -602,9 +570,7 @@ def test_bad_arguments(tmp_path, rows300):
         precompute(rows300, make_attack(), tmp_path / "a.h5", compression="zstd")
     with pytest.raises(ValueError, match="empty"):
         precompute(torch.utils.data.Subset(rows300, []), make_attack(), tmp_path / "a.h5")
-    keyed = [
-        {"image": torch.rand(1, 8, 8)}
-    ] * 4  # dict items need sample_key (tests/data/test_unlabelled.py)
+    keyed = [{"image": torch.rand(1, 8, 8)}] * 4  # dict items need sample_key (tests/data/test_unlabelled.py)
     with pytest.raises(TypeError, match="pass sample_key"):
         precompute(keyed, make_attack(), tmp_path / "a.h5")
 
@@ -650,9 +616,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, rows300, caplog):
 
 
 @pytest.mark.slow  # two torchrun launches (~20-40 s); tests/test_cli.py runs one by default
-def test_torchrun_shards_fail_together_resume_and_join_to_the_single_process_result(
-    tmp_path, rows300
-):
+def test_torchrun_shards_fail_together_resume_and_join_to_the_single_process_result(tmp_path, rows300):
     path = tmp_path / "dist.h5"
     common = [
         str(WORKER),
@@ -686,9 +650,7 @@ def test_torchrun_shards_fail_together_resume_and_join_to_the_single_process_res
     assert not any(s.exists() for s in shards)
     assert not list(tmp_path.glob("*.lock")) and not list(tmp_path.glob(".*"))
 
-    single = precompute(
-        rows300, make_attack("gaussian"), tmp_path / "single.h5", chunk_rows=16, progress=False
-    )
+    single = precompute(rows300, make_attack("gaussian"), tmp_path / "single.h5", chunk_rows=16, progress=False)
     assert_same_rows(path, single)
     assert UAECache(path).provenance["dataset"] == UAECache(single).provenance["dataset"]
     assert "shard" not in UAECache(path).provenance

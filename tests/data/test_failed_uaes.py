@@ -69,9 +69,7 @@ FAILED = [i for i in range(N) if i % 3 == 0]
 KEPT = [i for i in range(N) if i % 3 != 0]
 
 
-def build(
-    tmp_path, structure: str, mode: str, failed: str, cached: bool, **options
-) -> UAEAugmented:
+def build(tmp_path, structure: str, mode: str, failed: str, cached: bool, **options) -> UAEAugmented:
     return UAEAugmented(
         Items(structure),
         EveryThirdFails(),
@@ -92,9 +90,7 @@ def test_drop_serves_only_successful_uaes_in_concat_and_pair(tmp_path, structure
     concat = build(tmp_path, structure, "concat", "drop", cached)
     assert len(concat) == N + len(KEPT) and concat.generated
     for j, i in enumerate(KEPT):
-        torch.testing.assert_close(
-            sample_of(concat[N + j]), 1.0 - sample_of(base[i]), atol=0, rtol=0
-        )
+        torch.testing.assert_close(sample_of(concat[N + j]), 1.0 - sample_of(base[i]), atol=0, rtol=0)
     for i in range(N):
         torch.testing.assert_close(sample_of(concat[i]), sample_of(base[i]), atol=0, rtol=0)
     if structure == "dict":
@@ -135,9 +131,7 @@ def test_replace_mode_serves_failed_uaes_clean(tmp_path, failed):
     for i in range(N):
         x, _, flag = other[i]
         assert keep[i][2] is True and flag is (i not in FAILED)
-        torch.testing.assert_close(
-            x, base[i][0] if i in FAILED else 1.0 - base[i][0], atol=0, rtol=0
-        )
+        torch.testing.assert_close(x, base[i][0] if i in FAILED else 1.0 - base[i][0], atol=0, rtol=0)
 
 
 def test_keep_is_the_default_and_serves_failed_uaes(tmp_path):
@@ -147,7 +141,5 @@ def test_keep_is_the_default_and_serves_failed_uaes(tmp_path):
 
 
 def test_unknown_failed_policy_raises(tmp_path):
-    with pytest.raises(
-        ValueError, match=r"failed must be one of \('keep', 'drop', 'clean'\), got 'skip'"
-    ):
+    with pytest.raises(ValueError, match=r"failed must be one of \('keep', 'drop', 'clean'\), got 'skip'"):
         build(tmp_path, "tuple", "concat", "skip", False)

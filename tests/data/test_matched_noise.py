@@ -41,14 +41,10 @@ def criterion() -> Reconstruction:
 
 
 @pytest.fixture(scope="module")
-def reference(
-    tmp_path_factory: pytest.TempPathFactory, base: Subset, criterion: Reconstruction
-) -> Path:
+def reference(tmp_path_factory: pytest.TempPathFactory, base: Subset, criterion: Reconstruction) -> Path:
     """A real cache of fast-preset MINE-UAEs of the N digits."""
     path = tmp_path_factory.mktemp("matched") / "mine.h5"
-    return precompute(
-        base, MINEUAE(criterion, preset="fast", steps=3, seed=1), path, progress=False
-    )
+    return precompute(base, MINEUAE(criterion, preset="fast", steps=3, seed=1), path, progress=False)
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -56,16 +52,10 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
 
 
-@pytest.mark.parametrize(
-    "match,control", [("l2", l2_matched_noise), ("cosine", cosine_matched_noise)]
-)
-def test_cached_rows_are_the_control_of_each_reference_row(
-    tmp_path, base, x, criterion, reference, match, control
-):
+@pytest.mark.parametrize("match,control", [("l2", l2_matched_noise), ("cosine", cosine_matched_noise)])
+def test_cached_rows_are_the_control_of_each_reference_row(tmp_path, base, x, criterion, reference, match, control):
     attack = MatchedNoise(criterion, reference, match=match, seed=5, batch_size=16)
-    cache = UAECache(
-        precompute(base, attack, tmp_path / f"{match}.h5", batch_size=16, progress=False)
-    )
+    cache = UAECache(precompute(base, attack, tmp_path / f"{match}.h5", batch_size=16, progress=False))
     uae, _ = UAECache(reference).rows(range(N))
     rows, _ = cache.rows(range(N))
     assert torch.equal(rows, control(x, uae, seed=5, index=torch.arange(N)))
@@ -99,9 +89,7 @@ def test_augmented_set_serves_clean_then_matched_rows(tmp_path, base, x, criteri
 
 
 def test_another_reference_rebuilds_the_cache(tmp_path, base, criterion, reference):
-    other = precompute(
-        base, GaussianNoise(criterion, sigma=0.05, seed=1), tmp_path / "noise.h5", progress=False
-    )
+    other = precompute(base, GaussianNoise(criterion, sigma=0.05, seed=1), tmp_path / "noise.h5", progress=False)
     first = MatchedNoise(criterion, reference, seed=0)
     second = MatchedNoise(criterion, other, seed=0)
     assert first.config()["reference"] != second.config()["reference"]

@@ -111,13 +111,9 @@ def test_unsupervised_call_without_labels_returns_only_x(attack, batch):
 
 def test_supervised_attack_gets_the_labels(batch):
     x, y = batch
-    supervised = MinMaxAttack(
-        ClassifierMargin(digits_classifier()), mode="supervised", preset="fast", steps=3
-    )
+    supervised = MinMaxAttack(ClassifierMargin(digits_classifier()), mode="supervised", preset="fast", steps=3)
     out, labels = UAETransform(supervised, p=1.0)(x[:8], y[:8])
-    torch.testing.assert_close(
-        out, supervised(x[:8], y[:8], index=torch.arange(8)).adversarial, **CLOSE
-    )
+    torch.testing.assert_close(out, supervised(x[:8], y[:8], index=torch.arange(8)).adversarial, **CLOSE)
     assert torch.equal(labels, y[:8])
     with pytest.raises(ValueError, match="needs labels"):
         UAETransform(supervised)(x[:8])
@@ -137,9 +133,7 @@ def test_cuda_batches_stay_on_the_gpu(batch):
     x, y = batch
     ae = copy.deepcopy(digits_conv_autoencoder()).cuda()
     attack = MINEUAE(Reconstruction(ae), preset="fast", steps=2, seed=4)
-    out, labels = UAETransform(attack, p=0.5, mode="append")(
-        x.cuda(), y.cuda(), index=torch.arange(32)
-    )
+    out, labels = UAETransform(attack, p=0.5, mode="append")(x.cuda(), y.cuda(), index=torch.arange(32))
     assert out.is_cuda and labels.is_cuda and out.dtype == torch.float32
     mask = replacement_mask(0.5, 0, torch.arange(32))
     reference = attack(x.cuda()[mask.cuda()], index=torch.arange(32)[mask]).adversarial

@@ -159,9 +159,7 @@ def contrastive_mine() -> MINEUAE:
 UNSUPERVISED = {
     "gaussian": lambda: GaussianNoise(Reconstruction(tiny_autoencoder()), sigma=0.05, seed=2),
     "lp-uae": lambda: LpUAE(Reconstruction(tiny_autoencoder()), preset="fast", steps=2),
-    "mine-reconstruction": lambda: MINEUAE(
-        Reconstruction(tiny_autoencoder()), preset="fast", steps=2
-    ),
+    "mine-reconstruction": lambda: MINEUAE(Reconstruction(tiny_autoencoder()), preset="fast", steps=2),
     "mine-contrastive": contrastive_mine,
 }
 
@@ -179,9 +177,7 @@ def test_unsupervised_attacks_augment_bare_samples(kind, base, x):
 
 
 @pytest.mark.parametrize("structure", STRUCTURES)
-def test_every_mode_in_dataloader_workers_reads_the_hdf5_cache(
-    structure, caches, base, x, expected, noise
-):
+def test_every_mode_in_dataloader_workers_reads_the_hdf5_cache(structure, caches, base, x, expected, noise):
     cached = caches[structure]
     assert cached.generated and not UAECache(cached.cache_path).labelled
     dataset = cached.dataset
@@ -215,11 +211,7 @@ def test_every_mode_in_dataloader_workers_reads_the_hdf5_cache(
                 sample: Any = (x[b], expected[b])
             else:
                 sample = expected[b] if flags[i] else x[b]
-            items.append(
-                documented_item(
-                    structure, b, sample, flags[i] if options.get("return_flag") else None
-                )
-            )
+            items.append(documented_item(structure, b, sample, flags[i] if options.get("return_flag") else None))
         loader = DataLoader(ds, batch_size=8, num_workers=2)
         batches = list(loader)
         assert len(batches) == n // 8
@@ -235,12 +227,8 @@ def test_target_transform_return_flag_key_and_supervised_attacks_need_what_they_
     with pytest.raises(ValueError, match="'is_uae'"):
         UAEAugmented(flagged, noise, return_flag=True, sample_key=KEY, progress=False)
     for structure in STRUCTURES:
-        with pytest.raises(
-            ValueError, match="MinMaxAttack needs labels, but item 0 of the base dataset has none"
-        ):
-            UAEAugmented(
-                Unlabelled(base, structure), supervised(), sample_key=sample_key(structure)
-            )
+        with pytest.raises(ValueError, match="MinMaxAttack needs labels, but item 0 of the base dataset has none"):
+            UAEAugmented(Unlabelled(base, structure), supervised(), sample_key=sample_key(structure))
 
 
 def test_malformed_items_and_sample_keys_raise_clear_errors(base, noise):
@@ -261,9 +249,7 @@ def test_malformed_items_and_sample_keys_raise_clear_errors(base, noise):
 # ---------------------------------------------------------------------------- precompute / UAECache
 
 
-def test_precompute_stores_no_labels_and_uae_cache_serves_bare_samples(
-    tmp_path, base, noise, expected
-):
+def test_precompute_stores_no_labels_and_uae_cache_serves_bare_samples(tmp_path, base, noise, expected):
     path = precompute(
         Unlabelled(base, "bare"),
         noise,
@@ -324,9 +310,7 @@ def test_labelled_files_keep_their_label_dataset_and_items(tmp_path, base, noise
 
 
 def test_precompute_refuses_supervised_attacks_and_mixed_labels(tmp_path, base, noise):
-    with pytest.raises(
-        ValueError, match="MinMaxAttack needs labels, but item 0 of the dataset has none"
-    ):
+    with pytest.raises(ValueError, match="MinMaxAttack needs labels, but item 0 of the dataset has none"):
         precompute(Unlabelled(base, "bare"), supervised(), tmp_path / "s.h5", progress=False)
     assert not (tmp_path / "s.h5").exists()
     x = base[0][0]
@@ -334,9 +318,7 @@ def test_precompute_refuses_supervised_attacks_and_mixed_labels(tmp_path, base, 
     with pytest.raises(ValueError, match="item 2 of the dataset has no label but item 0 has one"):
         precompute(mixed, noise, tmp_path / "m.h5", batch_size=4, progress=False)
     # Across batches: the file stores labels (from row 0), the second batch has none.
-    with pytest.raises(
-        ValueError, match="item 2 of the dataset has no label, but .*m2.h5 stores labels"
-    ):
+    with pytest.raises(ValueError, match="item 2 of the dataset has no label, but .*m2.h5 stores labels"):
         precompute(mixed, noise, tmp_path / "m2.h5", batch_size=2, progress=False)
 
 
@@ -377,9 +359,7 @@ def test_uae_transform_dict_batch_errors(base, noise, x):
         UAETransform(noise)(batch)
     with pytest.raises(TypeError, match="no separate labels"):
         UAETransform(noise, sample_key=KEY)(batch, torch.arange(4))
-    with pytest.raises(
-        ValueError, match="entry 'scale' must be a tensor, list or tuple with 4 rows, got float"
-    ):
+    with pytest.raises(ValueError, match="entry 'scale' must be a tensor, list or tuple with 4 rows, got float"):
         UAETransform(noise, mode="append", sample_key=KEY)(batch)
     with pytest.raises(ValueError, match="MinMaxAttack needs labels, but the batch has none"):
         UAETransform(supervised(), sample_key=KEY)(batch)
@@ -415,10 +395,7 @@ def test_unlabelled_shards_join_to_the_single_process_file(tmp_path, base, noise
     path = tmp_path / "joined.h5"
     options = WriteOptions(16, True, "float32", "lzf", 0, False, 8)
     provenance = cache_provenance(dataset, noise)
-    shards = [
-        (shard_path(path, rank, 2), start, stop)
-        for rank, (start, stop) in enumerate([(0, 16), (16, N)])
-    ]
+    shards = [(shard_path(path, rank, 2), start, stop) for rank, (start, stop) in enumerate([(0, 16), (16, N)])]
     for rank, (shard, start, stop) in enumerate(shards):
         shard_record = {
             **provenance,
@@ -426,9 +403,7 @@ def test_unlabelled_shards_join_to_the_single_process_file(tmp_path, base, noise
         }
         write_file(dataset, noise, shard, start, stop, shard_record, options)
     _join(path, shards, provenance, options)
-    single = precompute(
-        dataset, noise, tmp_path / "single.h5", batch_size=16, chunk_rows=8, progress=False
-    )
+    single = precompute(dataset, noise, tmp_path / "single.h5", batch_size=16, chunk_rows=8, progress=False)
     with h5py.File(path, "r") as joined, h5py.File(single, "r") as reference:
         assert sorted(joined) == sorted(reference) and "label" not in joined
         for name in reference:

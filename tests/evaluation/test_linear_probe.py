@@ -16,9 +16,7 @@ from ..helpers import digits
 def test_representations_are_the_eval_mode_outputs_in_any_batch_size():
     x, _ = digits()
     torch.manual_seed(0)
-    backbone = nn.Sequential(
-        nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Dropout(0.5)
-    ).train()
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Dropout(0.5)).train()
     features = representations(backbone, x[:101], batch_size=13)
     assert not backbone.training and features.shape == (101, 16) and features.device.type == "cpu"
     with torch.no_grad():
@@ -40,9 +38,7 @@ def test_linear_evaluation_is_seeded_leaves_the_global_rng_alone_and_learns_real
         backbone, train, test, classes=10, epochs=20, lr=0.01, batch_size=100, seed=3
     )
     assert scores == scores_again and torch.equal(classifier[1].weight, again[1].weight)
-    other, _ = linear_evaluation(
-        backbone, train, test, classes=10, epochs=20, lr=0.01, batch_size=100, seed=4
-    )
+    other, _ = linear_evaluation(backbone, train, test, classes=10, epochs=20, lr=0.01, batch_size=100, seed=4)
     assert not torch.equal(classifier[1].weight, other[1].weight)
     # pixels of 8x8 digits are nearly linearly separable
     assert scores["train_acc"] > 90 and scores["test_acc"] > 85
@@ -62,6 +58,4 @@ def test_every_public_evaluation_name_is_importable_from_the_package():
     }
     assert sorted(owners) == sorted(evaluation.__all__)
     for name, module in owners.items():
-        assert getattr(evaluation, name) is getattr(
-            importlib.import_module(f"uae_augment.evaluation.{module}"), name
-        )
+        assert getattr(evaluation, name) is getattr(importlib.import_module(f"uae_augment.evaluation.{module}"), name)

@@ -79,9 +79,7 @@ def test_conv_with_other_padding_modes_uses_the_true_adjoint():
         basis = torch.eye(72).view(72, *shape)
         with torch.no_grad():
             matrix = conv._conv_forward(basis, conv.weight, None).flatten(1).T.double()
-        assert operator_norm(conv, shape) == pytest.approx(
-            float(torch.linalg.matrix_norm(matrix, ord=2)), rel=1e-3
-        )
+        assert operator_norm(conv, shape) == pytest.approx(float(torch.linalg.matrix_norm(matrix, ord=2)), rel=1e-3)
 
 
 def test_dense_layer_bound_is_the_exact_spectral_norm():
@@ -146,9 +144,7 @@ def test_layer_constants_and_errors():
     assert [layer.norm for layer in report.layers] == [0.25, 2.0, 1.0, 2.0]
     norm = nn.BatchNorm2d(2).eval()
     norm.running_var.copy_(torch.tensor([0.25, 4.0]))
-    assert lipschitz_bounds(norm, (2, 3, 3)).product == pytest.approx(
-        1 / math.sqrt(0.25 + norm.eps)
-    )
+    assert lipschitz_bounds(norm, (2, 3, 3)).product == pytest.approx(1 / math.sqrt(0.25 + norm.eps))
 
     class Square(nn.Module):
         def forward(self, x):

@@ -70,9 +70,7 @@ def test_predict_restores_modes_and_checks_inputs():
     model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, 2)).train()
     x = torch.rand(16, 1, 2, 2)
     first, second = predict(model, x, batch_size=5), predict(model, x)
-    assert torch.allclose(
-        first, second, atol=1e-6
-    )  # eval mode: no dropout; chunking does not matter
+    assert torch.allclose(first, second, atol=1e-6)  # eval mode: no dropout; chunking does not matter
     assert model.training and all(p.requires_grad for p in model.parameters())
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         predict(model, x * 3)
@@ -91,9 +89,7 @@ def test_correctly_classified_keeps_rows_every_model_gets_right_in_a_seeded_orde
     some = correctly_classified([conv, mlp], x, y, count=50, seed=3)
     assert len(some) == 50 and torch.equal(some, some.sort().values)
     assert set(some.tolist()) <= set(both.tolist())
-    assert not torch.equal(
-        some, both[:50]
-    )  # a random choice, not a prefix (digits are not shuffled by class)
+    assert not torch.equal(some, both[:50])  # a random choice, not a prefix (digits are not shuffled by class)
     assert torch.equal(some, correctly_classified([conv, mlp], x, y, count=50, seed=3))
     assert len(correctly_classified(conv, x, y)) >= len(both)
     with pytest.raises(ValueError, match="at least one model"):

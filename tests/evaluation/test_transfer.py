@@ -71,17 +71,11 @@ def test_noise_rows_match_the_distortion_after_clipping(transfer_setup):
     _, _, x, _, matrix = transfer_setup
     for source in ("conv", "mlp"):
         crafted, noise = matrix.rows.index(source), matrix.rows.index(f"noise matched to {source}")
-        assert float(matrix.distortion[noise]) == pytest.approx(
-            float(matrix.distortion[crafted]), rel=1e-4
-        )
+        assert float(matrix.distortion[noise]) == pytest.approx(float(matrix.distortion[crafted]), rel=1e-4)
     for std in (0.1, 0.3):
-        assert float(matrix.distortion[matrix.rows.index(f"noise rms={std:g}")]) == pytest.approx(
-            std, rel=1e-4
-        )
+        assert float(matrix.distortion[matrix.rows.index(f"noise rms={std:g}")]) == pytest.approx(std, rel=1e-4)
     as_dict = matrix.as_dict()
-    assert set(as_dict["error"]) == set(matrix.rows) and set(as_dict["clean_error"]) == set(
-        matrix.targets
-    )
+    assert set(as_dict["error"]) == set(matrix.rows) and set(as_dict["clean_error"]) == set(matrix.targets)
 
 
 def test_transfer_matrix_is_seeded_and_rejects_mismatched_attacks(transfer_setup):

@@ -104,9 +104,7 @@ def test_dense_architectures():
     assert isinstance(rmsprop, torch.optim.RMSprop) and rmsprop.defaults["lr"] == 2.5e-3
     aae = AdversarialAutoencoder((1, 28, 28))
     sizes = {
-        part: [
-            (m.in_features, m.out_features) for m in getattr(aae, part) if isinstance(m, nn.Linear)
-        ]
+        part: [(m.in_features, m.out_features) for m in getattr(aae, part) if isinstance(m, nn.Linear)]
         for part in ("encoder", "decoder", "discriminator")
     }
     assert sizes == {

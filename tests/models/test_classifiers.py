@@ -40,9 +40,7 @@ def test_first_layers_match_the_mine_feature_maps(build, shape, maps):
     assert model(x).shape == (2, 10)
     assert model.first_layer(x).shape == (2, *maps)
     assert find_feature_layer(model) is model.first_layer
-    conv = (
-        model.first_layer[0] if isinstance(model.first_layer, nn.Sequential) else model.first_layer
-    )
+    conv = model.first_layer[0] if isinstance(model.first_layer, nn.Sequential) else model.first_layer
     expected = nn.functional.conv2d(x, conv.weight, conv.bias)
     if isinstance(model.first_layer, nn.Sequential):
         expected = expected.relu()
@@ -51,17 +49,11 @@ def test_first_layers_match_the_mine_feature_maps(build, shape, maps):
 
 def test_cw_architecture_and_optimiser():
     model = cw_mnist()
-    convs = [
-        (m.in_channels, m.out_channels, m.kernel_size)
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d)
-    ]
+    convs = [(m.in_channels, m.out_channels, m.kernel_size) for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert convs == [(1, 32, (3, 3)), (32, 32, (3, 3)), (32, 64, (3, 3)), (64, 64, (3, 3))]
     dense = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
     assert dense == [(64 * 4 * 4, 200), (200, 200), (200, 10)]
-    cifar_dense = [
-        (m.in_features, m.out_features) for m in cw_cifar().modules() if isinstance(m, nn.Linear)
-    ]
+    cifar_dense = [(m.in_features, m.out_features) for m in cw_cifar().modules() if isinstance(m, nn.Linear)]
     assert cifar_dense == [(128 * 5 * 5, 256), (256, 256), (256, 10)]
     assert CWClassifier((3, 32, 32)).widths == CW_CIFAR_WIDTHS
     assert CWClassifier((1, 28, 28)).widths == CW_MNIST_WIDTHS
@@ -77,11 +69,7 @@ def test_cw_architecture_and_optimiser():
 
 def test_lenet_layer_table():
     model = LeNet()
-    convs = [
-        (m.in_channels, m.out_channels, m.kernel_size)
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d)
-    ]
+    convs = [(m.in_channels, m.out_channels, m.kernel_size) for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert convs == [(1, 20, (5, 5)), (20, 50, (5, 5)), (50, 500, (4, 4)), (500, 10, (1, 1))]
     sizes, h = [], torch.rand(1, 1, 28, 28)
     for layer in model.layers:
@@ -107,9 +95,7 @@ def test_classifiers_learn_a_real_batch(build, n, steps, ratio, mnist):
     images = x[:n] if model.input_shape == (1, 28, 28) else _colour(x[:n])
     with torch.no_grad():
         before = cross_entropy(model.eval()(images), y[:n])
-    history = fit(
-        model, TensorDataset(images, y[:n]), batch_size=n, max_steps=steps, progress=False
-    )
+    history = fit(model, TensorDataset(images, y[:n]), batch_size=n, max_steps=steps, progress=False)
     with torch.no_grad():
         after = cross_entropy(model(images), y[:n])
     assert after < ratio * before

@@ -78,9 +78,7 @@ def test_attacks_on_the_wrapped_model_stay_in_the_unit_box() -> None:
     result = FGSM(classifier, epsilon=0.1)(x, y)
     assert float(result.adversarial.min()) >= 0.0 and float(result.adversarial.max()) <= 1.0
     autoencoder = Normalized(
-        nn.Sequential(
-            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1), nn.Sigmoid()
-        ),
+        nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1), nn.Sigmoid()),
         MEAN,
         STD,
     )

@@ -49,10 +49,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(name, tmp_path):
     torch.save(model.state_dict(), path)
     torch.manual_seed(1)
     loaded = build_model(name, list(shape), **options)
-    assert any(
-        not torch.equal(a, b)
-        for a, b in zip(model.state_dict().values(), loaded.state_dict().values())
-    )
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     loaded.load_state_dict(torch.load(path, weights_only=True))
     x = torch.rand(3, *shape)
     with torch.no_grad():

@@ -86,15 +86,9 @@ def test_lars_groups_and_learning_rate_schedule() -> None:
     assert isinstance(optimizer, LARS)
     decayed, plain = optimizer.param_groups
     assert decayed["weight_decay"] == 1e-4 and plain["weight_decay"] == 0.0
-    assert all(p.dim() > 1 for p in decayed["params"]) and all(
-        p.dim() == 1 for p in plain["params"]
-    )
+    assert all(p.dim() > 1 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
     norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
-    biases = [
-        m.bias
-        for m in model.modules()
-        if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None
-    ]
+    biases = [m.bias for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None]
     expected = {id(p) for m in norms for p in m.parameters()} | {id(b) for b in biases}
     assert {id(p) for p in plain["params"]} == expected
     assert model.learning_rate(0) == 1.0  # no schedule before on_fit_start
@@ -122,9 +116,7 @@ def test_training_step_minimises_lightlys_ntxent_on_both_views(cifar: torch.Tens
     twin = copy.deepcopy(model)
     x, index = cifar[:32], torch.arange(32)
     (optimizer,) = model.configure_optimizers()
-    values = model.training_step(
-        x, None, [optimizer], generators=view_generators(0, index, ViewPurpose.TRAINING)
-    )
+    values = model.training_step(x, None, [optimizer], generators=view_generators(0, index, ViewPurpose.TRAINING))
     # the same step by hand: lightly's loss on the two views, LARS update
     views = twin.make_views(x, view_generators(0, index, ViewPurpose.TRAINING))
     z = twin(views.flatten(0, 1)).unflatten(0, (32, 2))

@@ -85,9 +85,7 @@ def test_results_json_is_well_formed(tiny: tuple[Path, str]) -> None:
     results = read_results(out)
     assert results["recipe"] == "autoencoders"
     assert results["failed_uaes"] == "keep"
-    assert {(r["model"], r["seed"]) for r in results["runs"]} == {
-        (m, s) for m in MODELS for s in SEEDS
-    }
+    assert {(r["model"], r["seed"]) for r in results["runs"]} == {(m, s) for m in MODELS for s in SEEDS}
     differing = probed = 0
     for run in results["runs"]:
         assert run["train_size"] == TRAIN_ROWS and run["test_size"] == TEST_ROWS
@@ -104,9 +102,7 @@ def test_results_json_is_well_formed(tiny: tuple[Path, str]) -> None:
             assert entry["kept_uaes"] == TRAIN_ROWS
             differing += entry["probe"]["probe_rows_differing_from_cache"]
             probed += entry["probe"]["probe_rows"]
-            if (
-                key.startswith("ga-") or key == "init-only"
-            ):  # no choice among iterates: no ties to flip
+            if key.startswith("ga-") or key == "init-only":  # no choice among iterates: no ties to flip
                 assert entry["probe"]["max_abs_diff_to_cache"] == 0.0, key
     # the in-memory probe reproduces the cached rows (a float near-tie may flip the odd one)
     assert differing <= 0.1 * probed
@@ -115,11 +111,7 @@ def test_results_json_is_well_formed(tiny: tuple[Path, str]) -> None:
     for row in summary:
         assert row["original"]["n"] == 2 and finite(row["original"]["std"])
         for entry in row["methods"].values():
-            expected = (
-                100
-                * (row["original"]["mean"] - entry["test_mse"]["mean"])
-                / row["original"]["mean"]
-            )
+            expected = 100 * (row["original"]["mean"] - entry["test_mse"]["mean"]) / row["original"]["mean"]
             assert entry["change_vs_original_pct"] == pytest.approx(expected)
     stages = {record["stage"] for record in results["wall_time"]["stages"]}
     assert "mnist-5k/sparse/seed1/attack/mine-strong" in stages
@@ -131,9 +123,7 @@ def test_metrics_match_an_independent_recomputation(tiny_conv: Path) -> None:
     (run,) = read_results(out)["runs"]
     assert set(run["methods"]) == set(CONV_METHODS)
     model = build_model("conv-ae", (1, 28, 28))
-    model.load_state_dict(
-        torch.load(out / "models" / "mnist-5k-conv-seed1.pt", weights_only=False)["state_dict"]
-    )
+    model.load_state_dict(torch.load(out / "models" / "mnist-5k-conv-seed1.pt", weights_only=False)["state_dict"])
     x = _test_split()
     with torch.no_grad():
         mse = float(((model.eval()(x) - x) ** 2).mean())
@@ -162,13 +152,9 @@ def test_init_only_returns_the_attacks_starting_point(tiny: tuple[Path, str]) ->
     run = next(r for r in results["runs"] if r["model"] == "dense" and r["seed"] == 0)
     assert run["methods"]["init-only"]["probe"]["moved_linf"] == 0.0
     assert run["methods"]["mine"]["attack"]["steps"] == 3  # --dense-attack-steps (no convolution)
-    cached, _ = UAECache(out / "cache" / "mnist-5k-dense-seed0-init-only.h5").rows(
-        range(TRAIN_ROWS)
-    )
+    cached, _ = UAECache(out / "cache" / "mnist-5k-dense-seed0-init-only.h5").rows(range(TRAIN_ROWS))
     model = build_model("dense-ae", (1, 28, 28))
-    model.load_state_dict(
-        torch.load(out / "models" / "mnist-5k-dense-seed0.pt", weights_only=False)["state_dict"]
-    )
+    model.load_state_dict(torch.load(out / "models" / "mnist-5k-dense-seed0.pt", weights_only=False)["state_dict"])
     train = _train_split()
     x = torch.stack([train[i][0] for i in range(TRAIN_ROWS)])
     start = LpUAE(Reconstruction(model.eval()), preset="fast", steps=1, seed=0)(x).adversarial
@@ -189,20 +175,12 @@ def test_markdown_table_has_our_rows_beside_the_published_ones(tiny: tuple[Path,
     assert [row[2] for row in main_rows] == ["ours (2 seeds, 52 train rows)", "paper (MNIST)"] * 2
     assert all(len(row) == 5 + len(recipe.METHODS) + 1 for row in main_rows)
     sparse_paper = main_rows[1]
-    assert (
-        sparse_paper[1] == ""
-        and sparse_paper[3] == "0.00561"
-        and sparse_paper[5] == "0.00243 (+56.7%)"
-    )
+    assert sparse_paper[1] == "" and sparse_paper[3] == "0.00561" and sparse_paper[5] == "0.00243 (+56.7%)"
     assert sparse_paper[-1] == "100 / 99.18 / 54.1 / 63.95 / — / —"
     ours = main_rows[0]
     assert ours[:2] == ["mnist-5k (4,000-digit subset)", "sparse"]
     assert "±" in ours[3] and "(" in ours[4]  # mean ± std and the change in %
-    detail = [
-        row
-        for row in rows
-        if len(row) == 8 and row[2] in {m.label for m in recipe.METHODS.values()}
-    ]
+    detail = [row for row in rows if len(row) == 8 and row[2] in {m.label for m in recipe.METHODS.values()}]
     assert len(detail) == len(MODELS) * len(recipe.METHODS)
 
 
@@ -212,9 +190,7 @@ def test_grid_config_and_wall_time_files(tiny: tuple[Path, str]) -> None:
         assert_png(out / f"grid-mnist-5k-{kind}.png", min_side=200)
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["epochs"] == 1  # the flag overrides the quick preset's 6
-    assert config["preset"] == "fast" and config["datasets"] == [
-        "mnist-5k"
-    ]  # from the quick preset
+    assert config["preset"] == "fast" and config["datasets"] == ["mnist-5k"]  # from the quick preset
     log = (out / "wall_time.log").read_text().splitlines()
     assert any(line.startswith("mnist-5k/dense/seed0/train-clean\t") for line in log)
     assert log[-1].startswith("total\t")
@@ -226,9 +202,7 @@ def test_rerun_reuses_models_and_caches(tiny_conv: Path, tmp_path: Path) -> None
     shutil.copytree(out, again)
     cache = again / "cache" / "mnist-5k-conv-seed1-mine.h5"
     written = cache.stat().st_mtime_ns
-    status = recipe.main(
-        [*TINY, "--out", str(again), "--models", "conv", "--seeds", "1", "--methods", "mine"]
-    )
+    status = recipe.main([*TINY, "--out", str(again), "--models", "conv", "--seeds", "1", "--methods", "mine"])
     assert status == 0
     results = read_results(again)
     (run,) = results["runs"]
@@ -236,9 +210,7 @@ def test_rerun_reuses_models_and_caches(tiny_conv: Path, tmp_path: Path) -> None
     assert cache.stat().st_mtime_ns == written
     (first,) = read_results(out)["runs"]
     assert run["methods"]["mine"]["asr_pct"] == first["methods"]["mine"]["asr_pct"]
-    assert run["methods"]["mine"]["test_mse"] == pytest.approx(
-        first["methods"]["mine"]["test_mse"], rel=1e-6
-    )
+    assert run["methods"]["mine"]["test_mse"] == pytest.approx(first["methods"]["mine"]["test_mse"], rel=1e-6)
 
 
 def test_rerun_with_other_settings_rebuilds_the_caches(tiny_conv: Path, tmp_path: Path) -> None:
@@ -301,31 +273,20 @@ def test_dense_models_get_their_own_attack_steps() -> None:
     assert mine.steps == 40 and mine.projection_dim == 32 and mine.projections == 100
     assert recipe.METHODS["mine-strong"].build(conv, quick, 0).steps == 5
     assert recipe.METHODS["l2"].build(dense, quick, 0).steps == 40
-    plain = _config.parse_config(
-        parser, ["--attack-steps", "7", "--strong-steps", "9"], recipe.QUICK
-    )
-    assert (
-        recipe.attack_steps(dense, plain) == 7
-        and recipe.attack_steps(dense, plain, strong=True) == 9
-    )
+    plain = _config.parse_config(parser, ["--attack-steps", "7", "--strong-steps", "9"], recipe.QUICK)
+    assert recipe.attack_steps(dense, plain) == 7 and recipe.attack_steps(dense, plain, strong=True) == 9
 
 
 def test_yaml_config_sits_between_the_quick_preset_and_the_flags(tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text("epochs: 7\nattack-steps: 3\nmodels: [conv]\n")
     parser = recipe.build_parser()
-    args = _config.parse_config(
-        parser, ["--quick", "--config", str(config), "--epochs", "2"], recipe.QUICK
-    )
+    args = _config.parse_config(parser, ["--quick", "--config", str(config), "--epochs", "2"], recipe.QUICK)
     assert args.epochs == 2  # flag > YAML
     assert args.attack_steps == 3 and args.models == ["conv"]  # YAML > quick
     assert args.train_rows == recipe.QUICK["train_rows"]  # quick > defaults
     defaults = _config.parse_config(parser, [], recipe.QUICK)
-    assert (
-        defaults.preset == "paper"
-        and defaults.epochs is None
-        and defaults.models == list(recipe.MODEL_KINDS)
-    )
+    assert defaults.preset == "paper" and defaults.epochs is None and defaults.models == list(recipe.MODEL_KINDS)
     config.write_text("epoch: 7\n")
     with pytest.raises(SystemExit):
         _config.parse_config(recipe.build_parser(), ["--config", str(config)], recipe.QUICK)
@@ -334,9 +295,7 @@ def test_yaml_config_sits_between_the_quick_preset_and_the_flags(tmp_path: Path)
         _config.parse_config(recipe.build_parser(), ["--config", str(config)], recipe.QUICK)
 
 
-def test_svhn_falls_back_to_cifar10_and_missing_sets_are_listed(
-    data_root: Path, tmp_path: Path
-) -> None:
+def test_svhn_falls_back_to_cifar10_and_missing_sets_are_listed(data_root: Path, tmp_path: Path) -> None:
     if (data_root / "svhn.npz").exists():
         pytest.skip("SVHN is present: no stand-in needed")
     usable, skipped = recipe.resolve_datasets(["svhn", "mnist-5k"], data_root)
@@ -379,9 +338,7 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
     results = read_results(tmp_path)
     assert len(results["summary"]) == len(recipe.MODEL_KINDS)
     assert len(results["runs"]) == len(recipe.MODEL_KINDS) * len(recipe.QUICK["seeds"])
-    assert (
-        "| mnist-5k (4,000-digit subset) | conv | ours (2 seeds, 400 train rows) |" in done.stdout
-    )
+    assert "| mnist-5k (4,000-digit subset) | conv | ours (2 seeds, 400 train rows) |" in done.stdout
     for kind in recipe.MODEL_KINDS:
         assert_png(tmp_path / f"grid-mnist-5k-{kind}.png", min_side=200)
 
@@ -397,20 +354,10 @@ def test_paired_table_against_the_same_steps_control(tiny: tuple[Path, str]) -> 
                 [r["same_steps"]["test_mse"] for r in runs],
             )
             found = row["methods"][key]["paired_vs_same_steps"]
-            assert found["mean"] == pytest.approx(expected.mean) and found["mde"] == pytest.approx(
-                expected.mde
-            )
+            assert found["mean"] == pytest.approx(expected.mean) and found["mde"] == pytest.approx(expected.mde)
             assert found["verdict"] == expected.verdict
     table = (out / "results.md").read_text()
-    assert (
-        "### Paired difference of the test error, method − same-steps control, over seeds" in table
-    )
-    paired = [
-        row for row in table_rows(table) if len(row) == 2 + len(recipe.METHODS) and "MDE" in row[2]
-    ]
+    assert "### Paired difference of the test error, method − same-steps control, over seeds" in table
+    paired = [row for row in table_rows(table) if len(row) == 2 + len(recipe.METHODS) and "MDE" in row[2]]
     assert [row[1] for row in paired] == MODELS
-    assert all(
-        cell.endswith(("helps", "hurts", "no detectable effect"))
-        for row in paired
-        for cell in row[2:]
-    )
+    assert all(cell.endswith(("helps", "hurts", "no detectable effect")) for row in paired for cell in row[2:])

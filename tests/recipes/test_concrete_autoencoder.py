@@ -58,9 +58,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return out, _run(out, "--seeds", "0", "1")
 
 
-def _split(
-    name: str, split: str, rows: int, **options: object
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _split(name: str, split: str, rows: int, **options: object) -> tuple[torch.Tensor, torch.Tensor]:
     return _protocol.stack(_protocol.subset_rows(load_dataset(name, split=split, **options), rows))
 
 
@@ -74,29 +72,18 @@ def test_results_json_is_well_formed(tiny: tuple[Path, str]) -> None:
     ]
     for run in results["runs"]:
         # the authors' batch max(N // 256, 16) = 16: 3 steps per epoch clean, 6 augmented
-        assert (
-            run["original"]["steps"] == 3
-            and run["mine"]["steps"] == 6
-            and run["same_steps"]["steps"] == 6
-        )
+        assert run["original"]["steps"] == 3 and run["mine"]["steps"] == 6 and run["same_steps"]["steps"] == 6
         assert run["original"]["tries"] == 1 and len(run["original"]["mean_max_probabilities"]) == 1
         for arm in ("original", "mine", "same_steps"):
             entry = run[arm]
             assert 0.0 < entry["test_mse"] < 1.0
             assert 0.0 <= entry["accuracy_pct"] <= 100.0
             selected = entry["selected_features"]
-            assert (
-                len(selected) == 50
-                and len(set(selected)) == 50
-                and 0 <= min(selected)
-                and max(selected) < 784
-            )
+            assert len(selected) == 50 and len(set(selected)) == 50 and 0 <= min(selected) and max(selected) < 784
         mine = run["mine"]
         assert 0.0 <= mine["asr_pct"] <= mine["criterion_zero_pct"] <= 100.0
         assert mine["augmented_size"] == 2 * TRAIN_ROWS and mine["kept_uaes"] == TRAIN_ROWS
-        assert (
-            mine["attack"]["sampler"] == "random_projection" and mine["attack"]["projections"] == 8
-        )
+        assert mine["attack"]["sampler"] == "random_projection" and mine["attack"]["projections"] == 8
         assert mine["probe"]["probe_rows_differing_from_cache"] <= 1
     (row,) = results["summary"]
     assert row["original"]["test_mse"]["n"] == 2 and finite(row["original"]["test_mse"]["std"])
@@ -113,18 +100,14 @@ def test_metrics_match_an_independent_recomputation(tiny: tuple[Path, str]) -> N
     out, _ = tiny
     run = read_results(out)["runs"][1]
     model = build_model("concrete-ae", (1, 28, 28), k=50)
-    model.load_state_dict(
-        torch.load(out / "models" / "mnist-5k-seed1.pt", weights_only=False)["state_dict"]
-    )
+    model.load_state_dict(torch.load(out / "models" / "mnist-5k-seed1.pt", weights_only=False)["state_dict"])
     model.eval()
     selected = model.selected_features()
     assert selected.tolist() == run["original"]["selected_features"]
     x_train, y_train = _split("mnist-5k", "train", TRAIN_ROWS)
     x_test, y_test = _split("mnist-5k", "test", TEST_ROWS)
     with torch.no_grad():
-        mse = float(
-            ((model.decoder(x_test.flatten(1)[:, selected]) - x_test.flatten(1)) ** 2).mean()
-        )
+        mse = float(((model.decoder(x_test.flatten(1)[:, selected]) - x_test.flatten(1)) ** 2).mean())
     assert run["original"]["test_mse"] == pytest.approx(mse, rel=1e-5)
     forest = ExtraTreesClassifier(n_estimators=50, random_state=1, n_jobs=1)
     forest.fit(x_train.flatten(1)[:, selected].numpy(), y_train.numpy())
@@ -175,18 +158,11 @@ def test_tabular_set_uses_k10_for_mice_protein(data_root: Path, tmp_path: Path) 
     results = read_results(tmp_path)
     (run,) = results["runs"]
     assert run["dataset"] == "mice-protein" and run["k"] == 10
-    assert (
-        len(run["original"]["selected_features"]) == 10
-        and max(run["original"]["selected_features"]) < 77
-    )
+    assert len(run["original"]["selected_features"]) == 10 and max(run["original"]["selected_features"]) < 77
     # 64 rows / batch 16 = 4 steps per epoch; the test rows come from the loader's stratified 20 % split
-    assert (
-        run["original"]["steps"] == 4 and run["train_size"] == 64 and run["test_size"] == TEST_ROWS
-    )
+    assert run["original"]["steps"] == 4 and run["train_size"] == 64 and run["test_size"] == TEST_ROWS
     if not (data_root / "activity.npz").exists():
-        assert results["skipped"] == [
-            {"dataset": "activity", "reason": "file not found in the data root"}
-        ]
+        assert results["skipped"] == [{"dataset": "activity", "reason": "file not found in the data root"}]
         assert "Skipped: activity" in (tmp_path / "results.md").read_text()
     assert not list(tmp_path.glob("grid-*.png"))  # no picture for tabular rows
     assert math.isfinite(results["summary"][0]["mine"]["accuracy_pct"]["mean"])
@@ -233,9 +209,7 @@ def test_paired_comparison_against_the_same_steps_control(tiny: tuple[Path, str]
     results = read_results(out)
     (row,) = results["summary"]
     runs = results["runs"]
-    expected = paired_difference(
-        [r["mine"]["test_mse"] for r in runs], [r["same_steps"]["test_mse"] for r in runs]
-    )
+    expected = paired_difference([r["mine"]["test_mse"] for r in runs], [r["same_steps"]["test_mse"] for r in runs])
     assert row["paired_vs_same_steps"]["test_mse"]["ci_low"] == pytest.approx(expected.ci_low)
     accuracy = row["paired_vs_same_steps"]["accuracy_pct"]
     assert accuracy is None or "error" in accuracy or accuracy["better"] == "higher"

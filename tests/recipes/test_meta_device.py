@@ -36,9 +36,7 @@ def _attack_on_meta(attack: Attack, shape: tuple[int, ...], labelled: bool) -> l
     """Runs ``attack``'s batch step on a meta batch; returns the devices its victims' inputs were on."""
     seen: list[torch.device] = []
     hooks = [
-        module.register_forward_pre_hook(
-            lambda _m, args: seen.extend(a.device for a in args if torch.is_tensor(a))
-        )
+        module.register_forward_pre_hook(lambda _m, args: seen.extend(a.device for a in args if torch.is_tensor(a)))
         for module in attack.models()
     ]
     assert attack.device() == META
@@ -63,12 +61,8 @@ def _meta(model: nn.Module) -> nn.Module:
 
 @pytest.mark.parametrize("method", sorted(autoencoders.METHODS))
 def test_autoencoders_recipe_attacks_run_on_the_victims_device(method):
-    args = autoencoders.build_parser().parse_args(
-        ["--preset", "fast", "--attack-steps", "3", "--mine-steps", "2"]
-    )
-    attack = autoencoders.METHODS[method].build(
-        Reconstruction(_meta(digits_conv_autoencoder())), args, 0
-    )
+    args = autoencoders.build_parser().parse_args(["--preset", "fast", "--attack-steps", "3", "--mine-steps", "2"])
+    attack = autoencoders.METHODS[method].build(Reconstruction(_meta(digits_conv_autoencoder())), args, 0)
     seen = _attack_on_meta(attack, (1, 8, 8), labelled=False)
     assert seen and set(seen) == {META}
 
@@ -99,9 +93,7 @@ def test_concrete_autoencoder_recipe_attack_runs_on_the_victims_device():
 
 
 def test_simclr_recipe_attack_runs_on_the_victims_device():
-    args = simclr.build_parser().parse_args(
-        ["--attack-steps", "2", "--mine-steps", "1", "--n-views", "2"]
-    )
+    args = simclr.build_parser().parse_args(["--attack-steps", "2", "--mine-steps", "1", "--n-views", "2"])
     with torch.device(META):
         model = SimCLR(in_channels=3, image_size=(8, 8))
     bank = torch.rand(3, 3, 8, 8)  # the recipe's bank of training images lives on the CPU
@@ -158,9 +150,7 @@ def test_lbfgs_of_the_recipes_runs_its_victim_on_its_device_then_stops_at_the_ho
     args = recipe.build_parser().parse_args([])
     model = _meta(digits_classifier())
     if recipe is supervised_attacks:
-        attack = LBFGS(
-            model, search_steps=args.lbfgs_search_steps, max_iter=args.lbfgs_max_iter, seed=0
-        )
+        attack = LBFGS(model, search_steps=args.lbfgs_search_steps, max_iter=args.lbfgs_max_iter, seed=0)
     else:  # as in transferability.main
         attack = LBFGS(model, search_steps=args.search_steps, max_iter=args.max_iter, seed=0)
     seen: list[torch.device] = []

@@ -46,10 +46,7 @@ def test_statistics_and_formatting() -> None:
     assert _report.format_pct(_report.improvement_pct(0.00561, 0.00243)) == "+56.7%"
     assert _report.format_pct(_report.improvement_pct(0.00294, 0.00364)) == "-23.8%"
     assert math.isnan(_report.improvement_pct(0.0, 1.0))
-    assert (
-        _report.format_stat(stat, 2) == "2.00 ± 1.00"
-        and _report.format_stat({"mean": math.nan}) == "—"
-    )
+    assert _report.format_stat(stat, 2) == "2.00 ± 1.00" and _report.format_stat({"mean": math.nan}) == "—"
 
 
 def test_subset_rows_is_a_fixed_random_subset_not_a_prefix() -> None:
@@ -60,17 +57,13 @@ def test_subset_rows_is_a_fixed_random_subset_not_a_prefix() -> None:
     assert subset.indices == sorted(set(subset.indices))  # type: ignore[attr-defined]
     labels = torch.tensor([subset[i][1] for i in range(len(subset))])
     assert len(labels.unique()) == 10  # the split is sorted by class: a prefix would hold one class
-    assert (
-        _protocol.subset_rows(train, None) is train and _protocol.subset_rows(train, 10**6) is train
-    )
+    assert _protocol.subset_rows(train, None) is train and _protocol.subset_rows(train, 10**6) is train
     with pytest.raises(ValueError):
         _protocol.subset_rows(train, 0)
 
 
 def test_write_json_turns_non_finite_values_into_null(tmp_path: Path) -> None:
-    path = _report.write_json(
-        tmp_path / "r.json", {"a": math.nan, "b": [1.0, math.inf], "c": Path("x")}
-    )
+    path = _report.write_json(tmp_path / "r.json", {"a": math.nan, "b": [1.0, math.inf], "c": Path("x")})
     assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None], "c": "x"}
 
 
@@ -91,9 +84,7 @@ def test_stage_timer_logs_every_stage_even_when_it_raises(tmp_path: Path) -> Non
 def test_dataset_available_checks_the_file_without_loading(tmp_path: Path) -> None:
     assert _protocol.dataset_available("mnist-5k", tmp_path)  # embedded: no file needed
     assert not _protocol.dataset_available("cifar10", tmp_path)
-    (tmp_path / "cifar10.npz").write_bytes(
-        b"not read"
-    )  # existence is what counts; load_dataset validates
+    (tmp_path / "cifar10.npz").write_bytes(b"not read")  # existence is what counts; load_dataset validates
     assert _protocol.dataset_available("cifar10", tmp_path)
     with pytest.raises(ValueError, match="unknown data set"):
         _protocol.dataset_available("no-such-set", tmp_path)
@@ -129,11 +120,7 @@ def test_probe_runs_the_attack_on_its_models_device():
     attack = SpyAttack()
     x, result, stats = _protocol.probe(attack, train, 3, _RowsStub())
     assert attack.seen == [torch.device("meta")]
-    assert (
-        x.device.type == "cpu"
-        and result.adversarial.device.type == "cpu"
-        and stats["probe_rows"] == 3
-    )
+    assert x.device.type == "cpu" and result.adversarial.device.type == "cpu" and stats["probe_rows"] == 3
 
 
 RECIPES = sorted(path.name for path in (REPO / "recipes").glob("[!_]*.py"))
@@ -145,11 +132,7 @@ def test_recipes_use_only_the_public_api_and_no_path_edits() -> None:
     for path in sorted((REPO / "recipes").glob("*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.ImportFrom)
-                and node.module
-                and node.module.startswith("uae_augment")
-            ):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("uae_augment"):
                 assert not any(part.startswith("_") for part in node.module.split(".")), (
                     path.name,
                     node.module,
@@ -180,11 +163,7 @@ def test_brief_summarises_a_training_record() -> None:
         "reused_checkpoint": True,
     }
     extended = _protocol.brief(history, ("step_losses", "tries", "absent"))
-    assert (
-        extended["step_losses"] == [1.0, 0.5]
-        and extended["tries"] == 2
-        and "absent" not in extended
-    )
+    assert extended["step_losses"] == [1.0, 0.5] and extended["tries"] == 2 and "absent" not in extended
     assert math.isnan(_protocol.brief({**history, "losses": []})["final_loss"])
 
 
@@ -208,10 +187,7 @@ def test_paired_vs_control_and_its_cell() -> None:
     assert _report.format_paired(None) == "—"
     comparison = _report.paired_vs_control([0.10, 0.12, 0.11], [0.13, 0.14, 0.15])
     assert comparison is not None and comparison["verdict"] == "helps" and comparison["n"] == 3
-    assert (
-        _report.format_paired(comparison, 3)
-        == f"-0.030 [-0.055, -0.005], MDE {comparison['mde']:.3f}: helps"
-    )
+    assert _report.format_paired(comparison, 3) == f"-0.030 [-0.055, -0.005], MDE {comparison['mde']:.3f}: helps"
     accuracy = _report.paired_vs_control([50.0, 52.0, 51.0], [53.0, 54.0, 55.0], better="higher")
     assert accuracy is not None and accuracy["verdict"] == "hurts"
     constant = _report.paired_vs_control([1.5, 2.5], [1.0, 2.0])

@@ -77,9 +77,7 @@ def image_folder(data_root, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A torchvision ImageFolder tree (train/ and test/) of real CIFAR-10 PNGs."""
     root = tmp_path_factory.mktemp("cifar-folder")
     for split, rows in (("train", TRAIN_ROWS), ("test", TEST_ROWS)):
-        data = _protocol.subset_rows(
-            load_dataset("cifar10", root=data_root, split=split), rows
-        )  # every class
+        data = _protocol.subset_rows(load_dataset("cifar10", root=data_root, split=split), rows)  # every class
         for i in range(rows):
             image, label = data[i]
             folder = root / split / f"class{label}"
@@ -152,10 +150,7 @@ def test_results_hold_every_model_and_attack(single: tuple[Path, str]) -> None:
         assert entry["probe"]["max_abs_diff_to_cache"] < 1e-5
         assert entry["probe"]["moved_linf"] >= 0
     # the release's step sizes barely move delta; the strong preset's sign steps do
-    assert (
-        run["augmented"]["strong"]["probe"]["moved_linf"]
-        > run["augmented"]["fast"]["probe"]["moved_linf"]
-    )
+    assert run["augmented"]["strong"]["probe"]["moved_linf"] > run["augmented"]["fast"]["probe"]["moved_linf"]
     assert "clean + MINE-UAE (strong)" in printed
 
 
@@ -172,10 +167,7 @@ def test_table_and_figures(single: tuple[Path, str]) -> None:
     summary = {row["key"]: row for row in read_results(out)["summary"]}
     assert rows[2][2] == _report.format_stat(summary["uae-fast"]["linear_test_acc"], 2)
     delta = summary["uae-strong"]["vs_same_steps"]["linear_test_acc_pp"]
-    expected = (
-        summary["uae-strong"]["linear_test_acc"]["mean"]
-        - summary["same-steps"]["linear_test_acc"]["mean"]
-    )
+    expected = summary["uae-strong"]["linear_test_acc"]["mean"] - summary["same-steps"]["linear_test_acc"]["mean"]
     assert math.isclose(delta, expected)
     assert PRESETS == [row[0] for row in rows if row[0] in PRESETS]
     assert_png(out / "grid.png")
@@ -189,9 +181,7 @@ def test_cached_uaes_meet_the_criterion_recomputed_from_the_checkpoint(
     out, _ = single
     train, _ = _simclr_data.image_folder_splits(image_folder, 32)
     model = SimCLR(width=2)
-    model.load_state_dict(
-        torch.load(out / "models" / "simclr-seed0.pt", weights_only=False)["state_dict"]
-    )
+    model.load_state_dict(torch.load(out / "models" / "simclr-seed0.pt", weights_only=False)["state_dict"])
     model.eval()
     bank, _ = _protocol.stack(_protocol.subset_rows(train, NEGATIVES))
     criterion = model.criterion(n_views=2, negatives=bank, seed=0)
@@ -205,9 +195,7 @@ def test_cached_uaes_meet_the_criterion_recomputed_from_the_checkpoint(
     assert bool(((uaes - x).abs().amax(dim=(1, 2, 3)) > 0).all())
 
 
-def test_two_processes_follow_the_one_process_loss_curves(
-    single: tuple[Path, str], two_processes: Path
-) -> None:
+def test_two_processes_follow_the_one_process_loss_curves(single: tuple[Path, str], two_processes: Path) -> None:
     one, two = read_results(single[0]), read_results(two_processes)
     assert two["world_size"] == 2
     for name, entry in _trainings(two["runs"][0]).items():
@@ -240,18 +228,10 @@ def test_paired_comparison_over_seeds(single: tuple[Path, str]) -> None:
     summary = _simclr_report.summarise(runs, [4, 16])
     fast = next(row for row in summary if row["key"] == "uae-fast")
     acc = fast["paired_vs_same_steps"]["linear_test_acc"]
-    differences = [
-        r["augmented"]["fast"]["linear"]["test_acc"] - r["same_steps"]["linear"]["test_acc"]
-        for r in runs
-    ]
+    differences = [r["augmented"]["fast"]["linear"]["test_acc"] - r["same_steps"]["linear"]["test_acc"] for r in runs]
     assert acc["n"] == 4 and acc["mean"] == pytest.approx(float(np.mean(differences)))
-    assert (
-        acc["better"] == "higher"
-        and fast["paired_vs_same_steps"]["test_ntxent"]["better"] == "lower"
-    )
-    table = _simclr_report.markdown(
-        summary, [4, 16], data="cifar", seeds=4, pgd_rows=16, pgd_steps=3
-    )
+    assert acc["better"] == "higher" and fast["paired_vs_same_steps"]["test_ntxent"]["better"] == "lower"
+    table = _simclr_report.markdown(summary, [4, 16], data="cifar", seeds=4, pgd_rows=16, pgd_steps=3)
     paired = [row for row in table_rows(table) if len(row) == 3 and "MDE" in row[1]]
     assert [row[0] for row in paired] == ["clean + MINE-UAE (fast)", "clean + MINE-UAE (strong)"]
     assert paired[0][1] == _report.format_paired(acc, 2)

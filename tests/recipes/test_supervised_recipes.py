@@ -102,15 +102,11 @@ def test_supervised_attacks_json_matches_a_recomputation(attacks_run: tuple[Path
         assert finite(entry["mi_evaluator_all"]) and finite(entry["mi_evaluator_change_2x"])
     assert finite(run["attacks"]["minmax"]["mi_attack"]) or run["attacks"]["minmax"]["asr_pct"] == 0
     assert run["attacks"]["pgd"]["mi_attack"] is None  # gradient attacks have no MINE: NaN -> null
-    assert (
-        run["attacks"]["pgd"]["linf"] <= 0.3 + 1e-6 and run["attacks"]["fgsm"]["linf"] <= 0.3 + 1e-6
-    )
+    assert run["attacks"]["pgd"]["linf"] <= 0.3 + 1e-6 and run["attacks"]["fgsm"]["linf"] <= 0.3 + 1e-6
 
     # recompute from the saved weights: the attacked rows, their accuracy, FGSM and the evaluator
     model = cw_mnist()
-    model.load_state_dict(
-        torch.load(out / "models" / "mnist-5k-cw-seed0.pt", weights_only=False)["state_dict"]
-    )
+    model.load_state_dict(torch.load(out / "models" / "mnist-5k-cw-seed0.pt", weights_only=False)["state_dict"])
     model.eval()
     x_test, y_test = _mnist_test()
     with torch.no_grad():
@@ -121,13 +117,9 @@ def test_supervised_attacks_json_matches_a_recomputation(attacks_run: tuple[Path
     x, y = x_test[rows], y_test[rows]
     fgsm = FGSM(model, epsilon=0.3)(x, y, index=rows)
     assert run["attacks"]["fgsm"]["asr_pct"] == pytest.approx(100 * fgsm.asr)
-    assert run["attacks"]["fgsm"]["l2"] == pytest.approx(
-        float(distortion(x, fgsm.adversarial)["l2"].mean()), rel=1e-5
-    )
+    assert run["attacks"]["fgsm"]["l2"] == pytest.approx(float(distortion(x, fgsm.adversarial)["l2"].mean()), rel=1e-5)
     identical = per_sample_mi(x, x.clone(), steps=30, lr=1e-2, seed=0, index=rows)
-    assert run["mi_references"]["identical copy"] == pytest.approx(
-        float(identical.mean()), rel=1e-4
-    )
+    assert run["mi_references"]["identical copy"] == pytest.approx(float(identical.mean()), rel=1e-4)
 
 
 def test_supervised_attacks_tables_and_figures(attacks_run: tuple[Path, str]) -> None:
@@ -160,9 +152,7 @@ def test_supervised_attacks_tables_and_figures(attacks_run: tuple[Path, str]) ->
     assert "mnist-5k/seed0/attack/minmax\t" in log and "mnist-5k/seed0/mi-evaluator-2x\t" in log
 
 
-def test_supervised_attacks_rerun_reuses_the_classifier(
-    attacks_run: tuple[Path, str], tmp_path: Path
-) -> None:
+def test_supervised_attacks_rerun_reuses_the_classifier(attacks_run: tuple[Path, str], tmp_path: Path) -> None:
     out, _ = attacks_run
     again = tmp_path / "again"
     shutil.copytree(out, again)
@@ -171,9 +161,7 @@ def test_supervised_attacks_rerun_reuses_the_classifier(
     (first,) = read_results(out)["runs"]
     assert run["training"]["reused_checkpoint"] is True and set(run["attacks"]) == {"fgsm"}
     assert run["attacks"]["fgsm"]["asr_pct"] == first["attacks"]["fgsm"]["asr_pct"]
-    assert run["attacks"]["fgsm"]["mi_evaluator"] == pytest.approx(
-        first["attacks"]["fgsm"]["mi_evaluator"]
-    )
+    assert run["attacks"]["fgsm"]["mi_evaluator"] == pytest.approx(first["attacks"]["fgsm"]["mi_evaluator"])
     assert "mi_evaluator_change_2x" not in run["attacks"]["fgsm"]
 
 
@@ -256,9 +244,7 @@ def test_adversarial_training_json_matches_a_recomputation(training_run: tuple[P
     train = _protocol.subset_rows(load_dataset("mnist-5k"), 200)
     x_train, _ = _protocol.stack(train)
     model = InputNormalization(LeNet(), x_train.mean(dim=0))
-    model.load_state_dict(
-        torch.load(out / "models" / "standard-seed0.pt", weights_only=False)["state_dict"]
-    )
+    model.load_state_dict(torch.load(out / "models" / "standard-seed0.pt", weights_only=False)["state_dict"])
     test = _protocol.subset_rows(load_dataset("mnist-5k", split="test"), 100)
     x, y = _protocol.stack(test)
     with torch.no_grad():
@@ -294,9 +280,7 @@ def test_adversarial_training_tables_and_figures(training_run: tuple[Path, str])
     assert_png(out / "examples.png", min_side=150)
 
 
-def test_adversarial_training_rerun_loads_the_weights(
-    training_run: tuple[Path, str], tmp_path: Path
-) -> None:
+def test_adversarial_training_rerun_loads_the_weights(training_run: tuple[Path, str], tmp_path: Path) -> None:
     out, _ = training_run
     again = tmp_path / "again"
     shutil.copytree(out, again)
@@ -304,10 +288,7 @@ def test_adversarial_training_rerun_loads_the_weights(
     (run,) = read_results(again)["runs"]
     first = next(r for r in read_results(out)["runs"] if r["method"] == "madry")
     assert run["train"]["reused"] is True
-    assert (
-        run["eval"]["clean"] == first["eval"]["clean"]
-        and run["eval"]["pgd"] == first["eval"]["pgd"]
-    )
+    assert run["eval"]["clean"] == first["eval"]["clean"] and run["eval"]["pgd"] == first["eval"]["pgd"]
 
 
 # --------------------------------------------------------------------------- transferability.py
@@ -358,9 +339,7 @@ def test_transferability_json_is_consistent(transfer_run: tuple[Path, str]) -> N
         )
         assert matrix["clean_error"][name] == 0.0  # attacked digits: right for every model
         layers = run["lipschitz"][name]["layers"]
-        assert run["lipschitz"][name]["product"] == pytest.approx(
-            math.prod(layer["norm"] for layer in layers)
-        )
+        assert run["lipschitz"][name]["product"] == pytest.approx(math.prod(layer["norm"] for layer in layers))
     assert [layer["kind"] for layer in run["lipschitz"]["AE400-10"]["layers"]] == [
         "Flatten",
         "Linear",
@@ -370,17 +349,13 @@ def test_transferability_json_is_consistent(transfer_run: tuple[Path, str]) -> N
 
     # FC100-100-10's accuracy and first layer bound from its checkpoint
     model = transferability.WeightDecayMLP((1, 28, 28), (100, 100), 1e-5, epochs=2)
-    model.load_state_dict(
-        torch.load(out / "models" / "FC100-100-10-seed0.pt", weights_only=False)["state_dict"]
-    )
+    model.load_state_dict(torch.load(out / "models" / "FC100-100-10-seed0.pt", weights_only=False)["state_dict"])
     x_test, y_test = _mnist_test()
     with torch.no_grad():
         correct = float((model.eval()(x_test).argmax(1) == y_test).double().mean())
     assert run["test_accuracy"]["FC100-100-10"] == pytest.approx(correct)
     first = torch.linalg.matrix_norm(model.layers[1].weight.detach().double(), ord=2)
-    assert run["lipschitz"]["FC100-100-10"]["layers"][1]["norm"] == pytest.approx(
-        float(first), rel=1e-9
-    )
+    assert run["lipschitz"]["FC100-100-10"]["layers"][1]["norm"] == pytest.approx(float(first), rel=1e-9)
 
 
 def test_transferability_cross_training(transfer_run: tuple[Path, str]) -> None:
@@ -392,21 +367,15 @@ def test_transferability_cross_training(transfer_run: tuple[Path, str]) -> None:
     assert [cross["training"][n]["part"] for n in names] == ["P1", "P1", "P2"]
     assert cross["training"][names[0]]["rows"] == cross["training"][names[2]]["rows"] == 150
     for name in names:
-        assert cross["transfer"]["error"][name][name] == pytest.approx(
-            cross["transfer"]["attack_success"][name]
-        )
+        assert cross["transfer"]["error"][name][name] == pytest.approx(cross["transfer"]["attack_success"][name])
         assert cross["transfer"]["clean_error"][name] == 0.0
     assert "noise rms=0.06" in cross["transfer"]["rows"]
     # the halves are disjoint and the P2 net's accuracy is recomputed from its checkpoint
     train = _protocol.subset_rows(load_dataset("mnist-5k", split="train"), 300)
     halves = transferability.split_halves(train)
     assert not set(halves["P1"].indices) & set(halves["P2"].indices)
-    model = transferability.WeightDecayMLP(
-        (1, 28, 28), (100, 100), 1e-5, epochs=40, activation="sigmoid"
-    )
-    state = torch.load(out / "models" / "cross-FC100-100-10_-seed0.pt", weights_only=False)[
-        "state_dict"
-    ]
+    model = transferability.WeightDecayMLP((1, 28, 28), (100, 100), 1e-5, epochs=40, activation="sigmoid")
+    state = torch.load(out / "models" / "cross-FC100-100-10_-seed0.pt", weights_only=False)["state_dict"]
     model.load_state_dict(state)
     x_test, y_test = _mnist_test()
     with torch.no_grad():
@@ -436,9 +405,7 @@ def test_transferability_tables_and_figure(transfer_run: tuple[Path, str]) -> No
 # --------------------------------------------------------------------------- scripts
 
 
-@pytest.mark.parametrize(
-    "script", ["supervised_attacks.py", "adversarial_training.py", "transferability.py"]
-)
+@pytest.mark.parametrize("script", ["supervised_attacks.py", "adversarial_training.py", "transferability.py"])
 def test_help_runs_as_a_script(script: str) -> None:
     done = subprocess.run(
         [PYTHON, str(REPO / "recipes" / script), "--help"],
@@ -453,9 +420,7 @@ def test_help_runs_as_a_script(script: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "script", ["supervised_attacks.py", "adversarial_training.py", "transferability.py"]
-)
+@pytest.mark.parametrize("script", ["supervised_attacks.py", "adversarial_training.py", "transferability.py"])
 def test_quick_mode_end_to_end(script: str, tmp_path: Path) -> None:
     done = subprocess.run(
         [

@@ -70,16 +70,12 @@ def test_goodfellow_step_is_the_mixed_objective():
 
     def objective(reference: nn.Module) -> torch.Tensor:
         x_adv = FGSM(reference, epsilon=EPSILON)(x, y).adversarial
-        return alpha * F.cross_entropy(reference(x), y) + (1 - alpha) * F.cross_entropy(
-            reference(x_adv), y
-        )
+        return alpha * F.cross_entropy(reference(x), y) + (1 - alpha) * F.cross_entropy(reference(x_adv), y)
 
     expected = manual_update(model, objective)
     values = goodfellow_step(model, sgd(model), x, y, FGSM(model, epsilon=EPSILON), alpha=alpha)
     assert_same_parameters(model, expected)
-    assert values["loss"] == pytest.approx(
-        alpha * values["clean_loss"] + (1 - alpha) * values["adversarial_loss"]
-    )
+    assert values["loss"] == pytest.approx(alpha * values["clean_loss"] + (1 - alpha) * values["adversarial_loss"])
     assert values["adversarial_loss"] > values["clean_loss"]
     assert model.training
 
@@ -110,9 +106,7 @@ def test_kurakin_step_replaces_k_rows_and_weights_them_by_lambda():
     )
     assert_same_parameters(model, expected)
     assert values["adversarial_rows"] == k
-    part = ((32 - k) * values["clean_loss"] + lam * k * values["adversarial_loss"]) / (
-        (32 - k) + lam * k
-    )
+    part = ((32 - k) * values["clean_loss"] + lam * k * values["adversarial_loss"]) / ((32 - k) + lam * k)
     assert values["loss"] == pytest.approx(part, rel=1e-5)
 
 
@@ -120,9 +114,7 @@ def test_kurakin_step_edge_cases_and_errors():
     model, (x, y) = trained_copy(), batch(10)
     attack = FGSM(model, epsilon=EPSILON)
     clean = kurakin_step(model, sgd(model), x, y, attack, k=0)
-    assert math.isnan(clean["adversarial_loss"]) and clean["loss"] == pytest.approx(
-        clean["clean_loss"]
-    )
+    assert math.isnan(clean["adversarial_loss"]) and clean["loss"] == pytest.approx(clean["clean_loss"])
     everything = kurakin_step(model, sgd(model), x, y, attack, k=10, lam=0.5)
     assert math.isnan(everything["clean_loss"])
     with pytest.raises(ValueError, match="k must lie"):
@@ -162,9 +154,7 @@ def test_adversarial_training_reduces_the_adversarial_loss_on_a_fixed_batch(meth
         if method == "goodfellow":
             goodfellow_step(model, optimizer, x, y, fgsm)
         elif method == "kurakin":
-            kurakin_step(
-                model, optimizer, x, y, fgsm, generator=torch.Generator().manual_seed(epoch)
-            )
+            kurakin_step(model, optimizer, x, y, fgsm, generator=torch.Generator().manual_seed(epoch))
         elif method == "madry":
             madry_step(
                 model,
@@ -199,9 +189,7 @@ def test_train_epoch_visits_every_row_once_in_a_seeded_order_with_epoch_indices(
         return {"loss": scale * float(len(xb)), "rows": float(len(xb))}
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    metrics = train_epoch(
-        model, sgd(model), x, y, recording_step, batch_size=5, seed=1, epoch=2, scale=2.0
-    )
+    metrics = train_epoch(model, sgd(model), x, y, recording_step, batch_size=5, seed=1, epoch=2, scale=2.0)
     visited = torch.cat(seen)
     assert sorted(visited.tolist()) == list(range(46, 69))  # epoch * N + row
     assert metrics["steps"] == 5 and metrics["rows"] == pytest.approx(23 / 5)

@@ -187,9 +187,7 @@ class IndexRecorder(Recorder):
         return self.linear(x)
 
     def training_step(self, x, y, optimizers, *, index, epoch, seed, forward=None):
-        self.calls.append(
-            {"index": index.clone(), "epoch": epoch, "seed": seed, "ddp": forward is not None}
-        )
+        self.calls.append({"index": index.clone(), "epoch": epoch, "seed": seed, "ddp": forward is not None})
         self.seen.append(x[:, 0].detach().clone())
         (optimizer,) = optimizers
         optimizer.zero_grad(set_to_none=True)
@@ -200,19 +198,13 @@ class IndexRecorder(Recorder):
         return {"loss": float(loss.detach())}
 
 
-def _global_batches(
-    n: int, batch_size: int, seed: int, epochs: int, rank: int, size: int
-) -> list[torch.Tensor]:
+def _global_batches(n: int, batch_size: int, seed: int, epochs: int, rank: int, size: int) -> list[torch.Tensor]:
     """The rule of the SimCLR recipe's former train_contrastive, written out independently."""
     generator, local, parts = torch.Generator().manual_seed(seed), batch_size // size, []
     for _ in range(epochs):
         permutation = torch.randperm(n, generator=generator)
         for b in range(n // batch_size):
-            parts.append(
-                permutation[b * batch_size : (b + 1) * batch_size][
-                    rank * local : (rank + 1) * local
-                ]
-            )
+            parts.append(permutation[b * batch_size : (b + 1) * batch_size][rank * local : (rank + 1) * local])
     return parts
 
 
@@ -222,16 +214,10 @@ def test_fit_passes_the_rows_epoch_and_seed_to_a_step_that_names_them():
     history = fit(model, _ids(n), seed=3, progress=False)
     plain = Recorder(2)
     fit(plain, _ids(n), seed=3, progress=False)
-    assert history.steps == len(model.calls) == 15 and [
-        len(c["index"]) for c in model.calls[:5]
-    ] == [7] * 4 + [2]
-    assert all(
-        torch.equal(a, b) for a, b in zip(model.seen, plain.seen)
-    )  # same order as a step without options
+    assert history.steps == len(model.calls) == 15 and [len(c["index"]) for c in model.calls[:5]] == [7] * 4 + [2]
+    assert all(torch.equal(a, b) for a, b in zip(model.seen, plain.seen))  # same order as a step without options
     for call, seen in zip(model.calls, model.seen):
-        assert call["index"].dtype == torch.int64 and torch.equal(
-            call["index"] / n, seen
-        )  # the rows of x
+        assert call["index"].dtype == torch.int64 and torch.equal(call["index"] / n, seen)  # the rows of x
         assert call["seed"] == 3 and not call["ddp"]
     assert [c["epoch"] for c in model.calls] == [0] * 5 + [1] * 5 + [2] * 5
     assert history.step_losses == model.local_losses and len(history.step_losses) == history.steps
@@ -245,15 +231,8 @@ def test_a_one_process_world_trains_on_the_global_batches_of_a_distributed_run()
     expected = _global_batches(n, batch, seed=7, epochs=2, rank=0, size=1)
     assert all(torch.equal(c["index"], rows) for c, rows in zip(model.calls, expected, strict=True))
     limited = IndexRecorder(2)
-    assert (
-        fit(
-            limited, _ids(n), batch_size=batch, max_steps=4, seed=7, progress=False, world=(0, 1)
-        ).epochs
-        == 2
-    )
-    assert all(
-        torch.equal(c["index"], rows) for c, rows in zip(limited.calls, expected[:4], strict=True)
-    )
+    assert fit(limited, _ids(n), batch_size=batch, max_steps=4, seed=7, progress=False, world=(0, 1)).epochs == 2
+    assert all(torch.equal(c["index"], rows) for c, rows in zip(limited.calls, expected[:4], strict=True))
 
 
 def _world_worker(rank: int, size: int, port: int, out: str) -> None:
@@ -263,9 +242,7 @@ def _world_worker(rank: int, size: int, port: int, out: str) -> None:
     try:
         torch.manual_seed(0)
         model = IndexRecorder(2)
-        history = fit(
-            model, _ids(26), epochs=2, batch_size=8, seed=7, progress=False, world=(rank, size)
-        )
+        history = fit(model, _ids(26), epochs=2, batch_size=8, seed=7, progress=False, world=(rank, size))
         torch.save(
             {
                 "calls": model.calls,
@@ -290,23 +267,16 @@ def test_a_world_of_two_processes_splits_every_global_batch_and_averages_the_los
         expected = _global_batches(26, 8, seed=7, epochs=2, rank=rank, size=2)
         assert [c["epoch"] for c in record["calls"]] == [0, 0, 0, 1, 1, 1]
         assert all(
-            torch.equal(c["index"], rows) and c["ddp"]
-            for c, rows in zip(record["calls"], expected, strict=True)
+            torch.equal(c["index"], rows) and c["ddp"] for c, rows in zip(record["calls"], expected, strict=True)
         )
     first, second = ranks
     mean = [(a + b) / 2 for a, b in zip(first["local"], second["local"])]
-    assert (
-        first["history"].step_losses
-        == second["history"].step_losses
-        == pytest.approx(mean, abs=1e-12)
-    )
+    assert first["history"].step_losses == second["history"].step_losses == pytest.approx(mean, abs=1e-12)
     assert first["history"].losses == second["history"].losses
     for name, value in first["state"].items():  # DDP kept the replicas equal
         assert torch.equal(value, second["state"][name]), name
     torch.manual_seed(0)
-    alone = IndexRecorder(
-        2
-    )  # one process, the same global batches: the same training up to rounding
+    alone = IndexRecorder(2)  # one process, the same global batches: the same training up to rounding
     fit(alone, _ids(26), epochs=2, batch_size=8, seed=7, progress=False, world=(0, 1))
     for name, value in alone.state_dict().items():
         torch.testing.assert_close(value, first["state"][name], rtol=1e-5, atol=1e-6)

@@ -373,8 +373,6 @@ def run_minmax(
         moved_linf=moved.abs().amax(dim=1),
         moved_l2=moved.norm(dim=1),
         final_c=c,
-        mi_trace=torch.stack(mi_trace, dim=1)
-        if settings.record_history and similarity.reports_mi
-        else None,
+        mi_trace=torch.stack(mi_trace, dim=1) if settings.record_history and similarity.reports_mi else None,
         criterion_trace=torch.stack(f_trace, dim=1) if settings.record_history else None,
     )

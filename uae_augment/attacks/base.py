@@ -45,9 +45,7 @@ def check_attack(attack: object, where: str) -> Attack:
         TypeError: for anything else, naming the type found.
     """
     if not isinstance(attack, Attack):
-        raise TypeError(
-            f"{where}: attack must be a uae_augment Attack, got {type(attack).__name__}"
-        )
+        raise TypeError(f"{where}: attack must be a uae_augment Attack, got {type(attack).__name__}")
     return attack
 
 
@@ -113,9 +111,7 @@ class Attack(abc.ABC):
     _progress_unit: str = "sample"
     _bar: Progress | None = None
 
-    def __init__(
-        self, *, seed: int = 0, batch_size: int | None = None, progress: bool | None = None
-    ):
+    def __init__(self, *, seed: int = 0, batch_size: int | None = None, progress: bool | None = None):
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
         self.seed = int(seed)
@@ -135,9 +131,7 @@ class Attack(abc.ABC):
         return model_device(models[0]) if models else torch.device("cpu")
 
     @abc.abstractmethod
-    def _attack_batch(
-        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor
-    ) -> AttackResult:
+    def _attack_batch(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> AttackResult:
         """Attacks one chunk; ``index`` holds the chunk's global indices (CPU int64)."""
 
     @abc.abstractmethod
@@ -197,14 +191,8 @@ class Attack(abc.ABC):
         try:
             with frozen(self.models()), bar:
                 for (start, stop), end in zip(bounds, itertools.accumulate(units)):
-                    parts.append(
-                        self._attack_chunk(
-                            x[start:stop].detach(), labels, global_index, start, stop
-                        )
-                    )
-                    bar.update(
-                        end - bar.done
-                    )  # the rest of the chunk's units (all, without _advance)
+                    parts.append(self._attack_chunk(x[start:stop].detach(), labels, global_index, start, stop))
+                    bar.update(end - bar.done)  # the rest of the chunk's units (all, without _advance)
                 clean_success = self._clean_success(x.detach(), labels, global_index, chunk)
         finally:
             self._bar = None
@@ -260,17 +248,13 @@ class Attack(abc.ABC):
         parts = []
         for a in range(0, x.shape[0], chunk):
             rows = min(chunk, x.shape[0] - a)
-            part = self._clean_success_chunk(
-                *(pad_rows(t[a : a + chunk], self._chunk_block) for t in (x, y, index))
-            )
+            part = self._clean_success_chunk(*(pad_rows(t[a : a + chunk], self._chunk_block) for t in (x, y, index)))
             if part is None:
                 return None
             parts.append(part[:rows])
         return torch.cat(parts)
 
-    def _clean_success_chunk(
-        self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor
-    ) -> torch.Tensor | None:
+    def _clean_success_chunk(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
         """:meth:`_clean_success` of one chunk: the clean criterion is 0 (criterion attacks)."""
         criterion = getattr(self, "criterion", None)
         if criterion is None:
@@ -284,9 +268,7 @@ class Attack(abc.ABC):
             if found.type != device.type or (
                 device.index is not None and found.index is not None and found.index != device.index
             ):
-                raise ValueError(
-                    f"{type(model).__name__} is on {found} but x is on {device}; move one of them"
-                )
+                raise ValueError(f"{type(model).__name__} is on {found} but x is on {device}; move one of them")
 
     def __repr__(self) -> str:
         items = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "attack")

@@ -123,9 +123,7 @@ class ClassifierAttack(Attack):
             "target": self.target,
         }
 
-    def select_targets(
-        self, x: torch.Tensor, y: torch.Tensor, *, index: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def select_targets(self, x: torch.Tensor, y: torch.Tensor, *, index: torch.Tensor | None = None) -> torch.Tensor:
         """The labels the attack aims at (targeted) or away from (untargeted): (N,) int64.
 
         Args:
@@ -177,9 +175,7 @@ class ClassifierAttack(Attack):
         if logits.shape[1] < 2:
             raise ValueError(f"the classifier must have >= 2 classes, got {logits.shape[1]}")
         if labels.device.type != "meta" and int(labels.max()) >= logits.shape[1]:
-            raise ValueError(
-                f"label {int(labels.max())} out of range for {logits.shape[1]} classes"
-            )
+            raise ValueError(f"label {int(labels.max())} out of range for {logits.shape[1]} classes")
         return logits
 
     def _objective(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -188,14 +184,12 @@ class ClassifierAttack(Attack):
             ce = nn.functional.cross_entropy(logits, labels, reduction="none")
             return -ce if self.targeted else ce
         label_logit = logits.gather(1, labels[:, None]).squeeze(1)
-        best_other = logits.masked_fill(
-            nn.functional.one_hot(labels, logits.shape[1]).bool(), float("-inf")
-        ).amax(dim=1)
+        best_other = logits.masked_fill(nn.functional.one_hot(labels, logits.shape[1]).bool(), float("-inf")).amax(
+            dim=1
+        )
         return label_logit - best_other if self.targeted else best_other - label_logit
 
-    def _gradient(
-        self, x_adv: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gradient(self, x_adv: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """grad_x J(x_adv) (same shape as x_adv) and the detached logits at x_adv."""
         with torch.enable_grad():
             x_adv = x_adv.detach().requires_grad_(True)
@@ -203,9 +197,7 @@ class ClassifierAttack(Attack):
             (grad,) = torch.autograd.grad(self._objective(logits, labels).sum(), x_adv)
         return grad, logits.detach()
 
-    def _clean_success_chunk(
-        self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor
-    ) -> torch.Tensor:
+    def _clean_success_chunk(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """(N,) bool: whether the clean input is already misclassified (untargeted) or
         classified as its target (targeted)."""
         with torch.no_grad():
@@ -292,18 +284,14 @@ class FGSM(ClassifierAttack):
     def _config(self) -> dict[str, Any]:
         return {**super()._config(), "epsilon": self.epsilon}
 
-    def _attack_batch(
-        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor
-    ) -> AttackResult:
+    def _attack_batch(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> AttackResult:
         assert y is not None
         labels = self._aim(x, y, index)
         grad, logits = self._gradient(x, labels)
         adversarial = torch.clamp(x + self.epsilon * grad.sign(), 0.0, 1.0)
         result = self._result(x, adversarial, labels, best_iteration=torch.ones_like(labels))
         clean_success = self._succeeded(logits, labels)
-        result.first_success = torch.where(clean_success, 0, torch.where(result.success, 1, -1)).to(
-            labels.dtype
-        )
+        result.first_success = torch.where(clean_success, 0, torch.where(result.success, 1, -1)).to(labels.dtype)
         return result
 
 
@@ -419,22 +407,16 @@ class PGD(ClassifierAttack):
 
     def _step(self, x: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         if self.norm == "linf":
-            delta = torch.clamp(
-                x_adv + self.step_size * grad.sign() - x, -self.epsilon, self.epsilon
-            )
+            delta = torch.clamp(x_adv + self.step_size * grad.sign() - x, -self.epsilon, self.epsilon)
         else:
             flat = grad.flatten(1)
             unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
             delta = (x_adv - x).flatten(1) + self.step_size * unit
-            delta = delta * (self.epsilon / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(
-                max=1.0
-            )
+            delta = delta * (self.epsilon / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
             delta = delta.view_as(x)
         return torch.clamp(x + delta, 0.0, 1.0)
 
-    def _attack_batch(
-        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor
-    ) -> AttackResult:
+    def _attack_batch(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> AttackResult:
         assert y is not None
         labels = self._aim(x, y, index)
         start = self._start(x, index)
@@ -446,9 +428,7 @@ class PGD(ClassifierAttack):
             trace.append(self._margin(logits, labels))
             _record_first(first_success, self._succeeded(logits, labels), step)
             x_adv = self._step(x, x_adv, grad).detach()
-        result = self._result(
-            start, x_adv, labels, best_iteration=torch.full_like(labels, self.steps)
-        )
+        result = self._result(start, x_adv, labels, best_iteration=torch.full_like(labels, self.steps))
         _record_first(first_success, result.success, self.steps)
         result.first_success = first_success
         result.criterion_trace = torch.stack([*trace, result.criterion], dim=1)

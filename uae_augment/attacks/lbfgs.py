@@ -83,9 +83,7 @@ class _Aborted(Exception):
     """Raised inside the worker threads when the batched evaluation failed."""
 
 
-def _run_in_lockstep(
-    jobs: Sequence[Callable[[_Evaluate], Any]], evaluate_batch: _BatchEvaluate
-) -> list[Any]:
+def _run_in_lockstep(jobs: Sequence[Callable[[_Evaluate], Any]], evaluate_batch: _BatchEvaluate) -> list[Any]:
     """Runs ``jobs[i](evaluate)`` in one thread each and serves their evaluations in batches.
 
     A job calls ``evaluate(point, c)`` and blocks. As soon as every unfinished job
@@ -151,9 +149,7 @@ def _run_in_lockstep(
                 pending.clear()
             if not rows:
                 break
-            results = evaluate_batch(
-                rows, np.stack([batch[r][0] for r in rows]), np.array([batch[r][1] for r in rows])
-            )
+            results = evaluate_batch(rows, np.stack([batch[r][0] for r in rows]), np.array([batch[r][1] for r in rows]))
             for row, result in zip(rows, results):
                 replies[row] = result
                 replied[row].set()
@@ -264,9 +260,7 @@ class LBFGS(ClassifierAttack):
             "memory": self.memory,
         }
 
-    def _attack_batch(
-        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor
-    ) -> AttackResult:
+    def _attack_batch(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> AttackResult:
         assert y is not None
         aimed = self._aim(x, y, index)
         with torch.no_grad():
@@ -282,21 +276,15 @@ class LBFGS(ClassifierAttack):
         attacked = [int(i) for i in torch.nonzero(wanted).flatten()]
         outcomes = dict.fromkeys(range(x.shape[0]), _Outcome(np.empty(0), 0, 0, float("nan")))
 
-        def evaluate_batch(
-            rows: list[int], points: np.ndarray, cs: np.ndarray
-        ) -> list[_Evaluation]:
+        def evaluate_batch(rows: list[int], points: np.ndarray, cs: np.ndarray) -> list[_Evaluation]:
             samples = [attacked[r] for r in rows]
             return self._evaluate(x[samples], aimed[samples], points, cs)
 
         jobs = [self._search_job(starts[i], judged[i : i + 1]) for i in attacked]
         for i, outcome in zip(attacked, _run_in_lockstep(jobs, evaluate_batch)):
             outcomes[i] = outcome
-        points = np.stack(
-            [outcomes[i].point if i in attacked else starts[i] for i in range(x.shape[0])]
-        )
-        adversarial = (
-            torch.from_numpy(points).to(device=x.device, dtype=x.dtype).view_as(x).clamp(0.0, 1.0)
-        )
+        points = np.stack([outcomes[i].point if i in attacked else starts[i] for i in range(x.shape[0])])
+        adversarial = torch.from_numpy(points).to(device=x.device, dtype=x.dtype).view_as(x).clamp(0.0, 1.0)
         column = [outcomes[i] for i in range(x.shape[0])]
         return self._result(
             x,
@@ -307,9 +295,7 @@ class LBFGS(ClassifierAttack):
             final_c=torch.tensor([o.c for o in column], dtype=x.dtype, device=x.device),
         )
 
-    def _evaluate(
-        self, x: torch.Tensor, aimed: torch.Tensor, points: np.ndarray, cs: np.ndarray
-    ) -> list[_Evaluation]:
+    def _evaluate(self, x: torch.Tensor, aimed: torch.Tensor, points: np.ndarray, cs: np.ndarray) -> list[_Evaluation]:
         """Per-row c ||x' - x||^2 + CE(Z(x'), t), its gradient and the logits, in one batched pass.
 
         The pass runs on the rows padded by :func:`pad_rows`, so its shape never
@@ -328,14 +314,9 @@ class LBFGS(ClassifierAttack):
         values_np = values.detach().double().cpu().numpy()
         grads_np = grad.detach().double().cpu().numpy().reshape(candidate.shape[0], -1)
         logits = logits.detach()
-        return [
-            _Evaluation(float(values_np[k]), grads_np[k], logits[k : k + 1])
-            for k in range(len(points))
-        ]
+        return [_Evaluation(float(values_np[k]), grads_np[k], logits[k : k + 1]) for k in range(len(points))]
 
-    def _search_job(
-        self, start: np.ndarray, judged: torch.Tensor
-    ) -> Callable[[_Evaluate], _Outcome]:
+    def _search_job(self, start: np.ndarray, judged: torch.Tensor) -> Callable[[_Evaluate], _Outcome]:
         """One sample's c-search (run in its own thread by :func:`_run_in_lockstep`)."""
 
         def job(evaluate: _Evaluate) -> _Outcome:

@@ -54,9 +54,7 @@ class LpUAE(MinMaxAttack):
             raise ValueError("LpUAE is an unsupervised attack")
         kwargs.setdefault("batch_size", 1024)
         if kwargs.get("select") not in (None, "running"):
-            raise ValueError(
-                "LpUAE keeps the successful iterate farthest from x in L2; it takes no select="
-            )
+            raise ValueError("LpUAE keeps the successful iterate farthest from x in L2; it takes no select=")
         kwargs["select"] = "running"  # its own score, -||x' - x||^2, is the common scale
         super().__init__(criterion, mode="unsupervised", **kwargs)
 

@@ -120,10 +120,7 @@ def resolve_preset(preset: str, mode: Mode, overrides: dict[str, Any]) -> dict[s
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     if mode not in ("supervised", "unsupervised"):
         raise ValueError(f"mode must be 'supervised' or 'unsupervised', got {mode!r}")
-    values = {
-        k: (v[mode] if isinstance(v, dict) else v)
-        for k, v in copy.deepcopy(PRESETS[preset]).items()
-    }
+    values = {k: (v[mode] if isinstance(v, dict) else v) for k, v in copy.deepcopy(PRESETS[preset]).items()}
     for key, value in overrides.items():
         if value is not None:
             values[key] = value
@@ -231,9 +228,7 @@ class MinMaxAttack(Attack):
         progress: bool | None = None,
     ):
         if not isinstance(criterion, Criterion):
-            raise TypeError(
-                f"criterion must be a uae_augment Criterion, got {type(criterion).__name__}"
-            )
+            raise TypeError(f"criterion must be a uae_augment Criterion, got {type(criterion).__name__}")
         overrides = {
             "epsilon": epsilon,
             "steps": steps,
@@ -259,9 +254,7 @@ class MinMaxAttack(Attack):
         if select not in SELECTIONS:
             raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
         if mode == "supervised" and not criterion.requires_labels:
-            raise ValueError(
-                f"mode='supervised' needs a labelled criterion, got {type(criterion).__name__}"
-            )
+            raise ValueError(f"mode='supervised' needs a labelled criterion, got {type(criterion).__name__}")
         self.criterion = criterion
         self.mode: Mode = mode
         self.preset = preset
@@ -304,11 +297,7 @@ class MinMaxAttack(Attack):
     def sampler_for(self, sample_shape: tuple[int, ...]) -> Sampler:
         """The MINE sampler used for inputs of ``sample_shape`` (built once)."""
         if sample_shape not in self._samplers:
-            layer = (
-                self.feature_layer
-                if self.feature_layer is not None
-                else self.criterion.feature_layer()
-            )
+            layer = self.feature_layer if self.feature_layer is not None else self.criterion.feature_layer()
             self._samplers[sample_shape] = build_sampler(
                 self.sampler_kind,
                 layer,
@@ -353,14 +342,10 @@ class MinMaxAttack(Attack):
             init_round=init_round,
         )
 
-    def _attack_batch(
-        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor
-    ) -> AttackResult:
+    def _attack_batch(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> AttackResult:
         with torch.no_grad():
             reference = self.criterion.prepare(x, y, index)
-        delta0 = initial_delta(
-            self.settings["delta_init"], x, index, self.seed, self.settings["epsilon"]
-        )
+        delta0 = initial_delta(self.settings["delta_init"], x, index, self.seed, self.settings["epsilon"])
         c0 = torch.full((x.shape[0],), float(self.settings["c0"]), device=x.device)
         return run_minmax(
             x,
@@ -406,13 +391,9 @@ def _check_settings(values: dict[str, Any]) -> None:
     if int(values["mine_steps"]) < 0:
         raise ValueError(f"mine_steps must be >= 0, got {values['mine_steps']}")
     if values["delta_update"] not in ("gradient", "sign", "adam"):
-        raise ValueError(
-            f"delta_update must be 'gradient', 'sign' or 'adam', got {values['delta_update']!r}"
-        )
+        raise ValueError(f"delta_update must be 'gradient', 'sign' or 'adam', got {values['delta_update']!r}")
     if values["delta_init"] not in ("glorot", "uniform", "zeros"):
-        raise ValueError(
-            f"delta_init must be 'glorot', 'uniform' or 'zeros', got {values['delta_init']!r}"
-        )
+        raise ValueError(f"delta_init must be 'glorot', 'uniform' or 'zeros', got {values['delta_init']!r}")
     hidden = values["statistics_hidden"]
     if hidden is not None and int(hidden) < 1:
         raise ValueError(f"statistics_hidden must be >= 1 or None, got {hidden}")
@@ -439,9 +420,7 @@ def estimate_cpu_seconds(attack: MinMaxAttack, rows: int, sample_shape: tuple[in
     if rows < 0:
         raise ValueError(f"rows must be >= 0, got {rows}")
     reference = resolve_preset(attack.preset, "unsupervised", {})
-    per_unit = CPU_SECONDS_PER_IMAGE[attack.preset] / (
-        reference["steps"] * (reference["mine_steps"] + 1)
-    )
+    per_unit = CPU_SECONDS_PER_IMAGE[attack.preset] / (reference["steps"] * (reference["mine_steps"] + 1))
     units = attack.settings["steps"] * (attack.settings["mine_steps"] + 1)
     return rows * per_unit * units * math.prod(sample_shape) / (28 * 28)
 
@@ -459,7 +438,5 @@ class MINEUAE(MinMaxAttack):
 
     def __init__(self, criterion: Criterion, **kwargs: Any):
         if kwargs.pop("mode", "unsupervised") != "unsupervised":
-            raise ValueError(
-                "MINEUAE is the unsupervised preset; use MinMaxAttack for mode='supervised'"
-            )
+            raise ValueError("MINEUAE is the unsupervised preset; use MinMaxAttack for mode='supervised'")
         super().__init__(criterion, mode="unsupervised", **kwargs)

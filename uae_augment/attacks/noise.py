@@ -52,9 +52,7 @@ class GaussianNoise(Attack):
     def _config(self) -> dict[str, Any]:
         return {"sigma": self.sigma, **self.criterion.config()}
 
-    def _attack_batch(
-        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor
-    ) -> AttackResult:
+    def _attack_batch(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> AttackResult:
         generators = sample_generators(self.seed, index, Stream.NOISE)
         noise = stacked_normal(generators, x.shape[1:], self.sigma, device=x.device, dtype=x.dtype)
         adversarial = torch.clamp(x + noise, 0.0, 1.0)

@@ -61,9 +61,7 @@ class PenaltyAttack(MinMaxAttack):
             raise ValueError("PenaltyAttack is a supervised attack")
         if search_steps < 1:
             raise ValueError(f"search_steps must be >= 1, got {search_steps}")
-        super().__init__(
-            criterion, mode="supervised", mine_steps=mine_steps, mine_lr=mine_lr, **kwargs
-        )
+        super().__init__(criterion, mode="supervised", mine_steps=mine_steps, mine_lr=mine_lr, **kwargs)
         self.search_steps = int(search_steps)
 
     def _config(self) -> dict[str, Any]:
@@ -76,9 +74,7 @@ class PenaltyAttack(MinMaxAttack):
         """The bar counts inner iterations over all rounds: ``search_steps * steps`` per chunk."""
         return self.search_steps * int(self.settings["steps"])
 
-    def _attack_batch(
-        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor
-    ) -> AttackResult:
+    def _attack_batch(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> AttackResult:
         with torch.no_grad():
             reference = self.criterion.prepare(x, y, index)
         settings = dataclasses.replace(self.loop_settings(), beta=0.0)
@@ -89,20 +85,12 @@ class PenaltyAttack(MinMaxAttack):
         best: AttackResult | None = None
         traces: list[AttackResult] = []
         for round_ in range(self.search_steps):
-            delta0 = initial_delta(
-                self.settings["delta_init"], x, index, self.seed, self.settings["epsilon"], round_
-            )
+            delta0 = initial_delta(self.settings["delta_init"], x, index, self.seed, self.settings["epsilon"], round_)
             similarity = self.similarity(x, index, init_round=round_)
-            result = run_minmax(
-                x, reference, self.criterion, similarity, delta0, c, settings, self._advance
-            )
+            result = run_minmax(x, reference, self.criterion, similarity, delta0, c, settings, self._advance)
             offset = round_ * settings.steps
-            result.best_iteration = torch.where(
-                result.best_iteration >= 0, result.best_iteration + offset, -1
-            )
-            result.first_success = torch.where(
-                result.first_success >= 0, result.first_success + offset, -1
-            )
+            result.best_iteration = torch.where(result.best_iteration >= 0, result.best_iteration + offset, -1)
+            result.first_success = torch.where(result.first_success >= 0, result.first_success + offset, -1)
             result.final_c = c.clone()
             traces.append(result)
             best = result if best is None else _keep_better(best, result)

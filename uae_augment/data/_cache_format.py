@@ -129,15 +129,11 @@ def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
             y = None if parsed.label is None else integer_label(parsed.label, position)
             shape = tuple(x.shape) if shape is None else shape
             hashers["sample"].update(f"{tuple(x.shape)};".encode())
-            hashers["sample"].update(
-                x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-            )
+            hashers["sample"].update(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
             hashers["label"].update(f"{y!r};".encode())
             for k, value in enumerate(parsed.extras):
                 hashers[f"extra[{k}]"].update(_value_bytes(value))
-        for name in (
-            hashers.keys() - blocks.keys()
-        ):  # a field first seen in this block: empty before
+        for name in hashers.keys() - blocks.keys():  # a field first seen in this block: empty before
             blocks[name] = [_EMPTY_DIGEST] * block
         for name, digests in blocks.items():
             digests.append(hashers[name].hexdigest() if name in hashers else _EMPTY_DIGEST)
@@ -147,14 +143,8 @@ def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
         "sample_shape": list(shape),
         "rows_hashed": length,
         "block_rows": block_rows,
-        "sha256": {
-            name: hashlib.sha256("".join(d).encode()).hexdigest()
-            for name, d in sorted(blocks.items())
-        },
-        "blocks": {
-            name: [d[:BLOCK_DIGEST_CHARS] for d in digests]
-            for name, digests in sorted(blocks.items())
-        },
+        "sha256": {name: hashlib.sha256("".join(d).encode()).hexdigest() for name, d in sorted(blocks.items())},
+        "blocks": {name: [d[:BLOCK_DIGEST_CHARS] for d in digests] for name, digests in sorted(blocks.items())},
     }
 
 
@@ -168,9 +158,7 @@ def _value_bytes(value: Any) -> bytes:
         data = value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b""
         return f"tensor:{value.dtype}:{tuple(value.shape)};".encode() + data
     if isinstance(value, np.ndarray) and value.dtype != object:
-        return (
-            f"ndarray:{value.dtype}:{value.shape};".encode() + np.ascontiguousarray(value).tobytes()
-        )
+        return f"ndarray:{value.dtype}:{value.shape};".encode() + np.ascontiguousarray(value).tobytes()
     return f"{type(value).__name__}:{value!r};".encode()
 
 
@@ -274,21 +262,14 @@ def dataset_differences(stored: Any, expected: Any) -> list[str]:
     same length and blocks; records without them (older files) are compared
     field by field.
     """
-    if not (
-        isinstance(stored, dict)
-        and isinstance(expected, dict)
-        and "blocks" in stored
-        and "blocks" in expected
-    ):
+    if not (isinstance(stored, dict) and isinstance(expected, dict) and "blocks" in stored and "blocks" in expected):
         return differences(stored, expected, "dataset.")
     found = differences(
         {k: v for k, v in stored.items() if k not in ("sha256", "blocks", "rows_hashed")},
         {k: v for k, v in expected.items() if k not in ("sha256", "blocks", "rows_hashed")},
         "dataset.",
     )
-    same_grid = (
-        stored["length"] == expected["length"] and stored["block_rows"] == expected["block_rows"]
-    )
+    same_grid = stored["length"] == expected["length"] and stored["block_rows"] == expected["block_rows"]
     for field in sorted(set(stored["sha256"]) | set(expected["sha256"])):
         if stored["sha256"].get(field) == expected["sha256"].get(field):
             continue
@@ -340,9 +321,7 @@ class Layout:
     @property
     def result_fields(self) -> tuple[str, ...]:
         """The per-row results this file stores (``label`` only when labelled)."""
-        return (
-            RESULT_FIELDS if self.labelled else tuple(f for f in RESULT_FIELDS if f != LABEL_FIELD)
-        )
+        return RESULT_FIELDS if self.labelled else tuple(f for f in RESULT_FIELDS if f != LABEL_FIELD)
 
     @property
     def chunks(self) -> int:
@@ -358,9 +337,7 @@ def auto_chunk_rows(sample_shape: tuple[int, ...], dtype: str, rows: int) -> int
     return max(1, min(rows, CHUNK_BYTES // row_bytes))
 
 
-def create_file(
-    path: Path, layout: Layout, provenance: dict[str, Any], compression: str | None
-) -> None:
+def create_file(path: Path, layout: Layout, provenance: dict[str, Any], compression: str | None) -> None:
     """Writes a new, empty (nothing done) cache file to ``path``, atomically."""
     temporary = path.with_name(f".{path.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
@@ -440,8 +417,7 @@ def open_for_writing(path: Path) -> h5py.File:
         return h5py.File(path, "r+")
     except OSError as error:
         raise CacheError(
-            f"cannot open {path} for writing ({error}); close every UAECache or h5py.File on it"
-            " in this process first"
+            f"cannot open {path} for writing ({error}); close every UAECache or h5py.File on it in this process first"
         ) from error
 
 
@@ -450,11 +426,7 @@ def read_layout(handle: h5py.File, path: Path) -> Layout:
     try:
         found_format = handle.attrs.get("format")
         version = handle.attrs.get("format_version")
-        missing = [
-            name
-            for name in ("adversarial", *ROW_FIELDS)
-            if name not in handle and name != LABEL_FIELD
-        ]
+        missing = [name for name in ("adversarial", *ROW_FIELDS) if name not in handle and name != LABEL_FIELD]
         labelled = LABEL_FIELD in handle
     except (OSError, RuntimeError, KeyError) as error:
         raise CacheError(f"{path} is damaged: its structure cannot be read ({error})") from error
@@ -464,9 +436,7 @@ def read_layout(handle: h5py.File, path: Path) -> Layout:
             f" expected {FORMAT!r})"
         )
     if version != FORMAT_VERSION:
-        raise CacheError(
-            f"{path} has cache format version {version!r}; this library reads version {FORMAT_VERSION}"
-        )
+        raise CacheError(f"{path} has cache format version {version!r}; this library reads version {FORMAT_VERSION}")
     if missing:
         raise CacheError(f"{path} is not a complete uae-augment cache: missing datasets {missing}")
     read_provenance(handle, path)
@@ -483,12 +453,9 @@ def read_layout(handle: h5py.File, path: Path) -> Layout:
         dataset = handle[name]
         if dataset.shape != (rows,) or dataset.dtype != dtype:
             raise CacheError(
-                f"{path}: dataset {name!r} must be {dtype} of shape ({rows},), found"
-                f" {dataset.dtype} {dataset.shape}"
+                f"{path}: dataset {name!r} must be {dtype} of shape ({rows},), found {dataset.dtype} {dataset.shape}"
             )
-    return Layout(
-        rows, tuple(adversarial.shape[1:]), adversarial.dtype.name, adversarial.chunks[0], labelled
-    )
+    return Layout(rows, tuple(adversarial.shape[1:]), adversarial.dtype.name, adversarial.chunks[0], labelled)
 
 
 def read_provenance(handle: h5py.File, path: Path) -> dict[str, Any]:
@@ -496,9 +463,7 @@ def read_provenance(handle: h5py.File, path: Path) -> dict[str, Any]:
     try:
         record = json.loads(text)
     except (TypeError, ValueError) as error:
-        raise CacheError(
-            f"{path}: the provenance attribute is not a JSON record ({error})"
-        ) from error
+        raise CacheError(f"{path}: the provenance attribute is not a JSON record ({error})") from error
     if not isinstance(record, dict):
         raise CacheError(f"{path}: the provenance attribute is not a JSON object")
     return record
@@ -522,9 +487,7 @@ def check_dtype(dtype: object) -> str:
     if isinstance(name, np.dtype):
         name = name.name
     if name not in DTYPES:
-        raise ValueError(
-            f"dtype must be one of {DTYPES} (never uint8: UAEs are not on the pixel grid), got {dtype!r}"
-        )
+        raise ValueError(f"dtype must be one of {DTYPES} (never uint8: UAEs are not on the pixel grid), got {dtype!r}")
     return str(name)
 
 

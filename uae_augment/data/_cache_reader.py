@@ -129,17 +129,13 @@ class AdversarialRows:
         try:
             return self._adversarial()[start:stop]
         except (OSError, RuntimeError) as error:
-            raise CacheError(
-                f"{self.path} is damaged: reading rows {start}..{stop - 1} failed ({error})"
-            ) from error
+            raise CacheError(f"{self.path} is damaged: reading rows {start}..{stop - 1} failed ({error})") from error
 
     # ------------------------------------------------------------------ the mirror
 
     def _ensure_mirror(self) -> None:
         if self._mirror is None:
-            self._mirror = np.empty(
-                (self.layout.rows, *self.layout.sample_shape), dtype=self.layout.dtype
-            )
+            self._mirror = np.empty((self.layout.rows, *self.layout.sample_shape), dtype=self.layout.dtype)
             self._loaded = np.zeros(self.layout.chunks, dtype=bool)
 
     def _load_chunks(self, chunks: np.ndarray) -> None:

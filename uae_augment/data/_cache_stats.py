@@ -33,13 +33,9 @@ def criterion_summary(criterion: torch.Tensor, bins: int) -> dict[str, Any]:
     """:func:`stats` of the criterion values, the share of zeros (successes) and a histogram of the positive ones."""
     finite = criterion[torch.isfinite(criterion)]
     positive = finite[finite > 0].double().numpy()
-    counts, edges = (
-        np.histogram(positive, bins=bins) if positive.size else (np.zeros(0), np.zeros(0))
-    )
+    counts, edges = np.histogram(positive, bins=bins) if positive.size else (np.zeros(0), np.zeros(0))
     return {
         **stats(criterion),
-        "zero_fraction": finite_or_none(float((finite == 0).double().mean()))
-        if finite.numel()
-        else None,
+        "zero_fraction": finite_or_none(float((finite == 0).double().mean())) if finite.numel() else None,
         "histogram_of_positive": {"edges": edges.tolist(), "counts": counts.astype(int).tolist()},
     }

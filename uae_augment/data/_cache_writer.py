@@ -154,9 +154,7 @@ class _ChunkWriter:
 
     def close(self) -> None:
         if self.pending:
-            raise RuntimeError(
-                f"internal error: chunks {sorted(self.pending)} were left incomplete"
-            )
+            raise RuntimeError(f"internal error: chunks {sorted(self.pending)} were left incomplete")
 
 
 @dataclass(frozen=True)
@@ -174,9 +172,7 @@ def new_chunk_rows(sample_shape: tuple[int, ...], rows: int, options: WriteOptio
     """Rows per chunk of a new file: ``options.chunk_rows``, else about ``CHUNK_BYTES`` but at
     most one batch, so that every batch completes (and saves) its chunks and the bar moves
     once per batch."""
-    return options.chunk_rows or min(
-        auto_chunk_rows(sample_shape, options.dtype, rows), options.batch_size
-    )
+    return options.chunk_rows or min(auto_chunk_rows(sample_shape, options.dtype, rows), options.batch_size)
 
 
 def finished_and_matching(path: Path, provenance: dict[str, Any]) -> bool:
@@ -279,9 +275,7 @@ def whole_batches(rows: np.ndarray, start: int, stop: int, batch_size: int) -> n
     cells = np.unique(rows // batch_size).tolist()
     if not cells:
         return rows
-    return np.concatenate(
-        [np.arange(max(c * batch_size, start), min((c + 1) * batch_size, stop)) for c in cells]
-    )
+    return np.concatenate([np.arange(max(c * batch_size, start), min((c + 1) * batch_size, stop)) for c in cells])
 
 
 class GridBatches:
@@ -368,9 +362,7 @@ def _attack_rows(
     logger.info("%s: all %d rows done", path, layout.rows)
 
 
-def _check_labels(
-    attack: Attack, y: torch.Tensor | None, layout: Layout, first: int, path: Path
-) -> None:
+def _check_labels(attack: Attack, y: torch.Tensor | None, layout: Layout, first: int, path: Path) -> None:
     """Raises ValueError when a batch's labels do not fit the file or the attack."""
     require_labels(attack, y is not None, first)
     if (y is not None) != layout.labelled:
@@ -397,12 +389,8 @@ def _join(
         try:
             for handle, (shard, _, _) in zip(handles, shards):
                 if not read_all(handle["done"], shard).all():
-                    raise CacheError(
-                        f"shard {shard} is unfinished; rerun the same command to resume"
-                    )
-            _copy_shards(
-                path, handles, [(start, stop) for _, start, stop in shards], provenance, options
-            )
+                    raise CacheError(f"shard {shard} is unfinished; rerun the same command to resume")
+            _copy_shards(path, handles, [(start, stop) for _, start, stop in shards], provenance, options)
         finally:
             for handle in handles:
                 handle.close()
@@ -467,9 +455,7 @@ def precompute_distributed(
         logger.info("%s is finished and matches: reusing it without attacking", path)
         return path
     rows = provenance["dataset"]["length"]
-    ranges = [
-        _distributed.split(rows, r, world_size, unit=options.batch_size) for r in range(world_size)
-    ]
+    ranges = [_distributed.split(rows, r, world_size, unit=options.batch_size) for r in range(world_size)]
     start, stop = ranges[rank]
     shards = [(shard_path(path, r, world_size), a, b) for r, (a, b) in enumerate(ranges) if b > a]
     mine = shard_path(path, rank, world_size)
@@ -481,14 +467,10 @@ def precompute_distributed(
     _distributed.every_rank(
         f"attacking the rows of the shards {path}.rank*-of-{world_size}.h5",
         lambda: (
-            write_file(dataset, attack, mine, start, stop, shard_provenance, shard_options)
-            if stop > start
-            else mine
+            write_file(dataset, attack, mine, start, stop, shard_provenance, shard_options) if stop > start else mine
         ),
     )
-    _distributed.on_rank0(
-        f"joining the shards into {path}", lambda: _join(path, shards, provenance, options)
-    )
+    _distributed.on_rank0(f"joining the shards into {path}", lambda: _join(path, shards, provenance, options))
     return path
 
 

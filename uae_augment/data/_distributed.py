@@ -90,6 +90,5 @@ def same_on_every_rank(step: str, value: Any) -> None:
     different = [rank for rank, other in enumerate(gathered) if other != gathered[0]]
     if different:
         raise RankFailedError(
-            f"{step}: ranks {different} disagree with rank 0 ({gathered[different[0]]!r} vs"
-            f" {gathered[0]!r})"
+            f"{step}: ranks {different} disagree with rank 0 ({gathered[different[0]]!r} vs {gathered[0]!r})"
         )

@@ -30,8 +30,7 @@ FLAG_KEY = "is_uae"
 """Key of the "is UAE" flag that ``return_flag=True`` adds to dict items."""
 
 _SAMPLE_HINT = (
-    " (give the base dataset a ToTensor-like transform, and put random augmentations"
-    " in UAEAugmented(transform=...))"
+    " (give the base dataset a ToTensor-like transform, and put random augmentations in UAEAugmented(transform=...))"
 )
 _UNSUPERVISED = "MINEUAE with Reconstruction or Contrastive, LpUAE or GaussianNoise"
 
@@ -98,9 +97,7 @@ def where(index: int | None, source: str) -> str:
     return source if index is None else f"item {index} of {source}"
 
 
-def parse_item(
-    item: Any, index: int | None, *, sample_key: str | None = None, source: str = "the dataset"
-) -> Item:
+def parse_item(item: Any, index: int | None, *, sample_key: str | None = None, source: str = "the dataset") -> Item:
     """Splits a dataset item into its sample, its label (or None) and its structure.
 
     Args:
@@ -125,9 +122,7 @@ def parse_item(
                 " (leave sample_key=None for bare samples and (x, y, ...) tuples)"
             )
         if sample_key not in item:
-            raise TypeError(
-                f"{name} has no sample key {sample_key!r}: its keys are {sorted(map(str, item))}"
-            )
+            raise TypeError(f"{name} has no sample key {sample_key!r}: its keys are {sorted(map(str, item))}")
         sample = _check_sample(item[sample_key], name)
         return Item(sample, kind="dict", mapping=item, sample_key=sample_key)
     if isinstance(item, torch.Tensor):
@@ -137,17 +132,10 @@ def parse_item(
         label = item[1] if len(item) > 1 else None
         return Item(sample, label=label, kind="tuple", extras=tuple(item[2:]))
     if isinstance(item, Mapping):
-        raise TypeError(
-            f"{name} is a dict (keys {sorted(map(str, item))}): pass sample_key=... naming its sample"
-        )
-    found = (
-        f"an empty {type(item).__name__}"
-        if isinstance(item, (tuple, list))
-        else type(item).__name__
-    )
+        raise TypeError(f"{name} is a dict (keys {sorted(map(str, item))}): pass sample_key=... naming its sample")
+    found = f"an empty {type(item).__name__}" if isinstance(item, (tuple, list)) else type(item).__name__
     raise TypeError(
-        f"{name} must be a float tensor sample, a tuple (x, y, ...) or a dict with sample_key=...,"
-        f" got {found}"
+        f"{name} must be a float tensor sample, a tuple (x, y, ...) or a dict with sample_key=..., got {found}"
     )
 
 
@@ -155,9 +143,7 @@ def _check_sample(x: Any, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor) and x.is_floating_point():
         return x
     found = f"a tensor of dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-    raise TypeError(
-        f"the sample of {name} must be a float tensor with values in [0, 1]{_SAMPLE_HINT}, got {found}"
-    )
+    raise TypeError(f"the sample of {name} must be a float tensor with values in [0, 1]{_SAMPLE_HINT}, got {found}")
 
 
 def integer_label(y: Any, index: int | None, source: str = "the dataset") -> int:
@@ -167,37 +153,27 @@ def integer_label(y: Any, index: int | None, source: str = "the dataset") -> int
         TypeError: ``y`` is not an integer label.
     """
     if isinstance(y, torch.Tensor):
-        if y.numel() == 1 and not (
-            y.is_floating_point() or y.is_complex() or y.dtype == torch.bool
-        ):
+        if y.numel() == 1 and not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool):
             return int(y.item())
     else:
         try:
             return operator.index(y)
         except TypeError:
             pass
-    raise TypeError(
-        f"the label of {where(index, source)} must be an integer class label, got {y!r}"
-    )
+    raise TypeError(f"the label of {where(index, source)} must be an integer class label, got {y!r}")
 
 
-def split_item(
-    item: Any, index: int, source: str = "the dataset"
-) -> tuple[torch.Tensor, int | None]:
+def split_item(item: Any, index: int, source: str = "the dataset") -> tuple[torch.Tensor, int | None]:
     """(sample, integer label or None) of a dataset item (see :func:`parse_item`).
 
     Raises:
         TypeError: a malformed item, or a label that is not an integer.
     """
     parsed = parse_item(item, index, source=source)
-    return parsed.sample, None if parsed.label is None else integer_label(
-        parsed.label, index, source
-    )
+    return parsed.sample, None if parsed.label is None else integer_label(parsed.label, index, source)
 
 
-def batch_labels(
-    labels: Sequence[Any], indices: Sequence[int], source: str = "the dataset"
-) -> torch.Tensor | None:
+def batch_labels(labels: Sequence[Any], indices: Sequence[int], source: str = "the dataset") -> torch.Tensor | None:
     """The (B,) int64 labels of a batch of items, or None when none of them has a label.
 
     Args:
@@ -218,14 +194,10 @@ def batch_labels(
             f"item {missing[0]} of {source} has no label but item {present} has one:"
             " the items of a dataset must all have labels or all have none"
         )
-    return torch.tensor(
-        [integer_label(y, i, source) for y, i in zip(labels, indices)], dtype=torch.long
-    )
+    return torch.tensor([integer_label(y, i, source) for y, i in zip(labels, indices)], dtype=torch.long)
 
 
-def require_labels(
-    attack: Any, labelled: bool, index: int | None, source: str = "the dataset"
-) -> None:
+def require_labels(attack: Any, labelled: bool, index: int | None, source: str = "the dataset") -> None:
     """Raises ValueError when ``attack`` needs labels and the data has none.
 
     Raises:
@@ -283,9 +255,7 @@ def dataset_length(dataset: Dataset, action: str = "precompute") -> int:
     try:
         length = len(dataset)  # type: ignore[arg-type]
     except TypeError as error:
-        raise TypeError(
-            f"dataset must be a map-style dataset with __len__, got {type(dataset).__name__}"
-        ) from error
+        raise TypeError(f"dataset must be a map-style dataset with __len__, got {type(dataset).__name__}") from error
     if length == 0:
         raise ValueError(f"dataset is empty: there is nothing to {action}")
     return length

@@ -184,9 +184,7 @@ class UAEAugmented(Dataset):
             if function is not None and not callable(function):
                 raise TypeError(f"{name} must be callable or None, got {type(function).__name__}")
         if return_flag and mode == "pair":
-            raise ValueError(
-                "return_flag has no meaning in pair mode (every item holds both samples)"
-            )
+            raise ValueError("return_flag has no meaning in pair mode (every item holds both samples)")
         size = dataset_length(dataset, "augment")
 
         self.dataset = dataset
@@ -361,9 +359,7 @@ class UAEAugmented(Dataset):
         if position < 0:
             position += length
         if not 0 <= position < length:
-            raise IndexError(
-                f"index {index} is out of range for {type(self).__name__} of length {length}"
-            )
+            raise IndexError(f"index {index} is out of range for {type(self).__name__} of length {length}")
         return position
 
     def _sources(self, positions: list[int]) -> tuple[list[int], list[bool]]:
@@ -409,8 +405,7 @@ class UAEAugmented(Dataset):
         require_labels(self.attack, first.labelled, 0, _SOURCE)
         if self.target_transform is not None and not first.labelled:
             raise ValueError(
-                f"target_transform needs labels, but item 0 of the base dataset is {first.describe()}"
-                " without one"
+                f"target_transform needs labels, but item 0 of the base dataset is {first.describe()} without one"
             )
         if self.return_flag and first.mapping is not None and FLAG_KEY in first.mapping:
             raise ValueError(
@@ -455,9 +450,7 @@ class UAEAugmented(Dataset):
         )
         cache = UAECache(path)
         if len(cache) != self._size:
-            raise ValueError(
-                f"cache {str(path)!r} holds {len(cache)} rows but the dataset has {self._size} samples"
-            )
+            raise ValueError(f"cache {str(path)!r} holds {len(cache)} rows but the dataset has {self._size} samples")
         self._cache = cache
 
     def _flags(self) -> tuple[torch.Tensor, torch.Tensor] | None:

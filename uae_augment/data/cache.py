@@ -222,9 +222,7 @@ def precompute(
     group = _distributed.world()
     if group is not None:
         return precompute_distributed(dataset, attack, path, provenance, options, *group)
-    return write_file(
-        dataset, attack, path, 0, provenance["dataset"]["length"], provenance, options
-    )
+    return write_file(dataset, attack, path, 0, provenance["dataset"]["length"], provenance, options)
 
 
 # --------------------------------------------------------------------------- reading
@@ -302,13 +300,9 @@ class UAECache(Dataset):
             self._layout = read_layout(handle, self.path)
             self._provenance = read_provenance(handle, self.path)
             self.compression: str | None = handle["adversarial"].compression
-            arrays = {
-                name: read_all(handle[name], self.path) for name in ROW_FIELDS if name in handle
-            }
+            arrays = {name: read_all(handle[name], self.path) for name in ROW_FIELDS if name in handle}
         if target_transform is not None and not self._layout.labelled:
-            raise ValueError(
-                f"target_transform was given, but {self.path} holds no labels (unlabelled dataset)"
-            )
+            raise ValueError(f"target_transform was given, but {self.path} holds no labels (unlabelled dataset)")
         self._done = torch.from_numpy(arrays["done"])
         self._labels = torch.from_numpy(arrays["label"]) if self._layout.labelled else None
         self._index = torch.from_numpy(arrays["index"])
@@ -375,9 +369,7 @@ class UAECache(Dataset):
             )
         return positions.numpy()
 
-    def rows(
-        self, indices: Sequence[int] | torch.Tensor | np.ndarray
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def rows(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Vectorised read of several rows (any order, repeats allowed), without transforms.
 
         Args:
@@ -402,9 +394,7 @@ class UAECache(Dataset):
         label_part: tuple[Any, ...] = ()
         if self._label_list is not None:
             label = self._label_list[position]
-            label_part = (
-                self.target_transform(label) if self.target_transform is not None else label,
-            )
+            label_part = (self.target_transform(label) if self.target_transform is not None else label,)
         if self.return_flags:
             return sample, *label_part, bool(self._success[position]), float(self._mi[position])
         return (sample, *label_part) if label_part else sample
@@ -413,9 +403,7 @@ class UAECache(Dataset):
         position = operator.index(index)
         if -len(self) <= position < 0:
             position += len(self)
-        if (
-            0 <= position < len(self) and self._done_flags[position]
-        ):  # fast path: a row already in memory
+        if 0 <= position < len(self) and self._done_flags[position]:  # fast path: a row already in memory
             row = self._reader.loaded_row(position)
             if row is not None:
                 return self._item(position, row)

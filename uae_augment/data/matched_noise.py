@@ -72,16 +72,12 @@ class MatchedNoise(Attack):
     def _config(self) -> dict[str, Any]:
         return {"match": self.match, "reference": self.reference_hash, **self.criterion.config()}
 
-    def _attack_batch(
-        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor
-    ) -> AttackResult:
+    def _attack_batch(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> AttackResult:
         if tuple(x.shape[1:]) != tuple(self.reference.sample_shape):
             raise ValueError(
                 f"samples of shape {tuple(x.shape[1:])} do not match the reference cache's {self.reference.sample_shape}"
             )
-        rows = int(
-            (~padding_rows(index)).sum()
-        )  # the padding rows repeat the last index: drop, then copy
+        rows = int((~padding_rows(index)).sum())  # the padding rows repeat the last index: drop, then copy
         reference, _ = self.reference.rows(index[:rows])
         matched = MATCHES[self.match](
             x[:rows],
@@ -89,9 +85,7 @@ class MatchedNoise(Attack):
             seed=self.seed,
             index=index[:rows],
         )
-        adversarial = torch.cat(
-            [matched, matched[-1:].expand(x.shape[0] - rows, *matched.shape[1:])]
-        )
+        adversarial = torch.cat([matched, matched[-1:].expand(x.shape[0] - rows, *matched.shape[1:])])
         with torch.no_grad():
             f = self.criterion(adversarial, self.criterion.prepare(x, y, index))
         return AttackResult(

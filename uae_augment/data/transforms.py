@@ -36,9 +36,7 @@ TransformMode = Literal["replace", "append"]
 _MODES: tuple[str, ...] = ("replace", "append")
 
 
-def replacement_mask(
-    p: float, seed: int, indices: torch.Tensor | Sequence[int], epoch: int = 0
-) -> torch.Tensor:
+def replacement_mask(p: float, seed: int, indices: torch.Tensor | Sequence[int], epoch: int = 0) -> torch.Tensor:
     """Which samples to replace by their UAE: one Bernoulli(p) draw per (seed, index, epoch).
 
     Sample ``i`` is replaced when a uniform number drawn from the generator
@@ -229,9 +227,7 @@ class UAETransform(nn.Module):
         entries = {key: _append_rows(value, rows, n, key) for key, value in batch.mapping.items()}
         return {**entries, batch.sample_key: out}
 
-    def _augment(
-        self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor | Sequence[int] | None
-    ) -> Any:
+    def _augment(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor | Sequence[int] | None) -> Any:
         """The tensor path of :meth:`forward`: ``x_out`` or ``(x_out, y_out)``."""
         ensure_main_process(
             "UAETransform",
@@ -307,9 +303,7 @@ def _append_rows(value: Any, rows: torch.Tensor, n: int, key: str) -> Any:
         return torch.cat([value, value.index_select(0, rows.to(value.device))])
     if isinstance(value, (list, tuple)) and len(value) == n:
         return type(value)([*value, *(value[r] for r in rows.tolist())])
-    found = (
-        f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
-    )
+    found = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
     raise ValueError(
         f"append mode appends the attacked rows to every entry of a dict batch, so entry {key!r}"
         f" must be a tensor, list or tuple with {n} rows, got {found}"

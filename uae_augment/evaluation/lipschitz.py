@@ -25,24 +25,17 @@ logger = logging.getLogger(__name__)
 __all__ = ["LayerBound", "LipschitzReport", "conv_norm_bound", "lipschitz_bounds", "operator_norm"]
 
 
-def _conv_adjoint(
-    conv: nn.Conv2d, output: torch.Tensor, input_shape: tuple[int, int, int]
-) -> torch.Tensor:
+def _conv_adjoint(conv: nn.Conv2d, output: torch.Tensor, input_shape: tuple[int, int, int]) -> torch.Tensor:
     """The adjoint of the bias-free conv operator: conv_transpose2d with the matching output size."""
     stride, padding, dilation = conv.stride, conv.padding, conv.dilation
     kernel = conv.weight.shape[2:]
     output_padding = []
     for axis in range(2):
         produced = (
-            (output.shape[2 + axis] - 1) * stride[axis]
-            - 2 * padding[axis]
-            + dilation[axis] * (kernel[axis] - 1)
-            + 1
+            (output.shape[2 + axis] - 1) * stride[axis] - 2 * padding[axis] + dilation[axis] * (kernel[axis] - 1) + 1
         )
         output_padding.append(input_shape[1 + axis] - produced)
-    return F.conv_transpose2d(
-        output, conv.weight, None, stride, padding, tuple(output_padding), conv.groups, dilation
-    )
+    return F.conv_transpose2d(output, conv.weight, None, stride, padding, tuple(output_padding), conv.groups, dilation)
 
 
 def _linear_operator(
@@ -54,14 +47,10 @@ def _linear_operator(
         return (lambda v: v @ weight.T), (lambda u: u @ weight)
     if isinstance(layer, nn.Conv2d):
         if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
-            return _autograd_operator(
-                lambda v: layer._conv_forward(v, layer.weight, None), input_shape
-            )
+            return _autograd_operator(lambda v: layer._conv_forward(v, layer.weight, None), input_shape)
 
         def forward(v: torch.Tensor) -> torch.Tensor:
-            return F.conv2d(
-                v, layer.weight, None, layer.stride, layer.padding, layer.dilation, layer.groups
-            )
+            return F.conv2d(v, layer.weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
 
         return forward, (lambda u: _conv_adjoint(layer, u, input_shape))  # type: ignore[arg-type]
     raise TypeError(f"operator_norm supports nn.Linear and nn.Conv2d, got {type(layer).__name__}")
@@ -74,9 +63,7 @@ def _autograd_operator(
 
     def adjoint(u: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
-            probe = torch.zeros(
-                (u.shape[0], *input_shape), dtype=u.dtype, device=u.device, requires_grad=True
-            )
+            probe = torch.zeros((u.shape[0], *input_shape), dtype=u.dtype, device=u.device, requires_grad=True)
             (grad,) = torch.autograd.grad(forward(probe), probe, grad_outputs=u)
         return grad
 
@@ -128,16 +115,12 @@ def operator_norm(
         with torch.no_grad():
             return float(torch.linalg.matrix_norm(layer.weight.detach().double(), ord=2))
     if not isinstance(layer, nn.Conv2d):
-        raise TypeError(
-            f"operator_norm supports nn.Linear and nn.Conv2d, got {type(layer).__name__}"
-        )
+        raise TypeError(f"operator_norm supports nn.Linear and nn.Conv2d, got {type(layer).__name__}")
     if input_shape is None or len(tuple(input_shape)) != 3:
         raise ValueError(f"a convolution needs input_shape (C, H, W), got {input_shape}")
     shape = tuple(int(s) for s in input_shape)
     generator = torch.Generator().manual_seed(seed)
-    vector = torch.randn((1, *shape), generator=generator, dtype=torch.float64).to(
-        layer.weight.device
-    )
+    vector = torch.randn((1, *shape), generator=generator, dtype=torch.float64).to(layer.weight.device)
     vector = vector / vector.norm()
     estimate = 0.0
     with torch.no_grad():
@@ -201,9 +184,7 @@ def conv_norm_bound(conv: nn.Conv2d) -> float:
     groups = conv.groups
     per_group = weight.shape[0] // groups
     norms = [
-        float(
-            torch.linalg.matrix_norm(weight[g * per_group : (g + 1) * per_group].flatten(1), ord=2)
-        )
+        float(torch.linalg.matrix_norm(weight[g * per_group : (g + 1) * per_group].flatten(1), ord=2))
         for g in range(groups)
     ]
     return math.sqrt(_overlap(conv.kernel_size, conv.stride, conv.dilation)) * max(norms)
@@ -274,9 +255,7 @@ class LipschitzReport:
 
 def _batch_norm_constant(layer: nn.modules.batchnorm._BatchNorm) -> float:
     if layer.running_var is None:
-        raise ValueError(
-            f"{type(layer).__name__} without running statistics has no fixed Lipschitz constant"
-        )
+        raise ValueError(f"{type(layer).__name__} without running statistics has no fixed Lipschitz constant")
     scale = (layer.running_var + layer.eps).rsqrt()
     if layer.weight is not None:
         scale = scale * layer.weight.detach().abs()
@@ -313,9 +292,7 @@ def _elementwise_constant(layer: nn.Module) -> float | None:
         return 1.0998  # max of d/dx x*sigmoid(x), at x ~ 2.3994
     if isinstance(layer, nn.MaxPool2d):
         # |max_W a - max_W b| <= ||a - b||_W, and a pixel lies in at most `overlap` windows
-        return math.sqrt(
-            _overlap(layer.kernel_size, layer.stride or layer.kernel_size, layer.dilation)
-        )
+        return math.sqrt(_overlap(layer.kernel_size, layer.stride or layer.kernel_size, layer.dilation))
     if isinstance(layer, nn.AvgPool2d) and _pair(layer.padding) == (0, 0):
         # a mean over `area` pixels is (1 / sqrt(area))-Lipschitz in L2 (Cauchy-Schwarz)
         area = math.prod(_pair(layer.kernel_size))
@@ -331,11 +308,7 @@ def _elementwise_constant(layer: nn.Module) -> float | None:
 def _describe(layer: nn.Module) -> tuple[str, str]:
     if isinstance(layer, nn.Conv2d):
         out_channels, in_per_group, kh, kw = layer.weight.shape
-        stride = (
-            "x".join(map(str, layer.stride))
-            if layer.stride[0] != layer.stride[1]
-            else str(layer.stride[0])
-        )
+        stride = "x".join(map(str, layer.stride)) if layer.stride[0] != layer.stride[1] else str(layer.stride[0])
         return f"{in_per_group * layer.groups}x{kh}x{kw}x{out_channels}", stride
     if isinstance(layer, nn.Linear):
         return f"{layer.in_features}x{layer.out_features}", ""
@@ -387,12 +360,8 @@ def lipschitz_bounds(
 
     def record(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         if any(seen is module for seen, _, _ in trace):
-            raise ValueError(
-                f"layer {names.get(module, type(module).__name__)!r} runs more than once per forward pass"
-            )
-        shape_in = (
-            tuple(inputs[0].shape[1:]) if inputs and isinstance(inputs[0], torch.Tensor) else ()
-        )
+            raise ValueError(f"layer {names.get(module, type(module).__name__)!r} runs more than once per forward pass")
+        shape_in = tuple(inputs[0].shape[1:]) if inputs and isinstance(inputs[0], torch.Tensor) else ()
         shape_out = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else ()
         trace.append((module, shape_in, shape_out))
 
@@ -422,11 +391,7 @@ def lipschitz_bounds(
                     )
                 norm = bound = constant
             size, stride = _describe(module)
-            layers.append(
-                LayerBound(
-                    name, type(module).__name__, size, stride, shape_in, shape_out, norm, bound
-                )
-            )
+            layers.append(LayerBound(name, type(module).__name__, size, stride, shape_in, shape_out, norm, bound))
     return LipschitzReport(
         layers=layers,
         product=math.prod(layer.norm for layer in layers),

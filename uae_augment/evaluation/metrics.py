@@ -62,9 +62,7 @@ def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = DEFAULT_BATC
     return _model_outputs(model, x, batch_size, lambda out: out)
 
 
-def accuracy(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = DEFAULT_BATCH
-) -> float:
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = DEFAULT_BATCH) -> float:
     """Fraction of inputs x (N, ...) in [0, 1] whose argmax prediction equals the labels y (N,).
 
     Example:
@@ -87,9 +85,7 @@ def _logits_and_labels(
     assert labels is not None
     logits = predict(model, x, batch_size=batch_size)
     if logits.dim() != 2:
-        raise ValueError(
-            f"the classifier must return logits (N, classes), got {tuple(logits.shape)}"
-        )
+        raise ValueError(f"the classifier must return logits (N, classes), got {tuple(logits.shape)}")
     if int(labels.max()) >= logits.shape[1]:
         raise ValueError(f"label {int(labels.max())} out of range for {logits.shape[1]} classes")
     return logits, labels
@@ -273,9 +269,7 @@ def distortion(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, torch.Tensor]:
         {'l2': [1.0, 1.0], 'linf': [0.5, 0.5], 'rms': [0.5, 0.5]}
     """
     if x.shape != x_adv.shape:
-        raise ValueError(
-            f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}"
-        )
+        raise ValueError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and {tuple(x_adv.shape)}")
     delta = (x_adv.to(x.device) - x).flatten(1).float()
     return {
         "l2": delta.norm(dim=1),

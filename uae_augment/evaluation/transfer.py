@@ -72,8 +72,7 @@ class TransferMatrix:
             "rows": list(self.rows),
             "targets": list(self.targets),
             "error": {
-                row: {t: float(self.error[i, j]) for j, t in enumerate(self.targets)}
-                for i, row in enumerate(self.rows)
+                row: {t: float(self.error[i, j]) for j, t in enumerate(self.targets)} for i, row in enumerate(self.rows)
             },
             "distortion_rms": {row: float(self.distortion[i]) for i, row in enumerate(self.rows)},
             "distortion_l2": {row: float(self.l2[i]) for i, row in enumerate(self.rows)},
@@ -165,9 +164,7 @@ def transfer_matrix(
             examples.append(_gaussian(x, sigma, seed, global_index, position))
     for position, std in enumerate(noise_stds, start=len(sources)):
         row_names.append(f"noise rms={std:g}")
-        examples.append(
-            _gaussian(x, torch.full((x.shape[0],), float(std)), seed, global_index, position)
-        )
+        examples.append(_gaussian(x, torch.full((x.shape[0],), float(std)), seed, global_index, position))
 
     target_names = list(targets)
     error = torch.empty(len(examples), len(target_names))
@@ -193,18 +190,12 @@ def transfer_matrix(
 def _attack_uses(attack: Attack, model: nn.Module) -> bool:
     """Whether one of the attack's models is ``model``, contains it or is part of it."""
     for used in attack.models():
-        if (
-            used is model
-            or any(m is model for m in used.modules())
-            or any(m is used for m in model.modules())
-        ):
+        if used is model or any(m is model for m in used.modules()) or any(m is used for m in model.modules()):
             return True
     return False
 
 
-def _gaussian(
-    x: torch.Tensor, rms: torch.Tensor, seed: int, index: torch.Tensor, row: int
-) -> torch.Tensor:
+def _gaussian(x: torch.Tensor, rms: torch.Tensor, seed: int, index: torch.Tensor, row: int) -> torch.Tensor:
     """clip(x + s_i z_i, 0, 1) per sample with RMS distortion ``rms_i``; z_i drawn from (seed, index, row).
 
     The distortion after clipping grows monotonically with s_i, so s_i is found by
@@ -217,13 +208,7 @@ def _gaussian(
     view = (-1,) + (1,) * (x.dim() - 1)
 
     def measured(scale: torch.Tensor) -> torch.Tensor:
-        return (
-            (torch.clamp(clean + scale.view(view) * noise, 0.0, 1.0) - clean)
-            .flatten(1)
-            .pow(2)
-            .mean(dim=1)
-            .sqrt()
-        )
+        return (torch.clamp(clean + scale.view(view) * noise, 0.0, 1.0) - clean).flatten(1).pow(2).mean(dim=1).sqrt()
 
     low = torch.zeros_like(target)
     high = target.clone().clamp_min(1e-12)

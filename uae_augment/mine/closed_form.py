@@ -40,9 +40,7 @@ def projection_mi(cos: torch.Tensor, dim: int) -> torch.Tensor:
     return -0.5 * dim * torch.log1p(-cos.pow(2).clamp(max=_COS2_MAX))
 
 
-def standardised_projection_mi(
-    cos: float, dim: int, *, angle_points: int = 801, radius_points: int = 200
-) -> float:
+def standardised_projection_mi(cos: float, dim: int, *, angle_points: int = 801, radius_points: int = 200) -> float:
     """Exact MI (nats) of one standardised random-projection pair, by quadrature.
 
     :class:`RandomProjectionSampler` standardises each projected sample (mean 0,
@@ -69,9 +67,7 @@ def standardised_projection_mi(
         ValueError: if ``dim`` < 3 or |cos| >= 1.
     """
     if dim < 3:
-        raise ValueError(
-            f"dim must be >= 3 (the direction of a centred vector needs 2 dimensions), got {dim}"
-        )
+        raise ValueError(f"dim must be >= 3 (the direction of a centred vector needs 2 dimensions), got {dim}")
     if not abs(cos) < 1:
         raise ValueError(f"|cos| must be < 1, got {cos}")
     n, rho = dim - 1, float(cos)
@@ -86,14 +82,9 @@ def standardised_projection_mi(
     z = torch.linspace(-z_max, z_max, angle_points, dtype=dtype)
     t = torch.tanh(z)
     jacobian = 1.0 - t.pow(2)
-    log_null = (n - 3) / 2 * torch.log(jacobian) - (
-        math.lgamma(0.5) + math.lgamma((n - 1) / 2) - math.lgamma(n / 2)
-    )
+    log_null = (n - 3) / 2 * torch.log(jacobian) - (math.lgamma(0.5) + math.lgamma((n - 1) / 2) - math.lgamma(n / 2))
     log_ratio = torch.cat(
-        [
-            torch.logsumexp(pair_weight + rho * chunk[:, None] * products, dim=1)
-            for chunk in t.split(32)
-        ]
+        [torch.logsumexp(pair_weight + rho * chunk[:, None] * products, dim=1) for chunk in t.split(32)]
     ) + n / 2 * math.log1p(-rho * rho)
     density = torch.exp(log_null + log_ratio) * jacobian
     return float((density * log_ratio).sum() * (z[1] - z[0]))

@@ -29,9 +29,7 @@ class _JointStatistics(nn.Module):
         return self.net(torch.cat([a, b], dim=1)).squeeze(1)
 
 
-def _split_rows(
-    n: int, holdout: float, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _split_rows(n: int, holdout: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Random disjoint (training, held-out) row indices; training gets >= 2 rows, held-out >= 4."""
     held_out = min(max(4, round(holdout * n)), n - 2)
     rows = torch.randperm(n, generator=generator)
@@ -50,20 +48,14 @@ class _HeldOut:
         generator: torch.Generator,
     ):
         self.a, self.b = a[rows], b[rows]
-        self.pairings = torch.stack(
-            [torch.randperm(len(rows), generator=generator) for _ in range(evaluations)]
-        )
+        self.pairings = torch.stack([torch.randperm(len(rows), generator=generator) for _ in range(evaluations)])
 
     def bound(self, network: _JointStatistics) -> float:
         """DV bound of ``network``: joint mean over the pairs, marginal log-mean-exp pooled over the pairings."""
         with torch.no_grad():
             joint = network(self.a, self.b)
-            marginal = network(
-                self.a.repeat(self.pairings.shape[0], 1), self.b[self.pairings.reshape(-1)]
-            )
-            return float(
-                joint.mean() - (torch.logsumexp(marginal, dim=0) - math.log(marginal.numel()))
-            )
+            marginal = network(self.a.repeat(self.pairings.shape[0], 1), self.b[self.pairings.reshape(-1)])
+            return float(joint.mean() - (torch.logsumexp(marginal, dim=0) - math.log(marginal.numel())))
 
 
 def _ascent_step(
@@ -79,9 +71,7 @@ def _ascent_step(
     joint = network(a, b)
     exp_marginal = network(a, shuffled_b).exp().mean()
     current = exp_marginal.detach()
-    moving_average = (
-        current if moving_average is None else (1 - ema_rate) * moving_average + ema_rate * current
-    )
+    moving_average = current if moving_average is None else (1 - ema_rate) * moving_average + ema_rate * current
     loss = -(joint.mean() - exp_marginal / moving_average)
     optimizer.zero_grad()
     loss.backward()
@@ -148,14 +138,10 @@ def estimate_mi(
             ``holdout`` outside (0, 1).
     """
     if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[0]:
-        raise ValueError(
-            f"a and b must be (n, d) with equal n, got {tuple(a.shape)} and {tuple(b.shape)}"
-        )
+        raise ValueError(f"a and b must be (n, d) with equal n, got {tuple(a.shape)} and {tuple(b.shape)}")
     n = a.shape[0]
     if n < 6:
-        raise ValueError(
-            f"estimate_mi needs at least 6 paired samples (2 to train, 4 held out), got {n}"
-        )
+        raise ValueError(f"estimate_mi needs at least 6 paired samples (2 to train, 4 held out), got {n}")
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout must be a fraction in (0, 1), got {holdout}")
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):

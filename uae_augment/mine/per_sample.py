@@ -23,9 +23,7 @@ from .statistics_network import StatisticsNetwork, Workspace
 
 def make_adam(parameters: Sequence[nn.Parameter] | nn.Module, lr: float) -> torch.optim.Adam:
     """Adam with the fused kernel where available (PyTorch's default CPU Adam is ~6x slower)."""
-    params = (
-        list(parameters.parameters()) if isinstance(parameters, nn.Module) else list(parameters)
-    )
+    params = list(parameters.parameters()) if isinstance(parameters, nn.Module) else list(parameters)
     if any(p.device.type == "meta" for p in params):  # no fused kernel on meta (device tests)
         return torch.optim.Adam(params, lr=lr, foreach=False)
     try:
@@ -114,9 +112,7 @@ class PerSampleMINE:
         init_generators = sample_streams(
             seed, index, Stream.MINE_INIT, init_round, device=device, on_device=device_draws
         )
-        self.network = StatisticsNetwork(
-            sample_shape, init_generators, hidden=hidden, embed=embed
-        ).to(device)
+        self.network = StatisticsNetwork(sample_shape, init_generators, hidden=hidden, embed=embed).to(device)
         self._permutation_generators = sample_streams(
             seed, index, Stream.PERMUTATION, init_round, device=device, on_device=device_draws
         )
@@ -127,9 +123,7 @@ class PerSampleMINE:
         if rows < 1:
             raise ValueError(f"sub_batch must be >= 1, got {rows}")
         batch = self.network.batch
-        self.sub_batches = [
-            slice(start, min(start + rows, batch)) for start in range(0, batch, rows)
-        ]
+        self.sub_batches = [slice(start, min(start + rows, batch)) for start in range(0, batch, rows)]
         self.optimizers = [make_adam(self._row_views(part), lr) for part in self.sub_batches]
 
     @property
@@ -148,21 +142,15 @@ class PerSampleMINE:
 
     def permutations(self, number: int) -> torch.Tensor:
         """The next ``number`` fresh permutations per sample: (number, B, K)."""
-        perms = stacked_permutations(
-            self._permutation_generators, number, self.count, device=self.device
-        )
+        perms = stacked_permutations(self._permutation_generators, number, self.count, device=self.device)
         return perms.transpose(0, 1)
 
-    def estimate(
-        self, u: torch.Tensor, v: torch.Tensor, permutation: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def estimate(self, u: torch.Tensor, v: torch.Tensor, permutation: torch.Tensor | None = None) -> torch.Tensor:
         """I_theta(x, x') per sample (B,), differentiable w.r.t. u, v and theta."""
         if permutation is None:
             permutation = self.permutations(1)[0]
         # by sub-batch: each sub-batch's temporaries are small enough to be recycled by the allocator
-        parts = [
-            self.network(u[rows], v[rows], permutation[rows], rows) for rows in self.sub_batches
-        ]
+        parts = [self.network(u[rows], v[rows], permutation[rows], rows) for rows in self.sub_batches]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def train(self, u: torch.Tensor, v: torch.Tensor, steps: int) -> torch.Tensor:

@@ -101,21 +101,17 @@ class RandomProjectionSampler:
     def matrix(self, device: torch.device) -> torch.Tensor:
         """R as a (d, K * dim) matrix on ``device`` (drawn once, cached per device)."""
         if device not in self._matrix:
-            generator = torch.Generator().manual_seed(
-                derive_seed(self.seed, int(Stream.PROJECTION))
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, int(Stream.PROJECTION)))
+            matrix = torch.randn(self.num_features, self.projections * self.dim, generator=generator) / math.sqrt(
+                self.dim
             )
-            matrix = torch.randn(
-                self.num_features, self.projections * self.dim, generator=generator
-            ) / math.sqrt(self.dim)
             self._matrix[device] = matrix.to(device)
         return self._matrix[device]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(x.shape[0], -1)
         if flat.shape[1] != self.num_features:
-            raise ValueError(
-                f"expected {self.num_features} features per sample, got {flat.shape[1]}"
-            )
+            raise ValueError(f"expected {self.num_features} features per sample, got {flat.shape[1]}")
         projected = (flat @ self.matrix(x.device)).view(x.shape[0], self.projections, self.dim)
         mean = projected.mean(dim=-1, keepdim=True)
         std = projected.std(dim=-1, unbiased=False, keepdim=True)
@@ -140,13 +136,9 @@ def build_sampler(
         ValueError: on an unknown ``kind`` or 'feature_maps' without a feature layer.
     """
     if kind not in ("auto", "feature_maps", "random_projection"):
-        raise ValueError(
-            f"sampler must be 'auto', 'feature_maps' or 'random_projection', got {kind!r}"
-        )
+        raise ValueError(f"sampler must be 'auto', 'feature_maps' or 'random_projection', got {kind!r}")
     if kind == "feature_maps" and feature_layer is None:
-        raise ValueError(
-            "sampler='feature_maps' needs a model with a first convolution (or first_layer)"
-        )
+        raise ValueError("sampler='feature_maps' needs a model with a first convolution (or first_layer)")
     if kind != "random_projection" and feature_layer is not None:
         return FeatureMapSampler(feature_layer)
     return RandomProjectionSampler(math.prod(sample_shape), projections, projection_dim, seed)

@@ -41,12 +41,7 @@ class Workspace:
         """A tensor of ``shape`` with ``like``'s dtype and device; contents undefined."""
         numel = math.prod(shape)
         buffer = self._buffers.get(name)
-        if (
-            buffer is None
-            or buffer.numel() < numel
-            or buffer.dtype != like.dtype
-            or buffer.device != like.device
-        ):
+        if buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype or buffer.device != like.device:
             buffer = torch.empty(numel, dtype=like.dtype, device=like.device)
             self._buffers[name] = buffer
         return buffer[:numel].view(*shape)
@@ -104,9 +99,7 @@ class StatisticsNetwork(nn.Module):
         elif len(self.sample_shape) == 1:
             features = self.sample_shape[0]
         else:
-            raise ValueError(
-                f"paired samples must be 2-D maps or vectors, got shape {self.sample_shape}"
-            )
+            raise ValueError(f"paired samples must be 2-D maps or vectors, got shape {self.sample_shape}")
         self.features = features
         kk = conv_kernel * conv_kernel
         for branch in ("u", "v"):
@@ -115,20 +108,12 @@ class StatisticsNetwork(nn.Module):
                     f"{branch}_conv_weight",
                     nn.Parameter(_glorot(generators, (conv_channels, kk), kk, kk * conv_channels)),
                 )
-                self.register_parameter(
-                    f"{branch}_conv_bias", nn.Parameter(torch.zeros(batch, conv_channels))
-                )
+                self.register_parameter(f"{branch}_conv_bias", nn.Parameter(torch.zeros(batch, conv_channels)))
             widths = [features, embed] if hidden is None else [features, hidden, embed]
             for layer, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-                weight = (
-                    _glorot(generators, (fan_in, fan_out), fan_in, fan_out)
-                    .transpose(1, 2)
-                    .contiguous()
-                )
+                weight = _glorot(generators, (fan_in, fan_out), fan_in, fan_out).transpose(1, 2).contiguous()
                 self.register_parameter(f"{branch}_weight{layer}", nn.Parameter(weight))
-                self.register_parameter(
-                    f"{branch}_bias{layer}", nn.Parameter(torch.zeros(batch, fan_out))
-                )
+                self.register_parameter(f"{branch}_bias{layer}", nn.Parameter(torch.zeros(batch, fan_out)))
         self.out_weight = nn.Parameter(_glorot(generators, (embed,), embed, 1))
         self.num_layers = 1 if hidden is None else 2
 
@@ -149,11 +134,7 @@ class StatisticsNetwork(nn.Module):
         batch, count, height, width = samples.shape
         kernel = self.conv_kernel
         out_h, out_w = height - kernel + 1, width - kernel + 1
-        taps = [
-            samples[:, :, p : p + out_h, q : q + out_w]
-            for p in range(kernel)
-            for q in range(kernel)
-        ]
+        taps = [samples[:, :, p : p + out_h, q : q + out_w] for p in range(kernel) for q in range(kernel)]
         taps.append(torch.ones_like(taps[0]))
         return torch.stack(taps, dim=2).reshape(batch, count, (kernel * kernel + 1) * out_h * out_w)
 
@@ -162,9 +143,7 @@ class StatisticsNetwork(nn.Module):
         weight = self._param(f"{which}_conv_weight", rows)
         return torch.cat([weight, self._param(f"{which}_conv_bias", rows).unsqueeze(-1)], dim=2)
 
-    def _folded_weight(
-        self, which: str, rows: slice, work: Workspace | None = None
-    ) -> torch.Tensor:
+    def _folded_weight(self, which: str, rows: slice, work: Workspace | None = None) -> torch.Tensor:
         """The convolution folded into the first linear layer: (b, out, (k*k + 1) * H'W').
 
         ``W0[o, c, p]`` (the layer's weight over channel c at position p) times
@@ -178,10 +157,7 @@ class StatisticsNetwork(nn.Module):
         batch, out = weight.shape[:2]
         channels, taps = filters.shape[1:]
         per_out = (
-            filters.transpose(1, 2)
-            .unsqueeze(1)
-            .expand(batch, out, taps, channels)
-            .reshape(batch * out, taps, channels)
+            filters.transpose(1, 2).unsqueeze(1).expand(batch, out, taps, channels).reshape(batch * out, taps, channels)
         )
         maps = weight.reshape(batch * out, channels, -1)
         if work is None:
@@ -221,9 +197,7 @@ class StatisticsNetwork(nn.Module):
             else:
                 shape = (*activations[-1].shape[:2], weight.shape[1])
                 out = work.get(f"{which}_hidden{layer}", shape, inputs)
-                activations.append(
-                    torch.baddbmm(bias, activations[-1], weight.transpose(1, 2), out=out)
-                )
+                activations.append(torch.baddbmm(bias, activations[-1], weight.transpose(1, 2), out=out))
         return activations
 
     def branch(self, which: str, samples: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
@@ -255,9 +229,7 @@ class StatisticsNetwork(nn.Module):
 
         With ``rows``, u, v and permutation hold only those rows of the batch.
         """
-        joint, marginal = self.scores(
-            self.branch("u", u, rows), self.branch("v", v, rows), permutation, rows
-        )
+        joint, marginal = self.scores(self.branch("u", u, rows), self.branch("v", v, rows), permutation, rows)
         return donsker_varadhan(joint, marginal)
 
     def ascent_gradients(
@@ -286,8 +258,7 @@ class StatisticsNetwork(nn.Module):
                 patches = (self.patches(u), self.patches(v))
             taps = {"u": patches[0], "v": patches[1]}
             stacks = {
-                w: self._linear_stack(w, s if taps[w] is None else taps[w], rows, work)
-                for w, s in (("u", u), ("v", v))
+                w: self._linear_stack(w, s if taps[w] is None else taps[w], rows, work) for w, s in (("u", u), ("v", v))
             }
             u_embed, v_embed = stacks["u"][-1], stacks["v"][-1]
             index = permutation.unsqueeze(-1).expand_as(v_embed)
@@ -303,10 +274,7 @@ class StatisticsNetwork(nn.Module):
             grad_joint = torch.full_like(joint, -1.0 / joint.shape[1])
             grad_marginal = torch.softmax(marginal, dim=1)
             self._grad(self.out_weight)[rows].copy_(
-                (
-                    grad_joint.unsqueeze(-1) * joint_act
-                    + grad_marginal.unsqueeze(-1) * marginal_act
-                ).sum(dim=1)
+                (grad_joint.unsqueeze(-1) * joint_act + grad_marginal.unsqueeze(-1) * marginal_act).sum(dim=1)
             )
             out = out_weight.unsqueeze(1)
             grad_joint_pre = grad_joint.unsqueeze(-1) * out * (joint_pre > 0)
@@ -371,20 +339,12 @@ class StatisticsNetwork(nn.Module):
         folded_grad = work.get(f"{which}_folded", (batch, out, patches.shape[2]), grad_out)
         torch.bmm(grad_out.transpose(1, 2), patches, out=folded_grad)
         folded_grad = folded_grad.view(batch * out, taps, -1)
-        per_out = (
-            filters.unsqueeze(1)
-            .expand(batch, out, channels, taps)
-            .reshape(batch * out, channels, taps)
-        )
+        per_out = filters.unsqueeze(1).expand(batch, out, channels, taps).reshape(batch * out, channels, taps)
         weight_grad = self._grad_rows(f"{which}_weight0", rows).view(batch * out, channels, -1)
         torch.bmm(per_out, folded_grad, out=weight_grad)
         weight = self._param(f"{which}_weight0", rows).reshape(batch * out, channels, -1)
         # (T, C) per output: 25% faster than the (C, T) orientation (measured, one thread)
-        filters_grad = (
-            torch.bmm(folded_grad, weight.transpose(1, 2))
-            .view(batch, out, taps, channels)
-            .sum(dim=1)
-        )
+        filters_grad = torch.bmm(folded_grad, weight.transpose(1, 2)).view(batch, out, taps, channels).sum(dim=1)
         self._grad_rows(f"{which}_conv_weight", rows).copy_(filters_grad[:, :-1].transpose(1, 2))
         self._grad_rows(f"{which}_conv_bias", rows).copy_(filters_grad[:, -1])
 

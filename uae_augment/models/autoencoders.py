@@ -116,9 +116,7 @@ class ConvAutoencoder(ReferenceModel):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [torch.optim.Adadelta(self.parameters(), **ADADELTA_KERAS)]
 
-    def training_loss(
-        self, x: torch.Tensor, y: torch.Tensor | None
-    ) -> tuple[torch.Tensor, LossParts]:
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, LossParts]:
         return F.binary_cross_entropy(self(x), x), {}
 
 
@@ -153,9 +151,7 @@ class DenseAutoencoder(ReferenceModel):
         features = flat_size(self.input_shape)
         self.first_layer = None
         self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(features, hidden), nn.Sigmoid())
-        self.decoder = nn.Sequential(
-            nn.Linear(hidden, features), nn.Sigmoid(), nn.Unflatten(1, self.input_shape)
-        )
+        self.decoder = nn.Sequential(nn.Linear(hidden, features), nn.Sigmoid(), nn.Unflatten(1, self.input_shape))
         keras_init_(self)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,9 +166,7 @@ class DenseAutoencoder(ReferenceModel):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [torch.optim.RMSprop(self.parameters(), **RMSPROP_KERAS)]
 
-    def training_loss(
-        self, x: torch.Tensor, y: torch.Tensor | None
-    ) -> tuple[torch.Tensor, LossParts]:
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, LossParts]:
         return F.mse_loss(self(x), x), {}
 
 
@@ -227,9 +221,7 @@ class SparseAutoencoder(DenseAutoencoder):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [torch.optim.Adam(self.parameters(), **ADAM_KERAS)]
 
-    def training_loss(
-        self, x: torch.Tensor, y: torch.Tensor | None
-    ) -> tuple[torch.Tensor, LossParts]:
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, LossParts]:
         code = self.encode(x)
         mse = F.mse_loss(self.decoder(code), x)
         kl = kl_sparsity(self.sparsity, code.mean(dim=0))
@@ -241,9 +233,7 @@ class SparseAutoencoder(DenseAutoencoder):
 def kl_sparsity(rho: float, rho_hat: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """sum_j KL(Bernoulli(rho) || Bernoulli(rho_hat_j)) for mean activations rho_hat (H,)."""
     rho_hat = rho_hat.clamp(eps, 1.0 - eps)
-    return (
-        rho * torch.log(rho / rho_hat) + (1.0 - rho) * torch.log((1.0 - rho) / (1.0 - rho_hat))
-    ).sum()
+    return (rho * torch.log(rho / rho_hat) + (1.0 - rho) * torch.log((1.0 - rho) / (1.0 - rho_hat))).sum()
 
 
 def _mlp(sizes: Sequence[int]) -> list[nn.Module]:
@@ -327,9 +317,7 @@ class AdversarialAutoencoder(ReferenceModel):
             torch.optim.Adam(self.encoder.parameters(), lr=1e-4, eps=ADAM_KERAS["eps"]),
         ]
 
-    def training_loss(
-        self, x: torch.Tensor, y: torch.Tensor | None
-    ) -> tuple[torch.Tensor, LossParts]:
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, LossParts]:
         """The reconstruction phase's loss (MSE)."""
         return F.mse_loss(self(x), x), {}
 

@@ -82,9 +82,7 @@ class ReferenceModel(nn.Module, abc.ABC):
         """Fresh optimisers over the model's parameters (the release's choice)."""
 
     @abc.abstractmethod
-    def training_loss(
-        self, x: torch.Tensor, y: torch.Tensor | None
-    ) -> tuple[torch.Tensor, LossParts]:
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, LossParts]:
         """The scalar training loss of a batch and its named parts (detached or not)."""
 
     def training_step(
@@ -118,8 +116,7 @@ def check_input(x: torch.Tensor, input_shape: tuple[int, ...], model: str) -> No
         raise TypeError(f"{model} expects a torch.Tensor, got {type(x).__name__}")
     if tuple(x.shape[1:]) != input_shape:
         raise ValueError(
-            f"{model} expects inputs of shape (N, {', '.join(map(str, input_shape))}),"
-            f" got {tuple(x.shape)}"
+            f"{model} expects inputs of shape (N, {', '.join(map(str, input_shape))}), got {tuple(x.shape)}"
         )
 
 

@@ -37,13 +37,9 @@ class _Classifier(ReferenceModel):
 
     input_shape: tuple[int, ...]
 
-    def training_loss(
-        self, x: torch.Tensor, y: torch.Tensor | None
-    ) -> tuple[torch.Tensor, LossParts]:
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, LossParts]:
         if y is None:
-            raise ValueError(
-                f"{type(self).__name__} needs labels: train it on a data set of (x, y) items"
-            )
+            raise ValueError(f"{type(self).__name__} needs labels: train it on a data set of (x, y) items")
         logits = self(x)
         accuracy = (logits.detach().argmax(dim=1) == y).float().mean()
         return F.cross_entropy(logits, y), {"accuracy": accuracy}
@@ -108,9 +104,7 @@ class CWClassifier(_Classifier):
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         side_h, side_w = ((height - 4) // 2 - 4) // 2, ((width - 4) // 2 - 4) // 2
         if min(side_h, side_w) < 1:
-            raise ValueError(
-                f"CWClassifier needs images of at least 10 x 10, got {height} x {width}"
-            )
+            raise ValueError(f"CWClassifier needs images of at least 10 x 10, got {height} x {width}")
         self.widths, self.classes = widths, positive_int(classes, "classes")
         c0, c1, c2, c3, d0, d1 = widths
         self.first_layer = nn.Sequential(nn.Conv2d(channels, c0, 3), nn.ReLU())

@@ -82,9 +82,7 @@ class ConcreteSelector(nn.Module):
         (input_dim,) = normalise_shape(input_dim, name="input_dim")
         (k,) = normalise_shape(k, name="k")
         if k > input_dim:
-            raise ValueError(
-                f"k must be at most input_dim={input_dim} to select distinct features, got {k}"
-            )
+            raise ValueError(f"k must be at most input_dim={input_dim} to select distinct features, got {k}")
         check_positive(start_temp, "start_temp")
         check_positive(end_temp, "end_temp")
         self.input_dim, self.k = input_dim, k
@@ -139,9 +137,7 @@ class ConcreteSelector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Selects from x (N, d): returns (N, K) (soft mixtures in training, features at eval)."""
         if x.dim() != 2 or x.shape[1] != self.input_dim:
-            raise ValueError(
-                f"ConcreteSelector expects inputs of shape (N, {self.input_dim}), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"ConcreteSelector expects inputs of shape (N, {self.input_dim}), got {tuple(x.shape)}")
         if not self.training:
             return x[:, self.selected_features()]
         uniform = torch.rand_like(self.logits).clamp_min(torch.finfo(self.logits.dtype).eps)
@@ -263,9 +259,7 @@ class ConcreteAutoencoder(ReferenceModel):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [torch.optim.Adam(self.parameters(), **ADAM_KERAS)]
 
-    def training_loss(
-        self, x: torch.Tensor, y: torch.Tensor | None
-    ) -> tuple[torch.Tensor, LossParts]:
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, LossParts]:
         return F.mse_loss(self.reconstruct_linear(x), x), {}
 
     def training_step(

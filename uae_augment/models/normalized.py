@@ -34,9 +34,7 @@ class Normalize(nn.Module):
                 "mean and std must have the same non-zero length (one value per channel), "
                 f"got {mean_t.numel()} and {std_t.numel()}"
             )
-        if not (torch.isfinite(mean_t).all() and torch.isfinite(std_t).all()) or bool(
-            (std_t <= 0).any()
-        ):
+        if not (torch.isfinite(mean_t).all() and torch.isfinite(std_t).all()) or bool((std_t <= 0).any()):
             raise ValueError(
                 f"mean must be finite and std finite and > 0, got mean={mean_t.tolist()}, std={std_t.tolist()}"
             )
@@ -51,14 +49,10 @@ class Normalize(nn.Module):
                 the number of values of ``mean``/``std`` (when that is > 1).
         """
         if x.dim() < 2:
-            raise ValueError(
-                f"x must be (N, C, ...) with a channel dimension, got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"x must be (N, C, ...) with a channel dimension, got shape {tuple(x.shape)}")
         channels = self.mean.numel()
         if channels > 1 and x.shape[1] != channels:
-            raise ValueError(
-                f"x has {x.shape[1]} channels (dimension 1) but mean/std have {channels} values"
-            )
+            raise ValueError(f"x has {x.shape[1]} channels (dimension 1) but mean/std have {channels} values")
         view = (1, channels) + (1,) * (x.dim() - 2)
         return (x - self.mean.view(view)) / self.std.view(view)
 
@@ -95,9 +89,7 @@ class Normalized(nn.Module):
         tensor([1., 1., 1.])
     """
 
-    def __init__(
-        self, model: nn.Module, mean: float | Sequence[float], std: float | Sequence[float]
-    ):
+    def __init__(self, model: nn.Module, mean: float | Sequence[float], std: float | Sequence[float]):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.model = model

@@ -157,9 +157,7 @@ class SimCLR(nn.Module):
             raise ValueError(f"warmup_fraction must lie in [0, 1), got {warmup_fraction}")
         self.backbone = CIFARResNet18(width=width, in_channels=in_channels)
         features = self.backbone.feature_dim
-        self.head = SimCLRProjectionHead(
-            input_dim=features, hidden_dim=features, output_dim=projection_dim
-        )
+        self.head = SimCLRProjectionHead(input_dim=features, hidden_dim=features, output_dim=projection_dim)
         self.augment = views if views is not None else SimCLRViews(size=size)
         self.loss_fn = NTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
         self.input_shape = (in_channels, *size)
@@ -217,9 +215,7 @@ class SimCLR(nn.Module):
         )
         return self.lr * factor
 
-    def make_views(
-        self, x: torch.Tensor, generators: Sequence[torch.Generator] | None = None
-    ) -> torch.Tensor:
+    def make_views(self, x: torch.Tensor, generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
         """Two training views per image: (N, C, H, W) -> (N, 2, C, H', W').
 
         ``generators`` (one per image, e.g. ``view_generators(seed, index,
@@ -231,9 +227,7 @@ class SimCLR(nn.Module):
             params = self.augment.sample_random(x.shape[0], 2, shape)
         else:
             if len(generators) != x.shape[0]:
-                raise ValueError(
-                    f"expected {x.shape[0]} generators (one per image), got {len(generators)}"
-                )
+                raise ValueError(f"expected {x.shape[0]} generators (one per image), got {len(generators)}")
             params = self.augment.sample(generators, 2, shape)
         return self.augment(x, params)
 

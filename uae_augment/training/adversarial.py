@@ -105,16 +105,12 @@ class InputNormalization(nn.Module):
         [[0.5, 0.5, 0.5, 0.5]]
     """
 
-    def __init__(
-        self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor | float | None = None
-    ):
+    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor | float | None = None):
         super().__init__()
         self.model = model
         mean = torch.as_tensor(mean, dtype=torch.float32).detach().clone()
         std_tensor = (
-            torch.ones_like(mean)
-            if std is None
-            else torch.as_tensor(std, dtype=torch.float32).detach().clone()
+            torch.ones_like(mean) if std is None else torch.as_tensor(std, dtype=torch.float32).detach().clone()
         )
         if not (std_tensor > 0).all():
             raise ValueError("std must be > 0 everywhere")
@@ -136,9 +132,7 @@ class InputNormalization(nn.Module):
         return declared if isinstance(declared, nn.Module) else None
 
 
-def _check_batch(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = check_images(x)
     labels = check_labels(y, x.shape[0], required=True, device=x.device)
     assert labels is not None
@@ -148,11 +142,7 @@ def _check_batch(
 def _check_attack(model: nn.Module, attack: Attack) -> None:
     check_attack(attack, "adversarial training")
     for used in attack.models():
-        if (
-            used is model
-            or any(m is model for m in used.modules())
-            or any(m is used for m in model.modules())
-        ):
+        if used is model or any(m is model for m in used.modules()) or any(m is used for m in model.modules()):
             return
     raise ValueError(
         "the attack was built on another model: build it on the model being trained, e.g."

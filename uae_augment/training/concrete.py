@@ -147,16 +147,12 @@ def _factory(
         initial = copy.deepcopy(model)
         return lambda: copy.deepcopy(initial)
     if not callable(model):
-        raise TypeError(
-            f"model must be a ConcreteAutoencoder or a factory returning one, got {type(model).__name__}"
-        )
+        raise TypeError(f"model must be a ConcreteAutoencoder or a factory returning one, got {type(model).__name__}")
 
     def build() -> ConcreteAutoencoder:
         built = model()
         if not isinstance(built, ConcreteAutoencoder):
-            raise TypeError(
-                f"the model factory must return a ConcreteAutoencoder, got {type(built).__name__}"
-            )
+            raise TypeError(f"the model factory must return a ConcreteAutoencoder, got {type(built).__name__}")
         return built
 
     return build

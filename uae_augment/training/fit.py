@@ -216,9 +216,7 @@ def fit(
                     history.metrics.append(means)
                     history.losses.append(means["loss"])
                     history.epochs += 1
-                    logger.info(
-                        "fit %s: epoch %d/%d mean loss %.6g", name, epoch + 1, epochs, means["loss"]
-                    )
+                    logger.info("fit %s: epoch %d/%d mean loss %.6g", name, epoch + 1, epochs, means["loss"])
             step.finish()
         finally:
             model.eval()
@@ -244,9 +242,7 @@ class _EpochOrder(Sampler[list[int]]):
             if not 0 <= self.rank < self.size:
                 raise ValueError(f"world must be (rank, size) with 0 <= rank < size, got {world}")
             if batch_size % self.size:
-                raise ValueError(
-                    f"batch_size {batch_size} does not split evenly over {self.size} processes"
-                )
+                raise ValueError(f"batch_size {batch_size} does not split evenly over {self.size} processes")
             self.batches_per_epoch = num_samples // batch_size
             if self.batches_per_epoch == 0:
                 raise ValueError(
@@ -256,9 +252,7 @@ class _EpochOrder(Sampler[list[int]]):
             self._generator = torch.Generator().manual_seed(seed)
         else:
             self.batches_per_epoch = math.ceil(num_samples / batch_size)
-            self._generator = torch.Generator().manual_seed(
-                derive_seed(seed, _FIT_KEY, _SHUFFLE_STREAM)
-            )
+            self._generator = torch.Generator().manual_seed(derive_seed(seed, _FIT_KEY, _SHUFFLE_STREAM))
         self.rows: list[torch.Tensor] = []
 
     def start_epoch(self, steps_left: int) -> None:
@@ -267,16 +261,12 @@ class _EpochOrder(Sampler[list[int]]):
         batches = min(self.batches_per_epoch, steps_left)
         if not self.distributed:
             if batches == self.batches_per_epoch:
-                torch.randperm(
-                    self.num_samples, generator=self._generator
-                )  # RandomSampler's remainder draw
+                torch.randperm(self.num_samples, generator=self._generator)  # RandomSampler's remainder draw
             self.rows = list(permutation.split(self.batch_size)[:batches])
             return
         local = self.batch_size // self.size
         self.rows = [
-            permutation[b * self.batch_size : (b + 1) * self.batch_size][
-                self.rank * local : (self.rank + 1) * local
-            ]
+            permutation[b * self.batch_size : (b + 1) * self.batch_size][self.rank * local : (self.rank + 1) * local]
             for b in range(batches)
         ]
 
@@ -290,9 +280,7 @@ class _EpochOrder(Sampler[list[int]]):
 class _Step:
     """Calls the model's training step with the options it names; in a distributed fit, under DDP."""
 
-    def __init__(
-        self, model: nn.Module, device: torch.device, seed: int, world: tuple[int, int] | None
-    ):
+    def __init__(self, model: nn.Module, device: torch.device, seed: int, world: tuple[int, int] | None):
         self.model, self.device, self.seed = model, device, seed
         self.size = world[1] if world is not None else 1
         self.owner = f"{type(model).__name__}.training_step"
@@ -330,9 +318,7 @@ class _Step:
         if not isinstance(values, dict):
             return values
         keys = sorted(values)
-        summed = torch.tensor(
-            [float(values[key]) for key in keys], dtype=torch.float64, device=self.device
-        )
+        summed = torch.tensor([float(values[key]) for key in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(summed)
         summed /= self.size
         return dict(zip(keys, summed.tolist()))
@@ -392,9 +378,7 @@ def _seed_generators(seed: int, cuda_devices: list[int]) -> None:
         torch.cuda.default_generators[index].manual_seed(seed)
 
 
-def _split_batch(
-    batch: Any, device: torch.device, *, check: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _split_batch(batch: Any, device: torch.device, *, check: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(batch, torch.Tensor):
         x, y = batch, None
     elif isinstance(batch, Sequence) and batch and isinstance(batch[0], torch.Tensor):

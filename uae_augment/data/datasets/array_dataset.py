@@ -54,11 +54,7 @@ class ArrayDataset(Dataset):
     ) -> None:
         if not isinstance(data, torch.Tensor) or not data.is_floating_point():
             raise TypeError(f"data must be a floating-point tensor, got {_describe(data)}")
-        if (
-            not isinstance(targets, torch.Tensor)
-            or targets.is_floating_point()
-            or targets.dtype == torch.bool
-        ):
+        if not isinstance(targets, torch.Tensor) or targets.is_floating_point() or targets.dtype == torch.bool:
             raise TypeError(f"targets must be an integer tensor, got {_describe(targets)}")
         if data.dim() < 2 or targets.shape != (data.shape[0],):
             raise ValueError(
@@ -71,9 +67,7 @@ class ArrayDataset(Dataset):
         if indices is None:
             indices = torch.arange(data.shape[0])
         if indices.shape != (data.shape[0],):
-            raise ValueError(
-                f"indices must have shape ({data.shape[0]},), got {tuple(indices.shape)}"
-            )
+            raise ValueError(f"indices must have shape ({data.shape[0]},), got {tuple(indices.shape)}")
         self.data = data
         self.targets = targets.long()
         self.indices = indices.long()

@@ -118,20 +118,14 @@ def _check_arrays(arrays: _Arrays, spec: _Spec, *, origin: str) -> None:
                 f"{origin}: x_{part} has shape {x.shape}, expected (N, {', '.join(map(str, spec.sample_shape))})"
                 f" for {spec.info.name!r}"
             )
-        if (spec.pixels and x.dtype != np.uint8) or (
-            not spec.pixels and not np.issubdtype(x.dtype, np.floating)
-        ):
-            raise DatasetFormatError(
-                f"{origin}: x_{part} has dtype {x.dtype}, expected {expected_dtype}"
-            )
+        if (spec.pixels and x.dtype != np.uint8) or (not spec.pixels and not np.issubdtype(x.dtype, np.floating)):
+            raise DatasetFormatError(f"{origin}: x_{part} has dtype {x.dtype}, expected {expected_dtype}")
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
             raise DatasetFormatError(
                 f"{origin}: y_{part} has shape {y.shape}, expected ({x.shape[0]},) to match x_{part}"
             )
         if y.size and not np.issubdtype(y.dtype, np.integer):
-            raise DatasetFormatError(
-                f"{origin}: y_{part} has dtype {y.dtype}, expected integer labels"
-            )
+            raise DatasetFormatError(f"{origin}: y_{part} has dtype {y.dtype}, expected integer labels")
         if y.size and (y.min() < 0 or y.max() >= spec.info.num_classes):
             raise DatasetFormatError(
                 f"{origin}: y_{part} holds labels in [{y.min()}, {y.max()}], expected [0, {spec.info.num_classes})"
@@ -141,9 +135,7 @@ def _check_arrays(arrays: _Arrays, spec: _Spec, *, origin: str) -> None:
     if arrays.x_train.shape[0] == 0:
         raise DatasetFormatError(f"{origin}: x_train is empty")
     if spec.has_test_split and arrays.x_test.shape[0] == 0:
-        raise DatasetFormatError(
-            f"{origin}: x_test is empty, but {spec.info.name!r} has an upstream test split"
-        )
+        raise DatasetFormatError(f"{origin}: x_test is empty, but {spec.info.name!r} has an upstream test split")
 
 
 def _build_canonical_file(spec: _Spec, path: Path) -> None:
@@ -191,17 +183,13 @@ def _split_rows(arrays: _Arrays, has_test_split: bool, seed: int | None) -> dict
     if has_test_split:
         return {
             "train": _Rows(arrays.x_train, arrays.y_train.astype(np.int64), np.arange(n_train)),
-            "test": _Rows(
-                arrays.x_test, arrays.y_test.astype(np.int64), np.arange(n_train, n_train + n_test)
-            ),
+            "test": _Rows(arrays.x_test, arrays.y_test.astype(np.int64), np.arange(n_train, n_train + n_test)),
         }
     from sklearn.model_selection import train_test_split
 
     every = _Rows(arrays.x_train, arrays.y_train, np.arange(n_train))
     if n_test:
-        every = _Rows.concatenate(
-            [every, _Rows(arrays.x_test, arrays.y_test, np.arange(n_train, n_train + n_test))]
-        )
+        every = _Rows.concatenate([every, _Rows(arrays.x_test, arrays.y_test, np.arange(n_train, n_train + n_test))])
     train_idx, test_idx = train_test_split(
         np.arange(len(every.y)),
         test_size=HELD_OUT_FRACTION,

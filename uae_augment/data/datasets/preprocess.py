@@ -82,28 +82,20 @@ def _nanmean(x: np.ndarray) -> np.ndarray:
 
 
 def _check_coil20_options(*, size: int, as_image: bool, **others: Any) -> None:
-    if (
-        isinstance(size, bool)
-        or not isinstance(size, (int, np.integer))
-        or not 1 <= size <= COIL20_SIDE
-    ):
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= COIL20_SIDE:
         raise ValueError(f"coil20 option size must be an int in [1, {COIL20_SIDE}], got {size!r}")
     if not isinstance(as_image, bool):
         raise ValueError(f"coil20 option as_image must be a bool, got {as_image!r}")
 
 
-def _fit_coil20(
-    x_train: np.ndarray, y_train: np.ndarray, *, size: int, as_image: bool
-) -> _Preprocess:
+def _fit_coil20(x_train: np.ndarray, y_train: np.ndarray, *, size: int, as_image: bool) -> _Preprocess:
     """Stateless: column-major rows -> upright images, resized to size x size (antialiased bilinear)."""
 
     def preprocess(x: np.ndarray, y: np.ndarray) -> torch.Tensor:
         upright = x.reshape(-1, COIL20_SIDE, COIL20_SIDE).transpose(0, 2, 1)
         images = torch.from_numpy(np.ascontiguousarray(upright, dtype=np.float32)).unsqueeze(1)
         if size != COIL20_SIDE:
-            images = F.interpolate(
-                images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-            )
+            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         images = images.clamp_(0.0, 1.0).contiguous()
         return images if as_image else images.flatten(1)
 

