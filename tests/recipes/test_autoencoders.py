@@ -16,6 +16,7 @@ import yaml
 import _config
 import _protocol
 import autoencoders as recipe
+from _autoencoders_args import MODEL_KINDS, attack_steps
 from uae_augment import MINEUAE, LpUAE, Reconstruction, UAECache, load_dataset
 from uae_augment.models import build_model
 from uae_augment.statistics import paired_difference
@@ -268,13 +269,13 @@ def test_dense_models_get_their_own_attack_steps() -> None:
     quick = _config.parse_config(parser, ["--quick"], recipe.QUICK)
     dense = Reconstruction(build_model("dense-ae", (1, 28, 28)))
     conv = Reconstruction(build_model("conv-ae", (1, 28, 28)))
-    assert recipe.attack_steps(dense, quick) == 40 and recipe.attack_steps(conv, quick) == 5
+    assert attack_steps(dense, quick) == 40 and attack_steps(conv, quick) == 5
     mine = recipe.METHODS["mine"].build(dense, quick, 0)
     assert mine.steps == 40 and mine.projection_dim == 32 and mine.projections == 100
     assert recipe.METHODS["mine-strong"].build(conv, quick, 0).steps == 5
     assert recipe.METHODS["l2"].build(dense, quick, 0).steps == 40
     plain = _config.parse_config(parser, ["--attack-steps", "7", "--strong-steps", "9"], recipe.QUICK)
-    assert recipe.attack_steps(dense, plain) == 7 and recipe.attack_steps(dense, plain, strong=True) == 9
+    assert attack_steps(dense, plain) == 7 and attack_steps(dense, plain, strong=True) == 9
 
 
 def test_yaml_config_sits_between_the_quick_preset_and_the_flags(tmp_path: Path) -> None:
@@ -286,7 +287,7 @@ def test_yaml_config_sits_between_the_quick_preset_and_the_flags(tmp_path: Path)
     assert args.attack_steps == 3 and args.models == ["conv"]  # YAML > quick
     assert args.train_rows == recipe.QUICK["train_rows"]  # quick > defaults
     defaults = _config.parse_config(parser, [], recipe.QUICK)
-    assert defaults.preset == "paper" and defaults.epochs is None and defaults.models == list(recipe.MODEL_KINDS)
+    assert defaults.preset == "paper" and defaults.epochs is None and defaults.models == list(MODEL_KINDS)
     config.write_text("epoch: 7\n")
     with pytest.raises(SystemExit):
         _config.parse_config(recipe.build_parser(), ["--config", str(config)], recipe.QUICK)
@@ -336,10 +337,10 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = read_results(tmp_path)
-    assert len(results["summary"]) == len(recipe.MODEL_KINDS)
-    assert len(results["runs"]) == len(recipe.MODEL_KINDS) * len(recipe.QUICK["seeds"])
+    assert len(results["summary"]) == len(MODEL_KINDS)
+    assert len(results["runs"]) == len(MODEL_KINDS) * len(recipe.QUICK["seeds"])
     assert "| mnist-5k (4,000-digit subset) | conv | ours (2 seeds, 400 train rows) |" in done.stdout
-    for kind in recipe.MODEL_KINDS:
+    for kind in MODEL_KINDS:
         assert_png(tmp_path / f"grid-mnist-5k-{kind}.png", min_side=200)
 
 
