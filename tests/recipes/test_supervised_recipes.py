@@ -23,6 +23,7 @@ import _protocol
 import adversarial_training
 import supervised_attacks
 import transferability
+from _transferability_models import CROSS_TRAINING, WeightDecayMLP, split_halves
 from uae_augment import FGSM, load_dataset, per_sample_mi
 from uae_augment.evaluation import distortion
 from uae_augment.models import LeNet, cw_mnist
@@ -348,7 +349,7 @@ def test_transferability_json_is_consistent(transfer_run: tuple[Path, str]) -> N
     ]
 
     # FC100-100-10's accuracy and first layer bound from its checkpoint
-    model = transferability.WeightDecayMLP((1, 28, 28), (100, 100), 1e-5, epochs=2)
+    model = WeightDecayMLP((1, 28, 28), (100, 100), 1e-5, epochs=2)
     model.load_state_dict(torch.load(out / "models" / "FC100-100-10-seed0.pt", weights_only=False)["state_dict"])
     x_test, y_test = _mnist_test()
     with torch.no_grad():
@@ -362,7 +363,7 @@ def test_transferability_cross_training(transfer_run: tuple[Path, str]) -> None:
     out, _ = transfer_run
     (run,) = read_results(out)["runs"]
     cross = run["cross_training"]
-    names = [spec.name for spec in transferability.CROSS_TRAINING]
+    names = [spec.name for spec in CROSS_TRAINING]
     assert cross["transfer"]["targets"] == names
     assert [cross["training"][n]["part"] for n in names] == ["P1", "P1", "P2"]
     assert cross["training"][names[0]]["rows"] == cross["training"][names[2]]["rows"] == 150
@@ -372,9 +373,9 @@ def test_transferability_cross_training(transfer_run: tuple[Path, str]) -> None:
     assert "noise rms=0.06" in cross["transfer"]["rows"]
     # the halves are disjoint and the P2 net's accuracy is recomputed from its checkpoint
     train = _protocol.subset_rows(load_dataset("mnist-5k", split="train"), 300)
-    halves = transferability.split_halves(train)
+    halves = split_halves(train)
     assert not set(halves["P1"].indices) & set(halves["P2"].indices)
-    model = transferability.WeightDecayMLP((1, 28, 28), (100, 100), 1e-5, epochs=40, activation="sigmoid")
+    model = WeightDecayMLP((1, 28, 28), (100, 100), 1e-5, epochs=40, activation="sigmoid")
     state = torch.load(out / "models" / "cross-FC100-100-10_-seed0.pt", weights_only=False)["state_dict"]
     model.load_state_dict(state)
     x_test, y_test = _mnist_test()
