@@ -23,6 +23,7 @@ import _protocol
 import adversarial_training
 import supervised_attacks
 import transferability
+from _supervised_args import ATTACKS
 from _transferability_models import CROSS_TRAINING, WeightDecayMLP, split_halves
 from uae_augment import FGSM, load_dataset, per_sample_mi
 from uae_augment.evaluation import distortion
@@ -85,7 +86,7 @@ def test_supervised_attacks_json_matches_a_recomputation(attacks_run: tuple[Path
     results = read_results(out)
     (run,) = results["runs"]
     assert run["dataset"] == "mnist-5k" and run["train_size"] == 300 and run["images"] == 6
-    assert set(run["attacks"]) == set(supervised_attacks.ATTACKS)
+    assert set(run["attacks"]) == set(ATTACKS)
     budget = {"minmax": 4, "penalty": 2 * 3, "pgd": 3, "fgsm": 1, "lbfgs": 2 * 5}
     for name, entry in run["attacks"].items():
         assert entry["iterations"] == budget[name] and entry["n"] == 6
@@ -139,7 +140,7 @@ def test_supervised_attacks_tables_and_figures(attacks_run: tuple[Path, str]) ->
     ] * 2
     detail = [row for row in rows if len(row) == 11]
     assert [row[0] for row in detail] == [
-        *(supervised_attacks.LABELS[a] for a in supervised_attacks.ATTACKS),
+        *(supervised_attacks.LABELS[a] for a in ATTACKS),
         "reference: x' = x",
         "reference: x' = another test image",
     ]
