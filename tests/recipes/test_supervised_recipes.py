@@ -23,6 +23,7 @@ import _protocol
 import adversarial_training
 import supervised_attacks
 import transferability
+from _adversarial_training_report import COLUMN_LABELS
 from _supervised_args import ATTACKS
 from _transferability_models import CROSS_TRAINING, WeightDecayMLP, split_halves
 from uae_augment import FGSM, load_dataset, per_sample_mi
@@ -275,7 +276,7 @@ def test_adversarial_training_tables_and_figures(training_run: tuple[Path, str])
     assert standard_paper[2:7] == ["0.9858", "0.0142", "0.9858", "0.9899", "0.7029"]
     assert standard_paper[7:12] == ["0.0496", "0.9504", "0.9305", "0.8869", "0.9328"]
     layout = [row for row in rows if len(row) == 5]
-    assert [row[0] for row in layout[:5]] == list(adversarial_training.COLUMN_LABELS)
+    assert [row[0] for row in layout[:5]] == list(COLUMN_LABELS)
     assert layout[5][2] == "0.9840" and layout[5][4] == "0.8328"  # adversarial training, reference
     for name in ("training_curves.png", "fgsm_vs_epsilon.png"):
         assert_png(out / name)
