@@ -106,6 +106,34 @@ def base_parser(
     return parser
 
 
+def add_mine_batch_arguments(attack: argparse._ArgumentGroup) -> None:
+    """The MINE-UAE recipes' shared flags: projection length, attack and precompute batch sizes, probe rows."""
+    attack.add_argument(
+        "--projection-dim",
+        type=int,
+        default=128,
+        help="length of each random projection of MINE (release: %(default)s)",
+    )
+    attack.add_argument(
+        "--attack-batch-size",
+        type=int,
+        default=None,
+        help="samples attacked together (default: the preset's)",
+    )
+    attack.add_argument(
+        "--precompute-batch-size",
+        type=int,
+        default=256,
+        help="rows per precompute batch (default: %(default)s)",
+    )
+    attack.add_argument(
+        "--probe",
+        type=int,
+        default=8,
+        help="evenly spaced training rows attacked again in memory for the grid and the moved-from-delta_0 statistics (default: %(default)s)",
+    )
+
+
 def parse_config(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None,

@@ -155,30 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=500,
         help="random projections K of MINE (default: %(default)s)",
     )
-    attack.add_argument(
-        "--projection-dim",
-        type=int,
-        default=128,
-        help="length of each random projection of MINE (release: %(default)s)",
-    )
-    attack.add_argument(
-        "--attack-batch-size",
-        type=int,
-        default=None,
-        help="samples attacked together (default: the preset's)",
-    )
-    attack.add_argument(
-        "--precompute-batch-size",
-        type=int,
-        default=256,
-        help="rows per precompute batch (default: %(default)s)",
-    )
-    attack.add_argument(
-        "--probe",
-        type=int,
-        default=8,
-        help="evenly spaced training rows attacked again in memory for the grid and the moved-from-delta_0 statistics (default: %(default)s)",
-    )
+    _config.add_mine_batch_arguments(attack)
     return parser
 
 
