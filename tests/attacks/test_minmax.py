@@ -268,13 +268,13 @@ def test_fast_preset_learning_rate_follows_the_sampler_mode():
     assert preset == BySampler(feature_maps=1.5e-5, random_projection=5e-4)
     dense = MINEUAE(Reconstruction(digits_dense_autoencoder()), preset="fast")
     x = digits()[0][:4]
-    assert dense.similarity(x, torch.arange(4)).mine.optimizer.param_groups[0]["lr"] == 5e-4
+    assert dense.similarity(x, torch.arange(4)).mine.lr == 5e-4
     conv = MINEUAE(Reconstruction(digits_conv_autoencoder()), preset="fast")
-    assert conv.similarity(x, torch.arange(4)).mine.optimizer.param_groups[0]["lr"] == 1.5e-5
+    assert conv.similarity(x, torch.arange(4)).mine.lr == 1.5e-5
     assert (
         MINEUAE(Reconstruction(digits_dense_autoencoder()), preset="fast", mine_lr=1e-3)
         .similarity(x, torch.arange(4))
-        .mine.optimizer.param_groups[0]["lr"]
+        .mine.lr
         == 1e-3
     )
     assert conv.config()["mine_lr"] == {"feature_maps": 1.5e-5, "random_projection": 5e-4}

@@ -22,6 +22,7 @@ import torch
 from .._seeding import Stream, sample_generators, stacked_uniform
 from ..criteria import Criterion
 from ..mine import PerSampleMINE, Sampler, projection_mi
+from .base import padding_rows
 from .result import AttackResult
 
 
@@ -73,6 +74,13 @@ class MISimilarity:
 
     The sampler (the victim's first layer) runs under the caller's autocast, if
     any; its maps are cast to float32 and MINE itself runs without autocast.
+
+    MINE runs on the chunk's real rows only: the rows that pad a chunk to a
+    multiple of 8 (:func:`~uae_augment.attacks.base.pad_rows`) get the last real
+    row's value, without gradient. A MINE row's bits do not depend on its
+    sub-batch (tested), so this changes no result and spares a 1-row attack 7
+    rows of MINE training; the sampler still sees every row, so its bits stay
+    those of the padded batch.
     """
 
     reports_mi = True
@@ -90,12 +98,13 @@ class MISimilarity:
         init_round: int = 0,
     ):
         self.sampler = sampler
+        self.rows = int((~padding_rows(index.cpu())).sum())
         with torch.no_grad():
-            self.u = sampler(x).detach().float()
+            self.u = sampler(x)[: self.rows].detach().float()
         self.mine = PerSampleMINE(
             self.u.shape[2:],
             seed=seed,
-            index=index,
+            index=index[: self.rows],
             count=self.u.shape[1],
             lr=mine_lr,
             hidden=hidden,
@@ -104,14 +113,19 @@ class MISimilarity:
         )
         self.mine_steps = mine_steps
 
+    def _padded(self, values: torch.Tensor, total: int) -> torch.Tensor:
+        if total == self.rows:
+            return values
+        return torch.cat([values, values[-1:].detach().expand(total - self.rows)])
+
     def value(self, x_adv: torch.Tensor) -> torch.Tensor:
-        v = self.sampler(x_adv).float()
+        v = self.sampler(x_adv)[: self.rows].float()
         with full_precision(x_adv.device):
-            return self.mine.estimate(self.u, v)
+            return self._padded(self.mine.estimate(self.u, v), x_adv.shape[0])
 
     def update(self, x_adv: torch.Tensor) -> None:
         with torch.no_grad():
-            v = self.sampler(x_adv).float()
+            v = self.sampler(x_adv)[: self.rows].float()
         with torch.enable_grad(), full_precision(x_adv.device):
             self.mine.train(self.u, v, self.mine_steps)
 

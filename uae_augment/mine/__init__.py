@@ -29,6 +29,7 @@ from .estimator import estimate_mi
 from .per_sample import (
     SUB_BATCH_BYTES,
     SUB_BATCH_MULTIPLE,
+    BlockAdam,
     PerSampleMINE,
     make_adam,
     per_sample_mi,
@@ -46,6 +47,7 @@ from .statistics_network import StatisticsNetwork, Workspace, donsker_varadhan
 __all__ = [
     "SUB_BATCH_BYTES",
     "SUB_BATCH_MULTIPLE",
+    "BlockAdam",
     "FeatureMapSampler",
     "PerSampleMINE",
     "RandomProjectionSampler",
