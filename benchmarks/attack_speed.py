@@ -344,6 +344,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="git ref of an earlier version: every fast_* row also runs on it (git worktree) in the same run",
     )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=1,
+        help="with --baseline-ref: alternating (this version, baseline) process pairs per fast_* row; "
+        "the rows report the median-CPU run of each side and every pair's speed-up",
+    )
     parser.add_argument("--reference-images", type=int, default=2, help="images for the reference loop")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
     parser.add_argument("--train-rows", type=int, default=4000, help="MNIST-5k training rows for the victim")
@@ -357,6 +364,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.extrapolate_to < 2:
         parser.error("--iterations must be >= 1 and --extrapolate-to >= 2")
+    if args.pairs < 1:
+        parser.error("--pairs must be >= 1")
     return args
 
 
@@ -507,6 +516,26 @@ def _baseline_row(
     return base
 
 
+def _cpu_of(raw: dict[str, Any]) -> float:
+    return raw["user_s"] + raw["sys_s"]
+
+
+def _median_run(raws: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median CPU seconds (the lower middle one for an even count)."""
+    return sorted(raws, key=_cpu_of)[(len(raws) - 1) // 2]
+
+
+def _pair_speedup(spec: dict[str, Any], now: dict[str, Any], before: dict[str, Any]) -> dict[str, float]:
+    """One alternating pair: CPU s per image of each side and the speed-ups (CPU s, wall)."""
+    n = spec["images_timed"]
+    return {
+        "cpu_s_per_image": round(_cpu_of(now) / n, 4),
+        "baseline_cpu_s_per_image": round(_cpu_of(before) / n, 4),
+        "speedup_cpu_s": round(_cpu_of(before) / _cpu_of(now), 2),
+        "speedup_wall_s": round(before["timed_s"] / now["timed_s"], 2),
+    }
+
+
 def _skip_for_memory(spec: dict[str, Any], cost: dict[str, float]) -> str | None:
     if spec["device"] != "cpu":
         return None
@@ -579,7 +608,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 continue
             spec["load_before"] = load_average()[0]
             loads.append(spec["load_before"])
-            raw = launch(spec, workdir)
+            paired = baseline is not None and spec["name"].startswith("fast_")
+            raws, base_raws = [launch(spec, workdir)], []
+            for pair in range(args.pairs if paired else 0):
+                if pair > 0:
+                    raws.append(launch(spec, workdir))
+                base_raws.append(launch(spec, workdir, baseline))
+            raw = _median_run(raws)
             row = _summarise(spec, raw, args)
             row["roofline"] = {
                 "peaks_in_this_process": raw["peaks"],
@@ -590,8 +625,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"# {row['name']}: {row['s_per_image_extrapolated']} s/image (extrapolated)",
                 file=sys.stderr,
             )
-            if baseline is not None and spec["name"].startswith("fast_"):
-                rows.append(_baseline_row(spec, row, launch(spec, workdir, baseline), args))
+            if paired:
+                base = _baseline_row(spec, row, _median_run(base_raws), args)
+                base["pairs"] = [_pair_speedup(spec, now, before) for now, before in zip(raws, base_raws)]
+                rows.append(base)
         if baseline is not None:
             root = Path(__file__).resolve().parent.parent
             subprocess.run(

@@ -238,6 +238,8 @@ def test_attack_speed_reports_kernel_time_and_runs_a_baseline_version(tmp_path):
         "2",
         "--baseline-ref",
         "HEAD",
+        "--pairs",
+        "2",
         "--train-rows",
         "128",
         "--copy-mb",
@@ -256,6 +258,12 @@ def test_attack_speed_reports_kernel_time_and_runs_a_baseline_version(tmp_path):
         assert row["user_s_per_image"] > 0 and row["sys_s_per_image"] >= 0 and row["threads"] == 1
         assert 0 <= row["sys_fraction_of_cpu"] < 1
     assert rows["fast_B2_T1_baseline"]["speedup_cpu_s"] > 0 and rows["fast_B2_T1_baseline"]["kind"] == "baseline"
+    pairs = rows["fast_B2_T1_baseline"]["pairs"]  # two alternating (this version, baseline) processes
+    assert len(pairs) == 2 and all(pair["speedup_cpu_s"] > 0 and pair["cpu_s_per_image"] > 0 for pair in pairs)
+    cpus = sorted(pair["cpu_s_per_image"] for pair in pairs)
+    assert rows["fast_B2_T1"]["user_s_per_image"] + rows["fast_B2_T1"]["sys_s_per_image"] == pytest.approx(
+        cpus[0], abs=2e-4
+    )  # the median run of two: the lower one
     worktrees = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, check=True).stdout
     assert "attack_speed_" not in worktrees  # the baseline's worktree is removed again
 

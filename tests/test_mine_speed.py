@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import resource
 
 import pytest
 import torch
 
-from uae_augment.mine import BlockAdam, PerSampleMINE, Workspace, sub_batch_rows
+from uae_augment.mine import BlockAdam, PerSampleMINE, Workspace, per_sample, sub_batch_rows
 
 PAGE_BYTES = resource.getpagesize()
 
@@ -144,3 +145,21 @@ def test_workspace_reuses_one_buffer_per_name():
     assert small.data_ptr() == big.data_ptr() and small.shape == (2, 3)
     assert work.get("a", (5, 5), like).numel() == 25  # grows when asked for more
     assert work.get("b", (2,), like).data_ptr() != work.get("a", (2,), like).data_ptr()
+
+
+def test_a_forked_child_does_not_inherit_the_parents_pool(threads):
+    # the parent's pool threads do not exist in a fork (a DataLoader worker): the child starts
+    # without pools and still trains (with one thread, as DataLoader workers run)
+    threads(2)
+    u, v = torch.rand(16, 7, 6, 5), torch.rand(16, 7, 6, 5)
+    expected = _mine(16, (6, 5), 7, sub_batch=8).train(u, v, 2)  # creates the parent's 2-thread pool
+    assert per_sample._POOLS
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        pools, got = pool.apply_async(_train_in_child, (u, v)).get(timeout=120)
+    assert pools == 0 and torch.equal(got, expected)
+
+
+def _train_in_child(u: torch.Tensor, v: torch.Tensor) -> tuple[int, torch.Tensor]:
+    pools = len(per_sample._POOLS)
+    torch.set_num_threads(1)  # libgomp cannot run a team of threads again in a fork of a parent that used one
+    return pools, _mine(16, (6, 5), 7, sub_batch=8).train(u, v, 2)
