@@ -129,10 +129,11 @@ def test_fixed_samples_taps_are_reused_until_the_samples_change(threads):
 def test_sub_batch_rows_follow_the_budget_not_the_threads(threads):
     threads(1)
     network = _mine(4, (28, 28), 16).network
-    assert sub_batch_rows(network, 16) == 8  # ~4.5 MB per row: 5 rows in 24 MB, rounded up to 8
-    assert sub_batch_rows(network, 16, budget=100 * 2**20) == 24  # 22 rows, rounded up
+    assert sub_batch_rows(network, 16) == 2  # ~4.5 MB per row: 2 rows in 12 MiB
+    assert sub_batch_rows(network, 16, budget=100 * 2**20) == 24  # 23 rows, rounded up to a multiple of 2
+    assert sub_batch_rows(network, 16, budget=2**20) == 2  # at least one row, rounded up
     threads(2)
-    assert sub_batch_rows(network, 16) == 8
+    assert sub_batch_rows(network, 16) == 2
     with pytest.raises(ValueError, match="sub_batch must be >= 1"):
         _mine(4, (6, 5), 7, sub_batch=0)
 

@@ -79,24 +79,28 @@ def _block_adam(params: Sequence[torch.Tensor], lr: float) -> BlockAdam | torch.
     return make_adam(params, lr)
 
 
-SUB_BATCH_BYTES = 24 * 2**20
+SUB_BATCH_BYTES = 12 * 2**20
 """Working-set budget of one MINE training sub-batch (bytes): its rows' parameters,
 gradients, Adam moments and step temporaries, so that the S steps of an attack
 iteration reuse cached state and every temporary is small enough to be recycled
-by the allocator (no page faults per step)."""
+by the allocator (no page faults per step). Two sub-batches (two processes or two
+threads) then fit the 32 MB last-level cache of the 2-core test machine together:
+measured there with two concurrent processes (fast preset, MNIST maps, 16 rows),
+2-row sub-batches (this budget) took 1.00-1.04 ms per sample and MINE step, 8-row
+ones (24 MiB) 1.13-1.15; alone, 2 to 16 rows ran within noise of each other."""
 
 ADAM_ROW_MULTIPLE = 64
 """Per-row parameter sizes that fused Adam may update as one block view (no vector tails
 inside a row for any vector width up to 16 floats unrolled four times)."""
 
-SUB_BATCH_MULTIPLE = 8
+SUB_BATCH_MULTIPLE = 2
 """The default sub-batch is rounded up to a multiple of this many rows. The bits do not
-depend on the sub-batch (tested); the rounding is for speed: 4- to 32-row sub-batches
-ran within noise of each other at B = 64 (one thread, MNIST maps), 1-row ones slower."""
+depend on the sub-batch (tested); 1-row sub-batches ran 20-25 % slower than 2-row ones
+(the per-step operation overhead is paid per sub-batch)."""
 
 
 def sub_batch_rows(network: StatisticsNetwork, count: int, budget: int = SUB_BATCH_BYTES) -> int:
-    """Rows per MINE sub-batch: the budget's rows rounded up to a multiple of 8.
+    """Rows per MINE sub-batch: the budget's rows rounded up to a multiple of :data:`SUB_BATCH_MULTIPLE`.
 
     Per row: 4 floats per parameter (value, gradient, two Adam moments) and the
     step's temporaries (for map samples two K x (k*k + 1)H'W' tap tensors and two
