@@ -80,8 +80,9 @@ def test_sub_batches_equal_the_whole_batch_bitwise(threads, batch, num_threads):
         for (name, a), b in zip(whole.network.named_parameters(), parted.network.parameters()):
             assert torch.equal(a, b), (name, rows)
         assert torch.equal(last, expected)
+        estimate = parted.estimate(u, v, permutation)  # at num_threads, like the training steps
         threads(1)
-        assert torch.equal(parted.estimate(u, v, permutation), whole.estimate(u, v, permutation))
+        assert torch.equal(estimate, whole.estimate(u, v, permutation))
         threads(num_threads)
 
 
@@ -126,14 +127,14 @@ def test_fixed_samples_taps_are_reused_until_the_samples_change(threads):
     assert torch.equal(mine._u_taps.taps[1], mine.network.patches(u[2:4]))
 
 
-def test_sub_batch_rows_follow_the_budget_not_the_threads(threads):
+def test_sub_batch_rows_follow_the_budget_and_the_threads(threads):
     threads(1)
     network = _mine(4, (28, 28), 16).network
     assert sub_batch_rows(network, 16) == 2  # ~4.5 MB per row: 2 rows in 12 MiB
     assert sub_batch_rows(network, 16, budget=100 * 2**20) == 24  # 23 rows, rounded up to a multiple of 2
     assert sub_batch_rows(network, 16, budget=2**20) == 2  # at least one row, rounded up
     threads(2)
-    assert sub_batch_rows(network, 16) == 2
+    assert sub_batch_rows(network, 16) == 8  # fewer hand-overs of Python's lock between the workers
     with pytest.raises(ValueError, match="sub_batch must be >= 1"):
         _mine(4, (6, 5), 7, sub_batch=0)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -105,8 +105,12 @@ def sub_batch_rows(network: StatisticsNetwork, count: int, budget: int = SUB_BAT
     Per row: 4 floats per parameter (value, gradient, two Adam moments) and the
     step's temporaries (for map samples two K x (k*k + 1)H'W' tap tensors and two
     folded first-layer weights of that width, four K x hidden ones with a hidden
-    layer). The thread count does not change it: with n threads, n sub-batches
-    train at once (:meth:`PerSampleMINE.train`).
+    layer). With n > 1 torch threads, n sub-batches train at once
+    (:meth:`PerSampleMINE.train`) and each is 4x larger: every operation of a
+    sub-batch hands Python's lock to the other thread (a futex call each way),
+    and 2-row sub-batches spent 5-6 % of the CPU in the kernel doing so (B = 64,
+    2 threads; 473k futex calls in an 11-iteration attack). The bits do not
+    depend on the sub-batch.
     """
     params = sum(p[0].numel() for p in network.parameters())
     temporaries = 0
@@ -116,7 +120,8 @@ def sub_batch_rows(network: StatisticsNetwork, count: int, budget: int = SUB_BAT
     if network.hidden is not None:
         temporaries += 4 * count * network.hidden
     rows = max(1, budget // (4 * (4 * params + temporaries)))
-    return -(-rows // SUB_BATCH_MULTIPLE) * SUB_BATCH_MULTIPLE
+    rows = -(-rows // SUB_BATCH_MULTIPLE) * SUB_BATCH_MULTIPLE
+    return rows if torch.get_num_threads() == 1 else 4 * rows
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -255,12 +260,50 @@ class PerSampleMINE:
         return perms.transpose(0, 1)
 
     def estimate(self, u: torch.Tensor, v: torch.Tensor, permutation: torch.Tensor | None = None) -> torch.Tensor:
-        """I_theta(x, x') per sample (B,), differentiable w.r.t. u, v and theta."""
+        """I_theta(x, x') per sample (B,), differentiable w.r.t. u, v and theta.
+
+        By sub-batch, with single-threaded operations on the CPU like :meth:`train`
+        (a 1-row sub-batch's products split over two threads measurably changed bits).
+        """
         if permutation is None:
             permutation = self.permutations(1)[0]
-        # by sub-batch: each sub-batch's temporaries are small enough to be recycled by the allocator
-        parts = [self.network(u[rows], v[rows], permutation[rows], rows) for rows in self.sub_batches]
+        grad_enabled = torch.is_grad_enabled()
+
+        def block(index: int, worker: int) -> torch.Tensor:
+            rows = self.sub_batches[index]
+            with torch.set_grad_enabled(grad_enabled):
+                return self.network(u[rows], v[rows], permutation[rows], rows)
+
+        parts = self._by_block(block, u.device)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _by_block(self, block: Callable[[int, int], torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        """``block(index, worker)`` for every sub-batch, in order.
+
+        On the CPU every call runs with single-threaded operations: with n torch
+        threads, n workers take sub-batches worker, worker + n, ... (a fixed
+        assignment) in a pool; off the CPU, one after another.
+        """
+        indices = range(len(self.sub_batches))
+        if device.type != "cpu":
+            self._workspace(0)
+            return [block(index, 0) for index in indices]
+        workers = min(torch.get_num_threads(), len(indices))
+        for worker in range(workers):
+            self._workspace(worker)
+
+        def run(worker: int) -> list[torch.Tensor]:
+            return [block(index, worker) for index in indices[worker::workers]]
+
+        if workers == 1:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return run(0)
+            finally:
+                torch.set_num_threads(threads)
+        done = list(_single_threaded_pool(workers).map(run, range(workers)))
+        return [done[index % workers][index // workers] for index in indices]
 
     def _fixed_taps(self, u: torch.Tensor) -> list[torch.Tensor | None]:
         """Every sub-batch's :meth:`StatisticsNetwork.patches` of ``u``, cached across calls."""
@@ -301,29 +344,10 @@ class PerSampleMINE:
             return last
         permutations = self.permutations(steps)
         u_taps = self._fixed_taps(u)
-        blocks = range(len(self.sub_batches))
-        if u.device.type != "cpu":
-            parts = [self._train_block(b, u, v, u_taps[b], permutations, self._workspace(0)) for b in blocks]
-        else:
-            workers = min(torch.get_num_threads(), len(self.sub_batches))
-            for worker in range(workers):
-                self._workspace(worker)
-
-            def run(worker: int) -> list[tuple[int, torch.Tensor]]:
-                # sub-batches worker, worker + n, ...: a fixed assignment, single-threaded operations
-                work = self._workspaces[worker]
-                return [(b, self._train_block(b, u, v, u_taps[b], permutations, work)) for b in blocks[worker::workers]]
-
-            if workers == 1:
-                threads = torch.get_num_threads()
-                torch.set_num_threads(1)
-                try:
-                    done = run(0)
-                finally:
-                    torch.set_num_threads(threads)
-            else:
-                done = [pair for pairs in _single_threaded_pool(workers).map(run, range(workers)) for pair in pairs]
-            parts = [estimate for _, estimate in sorted(done, key=lambda pair: pair[0])]
+        parts = self._by_block(
+            lambda b, worker: self._train_block(b, u, v, u_taps[b], permutations, self._workspaces[worker]),
+            u.device,
+        )
         for rows, estimate in zip(self.sub_batches, parts):
             last[rows] = estimate
         return last
