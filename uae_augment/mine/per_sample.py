@@ -297,6 +297,8 @@ class PerSampleMINE:
 
         if workers == 1:
             threads = torch.get_num_threads()
+            if threads == 1:
+                return run(0)
             torch.set_num_threads(1)
             try:
                 return run(0)
