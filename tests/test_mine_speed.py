@@ -48,7 +48,7 @@ def test_mine_iterations_allocate_no_large_temporaries(threads):
 
     def delta_step() -> torch.Tensor:
         v_step = v.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(mine.estimate(u, v_step).sum(), v_step)
+        (grad,) = torch.autograd.grad(mine.attack_estimate(u, v_step).sum(), v_step)
         return v_step.detach() - 1e-3 * grad
 
     mine.train(u, delta_step(), 2)  # first touch of parameters, gradients, Adam moments and workspace
@@ -81,9 +81,54 @@ def test_sub_batches_equal_the_whole_batch_bitwise(threads, batch, num_threads):
             assert torch.equal(a, b), (name, rows)
         assert torch.equal(last, expected)
         estimate = parted.estimate(u, v, permutation)  # at num_threads, like the training steps
+        estimate_grad = _attack_gradient(parted, u, v, permutation)
         threads(1)
         assert torch.equal(estimate, whole.estimate(u, v, permutation))
+        assert torch.equal(estimate_grad, _attack_gradient(whole, u, v, permutation))
         threads(num_threads)
+
+
+def _attack_gradient(mine: PerSampleMINE, u: torch.Tensor, v: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
+    v = v.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(mine.attack_estimate(u, v, permutation).sum(), v)
+    return grad
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (9,)])
+@pytest.mark.parametrize("hidden", [None, 12])
+@pytest.mark.parametrize(("batch", "rows"), [(1, None), (5, 2), (4, 4)])
+def test_attack_estimate_equals_the_autograd_estimate(threads, shape, hidden, batch, rows):
+    # the delta step's hand-written gradient at v: the value bitwise, the gradient to rounding
+    threads(1)
+    mine = PerSampleMINE(shape, seed=1, index=torch.arange(batch), count=7, lr=1e-3, hidden=hidden, sub_batch=rows)
+    u, v = torch.rand(batch, 7, *shape), torch.rand(batch, 7, *shape)
+    mine.train(u, v, 3)
+    permutation = mine.permutations(1)[0]
+    weights = torch.randn(batch)  # any upstream gradient, one per sample
+    values = {}
+    for name, method in (("autograd", mine.estimate), ("hand-written", mine.attack_estimate)):
+        v_grad = v.clone().requires_grad_(True)
+        value = method(u, v_grad, permutation)
+        (grad,) = torch.autograd.grad((weights * value).sum(), v_grad)
+        values[name] = (value.detach(), grad)
+    assert torch.equal(values["hand-written"][0], values["autograd"][0])
+    torch.testing.assert_close(values["hand-written"][1], values["autograd"][1], rtol=1e-5, atol=1e-7)
+    assert values["autograd"][1].abs().amax() > 1e-3  # a gradient that can disagree
+    before = [p.detach().clone() for p in mine.network.parameters()]
+    mine.attack_estimate(u, v.clone().requires_grad_(True), permutation)
+    assert all(torch.equal(a, b) for a, b in zip(before, mine.network.parameters()))  # parameters untouched
+
+
+def test_training_steps_skip_the_bound_but_write_the_same_gradients():
+    mine = _mine(3, (6, 5), 7)
+    u, v = torch.rand(3, 7, 6, 5), torch.rand(3, 7, 6, 5)
+    permutation = mine.permutations(1)[0]
+    network = mine.network
+    estimate = network.ascent_gradients(u, v, permutation)
+    with_bound = [p.grad.clone() for p in network.parameters()]
+    assert network.ascent_gradients(u, v, permutation, bound=False) is None
+    assert all(torch.equal(a, p.grad) for a, p in zip(with_bound, network.parameters()))
+    assert torch.equal(estimate, network(u, v, permutation).detach())
 
 
 def test_vector_samples_train_bitwise_in_any_sub_batch(threads):

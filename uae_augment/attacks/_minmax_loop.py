@@ -121,7 +121,7 @@ class MISimilarity:
     def value(self, x_adv: torch.Tensor) -> torch.Tensor:
         v = self.sampler(x_adv)[: self.rows].float()
         with full_precision(x_adv.device):
-            return self._padded(self.mine.estimate(self.u, v), x_adv.shape[0])
+            return self._padded(self.mine.attack_estimate(self.u, v), x_adv.shape[0])
 
     def update(self, x_adv: torch.Tensor) -> None:
         with torch.no_grad():

@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -50,10 +51,13 @@ class BlockAdam:
         self.grads = [p.grad for p in self.params]
         self.exp_avgs = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sqs = [torch.zeros_like(p) for p in self.params]
-        self.state_steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
+        # one step counter shared by every tensor (they always step together): one increment per
+        # step instead of ``_foreach_add_``'s per-tensor loop (~150 µs per 2-row step, measured)
+        self.state_step = torch.zeros((), dtype=torch.float32, device=self.params[0].device)
+        self.state_steps = [self.state_step] * len(self.params)
 
     def step(self) -> None:
-        torch._foreach_add_(self.state_steps, 1)
+        self.state_step.add_(1)
         torch._fused_adam_(
             self.params,
             self.grads,
@@ -150,17 +154,40 @@ class _TapsCache:
 
     def __init__(self) -> None:
         self._source: torch.Tensor | None = None
-        self._key: tuple | None = None
+        self._stored: tuple | None = None
         self.taps: list[torch.Tensor | None] = []
 
+    @staticmethod
+    def _key(u: torch.Tensor) -> tuple:
+        return (u.data_ptr(), u.shape, u.stride(), u._version, u.device)
+
     def lookup(self, u: torch.Tensor) -> list[torch.Tensor | None] | None:
-        key = (u.data_ptr(), u.shape, u.stride(), u._version, u.device)
-        return self.taps if key == self._key else None
+        return self.taps if self._key(u) == self._stored else None
 
     def store(self, u: torch.Tensor, taps: list[torch.Tensor | None]) -> None:
         self._source = u
-        self._key = (u.data_ptr(), u.shape, u.stride(), u._version, u.device)
+        self._stored = self._key(u)
         self.taps = taps
+
+
+_Part = TypeVar("_Part")
+
+
+class _SampleGradientEstimate(torch.autograd.Function):
+    """:meth:`PerSampleMINE.attack_estimate`: DV per sample, with its gradient at ``v`` computed in the forward."""
+
+    @staticmethod
+    def forward(  # noqa: ANN205 - autograd.Function's signature
+        ctx, v: torch.Tensor, mine: PerSampleMINE, u: torch.Tensor, permutation: torch.Tensor
+    ):
+        estimate, grad = mine._bound_and_sample_gradient(u, v.detach(), permutation)
+        ctx.save_for_backward(grad)
+        return estimate
+
+    @staticmethod
+    def backward(ctx, grad_estimate: torch.Tensor):  # noqa: ANN205 - autograd.Function's signature
+        (grad,) = ctx.saved_tensors
+        return grad_estimate.view(-1, *(1,) * (grad.dim() - 1)) * grad, None, None, None
 
 
 class PerSampleMINE:
@@ -277,7 +304,44 @@ class PerSampleMINE:
         parts = self._by_block(block, u.device)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def _by_block(self, block: Callable[[int, int], torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    def attack_estimate(
+        self, u: torch.Tensor, v: torch.Tensor, permutation: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """I_theta(x, x') per sample (B,), differentiable w.r.t. ``v`` only: the attack's delta step.
+
+        Equal to :meth:`estimate` in value, with the gradient at ``v`` from a
+        hand-written pass (:meth:`StatisticsNetwork.bound_and_sample_gradient`)
+        instead of autograd through the network; ``u`` and the parameters are
+        constants, and ``u``'s kernel taps come from the cache :meth:`train` uses.
+        Without a gradient to compute (no grad mode, or ``v`` does not require one),
+        this is :meth:`estimate` without a graph.
+        """
+        if permutation is None:
+            permutation = self.permutations(1)[0]
+        if not (torch.is_grad_enabled() and v.requires_grad):
+            with torch.no_grad():
+                return self.estimate(u, v, permutation)
+        return _SampleGradientEstimate.apply(v, self, u.detach(), permutation)
+
+    def _bound_and_sample_gradient(
+        self, u: torch.Tensor, v: torch.Tensor, permutation: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """DV (B,) and its gradient at ``v``, by sub-batch like :meth:`train`."""
+        u_taps = self._fixed_taps(u)
+
+        def block(index: int, worker: int) -> tuple[torch.Tensor, torch.Tensor]:
+            rows = self.sub_batches[index]
+            v_rows = v[rows]
+            taps = (u_taps[index], self.network.patches(v_rows))
+            work = self._workspaces[worker]
+            return self.network.bound_and_sample_gradient(u[rows], v_rows, permutation[rows], taps, rows, work)
+
+        parts = self._by_block(block, u.device)
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([estimate for estimate, _ in parts]), torch.cat([grad for _, grad in parts])
+
+    def _by_block(self, block: Callable[[int, int], _Part], device: torch.device) -> list[_Part]:
         """``block(index, worker)`` for every sub-batch, in order.
 
         On the CPU every call runs with single-threaded operations: with n torch
@@ -292,7 +356,7 @@ class PerSampleMINE:
         for worker in range(workers):
             self._workspace(worker)
 
-        def run(worker: int) -> list[torch.Tensor]:
+        def run(worker: int) -> list[_Part]:
             return [block(index, worker) for index in indices[worker::workers]]
 
         if workers == 1:
@@ -329,9 +393,13 @@ class PerSampleMINE:
         u_rows, v_rows = u[rows], v[rows]
         taps = (u_taps, self.network.patches(v_rows))
         optimizer = self.optimizers[block]
-        for step in range(permutations.shape[0]):
-            estimate = self.network.ascent_gradients(u_rows, v_rows, permutations[step, rows], taps, rows, work)
+        last = permutations.shape[0] - 1
+        for step in range(last + 1):
+            estimate = self.network.ascent_gradients(
+                u_rows, v_rows, permutations[step, rows], taps, rows, work, bound=step == last
+            )
             optimizer.step()
+        assert estimate is not None
         return estimate
 
     def train(self, u: torch.Tensor, v: torch.Tensor, steps: int) -> torch.Tensor:

@@ -38,15 +38,26 @@ class Workspace:
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
+        self._views: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
 
     def get(self, name: str, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
-        """A tensor of ``shape`` with ``like``'s dtype and device; contents undefined."""
+        """A tensor of ``shape`` with ``like``'s dtype and device; contents undefined.
+
+        The view is made once per name and shape (a step asks for ~12 of them).
+        """
+        key = (name, tuple(shape))
+        view = self._views.get(key)
+        if view is not None and view.dtype == like.dtype and view.device == like.device:
+            return view
         numel = math.prod(shape)
         buffer = self._buffers.get(name)
         if buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype or buffer.device != like.device:
             buffer = torch.empty(numel, dtype=like.dtype, device=like.device)
             self._buffers[name] = buffer
-        return buffer[:numel].view(*shape)
+            self._views = {k: v for k, v in self._views.items() if k[0] != name}
+        view = buffer[:numel].view(*shape)
+        self._views[key] = view
+        return view
 
 
 class StatisticsNetwork(nn.Module):
@@ -124,6 +135,7 @@ class StatisticsNetwork(nn.Module):
                 self.register_parameter(f"{branch}_bias{layer}", nn.Parameter(torch.zeros(batch, fan_out)))
         self.out_weight = nn.Parameter(_glorot(generators, (embed,), embed, 1))
         self.num_layers = 1 if hidden is None else 2
+        self._row_views: dict[tuple[int | None, int | None], tuple[_Tensors, _Tensors]] = {}
 
     @property
     def batch(self) -> int:
@@ -148,13 +160,11 @@ class StatisticsNetwork(nn.Module):
         return torch.stack(taps, dim=1).reshape(batch, kernel * kernel + 1, count, out_h * out_w)
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
-        self._row_views: dict[tuple[int | None, int | None], tuple[_Tensors, _Tensors]] = {}
+        self._row_views = {}  # views of the parameters before the move
         return super()._apply(fn, recurse)
 
     def _views(self, rows: slice) -> tuple[_Tensors, _Tensors]:
         """Detached views of every parameter's and gradient's ``rows``, made once per row block."""
-        if not hasattr(self, "_row_views"):
-            self._row_views = {}
         key = (rows.start, rows.stop)
         views = self._row_views.get(key)
         if views is None:
@@ -264,7 +274,8 @@ class StatisticsNetwork(nn.Module):
         patches: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
         rows: slice = slice(None),
         work: Workspace | None = None,
-    ) -> torch.Tensor:
+        bound: bool = True,
+    ) -> torch.Tensor | None:
         """Writes the gradients of ``-sum_b DV_b`` into every ``param.grad``; returns DV (b,).
 
         A hand-written backward pass for fixed samples u, v: equal to autograd's
@@ -275,40 +286,125 @@ class StatisticsNetwork(nn.Module):
         computed them once for many steps. ``rows`` restricts the step to a
         contiguous sub-batch of the parameter sets (u, v, permutation and patches
         are then that sub-batch's rows); only those rows of the gradients are written.
+        With ``bound=False`` the bound itself is not evaluated (None is returned).
         """
         work = Workspace() if work is None else work
         params, grads = self._views(rows)
         with torch.no_grad():
-            if patches is None:
-                patches = (self.patches(u), self.patches(v))
-            inputs = {"u": u if patches[0] is None else patches[0], "v": v if patches[1] is None else patches[1]}
-            stacks = {which: self._linear_stack(which, inputs[which], params, work) for which in ("u", "v")}
-            u_embed, v_embed = stacks["u"][-1], stacks["v"][-1]
-            index = permutation.unsqueeze(-1).expand_as(v_embed)
-            joint_pre = u_embed + v_embed
-            marginal_pre = u_embed + v_embed.gather(1, index)
-            joint_act, marginal_act = torch.relu(joint_pre), torch.relu(marginal_pre)
-            out_weight = params["out_weight"]
-            weight = out_weight.unsqueeze(-1)
-            joint = torch.bmm(joint_act, weight).squeeze(-1)
-            marginal = torch.bmm(marginal_act, weight).squeeze(-1)
-            estimate = donsker_varadhan(joint, marginal)
-            # d(-DV)/dT: -1/K on joint scores, softmax on marginal scores
-            grad_joint = torch.full_like(joint, -1.0 / joint.shape[1])
-            grad_marginal = torch.softmax(marginal, dim=1)
+            estimate, stacks, grad_embed, scores = self._bound_and_embed_grads(
+                u, v, permutation, patches, params, work, bound
+            )
+            grad_joint, joint_act, grad_marginal, marginal_act = scores
             grads["out_weight"].copy_(
                 (grad_joint.unsqueeze(-1) * joint_act + grad_marginal.unsqueeze(-1) * marginal_act).sum(dim=1)
             )
-            out = out_weight.unsqueeze(1)
-            grad_joint_pre = grad_joint.unsqueeze(-1) * out * (joint_pre > 0)
-            grad_marginal_pre = grad_marginal.unsqueeze(-1) * out * (marginal_pre > 0)
-            grad_embed = {
-                "u": grad_joint_pre + grad_marginal_pre,
-                "v": grad_joint_pre.scatter_add(1, index, grad_marginal_pre),
-            }
             for which in ("u", "v"):
                 self._branch_backward(which, stacks[which], grad_embed[which], params, grads, work)
         return estimate
+
+    def bound_and_sample_gradient(
+        self,
+        u: torch.Tensor,
+        v: torch.Tensor,
+        permutation: torch.Tensor,
+        patches: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+        rows: slice = slice(None),
+        work: Workspace | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """DV (b,) and its gradient with respect to the samples ``v`` (b, K, *sample_shape).
+
+        The attack's delta step needs only this gradient: a hand-written pass
+        through the ``v`` branch, without autograd's graph of the parameter
+        slices and taps (whose backward zero-filled a batch-sized tensor per
+        slice) and without any weight gradient. Arguments as :meth:`ascent_gradients`;
+        no parameter or gradient is written.
+        """
+        work = Workspace() if work is None else work
+        params, _ = self._views(rows)
+        with torch.no_grad():
+            estimate, stacks, grad_embed, _ = self._bound_and_embed_grads(u, v, permutation, patches, params, work)
+            grad_v = self._branch_input_gradient("v", stacks["v"], grad_embed["v"], params, work, v.shape)
+        return estimate, grad_v.neg_()
+
+    def _bound_and_embed_grads(
+        self,
+        u: torch.Tensor,
+        v: torch.Tensor,
+        permutation: torch.Tensor,
+        patches: tuple[torch.Tensor | None, torch.Tensor | None] | None,
+        params: _Tensors,
+        work: Workspace,
+        bound: bool = True,
+    ) -> tuple[torch.Tensor | None, dict[str, list[torch.Tensor]], _Tensors, tuple[torch.Tensor, ...]]:
+        """The forward pass and the gradients of ``-DV`` at both branches' outputs.
+
+        Returns DV (b,) (None with ``bound=False``: the gradient does not need it), every branch's :meth:`_linear_stack`, the gradients at
+        the branch outputs, and (d/d joint scores, joint activations, d/d marginal
+        scores, marginal activations) for the output weight's gradient.
+        """
+        if patches is None:
+            patches = (self.patches(u), self.patches(v))
+        inputs = {"u": u if patches[0] is None else patches[0], "v": v if patches[1] is None else patches[1]}
+        stacks = {which: self._linear_stack(which, inputs[which], params, work) for which in ("u", "v")}
+        u_embed, v_embed = stacks["u"][-1], stacks["v"][-1]
+        index = permutation.unsqueeze(-1).expand_as(v_embed)
+        joint_pre = u_embed + v_embed
+        marginal_pre = u_embed + v_embed.gather(1, index)
+        joint_act, marginal_act = torch.relu(joint_pre), torch.relu(marginal_pre)
+        out_weight = params["out_weight"]
+        weight = out_weight.unsqueeze(-1)
+        joint = torch.bmm(joint_act, weight).squeeze(-1)
+        marginal = torch.bmm(marginal_act, weight).squeeze(-1)
+        estimate = donsker_varadhan(joint, marginal) if bound else None
+        # d(-DV)/dT: -1/K on joint scores, softmax on marginal scores
+        grad_joint = torch.full_like(joint, -1.0 / joint.shape[1])
+        grad_marginal = torch.softmax(marginal, dim=1)
+        out = out_weight.unsqueeze(1)
+        grad_joint_pre = grad_joint.unsqueeze(-1) * out * (joint_pre > 0)
+        grad_marginal_pre = grad_marginal.unsqueeze(-1) * out * (marginal_pre > 0)
+        grad_embed = {
+            "u": grad_joint_pre + grad_marginal_pre,
+            "v": grad_joint_pre.scatter_add(1, index, grad_marginal_pre),
+        }
+        return estimate, stacks, grad_embed, (grad_joint, joint_act, grad_marginal, marginal_act)
+
+    def _branch_input_gradient(
+        self,
+        which: str,
+        activations: list[torch.Tensor],
+        grad_out: torch.Tensor,
+        params: _Tensors,
+        work: Workspace,
+        shape: torch.Size,
+    ) -> torch.Tensor:
+        """The gradient at branch ``which``'s samples (``shape``: b, K, ...), given the one at its output.
+
+        For map samples, through the folded first layer of :meth:`_first_map_layer`
+        (its folded weight is still in ``work``): ``dtaps[t, k, p] = sum_o grad_out[k, o] A[t, o, p]``,
+        and each kernel tap's gradient is added back at its window's place.
+        """
+        for layer in reversed(range(1, self.num_layers)):
+            grad_out = torch.bmm(grad_out, params[f"{which}_weight{layer}"])
+        if not self.is_map:
+            return torch.bmm(grad_out, params[f"{which}_weight0"])
+        batch, channels, out, positions = params[f"{which}_weight0"].shape
+        taps = activations[0]
+        tap_count, count = taps.shape[1], taps.shape[2]
+        per_tap = work.get(f"{which}_grad_per_tap", (batch, tap_count, count, out), grad_out)
+        per_tap.copy_(grad_out.unsqueeze(1).expand(batch, tap_count, count, out))
+        folded = work.get(f"{which}_folded", (batch * tap_count, out, positions), taps)
+        grad_taps = torch.bmm(
+            per_tap.view(batch * tap_count, count, out),
+            folded,
+            out=work.get(f"{which}_grad_taps", (batch * tap_count, count, positions), taps),
+        )
+        kernel = self.conv_kernel
+        out_h, out_w = (size - kernel + 1 for size in self.sample_shape)
+        grad_taps = grad_taps.view(batch, tap_count, count, out_h, out_w)
+        grad = torch.zeros(shape, dtype=grad_out.dtype, device=grad_out.device)
+        for tap, (p, q) in enumerate((p, q) for p in range(kernel) for q in range(kernel)):
+            grad[:, :, p : p + out_h, q : q + out_w] += grad_taps[:, tap]  # the last tap (bias) has none
+        return grad
 
     def _grad(self, parameter: nn.Parameter) -> torch.Tensor:
         if parameter.grad is None:
