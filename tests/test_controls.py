@@ -7,6 +7,7 @@ import torch
 
 from uae_augment.controls import (
     COSINE_TOLERANCE,
+    bisect_scale,
     cosine_matched_noise,
     l2_matched_noise,
     with_cosine,
@@ -120,3 +121,18 @@ def test_with_cosine_sets_norm_and_cosine():
     other = with_cosine(x, cos)
     torch.testing.assert_close(_cos(x, other), cos)
     torch.testing.assert_close(other.norm(dim=1), x.norm(dim=1))
+
+
+def test_bisect_scale_solves_each_row_and_caps_or_raises_beyond_reach():
+    # measure(s) = min(s, 3) per row: targets 0.25 and 2 are reachable, 5 is not
+    def measure(scale: torch.Tensor) -> torch.Tensor:
+        return scale.clamp(max=3.0)
+
+    target = torch.tensor([0.25, 2.0, 5.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"distance of reference rows \[2\]"):
+        bisect_scale(measure, target, "distance")
+    scale = bisect_scale(measure, target, "distance", unreachable="cap")
+    torch.testing.assert_close(scale[:2], target[:2], rtol=1e-12, atol=0)
+    assert scale[2] >= 3.0 and measure(scale)[2] == 3.0  # the largest reachable value
+    alone = bisect_scale(measure, target[:2], "distance")
+    assert torch.equal(alone, scale[:2])  # a row's scale does not depend on the other rows

@@ -20,6 +20,7 @@ steps in float64.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -54,13 +55,27 @@ def _directions(x: torch.Tensor, seed: int, index: object, key: int) -> torch.Te
     return stacked_normal(generators, x.shape[1:], dtype=torch.float64).to(x.device)
 
 
-def _bisect(measure: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor, what: str) -> torch.Tensor:
+def bisect_scale(
+    measure: Callable[[torch.Tensor], torch.Tensor],
+    target: torch.Tensor,
+    what: str,
+    *,
+    unreachable: Literal["raise", "cap"] = "raise",
+) -> torch.Tensor:
     """Per-row scale s >= 0 with measure(s) = target, for a measure nondecreasing in s.
 
-    Doubles the bracket per row, then bisects each row a fixed number of times.
+    Doubles the bracket per row, then bisects each row a fixed number of times
+    (so a row's scale never depends on when other rows converge).
+
+    Args:
+        measure: (N,) scales -> (N,) measured values.
+        target: (N,) values to reach.
+        what: the measured quantity, for the error message.
+        unreachable: a target beyond what the largest scale reaches raises
+            (``"raise"``) or gets that largest scale (``"cap"``).
 
     Raises:
-        ValueError: if a row's target lies beyond what the largest scale reaches.
+        ValueError: with ``unreachable="raise"``, if a row's target cannot be reached.
     """
     low = torch.zeros_like(target)
     high = torch.ones_like(target)
@@ -69,15 +84,15 @@ def _bisect(measure: Callable[[torch.Tensor], torch.Tensor], target: torch.Tenso
         if not short.any():
             break
         high = torch.where(short, high * 2, high)
-    unreachable = measure(high) < target
-    if unreachable.any():
-        rows = torch.nonzero(unreachable).flatten().tolist()
+    short = measure(high) < target
+    if unreachable == "raise" and short.any():
+        rows = torch.nonzero(short).flatten().tolist()
         raise ValueError(f"the {what} of reference rows {rows[:10]} cannot be reached inside the [0, 1] box")
     for _ in range(_SCALE_STEPS):
         middle = (low + high) / 2
         below = measure(middle) < target
         low, high = torch.where(below, middle, low), torch.where(below, high, middle)
-    return high
+    return high  # a capped row's bisection only raised its low end
 
 
 def l2_matched_noise(x: torch.Tensor, reference: torch.Tensor, *, seed: int, index: object = None) -> torch.Tensor:
@@ -113,7 +128,7 @@ def l2_matched_noise(x: torch.Tensor, reference: torch.Tensor, *, seed: int, ind
     def measure(scale: torch.Tensor) -> torch.Tensor:
         return (torch.clamp(clean + scale[:, None] * noise, 0.0, 1.0) - clean).norm(dim=1)
 
-    scale = _bisect(measure, distance, "L2 distance")
+    scale = bisect_scale(measure, distance, "L2 distance")
     return torch.clamp(clean + scale[:, None] * noise, 0.0, 1.0).to(x.dtype).view_as(x)
 
 
@@ -178,7 +193,7 @@ def cosine_matched_noise(x: torch.Tensor, reference: torch.Tensor, *, seed: int,
     def point(scale: torch.Tensor) -> torch.Tensor:
         return _onto_plane_in_box(centre + scale[:, None] * direction, clean, level)
 
-    scale = _bisect(lambda s: (point(s) - centre).norm(dim=1), energy, "orthogonal energy")
+    scale = bisect_scale(lambda s: (point(s) - centre).norm(dim=1), energy, "orthogonal energy")
     out = point(scale)
     error = (_cosine(clean, out) - _cosine(clean, target)).abs()
     if (error > COSINE_TOLERANCE).any():

@@ -18,6 +18,7 @@ from torch import nn
 from .._seeding import Stream, sample_generators, stacked_normal
 from .._validation import check_images, check_labels, resolve_index
 from ..attacks.base import Attack
+from ..controls import bisect_scale
 from .metrics import DEFAULT_BATCH, accuracy, distortion
 
 logger = logging.getLogger(__name__)
@@ -198,29 +199,18 @@ def _attack_uses(attack: Attack, model: nn.Module) -> bool:
 def _gaussian(x: torch.Tensor, rms: torch.Tensor, seed: int, index: torch.Tensor, row: int) -> torch.Tensor:
     """clip(x + s_i z_i, 0, 1) per sample with RMS distortion ``rms_i``; z_i drawn from (seed, index, row).
 
-    The distortion after clipping grows monotonically with s_i, so s_i is found by
-    bisection (to a relative 1e-6).
+    The distortion after clipping grows monotonically with s_i, so s_i is bisected
+    (:func:`~uae_augment.controls.bisect_scale`); a distortion beyond the box's
+    reach gets the largest reachable one.
     """
     generators = sample_generators(seed, index, Stream.NOISE, _TRANSFER_NOISE_KEY + row)
     noise = stacked_normal(generators, x.shape[1:], device=x.device, dtype=torch.float64)
     clean = x.double()
-    target = rms.to(device=x.device, dtype=torch.float64)
     view = (-1,) + (1,) * (x.dim() - 1)
 
     def measured(scale: torch.Tensor) -> torch.Tensor:
         return (torch.clamp(clean + scale.view(view) * noise, 0.0, 1.0) - clean).flatten(1).pow(2).mean(dim=1).sqrt()
 
-    low = torch.zeros_like(target)
-    high = target.clone().clamp_min(1e-12)
-    for _ in range(60):  # grow the bracket; the box caps the reachable distortion
-        short = measured(high) < target
-        if not short.any():
-            break
-        high = torch.where(short, high * 2, high)
-    for _ in range(60):
-        middle = (low + high) / 2
-        below = measured(middle) < target
-        low, high = torch.where(below, middle, low), torch.where(below, high, middle)
-        if ((high - low) <= 1e-6 * high).all():
-            break
-    return torch.clamp(clean + high.view(view) * noise, 0.0, 1.0).to(x.dtype)
+    target = rms.to(device=x.device, dtype=torch.float64)
+    scale = bisect_scale(measured, target, "RMS distortion", unreachable="cap")
+    return torch.clamp(clean + scale.view(view) * noise, 0.0, 1.0).to(x.dtype)
