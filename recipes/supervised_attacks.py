@@ -132,7 +132,7 @@ def build_attacks(
             batch_size=args.attack_batch_size,
             progress=progress,
         )
-        return attack, attack.settings["steps"]
+        return attack, attack.settings.steps
 
     def penalty() -> tuple[Attack, int]:
         mine_steps = 20 if args.penalty_mine_steps is None else args.penalty_mine_steps
@@ -149,7 +149,7 @@ def build_attacks(
             batch_size=args.attack_batch_size,
             progress=progress,
         )
-        return attack, attack.search_steps * attack.settings["steps"]
+        return attack, attack.search_steps * attack.settings.steps
 
     factories: dict[str, Callable[[], tuple[Attack, int]]] = {
         "minmax": minmax,

@@ -222,7 +222,7 @@ def test_presets_and_overrides_and_config():
     assert resolve_preset("paper", "unsupervised", {})["mine_steps"] == 20
     assert resolve_preset("fast", "unsupervised", {"mine_steps": 7})["mine_steps"] == 7
     attack = MINEUAE(Reconstruction(digits_conv_autoencoder()), preset="fast", alpha=0.2, statistics_hidden=64)
-    assert attack.alpha == 0.2 and attack.statistics_hidden == 64 and attack.steps == 40
+    assert attack.settings.alpha == 0.2 and attack.settings.statistics_hidden == 64 and attack.settings.steps == 40
     config = attack.config()
     assert json.loads(json.dumps(config)) == config
     assert config["attack"] == "MINEUAE" and config["preset"] == "fast" and config["criterion"] == "Reconstruction"
@@ -233,12 +233,21 @@ def test_default_preset_is_fast_unsupervised_and_the_release_supervised():
     conv = Reconstruction(digits_conv_autoencoder())
     for attack in (MINEUAE(conv), MinMaxAttack(conv, mode="unsupervised"), LpUAE(conv)):
         assert attack.preset == "fast" and attack.config()["preset"] == "fast"
-        assert attack.steps == 40 and attack.statistics_hidden is None
-    assert MINEUAE(conv).mine_steps == 5
+        assert attack.settings.steps == 40 and attack.settings.statistics_hidden is None
+    assert MINEUAE(conv).settings.mine_steps == 5
     supervised = MinMaxAttack(ClassifierMargin(digits_classifier()))
-    assert supervised.preset == "paper" and supervised.steps == 1000 and supervised.statistics_hidden == 512
+    assert (
+        supervised.preset == "paper"
+        and supervised.settings.steps == 1000
+        and supervised.settings.statistics_hidden == 512
+    )
     paper = MINEUAE(conv, preset="paper")  # still available and the release's values
-    assert (paper.steps, paper.mine_steps, paper.statistics_hidden, paper.mine_lr) == (
+    assert (
+        paper.settings.steps,
+        paper.settings.mine_steps,
+        paper.settings.statistics_hidden,
+        paper.settings.mine_lr,
+    ) == (
         40,
         20,
         512,

@@ -271,9 +271,9 @@ def test_dense_models_get_their_own_attack_steps() -> None:
     conv = Reconstruction(build_model("conv-ae", (1, 28, 28)))
     assert attack_steps(dense, quick) == 40 and attack_steps(conv, quick) == 5
     mine = recipe.METHODS["mine"].build(dense, quick, 0)
-    assert mine.steps == 40 and mine.projection_dim == 32 and mine.projections == 100
-    assert recipe.METHODS["mine-strong"].build(conv, quick, 0).steps == 5
-    assert recipe.METHODS["l2"].build(dense, quick, 0).steps == 40
+    assert mine.settings.steps == 40 and mine.projection_dim == 32 and mine.projections == 100
+    assert recipe.METHODS["mine-strong"].build(conv, quick, 0).settings.steps == 5
+    assert recipe.METHODS["l2"].build(dense, quick, 0).settings.steps == 40
     plain = _config.parse_config(parser, ["--attack-steps", "7", "--strong-steps", "9"], recipe.QUICK)
     assert attack_steps(dense, plain) == 7 and attack_steps(dense, plain, strong=True) == 9
 

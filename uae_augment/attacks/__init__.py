@@ -4,7 +4,7 @@ from .base import Attack
 from .gradient import BIM, FGSM, IFGSM, PGD, ClassifierAttack
 from .lbfgs import LBFGS
 from .lp_uae import LpUAE
-from .minmax import MINEUAE, PRESETS, BySampler, MinMaxAttack
+from .minmax import MINEUAE, PRESETS, BySampler, MinMaxAttack, MinMaxSettings
 from .noise import GaussianNoise
 from .penalty import PenaltyAttack
 from .result import AttackResult
@@ -21,6 +21,7 @@ __all__ = [
     "LpUAE",
     "MINEUAE",
     "MinMaxAttack",
+    "MinMaxSettings",
     "PGD",
     "PRESETS",
     "BySampler",

@@ -110,6 +110,26 @@ _TUNABLE = (
 )
 
 
+@dataclass(frozen=True)
+class MinMaxSettings:
+    """The tunable hyperparameters of one MinMax attack: its preset's values with the overrides applied.
+
+    See :data:`PRESETS` for their meaning and the presets' values.
+    """
+
+    epsilon: float
+    steps: int
+    mine_steps: int
+    alpha: float
+    beta: float
+    c0: float
+    mine_lr: float | BySampler
+    gamma_power: float
+    delta_init: str
+    delta_update: str
+    statistics_hidden: int | None
+
+
 def resolve_preset(preset: str, mode: Mode, overrides: dict[str, Any]) -> dict[str, Any]:
     """The preset's values for ``mode`` with explicit (non-None) keyword overrides applied.
 
@@ -188,10 +208,16 @@ class MinMaxAttack(Attack):
         record_history: keep per-iteration MI and f_x traces in the result.
         seed, batch_size, progress: see :class:`~uae_augment.attacks.base.Attack`.
 
+    Attributes:
+        settings: the resolved hyperparameters (:class:`MinMaxSettings`: the
+            preset's values with the keyword overrides), e.g. ``attack.settings.steps``.
+
     Example:
         >>> from uae_augment import Reconstruction
         >>> ae = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1), nn.Sigmoid())
         >>> attack = MinMaxAttack(Reconstruction(ae), mode="unsupervised", preset="fast", steps=3)
+        >>> attack.settings.steps, attack.settings.mine_steps
+        (3, 5)
         >>> result = attack(torch.rand(2, 1, 8, 8))
         >>> result.adversarial.shape, bool((result.adversarial >= 0).all())
         (torch.Size([2, 1, 8, 8]), True)
@@ -258,7 +284,7 @@ class MinMaxAttack(Attack):
         self.criterion = criterion
         self.mode: Mode = mode
         self.preset = preset
-        self.settings = {k: values[k] for k in _TUNABLE if k != "batch_size"}
+        self.settings = MinMaxSettings(**{k: values[k] for k in _TUNABLE if k != "batch_size"})
         self.sampler_kind = sampler
         self.feature_layer = feature_layer
         self.projections = projections
@@ -269,23 +295,15 @@ class MinMaxAttack(Attack):
         self.requires_labels = criterion.requires_labels
         self._samplers: dict[tuple[int, ...], Sampler] = {}
 
-    def __getattr__(self, name: str) -> Any:
-        settings = self.__dict__.get("settings", {})
-        if name in settings:
-            return settings[name]
-        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
-
     def models(self) -> list[nn.Module]:
         extra = [self.feature_layer] if self.feature_layer is not None else []
         return self.criterion.models() + extra
 
     def _config(self) -> dict[str, Any]:
-        lr = self.settings["mine_lr"]
         return {
             "mode": self.mode,
             "preset": self.preset,
-            **self.settings,
-            "mine_lr": asdict(lr) if isinstance(lr, BySampler) else lr,
+            **asdict(self.settings),  # a BySampler learning rate becomes a dict too
             "sampler": self.sampler_kind,
             "projections": self.projections,
             "projection_dim": self.projection_dim,
@@ -313,12 +331,12 @@ class MinMaxAttack(Attack):
         s = self.settings
         return LoopSettings(
             supervised=self.mode == "supervised",
-            steps=s["steps"],
-            epsilon=s["epsilon"],
-            alpha=s["alpha"],
-            beta=s["beta"],
-            gamma_power=s["gamma_power"],
-            delta_update=s["delta_update"],
+            steps=s.steps,
+            epsilon=s.epsilon,
+            alpha=s.alpha,
+            beta=s.beta,
+            gamma_power=s.gamma_power,
+            delta_update=s.delta_update,
             record_history=self.record_history,
             select=self.select,
         )
@@ -330,23 +348,23 @@ class MinMaxAttack(Attack):
         if self.mi == "analytic":
             return AnalyticMISimilarity(x, self.projection_dim)
         sampler = self.sampler_for(tuple(x.shape[1:]))
-        lr = self.settings["mine_lr"]
+        lr = self.settings.mine_lr
         return MISimilarity(
             sampler,
             x,
             index,
             seed=self.seed,
-            mine_steps=self.settings["mine_steps"],
+            mine_steps=self.settings.mine_steps,
             mine_lr=lr.resolve(sampler.mode) if isinstance(lr, BySampler) else lr,
-            hidden=self.settings["statistics_hidden"],
+            hidden=self.settings.statistics_hidden,
             init_round=init_round,
         )
 
     def _attack_batch(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> AttackResult:
         with torch.no_grad():
             reference = self.criterion.prepare(x, y, index)
-        delta0 = initial_delta(self.settings["delta_init"], x, index, self.seed, self.settings["epsilon"])
-        c0 = torch.full((x.shape[0],), float(self.settings["c0"]), device=x.device)
+        delta0 = initial_delta(self.settings.delta_init, x, index, self.seed, self.settings.epsilon)
+        c0 = torch.full((x.shape[0],), float(self.settings.c0), device=x.device)
         return run_minmax(
             x,
             reference,
@@ -360,7 +378,7 @@ class MinMaxAttack(Attack):
 
     def _chunk_units(self, rows: int) -> int:
         """The bar counts MinMax iterations: ``steps`` per chunk, one update per iteration."""
-        return int(self.settings["steps"])
+        return int(self.settings.steps)
 
 
 def _check_mi(mi: str, sampler: str) -> None:
@@ -421,7 +439,7 @@ def estimate_cpu_seconds(attack: MinMaxAttack, rows: int, sample_shape: tuple[in
         raise ValueError(f"rows must be >= 0, got {rows}")
     reference = resolve_preset(attack.preset, "unsupervised", {})
     per_unit = CPU_SECONDS_PER_IMAGE[attack.preset] / (reference["steps"] * (reference["mine_steps"] + 1))
-    units = attack.settings["steps"] * (attack.settings["mine_steps"] + 1)
+    units = attack.settings.steps * (attack.settings.mine_steps + 1)
     return rows * per_unit * units * math.prod(sample_shape) / (28 * 28)
 
 

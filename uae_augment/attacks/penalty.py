@@ -72,20 +72,20 @@ class PenaltyAttack(MinMaxAttack):
 
     def _chunk_units(self, rows: int) -> int:
         """The bar counts inner iterations over all rounds: ``search_steps * steps`` per chunk."""
-        return self.search_steps * int(self.settings["steps"])
+        return self.search_steps * int(self.settings.steps)
 
     def _attack_batch(self, x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> AttackResult:
         with torch.no_grad():
             reference = self.criterion.prepare(x, y, index)
         settings = dataclasses.replace(self.loop_settings(), beta=0.0)
         n = x.shape[0]
-        c = torch.full((n,), float(self.settings["c0"]), device=x.device)
+        c = torch.full((n,), float(self.settings.c0), device=x.device)
         lower = torch.zeros(n, device=x.device)
         upper = torch.full((n,), _UPPER_UNSET, device=x.device)
         best: AttackResult | None = None
         traces: list[AttackResult] = []
         for round_ in range(self.search_steps):
-            delta0 = initial_delta(self.settings["delta_init"], x, index, self.seed, self.settings["epsilon"], round_)
+            delta0 = initial_delta(self.settings.delta_init, x, index, self.seed, self.settings.epsilon, round_)
             similarity = self.similarity(x, index, init_round=round_)
             result = run_minmax(x, reference, self.criterion, similarity, delta0, c, settings, self._advance)
             offset = round_ * settings.steps
