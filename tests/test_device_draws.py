@@ -124,10 +124,10 @@ def test_device_draws_follow_glorot_and_differ_from_the_cpu_streams():
     counter = PerSampleMINE((10, 10), seed=0, index=index, count=4, lr=1e-3, hidden=32, device_draws=True)
     default = PerSampleMINE((10, 10), seed=0, index=index, count=4, lr=1e-3, hidden=32)
     reference = StatisticsNetwork((10, 10), sample_generators(0, index, Stream.MINE_INIT, 0), hidden=32)
-    weight = counter.network.u_weight0.detach()  # (B, C, out, H'W'): fan in C * H'W', fan out out
+    weight = counter.network.weight0[:, 0].detach()  # the u branch (B, C, out, H'W'): fan in C * H'W', fan out out
     limit = math.sqrt(6.0 / (weight.shape[1] * weight.shape[3] + weight.shape[2]))
     assert weight.abs().max() <= limit and abs(float(weight.std()) - limit / math.sqrt(3)) < 0.02 * limit
-    assert not torch.equal(weight, default.network.u_weight0.detach())
+    assert not torch.equal(weight, default.network.weight0[:, 0].detach())
     # the CPU default is unchanged: the generator streams, bitwise
     for got, expected in zip(default.network.parameters(), reference.parameters()):
         assert torch.equal(got.detach(), expected.detach())

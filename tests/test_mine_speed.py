@@ -158,18 +158,20 @@ def test_block_adam_equals_torch_fused_adam():
         assert torch.equal(a, b.detach())
 
 
-def test_fixed_samples_taps_are_reused_until_the_samples_change(threads):
+def test_fixed_samples_inputs_are_reused_until_the_samples_change(threads):
     threads(1)
     mine = _mine(4, (6, 5), 7, sub_batch=2)
     u, v = torch.rand(4, 7, 6, 5), torch.rand(4, 7, 6, 5)
     mine.train(u, v, 1)
-    first = mine._u_taps.taps
+    first = mine._inputs.inputs
     mine.train(u, v, 1)
-    assert mine._u_taps.taps is first  # same data: reused
+    assert mine._inputs.inputs is first  # same data: reused
     u.mul_(0.5)  # in place: a new version
     mine.train(u, v, 1)
-    assert mine._u_taps.taps is not first
-    assert torch.equal(mine._u_taps.taps[1], mine.network.patches(u[2:4]))
+    second = mine._inputs.inputs
+    assert second is not first
+    # the buffers hold both branches' inputs: u's taps and the last v's
+    assert torch.equal(second[1], mine.network.branch_inputs(u[2:4], v[2:4]))
 
 
 def test_sub_batch_rows_follow_the_budget_and_the_threads(threads):

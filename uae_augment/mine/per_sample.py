@@ -144,30 +144,36 @@ def _single_threaded_pool(workers: int) -> ThreadPoolExecutor:
         return _POOLS[workers]
 
 
-class _TapsCache:
-    """The kernel taps of the last fixed sample tensor ``u`` (it stays the same for a whole attack).
+class _InputsCache:
+    """Every sub-batch's :meth:`~StatisticsNetwork.branch_inputs` buffer, its ``u`` half written once.
 
-    Holds a reference to the tensor it was computed from, so its memory cannot be
-    reused while cached; recomputed when the data pointer, shape, strides or
-    in-place version differ.
+    ``u`` stays the same tensor for a whole attack: its half (the kernel taps of
+    its maps) is written when ``u`` changes; every training or estimate call then
+    writes only its ``v`` half. Holds a reference to the ``u`` it was made from, so
+    its memory cannot be reused while cached; made again when the data pointer,
+    shape, strides or in-place version differ.
     """
 
     def __init__(self) -> None:
         self._source: torch.Tensor | None = None
         self._stored: tuple | None = None
-        self.taps: list[torch.Tensor | None] = []
+        self.inputs: list[torch.Tensor] = []
 
     @staticmethod
     def _key(u: torch.Tensor) -> tuple:
         return (u.data_ptr(), u.shape, u.stride(), u._version, u.device)
 
-    def lookup(self, u: torch.Tensor) -> list[torch.Tensor | None] | None:
-        return self.taps if self._key(u) == self._stored else None
-
-    def store(self, u: torch.Tensor, taps: list[torch.Tensor | None]) -> None:
-        self._source = u
-        self._stored = self._key(u)
-        self.taps = taps
+    def get(self, network: StatisticsNetwork, u: torch.Tensor, sub_batches: list[slice]) -> list[torch.Tensor]:
+        """The buffers for ``u``, one per sub-batch (their ``v`` halves are undefined)."""
+        key = self._key(u)
+        if key != self._stored:
+            self.inputs = []
+            for rows in sub_batches:
+                inputs = network.empty_inputs(rows.stop - rows.start, u.shape[1], u)
+                network.write_inputs(inputs, 0, u[rows])
+                self.inputs.append(inputs)
+            self._source, self._stored = u, key
+        return self.inputs
 
 
 _Part = TypeVar("_Part")
@@ -252,23 +258,26 @@ class PerSampleMINE:
         self.sub_batches = [slice(start, min(start + rows, batch)) for start in range(0, batch, rows)]
         self.optimizers = [_block_adam(self._row_views(part), lr) for part in self.sub_batches]
         self._workspaces: list[Workspace] = []
-        self._u_taps = _TapsCache()
+        self._inputs = _InputsCache()
 
     def _row_views(self, rows: slice) -> list[torch.Tensor]:
         """Leaf views of every parameter's ``rows``, with their gradients viewing the gradient buffers.
 
         A parameter whose per-row size is not a multiple of :data:`ADAM_ROW_MULTIPLE`
-        floats gets one view per row: the fused kernel's vector loop and scalar tail
-        then fall on the same elements of a row in any sub-batch (with one view for
-        the block, a 10-float bias measurably changed bits between 3- and 5-row blocks).
+        floats gets one view per row (and per branch, for the branches' stacked
+        biases): the fused kernel's vector loop and scalar tail then fall on the
+        same elements in any sub-batch (with one view for the block, a 10-float
+        bias measurably changed bits between 3- and 5-row blocks).
         """
         views = []
         for parameter in self.network.parameters():
             grad = self.network._grad(parameter)
             if parameter[0].numel() % ADAM_ROW_MULTIPLE == 0:
-                parts = [rows]
+                parts: list[tuple] = [(rows,)]
+            elif parameter.dim() > 2:  # a branch-stacked parameter: one piece per row and branch
+                parts = [(row, branch) for row in range(*rows.indices(parameter.shape[0])) for branch in (0, 1)]
             else:
-                parts = [slice(row, row + 1) for row in range(*rows.indices(parameter.shape[0]))]
+                parts = [(row,) for row in range(*rows.indices(parameter.shape[0]))]
             for part in parts:
                 view = parameter.detach()[part]
                 view.grad = grad[part]
@@ -312,7 +321,7 @@ class PerSampleMINE:
         Equal to :meth:`estimate` in value, with the gradient at ``v`` from a
         hand-written pass (:meth:`StatisticsNetwork.bound_and_sample_gradient`)
         instead of autograd through the network; ``u`` and the parameters are
-        constants, and ``u``'s kernel taps come from the cache :meth:`train` uses.
+        constants, and ``u``'s kernel taps come from the buffers :meth:`train` uses.
         Without a gradient to compute (no grad mode, or ``v`` does not require one),
         this is :meth:`estimate` without a graph.
         """
@@ -327,14 +336,14 @@ class PerSampleMINE:
         self, u: torch.Tensor, v: torch.Tensor, permutation: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """DV (B,) and its gradient at ``v``, by sub-batch like :meth:`train`."""
-        u_taps = self._fixed_taps(u)
+        cached = self._inputs.get(self.network, u, self.sub_batches)
 
         def block(index: int, worker: int) -> tuple[torch.Tensor, torch.Tensor]:
             rows = self.sub_batches[index]
             v_rows = v[rows]
-            taps = (u_taps[index], self.network.patches(v_rows))
+            self.network.write_inputs(cached[index], 1, v_rows)
             work = self._workspaces[worker]
-            return self.network.bound_and_sample_gradient(u[rows], v_rows, permutation[rows], taps, rows, work)
+            return self.network.bound_and_sample_gradient(u[rows], v_rows, permutation[rows], cached[index], rows, work)
 
         parts = self._by_block(block, u.device)
         if len(parts) == 1:
@@ -371,32 +380,24 @@ class PerSampleMINE:
         done = list(_single_threaded_pool(workers).map(run, range(workers)))
         return [done[index % workers][index // workers] for index in indices]
 
-    def _fixed_taps(self, u: torch.Tensor) -> list[torch.Tensor | None]:
-        """Every sub-batch's :meth:`StatisticsNetwork.patches` of ``u``, cached across calls."""
-        taps = self._u_taps.lookup(u)
-        if taps is None:
-            taps = [self.network.patches(u[rows]) for rows in self.sub_batches]
-            self._u_taps.store(u, taps)
-        return taps
-
     def _train_block(
         self,
         block: int,
         u: torch.Tensor,
         v: torch.Tensor,
-        u_taps: torch.Tensor | None,
+        inputs: torch.Tensor,
         permutations: torch.Tensor,
         work: Workspace,
     ) -> torch.Tensor:
         """All training steps of sub-batch ``block``; returns its last estimates."""
         rows = self.sub_batches[block]
         u_rows, v_rows = u[rows], v[rows]
-        taps = (u_taps, self.network.patches(v_rows))
+        self.network.write_inputs(inputs, 1, v_rows)
         optimizer = self.optimizers[block]
         last = permutations.shape[0] - 1
         for step in range(last + 1):
             estimate = self.network.ascent_gradients(
-                u_rows, v_rows, permutations[step, rows], taps, rows, work, bound=step == last
+                u_rows, v_rows, permutations[step, rows], inputs, rows, work, bound=step == last
             )
             optimizer.step()
         assert estimate is not None
@@ -405,17 +406,17 @@ class PerSampleMINE:
     def train(self, u: torch.Tensor, v: torch.Tensor, steps: int) -> torch.Tensor:
         """``steps`` Adam steps maximising I_theta on fixed (u, v); returns the last estimates (B,).
 
-        ``u`` is usually the same tensor in every call of an attack: its kernel taps
-        are computed once and reused while its data are unchanged.
+        ``u`` is usually the same tensor in every call of an attack: its branch
+        inputs (kernel taps) are made once and reused while its data are unchanged.
         """
         u, v = u.detach(), v.detach()
         last = torch.full((u.shape[0],), float("nan"), device=u.device)
         if steps <= 0:
             return last
         permutations = self.permutations(steps)
-        u_taps = self._fixed_taps(u)
+        cached = self._inputs.get(self.network, u, self.sub_batches)
         parts = self._by_block(
-            lambda b, worker: self._train_block(b, u, v, u_taps[b], permutations, self._workspaces[worker]),
+            lambda b, worker: self._train_block(b, u, v, cached[b], permutations, self._workspaces[worker]),
             u.device,
         )
         for rows, estimate in zip(self.sub_batches, parts):

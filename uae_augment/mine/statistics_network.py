@@ -22,6 +22,9 @@ from .._seeding import Streams, stacked_uniform
 
 _Tensors = dict[str, torch.Tensor]
 
+BRANCHES = ("u", "v")
+"""The two branches of a statistics network, in the order of their index on the parameters' dim 1."""
+
 
 def _glorot(generators: Streams, shape: Sequence[int], fan_in: int, fan_out: int) -> torch.Tensor:
     limit = math.sqrt(6.0 / (fan_in + fan_out))
@@ -72,10 +75,13 @@ class StatisticsNetwork(nn.Module):
     with ~50x fewer parameters. Weights are glorot-uniform, biases zero (Keras
     defaults), drawn per sample from the given generators.
 
-    Weights are stored as (B, out, in) (``nn.Linear``'s order), except the first
-    layer of a map branch, stored as (B, C, out, H'W') so that the folded
-    convolution and its gradients are single products over the weight's full width.
-    Initial weights are drawn in (in, out) row-major order.
+    The two branches' parameters are stacked too, on dim 1 (0: the ``u`` branch,
+    1: the ``v`` branch), so that every branch operation of a step is one batched
+    operation over both. Weights are stored as (B, 2, out, in) (``nn.Linear``'s
+    order), except the first layer of a map branch, stored as (B, 2, C, out, H'W')
+    so that the folded convolution and its gradients are single products over the
+    weight's full width. Initial weights are drawn in (in, out) row-major order,
+    the ``u`` branch's before the ``v`` branch's.
 
     Args:
         sample_shape: shape of one paired sample: (H, W) maps or (dim,) vectors.
@@ -115,49 +121,76 @@ class StatisticsNetwork(nn.Module):
         else:
             raise ValueError(f"paired samples must be 2-D maps or vectors, got shape {self.sample_shape}")
         self.features = features
+        self.num_layers = 1 if hidden is None else 2
         kk = conv_kernel * conv_kernel
-        for branch in ("u", "v"):
+        widths = [features, embed] if hidden is None else [features, hidden, embed]
+        conv: list[torch.Tensor] = []
+        layers: list[list[torch.Tensor]] = [[] for _ in range(self.num_layers)]
+        for _ in BRANCHES:  # the draws of the u branch, then those of the v branch
             if self.is_map:
-                self.register_parameter(
-                    f"{branch}_conv_weight",
-                    nn.Parameter(_glorot(generators, (conv_channels, kk), kk, kk * conv_channels)),
-                )
-                self.register_parameter(f"{branch}_conv_bias", nn.Parameter(torch.zeros(batch, conv_channels)))
-            widths = [features, embed] if hidden is None else [features, hidden, embed]
+                conv.append(_glorot(generators, (conv_channels, kk), kk, kk * conv_channels))
             for layer, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
                 weight = _glorot(generators, (fan_in, fan_out), fan_in, fan_out)
                 if layer == 0 and self.is_map:  # (B, C * H'W', out) -> (B, C, out, H'W')
-                    weight = weight.view(batch, conv_channels, -1, fan_out).permute(0, 1, 3, 2)
+                    layers[layer].append(weight.view(batch, conv_channels, -1, fan_out).permute(0, 1, 3, 2))
                 else:
-                    weight = weight.transpose(1, 2)
-                weight = weight.contiguous()
-                self.register_parameter(f"{branch}_weight{layer}", nn.Parameter(weight))
-                self.register_parameter(f"{branch}_bias{layer}", nn.Parameter(torch.zeros(batch, fan_out)))
+                    layers[layer].append(weight.transpose(1, 2))
+        if self.is_map:
+            self.conv_weight = nn.Parameter(torch.stack(conv, dim=1))
+            self.conv_bias = nn.Parameter(torch.zeros(batch, len(BRANCHES), conv_channels))
+        for layer, weights in enumerate(layers):
+            self.register_parameter(f"weight{layer}", nn.Parameter(torch.stack(weights, dim=1).contiguous()))
+            bias = torch.zeros(batch, len(BRANCHES), widths[layer + 1])
+            self.register_parameter(f"bias{layer}", nn.Parameter(bias))
         self.out_weight = nn.Parameter(_glorot(generators, (embed,), embed, 1))
-        self.num_layers = 1 if hidden is None else 2
         self._row_views: dict[tuple[int | None, int | None], tuple[_Tensors, _Tensors]] = {}
 
     @property
     def batch(self) -> int:
         return self.out_weight.shape[0]
 
-    def patches(self, samples: torch.Tensor) -> torch.Tensor | None:
+    def patches(self, samples: torch.Tensor) -> torch.Tensor:
         """The kernel taps of feature-map samples (B, K, H, W) and a constant tap: (B, k*k + 1, K, H'W').
 
         Tap t of map k holds the t-th of the k*k shifted H' x W' windows of the
         map; the last tap is ones (it carries the convolution bias). The
         convolution and the first linear layer of a branch are then products of
-        these taps with the folded weight (:meth:`_first_map_layer`). None for
-        vector samples.
+        these taps with the folded weight (:meth:`_first_map_layer`).
         """
-        if not self.is_map:
-            return None
         batch, count, height, width = samples.shape
         kernel = self.conv_kernel
         out_h, out_w = height - kernel + 1, width - kernel + 1
         taps = [samples[:, :, p : p + out_h, q : q + out_w] for p in range(kernel) for q in range(kernel)]
         taps.append(torch.ones_like(taps[0]))
         return torch.stack(taps, dim=1).reshape(batch, kernel * kernel + 1, count, out_h * out_w)
+
+    def branch_inputs(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Both branches' inputs (B, 2, ...): the samples' :meth:`patches` for maps, the samples for vectors."""
+        if self.is_map:
+            return torch.stack([self.patches(u), self.patches(v)], dim=1)
+        return torch.stack([u, v], dim=1)
+
+    def empty_inputs(self, batch: int, count: int, like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised (batch, 2, ...) :meth:`branch_inputs` tensor to :meth:`write_inputs` into."""
+        if self.is_map:
+            positions = self.features // self.conv_channels
+            shape: tuple[int, ...] = (batch, len(BRANCHES), self.conv_kernel**2 + 1, count, positions)
+        else:
+            shape = (batch, len(BRANCHES), count, self.features)
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+    def write_inputs(self, inputs: torch.Tensor, branch: int, samples: torch.Tensor) -> None:
+        """Writes branch ``branch``'s part of :meth:`branch_inputs` for ``samples`` into ``inputs``, in place."""
+        target = inputs[:, branch]
+        if not self.is_map:
+            target.copy_(samples)
+            return
+        kernel = self.conv_kernel
+        out_h, out_w = (size - kernel + 1 for size in self.sample_shape)
+        windows = target.view(*target.shape[:3], out_h, out_w)
+        for tap, (p, q) in enumerate((p, q) for p in range(kernel) for q in range(kernel)):
+            windows[:, tap].copy_(samples[:, :, p : p + out_h, q : q + out_w])
+        windows[:, -1].fill_(1.0)
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
         self._row_views = {}  # views of the parameters before the move
@@ -177,70 +210,78 @@ class StatisticsNetwork(nn.Module):
         """Every parameter's ``rows``, differentiable (the autograd path)."""
         return {name: parameter[rows] for name, parameter in self.named_parameters()}
 
-    def _filters(self, which: str, params: _Tensors) -> torch.Tensor:
-        """The convolution's filters with the bias as one more tap: (b, C, k*k + 1)."""
-        return torch.cat([params[f"{which}_conv_weight"], params[f"{which}_conv_bias"].unsqueeze(-1)], dim=2)
+    def _filters(self, params: _Tensors, work: Workspace | None) -> torch.Tensor:
+        """The convolutions' filters with the bias as one more tap: (b, 2, C, k*k + 1)."""
+        weight, bias = params["conv_weight"], params["conv_bias"]
+        out = None if work is None else work.get("filters", (*weight.shape[:3], weight.shape[3] + 1), weight)
+        return torch.cat([weight, bias.unsqueeze(-1)], dim=3, out=out)
 
-    def _first_map_layer(
-        self, which: str, taps: torch.Tensor, params: _Tensors, work: Workspace | None
-    ) -> torch.Tensor:
-        """The convolution and the first linear layer in one, on :meth:`patches`: (b, K, out).
+    def _first_map_layer(self, taps: torch.Tensor, params: _Tensors, work: Workspace | None) -> torch.Tensor:
+        """The convolution and the first linear layer in one, on :meth:`patches`: (b, 2, K, out).
 
         With ``W0`` stored as (C, out, H'W') and the filters ``w`` (C, T), the
         folded weight ``A[t, o, p] = sum_c w[c, t] W0[c, o, p]`` is one product, and
         ``layer0(conv(x))[k, o] = sum_{t, p} taps[t, k, p] A[t, o, p] + bias0[o]``:
         4.4x fewer FLOPs than the convolution followed by the layer, no
         (K, C * H'W') feature tensor, and every product over the weight's full
-        width (measured: the per-output-row layout ran 1.2-1.5x slower).
+        width (measured: the per-output-row layout ran 1.2-1.5x slower). With
+        ``work``, the filters and ``A`` stay in it for the backward pass.
         """
-        weight = params[f"{which}_weight0"]
-        batch, channels, out, positions = weight.shape
-        filters = self._filters(which, params)
-        tap_count, count = taps.shape[1], taps.shape[2]
-        shape = (batch, tap_count, out * positions)
-        folded = work.get(f"{which}_folded", shape, taps) if work is not None else None
-        folded = torch.bmm(filters.transpose(1, 2), weight.view(batch, channels, -1), out=folded)
-        per_tap = work.get(f"{which}_per_tap", (batch * tap_count, count, out), taps) if work is not None else None
+        weight = params["weight0"]
+        batch, branches, channels, out, positions = weight.shape
+        pairs = batch * branches
+        filters = self._filters(params, work)
+        tap_count, count = taps.shape[2], taps.shape[3]
+        folded = work.get("folded", (pairs, tap_count, out * positions), taps) if work is not None else None
+        folded = torch.bmm(
+            filters.view(pairs, channels, tap_count).transpose(1, 2), weight.view(pairs, channels, -1), out=folded
+        )
+        per_tap = work.get("per_tap", (pairs * tap_count, count, out), taps) if work is not None else None
         per_tap = torch.bmm(
-            taps.reshape(batch * tap_count, count, positions),
-            folded.view(batch * tap_count, out, positions).transpose(1, 2),
+            taps.reshape(pairs * tap_count, count, positions),
+            folded.view(pairs * tap_count, out, positions).transpose(1, 2),
             out=per_tap,
-        ).view(batch, tap_count, count, out)
-        bias = params[f"{which}_bias0"].unsqueeze(1)
+        ).view(batch, branches, tap_count, count, out)
+        bias = params["bias0"].unsqueeze(2)
         if work is None:
-            return per_tap.sum(dim=1) + bias
-        hidden = torch.sum(per_tap, dim=1, out=work.get(f"{which}_out0", (batch, count, out), taps))
+            return per_tap.sum(dim=2) + bias
+        hidden = torch.sum(per_tap, dim=2, out=work.get("out0", (batch, branches, count, out), taps))
         return hidden.add_(bias)
 
     def _linear_stack(
-        self, which: str, inputs: torch.Tensor, params: _Tensors, work: Workspace | None = None
+        self, inputs: torch.Tensor, params: _Tensors, work: Workspace | None = None
     ) -> list[torch.Tensor]:
-        """Inputs of every layer of a branch (the :meth:`patches` for maps), then its output.
+        """Inputs of every layer of both branches (b, 2, K, ...), then their outputs (b, 2, K, embed).
 
-        For map samples the first layer is the convolution and the first linear
-        layer in one (:meth:`_first_map_layer`); with ``work`` every output is
-        written into it.
+        For map samples the inputs are :meth:`branch_inputs` and the first layer is
+        the convolution and the first linear layer in one (:meth:`_first_map_layer`);
+        with ``work`` every output is written into it.
         """
         activations = [inputs]
         for layer in range(self.num_layers):
             if layer == 0 and self.is_map:
-                activations.append(self._first_map_layer(which, inputs, params, work))
+                activations.append(self._first_map_layer(inputs, params, work))
                 continue
-            weight = params[f"{which}_weight{layer}"]
-            bias = params[f"{which}_bias{layer}"].unsqueeze(1)
-            out = None
-            if work is not None:
-                out = work.get(f"{which}_out{layer}", (*activations[-1].shape[:2], weight.shape[1]), inputs)
-            activations.append(torch.baddbmm(bias, activations[-1], weight.transpose(1, 2), out=out))
+            weight = params[f"weight{layer}"]
+            batch, branches, out, width = weight.shape
+            pairs, count = batch * branches, activations[-1].shape[2]
+            bias = params[f"bias{layer}"].view(pairs, 1, out)
+            result = work.get(f"out{layer}", (pairs, count, out), inputs) if work is not None else None
+            result = torch.baddbmm(
+                bias,
+                activations[-1].reshape(pairs, count, width),
+                weight.view(pairs, out, width).transpose(1, 2),
+                out=result,
+            )
+            activations.append(result.view(batch, branches, count, out))
         return activations
 
-    def branch(self, which: str, samples: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
-        """Applies branch ``which`` ('u' or 'v') to samples (B, K, *sample_shape) -> (B, K, embed).
+    def embeddings(self, u: torch.Tensor, v: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """Both branches' outputs (B, 2, K, embed) for samples u, v (B, K, *sample_shape), differentiable.
 
         With ``rows``, applies those parameter sets to samples holding only those rows.
         """
-        inputs = self.patches(samples) if self.is_map else samples
-        return self._linear_stack(which, inputs, self._sliced(rows))[-1]
+        return self._linear_stack(self.branch_inputs(u, v), self._sliced(rows))[-1]
 
     def scores(
         self,
@@ -263,7 +304,8 @@ class StatisticsNetwork(nn.Module):
 
         With ``rows``, u, v and permutation hold only those rows of the batch.
         """
-        joint, marginal = self.scores(self.branch("u", u, rows), self.branch("v", v, rows), permutation, rows)
+        embed = self.embeddings(u, v, rows)
+        joint, marginal = self.scores(embed[:, 0], embed[:, 1], permutation, rows)
         return donsker_varadhan(joint, marginal)
 
     def ascent_gradients(
@@ -271,7 +313,7 @@ class StatisticsNetwork(nn.Module):
         u: torch.Tensor,
         v: torch.Tensor,
         permutation: torch.Tensor,
-        patches: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+        inputs: torch.Tensor | None = None,
         rows: slice = slice(None),
         work: Workspace | None = None,
         bound: bool = True,
@@ -282,24 +324,23 @@ class StatisticsNetwork(nn.Module):
         (checked in the tests) but writing each weight gradient straight into a
         persistent buffer with ``bmm(out=...)`` and every large temporary into
         ``work`` (a :class:`Workspace` kept across steps), so a step allocates no
-        large tensor. ``patches`` are the samples' :meth:`patches` when the caller
-        computed them once for many steps. ``rows`` restricts the step to a
-        contiguous sub-batch of the parameter sets (u, v, permutation and patches
-        are then that sub-batch's rows); only those rows of the gradients are written.
-        With ``bound=False`` the bound itself is not evaluated (None is returned).
+        large tensor. ``inputs`` are the samples' :meth:`branch_inputs` when the
+        caller made them once for many steps (u and v are then unused). ``rows``
+        restricts the step to a contiguous sub-batch of the parameter sets (u, v,
+        permutation and inputs are then that sub-batch's rows); only those rows of
+        the gradients are written. With ``bound=False`` the bound itself is not
+        evaluated (None is returned).
         """
         work = Workspace() if work is None else work
         params, grads = self._views(rows)
         with torch.no_grad():
-            estimate, stacks, grad_embed, scores = self._bound_and_embed_grads(
-                u, v, permutation, patches, params, work, bound
+            inputs = self.branch_inputs(u, v) if inputs is None else inputs
+            estimate, activations, grad_embed, scores = self._bound_and_embed_grads(
+                inputs, permutation, params, work, bound
             )
             grad_joint, joint_act, grad_marginal, marginal_act = scores
-            grads["out_weight"].copy_(
-                (grad_joint.unsqueeze(-1) * joint_act + grad_marginal.unsqueeze(-1) * marginal_act).sum(dim=1)
-            )
-            for which in ("u", "v"):
-                self._branch_backward(which, stacks[which], grad_embed[which], params, grads, work)
+            grads["out_weight"].copy_((joint_act * grad_joint + grad_marginal.unsqueeze(-1) * marginal_act).sum(dim=1))
+            self._stack_backward(activations, grad_embed, params, grads, work)
         return estimate
 
     def bound_and_sample_gradient(
@@ -307,7 +348,7 @@ class StatisticsNetwork(nn.Module):
         u: torch.Tensor,
         v: torch.Tensor,
         permutation: torch.Tensor,
-        patches: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+        inputs: torch.Tensor | None = None,
         rows: slice = slice(None),
         work: Workspace | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -322,31 +363,30 @@ class StatisticsNetwork(nn.Module):
         work = Workspace() if work is None else work
         params, _ = self._views(rows)
         with torch.no_grad():
-            estimate, stacks, grad_embed, _ = self._bound_and_embed_grads(u, v, permutation, patches, params, work)
-            grad_v = self._branch_input_gradient("v", stacks["v"], grad_embed["v"], params, work, v.shape)
+            inputs = self.branch_inputs(u, v) if inputs is None else inputs
+            estimate, activations, grad_embed, _ = self._bound_and_embed_grads(inputs, permutation, params, work)
+            grad_v = self._v_input_gradient(activations, grad_embed[:, 1], params, work, v.shape)
+        assert estimate is not None
         return estimate, grad_v.neg_()
 
     def _bound_and_embed_grads(
         self,
-        u: torch.Tensor,
-        v: torch.Tensor,
+        inputs: torch.Tensor,
         permutation: torch.Tensor,
-        patches: tuple[torch.Tensor | None, torch.Tensor | None] | None,
         params: _Tensors,
         work: Workspace,
         bound: bool = True,
-    ) -> tuple[torch.Tensor | None, dict[str, list[torch.Tensor]], _Tensors, tuple[torch.Tensor, ...]]:
-        """The forward pass and the gradients of ``-DV`` at both branches' outputs.
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor], torch.Tensor, tuple[torch.Tensor | float, ...]]:
+        """The forward pass and the gradient of ``-DV`` at both branches' outputs.
 
-        Returns DV (b,) (None with ``bound=False``: the gradient does not need it), every branch's :meth:`_linear_stack`, the gradients at
-        the branch outputs, and (d/d joint scores, joint activations, d/d marginal
-        scores, marginal activations) for the output weight's gradient.
+        Returns DV (b,) (None with ``bound=False``: the gradient does not need it),
+        the :meth:`_linear_stack`, the gradient at its output (b, 2, K, embed), and
+        (d/d joint scores, joint activations, d/d marginal scores, marginal
+        activations) for the output weight's gradient.
         """
-        if patches is None:
-            patches = (self.patches(u), self.patches(v))
-        inputs = {"u": u if patches[0] is None else patches[0], "v": v if patches[1] is None else patches[1]}
-        stacks = {which: self._linear_stack(which, inputs[which], params, work) for which in ("u", "v")}
-        u_embed, v_embed = stacks["u"][-1], stacks["v"][-1]
+        activations = self._linear_stack(inputs, params, work)
+        embed = activations[-1]
+        u_embed, v_embed = embed.unbind(1)
         index = permutation.unsqueeze(-1).expand_as(v_embed)
         joint_pre = u_embed + v_embed
         marginal_pre = u_embed + v_embed.gather(1, index)
@@ -356,47 +396,119 @@ class StatisticsNetwork(nn.Module):
         joint = torch.bmm(joint_act, weight).squeeze(-1)
         marginal = torch.bmm(marginal_act, weight).squeeze(-1)
         estimate = donsker_varadhan(joint, marginal) if bound else None
-        # d(-DV)/dT: -1/K on joint scores, softmax on marginal scores
-        grad_joint = torch.full_like(joint, -1.0 / joint.shape[1])
+        # d(-DV)/dT: -1/K on every joint score (a float32 scalar: the bits of a -1/K tensor), softmax on
+        # the marginal scores
+        grad_joint = -1.0 / joint.shape[1]
         grad_marginal = torch.softmax(marginal, dim=1)
         out = out_weight.unsqueeze(1)
-        grad_joint_pre = grad_joint.unsqueeze(-1) * out * (joint_pre > 0)
+        grad_joint_pre = out * grad_joint * (joint_pre > 0)
         grad_marginal_pre = grad_marginal.unsqueeze(-1) * out * (marginal_pre > 0)
-        grad_embed = {
-            "u": grad_joint_pre + grad_marginal_pre,
-            "v": grad_joint_pre.scatter_add(1, index, grad_marginal_pre),
-        }
-        return estimate, stacks, grad_embed, (grad_joint, joint_act, grad_marginal, marginal_act)
+        grad_embed = work.get("grad_embed", embed.shape, embed)
+        grad_u, grad_v = grad_embed.unbind(1)
+        torch.add(grad_joint_pre, grad_marginal_pre, out=grad_u)
+        grad_v.copy_(grad_joint_pre).scatter_add_(1, index, grad_marginal_pre)
+        return estimate, activations, grad_embed, (grad_joint, joint_act, grad_marginal, marginal_act)
 
-    def _branch_input_gradient(
+    def _grad(self, parameter: nn.Parameter) -> torch.Tensor:
+        if parameter.grad is None:
+            parameter.grad = torch.empty_like(parameter)
+        return parameter.grad
+
+    def _stack_backward(
         self,
-        which: str,
+        activations: list[torch.Tensor],
+        grad_out: torch.Tensor,
+        params: _Tensors,
+        grads: _Tensors,
+        work: Workspace,
+    ) -> None:
+        """Both branches' weight and bias gradients, given the gradient at their outputs (b, 2, K, embed)."""
+        for layer in reversed(range(self.num_layers)):
+            torch.sum(grad_out, dim=2, out=grads[f"bias{layer}"])
+            if layer == 0 and self.is_map:
+                self._first_map_layer_backward(activations[0], grad_out, params, grads, work)
+                return
+            weight = params[f"weight{layer}"]
+            batch, branches, out, width = weight.shape
+            pairs, count = batch * branches, grad_out.shape[2]
+            flat_grad = grad_out.reshape(pairs, count, out)
+            torch.bmm(
+                flat_grad.transpose(1, 2),
+                activations[layer].reshape(pairs, count, width),
+                out=grads[f"weight{layer}"].view(pairs, out, width),
+            )
+            if layer > 0:
+                grad_in = work.get(f"grad_input{layer}", (pairs, count, width), grad_out)
+                grad_out = torch.bmm(flat_grad, weight.view(pairs, out, width), out=grad_in).view(
+                    batch, branches, count, width
+                )
+
+    def _first_map_layer_backward(
+        self,
+        taps: torch.Tensor,
+        grad_out: torch.Tensor,
+        params: _Tensors,
+        grads: _Tensors,
+        work: Workspace,
+    ) -> None:
+        """Gradients of ``W0`` and of the convolutions through the folded weight of :meth:`_first_map_layer`.
+
+        With the folded weight's gradient ``G[t, o, p] = sum_k grad_out[k, o] taps[t, k, p]``:
+        ``dW0[c, o, p] = sum_t w[c, t] G[t, o, p]`` and ``dw[c, t] = sum_{o, p} W0[c, o, p] G[t, o, p]``
+        (the bias tap gives the convolution bias's gradient). The filters are the
+        forward pass's, still in ``work``.
+        """
+        weight = params["weight0"]
+        batch, branches, channels, out, positions = weight.shape
+        pairs = batch * branches
+        tap_count, count = taps.shape[2], taps.shape[3]
+        per_tap = work.get("grad_per_tap", (batch, branches, tap_count, out, count), grad_out)
+        per_tap.copy_(grad_out.transpose(2, 3).unsqueeze(2).expand(batch, branches, tap_count, out, count))
+        folded_grad = torch.bmm(
+            per_tap.view(pairs * tap_count, out, count),
+            taps.reshape(pairs * tap_count, count, positions),
+            out=work.get("folded", (pairs * tap_count, out, positions), grad_out),
+        ).view(pairs, tap_count, out * positions)
+        filters = work.get("filters", (batch, branches, channels, tap_count), grad_out).view(pairs, channels, tap_count)
+        torch.bmm(filters, folded_grad, out=grads["weight0"].view(pairs, channels, -1))
+        filters_grad = torch.bmm(
+            folded_grad,
+            weight.view(pairs, channels, -1).transpose(1, 2),
+            out=work.get("filters_grad", (pairs, tap_count, channels), grad_out),
+        )
+        grads["conv_weight"].view(pairs, channels, -1).copy_(filters_grad[:, :-1].transpose(1, 2))
+        grads["conv_bias"].view(pairs, channels).copy_(filters_grad[:, -1])
+
+    def _v_input_gradient(
+        self,
         activations: list[torch.Tensor],
         grad_out: torch.Tensor,
         params: _Tensors,
         work: Workspace,
         shape: torch.Size,
     ) -> torch.Tensor:
-        """The gradient at branch ``which``'s samples (``shape``: b, K, ...), given the one at its output.
+        """The gradient at the ``v`` branch's samples (``shape``: b, K, ...), given the one at its output.
 
         For map samples, through the folded first layer of :meth:`_first_map_layer`
         (its folded weight is still in ``work``): ``dtaps[t, k, p] = sum_o grad_out[k, o] A[t, o, p]``,
         and each kernel tap's gradient is added back at its window's place.
         """
         for layer in reversed(range(1, self.num_layers)):
-            grad_out = torch.bmm(grad_out, params[f"{which}_weight{layer}"])
+            grad_out = torch.bmm(grad_out, params[f"weight{layer}"][:, 1])
         if not self.is_map:
-            return torch.bmm(grad_out, params[f"{which}_weight0"])
-        batch, channels, out, positions = params[f"{which}_weight0"].shape
+            return torch.bmm(grad_out, params["weight0"][:, 1])
+        batch, branches, channels, out, positions = params["weight0"].shape
         taps = activations[0]
-        tap_count, count = taps.shape[1], taps.shape[2]
-        per_tap = work.get(f"{which}_grad_per_tap", (batch, tap_count, count, out), grad_out)
+        tap_count, count = taps.shape[2], taps.shape[3]
+        folded = work.get("folded", (batch, branches, tap_count, out, positions), taps)[:, 1]
+        folded_v = work.get("folded_v", (batch * tap_count, out, positions), taps)
+        folded_v.view(batch, tap_count, out, positions).copy_(folded)
+        per_tap = work.get("grad_per_tap", (batch, tap_count, count, out), grad_out)
         per_tap.copy_(grad_out.unsqueeze(1).expand(batch, tap_count, count, out))
-        folded = work.get(f"{which}_folded", (batch * tap_count, out, positions), taps)
         grad_taps = torch.bmm(
             per_tap.view(batch * tap_count, count, out),
-            folded,
-            out=work.get(f"{which}_grad_taps", (batch * tap_count, count, positions), taps),
+            folded_v,
+            out=work.get("grad_taps", (batch * tap_count, count, positions), taps),
         )
         kernel = self.conv_kernel
         out_h, out_w = (size - kernel + 1 for size in self.sample_shape)
@@ -405,61 +517,6 @@ class StatisticsNetwork(nn.Module):
         for tap, (p, q) in enumerate((p, q) for p in range(kernel) for q in range(kernel)):
             grad[:, :, p : p + out_h, q : q + out_w] += grad_taps[:, tap]  # the last tap (bias) has none
         return grad
-
-    def _grad(self, parameter: nn.Parameter) -> torch.Tensor:
-        if parameter.grad is None:
-            parameter.grad = torch.empty_like(parameter)
-        return parameter.grad
-
-    def _branch_backward(
-        self,
-        which: str,
-        activations: list[torch.Tensor],
-        grad_out: torch.Tensor,
-        params: _Tensors,
-        grads: _Tensors,
-        work: Workspace,
-    ) -> None:
-        for layer in reversed(range(self.num_layers)):
-            torch.sum(grad_out, dim=1, out=grads[f"{which}_bias{layer}"])
-            if layer == 0 and self.is_map:
-                self._first_map_layer_backward(which, activations[0], grad_out, params, grads, work)
-                return
-            torch.bmm(grad_out.transpose(1, 2), activations[layer], out=grads[f"{which}_weight{layer}"])
-            if layer > 0:
-                grad_in = work.get(f"grad_input{layer}", activations[layer].shape, grad_out)
-                grad_out = torch.bmm(grad_out, params[f"{which}_weight{layer}"], out=grad_in)
-
-    def _first_map_layer_backward(
-        self,
-        which: str,
-        taps: torch.Tensor,
-        grad_out: torch.Tensor,
-        params: _Tensors,
-        grads: _Tensors,
-        work: Workspace,
-    ) -> None:
-        """Gradients of ``W0`` and of the convolution through the folded weight of :meth:`_first_map_layer`.
-
-        With the folded weight's gradient ``G[t, o, p] = sum_k grad_out[k, o] taps[t, k, p]``:
-        ``dW0[c, o, p] = sum_t w[c, t] G[t, o, p]`` and ``dw[c, t] = sum_{o, p} W0[c, o, p] G[t, o, p]``
-        (the bias tap gives the convolution bias's gradient).
-        """
-        weight = params[f"{which}_weight0"]
-        batch, channels, out, positions = weight.shape
-        tap_count, count = taps.shape[1], taps.shape[2]
-        per_tap = work.get(f"{which}_grad_per_tap", (batch, tap_count, out, count), grad_out)
-        per_tap.copy_(grad_out.transpose(1, 2).unsqueeze(1).expand(batch, tap_count, out, count))
-        folded_grad = torch.bmm(
-            per_tap.view(batch * tap_count, out, count),
-            taps.reshape(batch * tap_count, count, positions),
-            out=work.get(f"{which}_folded", (batch * tap_count, out, positions), grad_out),
-        ).view(batch, tap_count, out * positions)
-        filters = self._filters(which, params)
-        torch.bmm(filters, folded_grad, out=grads[f"{which}_weight0"].view(batch, channels, -1))
-        filters_grad = torch.bmm(folded_grad, weight.view(batch, channels, -1).transpose(1, 2))  # (b, T, C)
-        grads[f"{which}_conv_weight"].copy_(filters_grad[:, :-1].transpose(1, 2))
-        grads[f"{which}_conv_bias"].copy_(filters_grad[:, -1])
 
 
 def donsker_varadhan(joint: torch.Tensor, marginal: torch.Tensor) -> torch.Tensor:
