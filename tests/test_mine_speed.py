@@ -134,9 +134,14 @@ def test_training_steps_skip_the_bound_but_write_the_same_gradients():
 def test_vector_samples_train_bitwise_in_any_sub_batch(threads):
     threads(2)
     u, v = torch.rand(11, 9, 12), torch.rand(11, 9, 12)
-    expected = _mine(11, (12,), 9, sub_batch=11).train(u, v, 4)
+    whole = _mine(11, (12,), 9, sub_batch=11)
+    expected = whole.train(u, v, 4)
+    permutation = torch.stack([torch.randperm(9) for _ in range(11)])
+    expected_grad = _attack_gradient(whole, u, v, permutation)
     for rows in (1, 2, 8):
-        assert torch.equal(_mine(11, (12,), 9, sub_batch=rows).train(u, v, 4), expected)
+        parted = _mine(11, (12,), 9, sub_batch=rows)
+        assert torch.equal(parted.train(u, v, 4), expected)
+        assert torch.equal(_attack_gradient(parted, u, v, permutation), expected_grad)
 
 
 def test_block_adam_equals_torch_fused_adam():

@@ -167,11 +167,9 @@ class _InputsCache:
         """The buffers for ``u``, one per sub-batch (their ``v`` halves are undefined)."""
         key = self._key(u)
         if key != self._stored:
-            self.inputs = []
-            for rows in sub_batches:
-                inputs = network.empty_inputs(rows.stop - rows.start, u.shape[1], u)
-                network.write_inputs(inputs, 0, u[rows])
-                self.inputs.append(inputs)
+            whole = network.empty_inputs(u.shape[0], u.shape[1], u)  # one allocation, a view per sub-batch
+            network.write_inputs(whole, 0, u)
+            self.inputs = [whole[rows] for rows in sub_batches]
             self._source, self._stored = u, key
         return self.inputs
 
@@ -337,18 +335,20 @@ class PerSampleMINE:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """DV (B,) and its gradient at ``v``, by sub-batch like :meth:`train`."""
         cached = self._inputs.get(self.network, u, self.sub_batches)
+        grad = torch.empty_like(v)  # one tensor whose row blocks the sub-batches write
 
-        def block(index: int, worker: int) -> tuple[torch.Tensor, torch.Tensor]:
+        def block(index: int, worker: int) -> torch.Tensor:
             rows = self.sub_batches[index]
             v_rows = v[rows]
             self.network.write_inputs(cached[index], 1, v_rows)
             work = self._workspaces[worker]
-            return self.network.bound_and_sample_gradient(u[rows], v_rows, permutation[rows], cached[index], rows, work)
+            network = self.network
+            return network.bound_and_sample_gradient(
+                u[rows], v_rows, permutation[rows], cached[index], rows, work, out=grad[rows]
+            )[0]
 
         parts = self._by_block(block, u.device)
-        if len(parts) == 1:
-            return parts[0]
-        return torch.cat([estimate for estimate, _ in parts]), torch.cat([grad for _, grad in parts])
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), grad
 
     def _by_block(self, block: Callable[[int, int], _Part], device: torch.device) -> list[_Part]:
         """``block(index, worker)`` for every sub-batch, in order.

@@ -351,6 +351,7 @@ class StatisticsNetwork(nn.Module):
         inputs: torch.Tensor | None = None,
         rows: slice = slice(None),
         work: Workspace | None = None,
+        out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """DV (b,) and its gradient with respect to the samples ``v`` (b, K, *sample_shape).
 
@@ -358,16 +359,19 @@ class StatisticsNetwork(nn.Module):
         through the ``v`` branch, without autograd's graph of the parameter
         slices and taps (whose backward zero-filled a batch-sized tensor per
         slice) and without any weight gradient. Arguments as :meth:`ascent_gradients`;
-        no parameter or gradient is written.
+        the gradient is written into ``out`` (v's shape) when given. No parameter
+        or parameter gradient is written.
         """
         work = Workspace() if work is None else work
         params, _ = self._views(rows)
         with torch.no_grad():
             inputs = self.branch_inputs(u, v) if inputs is None else inputs
             estimate, activations, grad_embed, _ = self._bound_and_embed_grads(inputs, permutation, params, work)
-            grad_v = self._v_input_gradient(activations, grad_embed[:, 1], params, work, v.shape)
+            if out is None:
+                out = torch.empty_like(v)
+            self._v_input_gradient(activations, grad_embed[:, 1], params, work, out)
         assert estimate is not None
-        return estimate, grad_v.neg_()
+        return estimate, out.neg_()
 
     def _bound_and_embed_grads(
         self,
@@ -485,9 +489,9 @@ class StatisticsNetwork(nn.Module):
         grad_out: torch.Tensor,
         params: _Tensors,
         work: Workspace,
-        shape: torch.Size,
-    ) -> torch.Tensor:
-        """The gradient at the ``v`` branch's samples (``shape``: b, K, ...), given the one at its output.
+        result: torch.Tensor,
+    ) -> None:
+        """Writes the gradient at the ``v`` branch's samples (b, K, ...) into ``result``, given the one at its output.
 
         For map samples, through the folded first layer of :meth:`_first_map_layer`
         (its folded weight is still in ``work``): ``dtaps[t, k, p] = sum_o grad_out[k, o] A[t, o, p]``,
@@ -496,7 +500,8 @@ class StatisticsNetwork(nn.Module):
         for layer in reversed(range(1, self.num_layers)):
             grad_out = torch.bmm(grad_out, params[f"weight{layer}"][:, 1])
         if not self.is_map:
-            return torch.bmm(grad_out, params["weight0"][:, 1])
+            torch.bmm(grad_out, params["weight0"][:, 1], out=result)
+            return
         batch, branches, channels, out, positions = params["weight0"].shape
         taps = activations[0]
         tap_count, count = taps.shape[2], taps.shape[3]
@@ -513,10 +518,9 @@ class StatisticsNetwork(nn.Module):
         kernel = self.conv_kernel
         out_h, out_w = (size - kernel + 1 for size in self.sample_shape)
         grad_taps = grad_taps.view(batch, tap_count, count, out_h, out_w)
-        grad = torch.zeros(shape, dtype=grad_out.dtype, device=grad_out.device)
+        result.zero_()
         for tap, (p, q) in enumerate((p, q) for p in range(kernel) for q in range(kernel)):
-            grad[:, :, p : p + out_h, q : q + out_w] += grad_taps[:, tap]  # the last tap (bias) has none
-        return grad
+            result[:, :, p : p + out_h, q : q + out_w] += grad_taps[:, tap]  # the last tap (bias) has none
 
 
 def donsker_varadhan(joint: torch.Tensor, marginal: torch.Tensor) -> torch.Tensor:
