@@ -200,8 +200,8 @@ def warn_if_long(attack: Any, rows: int, sample_shape: tuple[int, ...]) -> float
     if seconds > LONG_JOB_S:
         logger.warning(
             "this job may take about %.1f hours on one CPU core (%d rows, preset %r, estimated from "
-            "benchmarks/results/attack_speed.json); more threads or a GPU shorten it, --limit or "
-            "--preset fast (~50x cheaper than paper) too",
+            "benchmarks/results); more threads or a GPU shorten it, --limit or "
+            "--preset fast (~160x cheaper than paper) too",
             seconds / 3600,
             rows,
             attack.preset,

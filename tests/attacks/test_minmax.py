@@ -256,16 +256,18 @@ def test_default_preset_is_fast_unsupervised_and_the_release_supervised():
 
 
 def test_long_jobs_are_announced_with_an_estimate(caplog):
-    from uae_augment.attacks.minmax import estimate_cpu_seconds
+    from uae_augment.attacks.minmax import RANDOM_PROJECTION_COST, estimate_cpu_seconds
     from uae_augment.cli import warn_if_long
 
     conv = Reconstruction(digits_conv_autoencoder())
     paper, fast = MINEUAE(conv, preset="paper"), MINEUAE(conv)
     assert estimate_cpu_seconds(paper, 8, (1, 28, 28)) == pytest.approx(8 * 55.0)
-    assert estimate_cpu_seconds(fast, 8, (1, 28, 28)) == pytest.approx(8 * 1.1)
+    assert estimate_cpu_seconds(fast, 8, (1, 28, 28)) == pytest.approx(8 * 0.22)
     assert estimate_cpu_seconds(MINEUAE(conv, preset="paper", steps=20), 8, (1, 28, 28)) == pytest.approx(4 * 55.0)
+    dense = MINEUAE(Reconstruction(digits_dense_autoencoder()))  # random projections cost more
+    assert estimate_cpu_seconds(dense, 8, (1, 28, 28)) == pytest.approx(8 * 0.22 * RANDOM_PROJECTION_COST)
     with caplog.at_level("WARNING", logger="uae_augment.cli"):
-        assert warn_if_long(fast, 1000, (1, 28, 28)) == pytest.approx(1100.0)
+        assert warn_if_long(fast, 1000, (1, 28, 28)) == pytest.approx(220.0)
         assert not caplog.records
         assert warn_if_long(paper, 60000, (1, 28, 28)) == pytest.approx(60000 * 55.0)
     assert "may take about 916.7 hours" in caplog.text and "'paper'" in caplog.text

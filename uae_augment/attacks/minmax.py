@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..criteria import Criterion
-from ..mine import Sampler, build_sampler
+from ..mine import RandomProjectionSampler, Sampler, build_sampler
 from ._minmax_loop import (
     SELECTIONS,
     AnalyticMISimilarity,
@@ -417,20 +417,26 @@ def _check_settings(values: dict[str, Any]) -> None:
         raise ValueError(f"statistics_hidden must be >= 1 or None, got {hidden}")
 
 
-CPU_SECONDS_PER_IMAGE: dict[str, float] = {"paper": 55.0, "fast": 1.1, "strong": 1.2}
+CPU_SECONDS_PER_IMAGE: dict[str, float] = {"paper": 55.0, "fast": 0.22, "strong": 0.21}
 """One-core seconds per 28x28 image of each unsupervised preset (T = 40) against the release's
-conv autoencoder, batch 64 (``benchmarks/results/attack_speed.json``: 55.1, 1.09, 1.21 for the
-earlier strong). The current strong (sign steps 0.02, cosine rule) cost 1.09x and 0.96x fast in
-the same runs (conv AE, one thread: ``benchmarks/results/mi_shape_tuning.json`` 1.039 vs 0.956
-CPU-s per image on 16 images, ``mi_shape_conv.json`` 0.746 vs 0.781 on 64): 1.2 stays."""
+conv autoencoder, batch 64. Fast and strong: ``benchmarks/results/attack_speed_presets.json``
+(0.219 and 0.205, the engine after #13); paper: ``benchmarks/results/attack_speed.json`` (55.1, an
+earlier engine; ``precompute_throughput.json`` has 39.2 at batch 8 after #13, so 55 errs long).
+These are feature-map (conv victim) figures; see :data:`RANDOM_PROJECTION_COST`."""
+
+RANDOM_PROJECTION_COST = 2.7
+"""Cost of a random-projection attack (dense victims) relative to a feature-map one: 8 MNIST digits,
+fast preset, 10 iterations, one thread: 1.29 CPU s against the dense AE, 0.47 against the conv AE
+(measured after #13; the feature-map engine had become 5x faster, the projection one had not)."""
 
 
 def estimate_cpu_seconds(attack: MinMaxAttack, rows: int, sample_shape: tuple[int, ...]) -> float:
     """A rough one-core wall-time estimate of attacking ``rows`` samples of ``sample_shape``.
 
     Scales :data:`CPU_SECONDS_PER_IMAGE` of the attack's preset by its attack and
-    MINE steps (cost ~ T * (S + 1)) and by the sample size relative to 28x28. It is
-    an order of magnitude, meant for "this will take hours" warnings, not a benchmark.
+    MINE steps (cost ~ T * (S + 1)), by the sample size relative to 28x28 and, for
+    random-projection samplers, by :data:`RANDOM_PROJECTION_COST`. It is an order
+    of magnitude, meant for "this will take hours" warnings, not a benchmark.
 
     Raises:
         ValueError: if ``rows`` < 0.
@@ -440,7 +446,9 @@ def estimate_cpu_seconds(attack: MinMaxAttack, rows: int, sample_shape: tuple[in
     reference = resolve_preset(attack.preset, "unsupervised", {})
     per_unit = CPU_SECONDS_PER_IMAGE[attack.preset] / (reference["steps"] * (reference["mine_steps"] + 1))
     units = attack.settings.steps * (attack.settings.mine_steps + 1)
-    return rows * per_unit * units * math.prod(sample_shape) / (28 * 28)
+    projections = isinstance(attack.sampler_for(tuple(sample_shape)), RandomProjectionSampler)
+    factor = RANDOM_PROJECTION_COST if projections else 1.0
+    return rows * per_unit * units * factor * math.prod(sample_shape) / (28 * 28)
 
 
 class MINEUAE(MinMaxAttack):
