@@ -7,7 +7,7 @@
    every arm's test reconstruction error and the attack's success rate.
 
 Run ``python recipes/example.py`` (``--help`` for the sizes): 41.9 CPU s with one torch
-thread at the defaults (``/usr/bin/time``, 42 s wall on an idle 2-core machine; README, top). A rerun with the same flags reuses the cache and prints the same table.
+thread at the defaults (``/usr/bin/time``, 31 s wall on an idle 2-core machine; README, top). A rerun with the same flags reuses the cache and prints the same table.
 One seed at this size decides nothing: README.md, section "Results", has the
 multi-seed comparison.
 """
