@@ -52,7 +52,7 @@ class BlockAdam:
         self.exp_avgs = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sqs = [torch.zeros_like(p) for p in self.params]
         # one step counter shared by every tensor (they always step together): one increment per
-        # step instead of ``_foreach_add_``'s per-tensor loop (~150 µs per 2-row step, measured)
+        # step instead of ``_foreach_add_``'s per-tensor loop (162 µs per 2-row step under the profiler)
         self.state_step = torch.zeros((), dtype=torch.float32, device=self.params[0].device)
         self.state_steps = [self.state_step] * len(self.params)
 
@@ -342,8 +342,7 @@ class PerSampleMINE:
             v_rows = v[rows]
             self.network.write_inputs(cached[index], 1, v_rows)
             work = self._workspaces[worker]
-            network = self.network
-            return network.bound_and_sample_gradient(
+            return self.network.bound_and_sample_gradient(
                 u[rows], v_rows, permutation[rows], cached[index], rows, work, out=grad[rows]
             )[0]
 

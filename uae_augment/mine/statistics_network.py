@@ -149,26 +149,30 @@ class StatisticsNetwork(nn.Module):
     def batch(self) -> int:
         return self.out_weight.shape[0]
 
-    def patches(self, samples: torch.Tensor) -> torch.Tensor:
-        """The kernel taps of feature-map samples (B, K, H, W) and a constant tap: (B, k*k + 1, K, H'W').
+    def _window_shape(self) -> tuple[int, int]:
+        """(H', W'): the positions of the branch convolution on a map."""
+        height, width = self.sample_shape
+        return height - self.conv_kernel + 1, width - self.conv_kernel + 1
 
-        Tap t of map k holds the t-th of the k*k shifted H' x W' windows of the
-        map; the last tap is ones (it carries the convolution bias). The
-        convolution and the first linear layer of a branch are then products of
-        these taps with the folded weight (:meth:`_first_map_layer`).
-        """
-        batch, count, height, width = samples.shape
+    def _windows(self) -> list[tuple[slice, slice]]:
+        """The (rows, columns) of each kernel tap's shifted H' x W' window of a map, taps in filter order."""
         kernel = self.conv_kernel
-        out_h, out_w = height - kernel + 1, width - kernel + 1
-        taps = [samples[:, :, p : p + out_h, q : q + out_w] for p in range(kernel) for q in range(kernel)]
-        taps.append(torch.ones_like(taps[0]))
-        return torch.stack(taps, dim=1).reshape(batch, kernel * kernel + 1, count, out_h * out_w)
+        out_h, out_w = self._window_shape()
+        return [(slice(p, p + out_h), slice(q, q + out_w)) for p in range(kernel) for q in range(kernel)]
 
     def branch_inputs(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Both branches' inputs (B, 2, ...): the samples' :meth:`patches` for maps, the samples for vectors."""
-        if self.is_map:
-            return torch.stack([self.patches(u), self.patches(v)], dim=1)
-        return torch.stack([u, v], dim=1)
+        """Both branches' inputs (B, 2, ...): the samples' kernel taps for maps, the samples for vectors.
+
+        For feature maps (B, K, H, W) a branch's input is (B, k*k + 1, K, H'W'): tap t
+        of map k holds the t-th of the k*k shifted H' x W' windows of the map, and
+        the last tap is ones (it carries the convolution bias). The convolution and
+        the first linear layer of a branch are then products of these taps with the
+        folded weight (:meth:`_first_map_layer`). Differentiable.
+        """
+        inputs = self.empty_inputs(u.shape[0], u.shape[1], u)
+        self.write_inputs(inputs, 0, u)
+        self.write_inputs(inputs, 1, v)
+        return inputs
 
     def empty_inputs(self, batch: int, count: int, like: torch.Tensor) -> torch.Tensor:
         """An uninitialised (batch, 2, ...) :meth:`branch_inputs` tensor to :meth:`write_inputs` into."""
@@ -185,12 +189,10 @@ class StatisticsNetwork(nn.Module):
         if not self.is_map:
             target.copy_(samples)
             return
-        kernel = self.conv_kernel
-        out_h, out_w = (size - kernel + 1 for size in self.sample_shape)
-        windows = target.view(*target.shape[:3], out_h, out_w)
-        for tap, (p, q) in enumerate((p, q) for p in range(kernel) for q in range(kernel)):
-            windows[:, tap].copy_(samples[:, :, p : p + out_h, q : q + out_w])
-        windows[:, -1].fill_(1.0)
+        taps = target.view(*target.shape[:3], *self._window_shape())
+        for tap, (rows, columns) in enumerate(self._windows()):
+            taps[:, tap].copy_(samples[:, :, rows, columns])
+        taps[:, -1].fill_(1.0)
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
         self._row_views = {}  # views of the parameters before the move
@@ -217,7 +219,7 @@ class StatisticsNetwork(nn.Module):
         return torch.cat([weight, bias.unsqueeze(-1)], dim=3, out=out)
 
     def _first_map_layer(self, taps: torch.Tensor, params: _Tensors, work: Workspace | None) -> torch.Tensor:
-        """The convolution and the first linear layer in one, on :meth:`patches`: (b, 2, K, out).
+        """The convolution and the first linear layer in one, on :meth:`branch_inputs`' taps: (b, 2, K, out).
 
         With ``W0`` stored as (C, out, H'W') and the filters ``w`` (C, T), the
         folded weight ``A[t, o, p] = sum_c w[c, t] W0[c, o, p]`` is one product, and
@@ -515,12 +517,10 @@ class StatisticsNetwork(nn.Module):
             folded_v,
             out=work.get("grad_taps", (batch * tap_count, count, positions), taps),
         )
-        kernel = self.conv_kernel
-        out_h, out_w = (size - kernel + 1 for size in self.sample_shape)
-        grad_taps = grad_taps.view(batch, tap_count, count, out_h, out_w)
+        grad_taps = grad_taps.view(batch, tap_count, count, *self._window_shape())
         result.zero_()
-        for tap, (p, q) in enumerate((p, q) for p in range(kernel) for q in range(kernel)):
-            result[:, :, p : p + out_h, q : q + out_w] += grad_taps[:, tap]  # the last tap (bias) has none
+        for tap, (rows, columns) in enumerate(self._windows()):  # the last tap (bias) has none
+            result[:, :, rows, columns] += grad_taps[:, tap]
 
 
 def donsker_varadhan(joint: torch.Tensor, marginal: torch.Tensor) -> torch.Tensor:
