@@ -43,6 +43,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset(
         {
             "_seeding",
+            "_heap",
             "_version",
             "_model_state",
             "_validation",

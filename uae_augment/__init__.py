@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._heap import heap_retention, set_heap_retention
     from ._progress import configure_logging
     from .attacks import (
         BIM,
@@ -71,6 +72,7 @@ _LAZY = {
     ),
     "Contrastive": ".contrastive",
     "configure_logging": "._progress",
+    **dict.fromkeys(("heap_retention", "set_heap_retention"), "._heap"),
     **dict.fromkeys(("ClassifierMargin", "Criterion", "Reconstruction"), ".criteria"),
     **dict.fromkeys(
         (
@@ -142,9 +144,11 @@ __all__ = [
     "configure_logging",
     "estimate_mi",
     "fit",
+    "heap_retention",
     "load_dataset",
     "per_sample_mi",
     "precompute",
     "random_subset",
+    "set_heap_retention",
     "__version__",
 ]

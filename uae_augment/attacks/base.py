@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._heap import retain_freed_memory
 from .._model_state import frozen, model_device
 from .._progress import Progress, auto_options
 from .._validation import (
@@ -173,6 +174,7 @@ class Attack(abc.ABC):
         labels = check_labels(y, x.shape[0], required=self.requires_labels, device=x.device)
         global_index = resolve_index(index, x.shape[0])
         self._check_devices(x.device)
+        retain_freed_memory()  # steps free and re-allocate their state (uae_augment._heap)
         n = x.shape[0]
         chunk = self.batch_size or n
         parts: list[AttackResult] = []

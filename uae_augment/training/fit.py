@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
+from .._heap import retain_freed_memory
 from .._model_state import model_device
 from .._progress import Progress
 from .._seeding import derive_seed
@@ -168,6 +169,7 @@ def fit(
     )
     history = FitHistory(batch_size=batch_size)
     name = type(model).__name__
+    retain_freed_memory()  # every step frees and re-allocates its activations (uae_augment._heap)
     logger.info(
         "fit %s: %d samples, %d epochs, batch %d, %d steps on %s",
         name,
