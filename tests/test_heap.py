@@ -54,11 +54,12 @@ def _run(mode: str) -> dict:
 def test_fit_keeps_freed_memory_so_later_steps_fault_no_pages_in() -> None:
     kept = _run("default")
     assert kept["before"] is None and kept["after_fit"] == _heap.DEFAULT_RETENTION
+    assert kept["faults"][0] > 0.5 * PAGES_PER_STEP  # the first step touches its pages
     assert sum(kept["faults"][1:]) < 0.1 * PAGES_PER_STEP, kept["faults"]  # four steps, < 1/10 of one
 
-    given_back = _run("opt-out")  # glibc's own behaviour: every step's pages come back from the kernel
-    assert given_back["after_fit"] is None
-    assert min(given_back["faults"][1:]) > 0.5 * PAGES_PER_STEP, given_back["faults"]
+    # glibc's own behaviour: whether a step's pages go back to the kernel depends on its adaptive
+    # thresholds and on the heap's layout (it varied from run to run), so only the setting is checked
+    assert _run("opt-out")["after_fit"] is None
 
 
 def test_set_heap_retention_validates_and_reports(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,9 @@ Two ``mallopt`` settings stop it: ``M_MMAP_THRESHOLD`` at glibc's largest adapti
 puts every smaller request on the heap from the start, and ``M_TOP_PAD`` makes glibc keep that
 many free bytes at the heap top when it trims and take that many extra when it grows, so the
 next step reuses resident pages (the extra is address space until touched; resident memory can
-stay up to the pad above what the process holds after a peak). The library sets them the first
+stay up to the pad above what the process holds after a peak). A larger request still gets its own
+``mmap`` unless the heap top holds it, which it does once the heap has grown under the pad (a
+B = 64 MINE attack's 2 x 60 MB state did, after its first step). The library sets them the first
 time :func:`~uae_augment.fit` or an attack runs in a process, not on import;
 :func:`set_heap_retention` changes or undoes that. On a C library other than glibc (macOS,
 Windows, musl) nothing is done. Either setting switches off glibc's adaptive thresholds for the
