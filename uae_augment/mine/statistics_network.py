@@ -25,6 +25,12 @@ _Tensors = dict[str, torch.Tensor]
 BRANCHES = ("u", "v")
 """The two branches of a statistics network, in the order of their index on the parameters' dim 1."""
 
+OUTPUT_MAJOR_WIDTH = 64
+"""First map layers at most this wide compute each tap's (out, K) product, wider ones its (K, out)
+product (then transposed views of each other). One thread on the 2-core test machine, a 2-row
+sub-batch of 16 MNIST-sized maps: the rank-10 layer's (10, K) products took 118 µs per step
+against 215 µs for (K, 10); the 512-wide layer's took 5.7 ms against 5.4 ms for (K, 512)."""
+
 
 def _glorot(generators: Streams, shape: Sequence[int], fan_in: int, fan_out: int) -> torch.Tensor:
     limit = math.sqrt(6.0 / (fan_in + fan_out))
@@ -238,17 +244,22 @@ class StatisticsNetwork(nn.Module):
         folded = torch.bmm(
             filters.view(pairs, channels, tap_count).transpose(1, 2), weight.view(pairs, channels, -1), out=folded
         )
-        per_tap = work.get("per_tap", (pairs * tap_count, count, out), taps) if work is not None else None
-        per_tap = torch.bmm(
-            taps.reshape(pairs * tap_count, count, positions),
-            folded.view(pairs * tap_count, out, positions).transpose(1, 2),
-            out=per_tap,
-        ).view(batch, branches, tap_count, count, out)
+        flat_taps = taps.reshape(pairs * tap_count, count, positions)
+        flat_folded = folded.view(pairs * tap_count, out, positions)
+        output_major = out <= OUTPUT_MAJOR_WIDTH
+        shape = (out, count) if output_major else (count, out)
+        per_tap = work.get("per_tap", (pairs * tap_count, *shape), taps) if work is not None else None
+        if output_major:
+            per_tap = torch.bmm(flat_folded, flat_taps.transpose(1, 2), out=per_tap)
+        else:
+            per_tap = torch.bmm(flat_taps, flat_folded.transpose(1, 2), out=per_tap)
+        per_tap = per_tap.view(batch, branches, tap_count, *shape)
+        summed = work.get("out0", (batch, branches, *shape), taps) if work is not None else None
+        hidden = torch.sum(per_tap, dim=2, out=summed)
+        if output_major:
+            hidden = hidden.transpose(2, 3)  # (b, 2, K, out), a view
         bias = params["bias0"].unsqueeze(2)
-        if work is None:
-            return per_tap.sum(dim=2) + bias
-        hidden = torch.sum(per_tap, dim=2, out=work.get("out0", (batch, branches, count, out), taps))
-        return hidden.add_(bias)
+        return hidden + bias if work is None else hidden.add_(bias)
 
     def _linear_stack(
         self, inputs: torch.Tensor, params: _Tensors, work: Workspace | None = None
