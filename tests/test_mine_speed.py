@@ -32,8 +32,7 @@ def _mine(batch: int, shape: tuple[int, ...], count: int, **kwargs) -> PerSample
         index=torch.arange(10, 10 + batch),
         count=count,
         lr=1e-3,
-        hidden=None,
-        **kwargs,
+        **{"hidden": None, **kwargs},
     )
 
 
@@ -199,6 +198,52 @@ def test_workspace_reuses_one_buffer_per_name():
     assert small.data_ptr() == big.data_ptr() and small.shape == (2, 3)
     assert work.get("a", (5, 5), like).numel() == 25  # grows when asked for more
     assert work.get("b", (2,), like).data_ptr() != work.get("a", (2,), like).data_ptr()
+
+
+def test_workspace_keeps_views_per_owners_and_drops_them_when_a_buffer_grows():
+    work = Workspace()
+    like = torch.zeros(1)
+    work.get("a", (2, 3), like)  # allocating a buffer drops kept views too: allocate it first
+    owners = (object(), like)
+    work.start(owners)
+    first = work.kept("view", lambda: work.get("a", (2, 3), like).t())
+    work.start(owners)  # the same objects: the view is reused
+    assert work.kept("view", lambda: like) is first
+    work.start((object(), like))  # other owners: made again
+    assert work.kept("view", lambda: like) is like
+    work.start(owners)
+    kept = work.kept("view", lambda: work.get("a", (2, 3), like).t())
+    work.get("a", (4, 4), like)  # the buffer behind it grows: nothing kept survives
+    work.start(owners)
+    assert work.kept("view", lambda: like) is like and kept is not like
+
+
+@pytest.mark.parametrize("shape, hidden", [((6, 5), None), ((6, 5), 12), ((9,), None)])
+def test_steps_sharing_a_workspace_across_sub_batches_equal_fresh_workspaces(shape, hidden):
+    # one workspace serves every sub-batch of a worker, training and the delta step interleaved;
+    # its kept views must follow the sub-batch (rows, inputs) of each call
+    network = _mine(5, shape, 7, hidden=hidden).network
+    u, v = torch.rand(5, 7, *shape), torch.rand(5, 7, *shape)
+    permutation = torch.stack([torch.randperm(7) for _ in range(5)])
+    blocks = [slice(0, 2), slice(2, 4), slice(4, 5)]
+    inputs = {block.start: network.branch_inputs(u[block], v[block]) for block in blocks}
+
+    def run(work_for):
+        results = []
+        for _ in range(3):
+            for block in blocks:
+                args = (u[block], v[block], permutation[block], inputs[block.start], block, work_for(block))
+                estimate = network.ascent_gradients(*args)
+                grads = [p.grad[block].clone() for p in network.parameters()]
+                value, sample_grad = network.bound_and_sample_gradient(*args)
+                results.append((estimate, grads, value, sample_grad))
+        return results
+
+    shared = Workspace()
+    for got, expected in zip(run(lambda block: shared), run(lambda block: Workspace())):
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[2], expected[2])
+        assert torch.equal(got[3], expected[3])
+        assert all(torch.equal(a, b) for a, b in zip(got[1], expected[1]))
 
 
 def test_a_forked_child_does_not_inherit_the_parents_pool(threads):

@@ -13,7 +13,7 @@ and a :class:`Workspace`, so a MINE step allocates no large tensor.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -43,11 +43,16 @@ class Workspace:
     ``get`` hands out the first elements of one flat buffer per name, grown only
     when a larger shape is asked for, so the steps of an attack write into the
     same memory instead of allocating (and page-faulting) fresh temporaries.
+    ``kept`` holds the views a step makes of its sub-batch's parameters, inputs
+    and buffers, so the next steps on the same sub-batch reuse them (a step of a
+    2-row sub-batch made ~30 views).
     """
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
         self._views: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+        self._owners: tuple[object, ...] = ()
+        self._kept: dict[str, torch.Tensor] = {}
 
     def get(self, name: str, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
         """A tensor of ``shape`` with ``like``'s dtype and device; contents undefined.
@@ -64,9 +69,36 @@ class Workspace:
             buffer = torch.empty(numel, dtype=like.dtype, device=like.device)
             self._buffers[name] = buffer
             self._views = {k: v for k, v in self._views.items() if k[0] != name}
+            self.start(())  # kept views may view the replaced buffer
         view = buffer[:numel].view(*shape)
         self._views[key] = view
         return view
+
+    def start(self, owners: tuple[object, ...]) -> None:
+        """Starts a step on ``owners`` (a sub-batch's parameter views and inputs): the views
+        :meth:`kept` so far stay only if the owners are the same objects as the last step's."""
+        if len(owners) != len(self._owners) or any(a is not b for a, b in zip(owners, self._owners)):
+            self._owners = owners
+            self._kept = {}
+
+    def kept(self, name: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``make()`` (a view of the current owners or of this workspace's buffers), made once per owners."""
+        view = self._kept.get(name)
+        if view is None:
+            view = self._kept[name] = make()
+        return view
+
+
+def _kept(work: Workspace | None, name: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``work.kept(name, make)``, or ``make()`` without a workspace (the autograd path)."""
+    return make() if work is None else work.kept(name, make)
+
+
+def _scratch(
+    work: Workspace | None, name: str, shape: Callable[[], Sequence[int]], like: torch.Tensor
+) -> torch.Tensor | None:
+    """``work.get(name, shape(), like)``, kept; None without a workspace (the result is then allocated)."""
+    return None if work is None else work.kept(name, lambda: work.get(name, shape(), like))
 
 
 class StatisticsNetwork(nn.Module):
@@ -220,9 +252,10 @@ class StatisticsNetwork(nn.Module):
 
     def _filters(self, params: _Tensors, work: Workspace | None) -> torch.Tensor:
         """The convolutions' filters with the bias as one more tap: (b, 2, C, k*k + 1)."""
-        weight, bias = params["conv_weight"], params["conv_bias"]
-        out = None if work is None else work.get("filters", (*weight.shape[:3], weight.shape[3] + 1), weight)
-        return torch.cat([weight, bias.unsqueeze(-1)], dim=3, out=out)
+        weight = params["conv_weight"]
+        bias = _kept(work, "conv_bias_tap", lambda: params["conv_bias"].unsqueeze(-1))
+        out = _scratch(work, "filters", lambda: (*weight.shape[:3], weight.shape[3] + 1), weight)
+        return torch.cat([weight, bias], dim=3, out=out)
 
     def _first_map_layer(self, taps: torch.Tensor, params: _Tensors, work: Workspace | None) -> torch.Tensor:
         """The convolution and the first linear layer in one, on :meth:`branch_inputs`' taps: (b, 2, K, out).
@@ -240,25 +273,28 @@ class StatisticsNetwork(nn.Module):
         pairs = batch * branches
         filters = self._filters(params, work)
         tap_count, count = taps.shape[2], taps.shape[3]
-        folded = work.get("folded", (pairs, tap_count, out * positions), taps) if work is not None else None
-        folded = torch.bmm(
-            filters.view(pairs, channels, tap_count).transpose(1, 2), weight.view(pairs, channels, -1), out=folded
-        )
-        flat_taps = taps.reshape(pairs * tap_count, count, positions)
-        flat_folded = folded.view(pairs * tap_count, out, positions)
         output_major = out <= OUTPUT_MAJOR_WIDTH
         shape = (out, count) if output_major else (count, out)
-        per_tap = work.get("per_tap", (pairs * tap_count, *shape), taps) if work is not None else None
+        folded = torch.bmm(
+            _kept(work, "filters_by_tap", lambda: filters.view(pairs, channels, tap_count).transpose(1, 2)),
+            _kept(work, "weight0_flat", lambda: weight.view(pairs, channels, -1)),
+            out=_scratch(work, "folded", lambda: (pairs, tap_count, out * positions), taps),
+        )
+        flat_taps = _kept(work, "taps_flat", lambda: taps.reshape(pairs * tap_count, count, positions))
+        flat_folded = _kept(work, "folded_flat", lambda: folded.view(pairs * tap_count, out, positions))
+        per_tap_out = _scratch(work, "per_tap", lambda: (pairs * tap_count, *shape), taps)
         if output_major:
-            per_tap = torch.bmm(flat_folded, flat_taps.transpose(1, 2), out=per_tap)
+            taps_t = _kept(work, "taps_flat_t", lambda: flat_taps.transpose(1, 2))
+            per_tap = torch.bmm(flat_folded, taps_t, out=per_tap_out)
         else:
-            per_tap = torch.bmm(flat_taps, flat_folded.transpose(1, 2), out=per_tap)
-        per_tap = per_tap.view(batch, branches, tap_count, *shape)
-        summed = work.get("out0", (batch, branches, *shape), taps) if work is not None else None
+            folded_t = _kept(work, "folded_flat_t", lambda: flat_folded.transpose(1, 2))
+            per_tap = torch.bmm(flat_taps, folded_t, out=per_tap_out)
+        per_tap = _kept(work, "per_tap_by_tap", lambda: per_tap.view(batch, branches, tap_count, *shape))
+        summed = _scratch(work, "out0", lambda: (batch, branches, *shape), taps)
         hidden = torch.sum(per_tap, dim=2, out=summed)
         if output_major:
-            hidden = hidden.transpose(2, 3)  # (b, 2, K, out), a view
-        bias = params["bias0"].unsqueeze(2)
+            hidden = _kept(work, "out0_t", lambda: hidden.transpose(2, 3))  # (b, 2, K, out), a view
+        bias = _kept(work, "bias0_row", lambda: params["bias0"].unsqueeze(2))
         return hidden + bias if work is None else hidden.add_(bias)
 
     def _linear_stack(
@@ -348,6 +384,7 @@ class StatisticsNetwork(nn.Module):
         params, grads = self._views(rows)
         with torch.no_grad():
             inputs = self.branch_inputs(u, v) if inputs is None else inputs
+            work.start((params, inputs))
             estimate, activations, grad_embed, scores = self._bound_and_embed_grads(
                 inputs, permutation, params, work, bound
             )
@@ -379,6 +416,7 @@ class StatisticsNetwork(nn.Module):
         params, _ = self._views(rows)
         with torch.no_grad():
             inputs = self.branch_inputs(u, v) if inputs is None else inputs
+            work.start((params, inputs))
             estimate, activations, grad_embed, _ = self._bound_and_embed_grads(inputs, permutation, params, work)
             if out is None:
                 out = torch.empty_like(v)
@@ -403,13 +441,14 @@ class StatisticsNetwork(nn.Module):
         """
         activations = self._linear_stack(inputs, params, work)
         embed = activations[-1]
-        u_embed, v_embed = embed.unbind(1)
+        u_embed = work.kept("u_embed", lambda: embed[:, 0])
+        v_embed = work.kept("v_embed", lambda: embed[:, 1])
         index = permutation.unsqueeze(-1).expand_as(v_embed)
         joint_pre = u_embed + v_embed
         marginal_pre = u_embed + v_embed.gather(1, index)
         joint_act, marginal_act = torch.relu(joint_pre), torch.relu(marginal_pre)
         out_weight = params["out_weight"]
-        weight = out_weight.unsqueeze(-1)
+        weight = work.kept("out_weight_column", lambda: out_weight.unsqueeze(-1))
         joint = torch.bmm(joint_act, weight).squeeze(-1)
         marginal = torch.bmm(marginal_act, weight).squeeze(-1)
         estimate = donsker_varadhan(joint, marginal) if bound else None
@@ -417,11 +456,12 @@ class StatisticsNetwork(nn.Module):
         # the marginal scores
         grad_joint = -1.0 / joint.shape[1]
         grad_marginal = torch.softmax(marginal, dim=1)
-        out = out_weight.unsqueeze(1)
+        out = work.kept("out_weight_row", lambda: out_weight.unsqueeze(1))
         grad_joint_pre = out * grad_joint * (joint_pre > 0)
         grad_marginal_pre = grad_marginal.unsqueeze(-1) * out * (marginal_pre > 0)
-        grad_embed = work.get("grad_embed", embed.shape, embed)
-        grad_u, grad_v = grad_embed.unbind(1)
+        grad_embed = work.kept("grad_embed", lambda: work.get("grad_embed", embed.shape, embed))
+        grad_u = work.kept("grad_u", lambda: grad_embed[:, 0])
+        grad_v = work.kept("grad_v", lambda: grad_embed[:, 1])
         torch.add(grad_joint_pre, grad_marginal_pre, out=grad_u)
         grad_v.copy_(grad_joint_pre).scatter_add_(1, index, grad_marginal_pre)
         return estimate, activations, grad_embed, (grad_joint, joint_act, grad_marginal, marginal_act)
@@ -479,22 +519,36 @@ class StatisticsNetwork(nn.Module):
         batch, branches, channels, out, positions = weight.shape
         pairs = batch * branches
         tap_count, count = taps.shape[2], taps.shape[3]
-        per_tap = work.get("grad_per_tap", (batch, branches, tap_count, out, count), grad_out)
-        per_tap.copy_(grad_out.transpose(2, 3).unsqueeze(2).expand(batch, branches, tap_count, out, count))
+        kept = work.kept
+        shape = (batch, branches, tap_count, out, count)
+        per_tap = kept("grad_per_tap", lambda: work.get("grad_per_tap", shape, grad_out))
+        per_tap.copy_(kept("grad_out_by_tap", lambda: grad_out.transpose(2, 3).unsqueeze(2).expand(shape)))
         folded_grad = torch.bmm(
-            per_tap.view(pairs * tap_count, out, count),
-            taps.reshape(pairs * tap_count, count, positions),
-            out=work.get("folded", (pairs * tap_count, out, positions), grad_out),
-        ).view(pairs, tap_count, out * positions)
-        filters = work.get("filters", (batch, branches, channels, tap_count), grad_out).view(pairs, channels, tap_count)
-        torch.bmm(filters, folded_grad, out=grads["weight0"].view(pairs, channels, -1))
+            kept("grad_per_tap_flat", lambda: per_tap.view(pairs * tap_count, out, count)),
+            kept("taps_flat", lambda: taps.reshape(pairs * tap_count, count, positions)),
+            out=kept("folded_grad", lambda: work.get("folded", (pairs * tap_count, out, positions), grad_out)),
+        )
+        folded_grad = kept("folded_grad_flat", lambda: folded_grad.view(pairs, tap_count, out * positions))
+        filters = kept(
+            "filters_flat",
+            lambda: work.get("filters", (batch, branches, channels, tap_count), grad_out).view(
+                pairs, channels, tap_count
+            ),
+        )
+        torch.bmm(
+            filters, folded_grad, out=kept("weight0_grad_flat", lambda: grads["weight0"].view(pairs, channels, -1))
+        )
         filters_grad = torch.bmm(
             folded_grad,
-            weight.view(pairs, channels, -1).transpose(1, 2),
-            out=work.get("filters_grad", (pairs, tap_count, channels), grad_out),
+            kept("weight0_flat_t", lambda: weight.view(pairs, channels, -1).transpose(1, 2)),
+            out=kept("filters_grad", lambda: work.get("filters_grad", (pairs, tap_count, channels), grad_out)),
         )
-        grads["conv_weight"].view(pairs, channels, -1).copy_(filters_grad[:, :-1].transpose(1, 2))
-        grads["conv_bias"].view(pairs, channels).copy_(filters_grad[:, -1])
+        kept("conv_weight_grad", lambda: grads["conv_weight"].view(pairs, channels, -1)).copy_(
+            kept("filters_grad_weight", lambda: filters_grad[:, :-1].transpose(1, 2))
+        )
+        kept("conv_bias_grad", lambda: grads["conv_bias"].view(pairs, channels)).copy_(
+            kept("filters_grad_bias", lambda: filters_grad[:, -1])
+        )
 
     def _v_input_gradient(
         self,
