@@ -46,6 +46,7 @@ def _run(script: str, *args: str, out: Path) -> dict:
         "estimate_mi_accuracy.py",
         "draw_cost.py",
         "precompute_throughput.py",
+        "fit_kernel.py",
     ],
 )
 def test_help(script):
@@ -327,3 +328,23 @@ def test_precompute_throughput_end_to_end(tmp_path):
         assert row["projected_60k_wall_h_idle_cores"] == pytest.approx(
             60_000 / row["img_per_s_idle_cores"] / 3600, rel=0.02
         )
+
+
+def test_fit_kernel_end_to_end(tmp_path):
+    from uae_augment import _heap
+
+    result = _run(
+        "fit_kernel.py",
+        *("--train-rows", "100", "--epochs", "1", "--fits", "2", "--pairs", "1"),
+        out=tmp_path / "fit_kernel.json",
+    )
+    retained, glibc = result["processes"]["retained"], result["processes"]["glibc"]
+    assert len(retained) == len(glibc) == 1 and len(retained[0]["fits"]) == 2
+    expected = _heap.DEFAULT_RETENTION if _heap._glibc() is not None else None
+    assert retained[0]["heap_retention"] == expected and glibc[0]["heap_retention"] is None
+    for arm in ("retained", "glibc"):
+        summary = result["summary"][arm]
+        assert summary["first_fit"]["fits"] == 1 and summary["later_fits"]["fits"] == 1
+        assert 0 <= summary["later_fits"]["kernel_share"] < 1
+        fit = result["processes"][arm][0]["fits"][1]
+        assert fit["kernel_share"] == pytest.approx(fit["sys_s"] / (fit["user_s"] + fit["sys_s"]), abs=1e-3)
