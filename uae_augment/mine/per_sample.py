@@ -394,9 +394,10 @@ class PerSampleMINE:
         self.network.write_inputs(inputs, 1, v_rows)
         optimizer = self.optimizers[block]
         last = permutations.shape[0] - 1
+        block_permutations = permutations[:, rows]
         for step in range(last + 1):
             estimate = self.network.ascent_gradients(
-                u_rows, v_rows, permutations[step, rows], inputs, rows, work, bound=step == last
+                u_rows, v_rows, block_permutations[step], inputs, rows, work, bound=step == last
             )
             optimizer.step()
         assert estimate is not None

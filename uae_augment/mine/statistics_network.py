@@ -389,7 +389,8 @@ class StatisticsNetwork(nn.Module):
                 inputs, permutation, params, work, bound
             )
             grad_joint, joint_act, grad_marginal, marginal_act = scores
-            grads["out_weight"].copy_((joint_act * grad_joint + grad_marginal.unsqueeze(-1) * marginal_act).sum(dim=1))
+            weighted = joint_act * grad_joint + grad_marginal.unsqueeze(-1) * marginal_act
+            torch.sum(weighted, dim=1, out=grads["out_weight"])
             self._stack_backward(activations, grad_embed, params, grads, work)
         return estimate
 
@@ -457,8 +458,9 @@ class StatisticsNetwork(nn.Module):
         grad_joint = -1.0 / joint.shape[1]
         grad_marginal = torch.softmax(marginal, dim=1)
         out = work.kept("out_weight_row", lambda: out_weight.unsqueeze(1))
-        grad_joint_pre = out * grad_joint * (joint_pre > 0)
-        grad_marginal_pre = grad_marginal.unsqueeze(-1) * out * (marginal_pre > 0)
+        # ReLU's backward, one operation each (the values of ``g * (pre > 0)``; a masked zero is +0)
+        grad_joint_pre = torch.ops.aten.threshold_backward(out * grad_joint, joint_pre, 0)
+        grad_marginal_pre = torch.ops.aten.threshold_backward(grad_marginal.unsqueeze(-1) * out, marginal_pre, 0)
         grad_embed = work.kept("grad_embed", lambda: work.get("grad_embed", embed.shape, embed))
         grad_u = work.kept("grad_u", lambda: grad_embed[:, 0])
         grad_v = work.kept("grad_v", lambda: grad_embed[:, 1])
