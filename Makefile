@@ -9,7 +9,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 help:
 	@echo "make demo         the one-page example recipes/example.py: MNIST conv AE + MINE-UAEs via the"
-	@echo "                  HDF5 cache vs the same-steps control, one table (51 s, idle 2-core machine)"
+	@echo "                  HDF5 cache vs the same-steps control, one table (~30 s, 2-core machine)"
 	@echo "make demo-table   the quick table: recipes/autoencoders.py --quick (4 AE kinds, 6 methods,"
 	@echo "                  2 seeds; 8 min 20 s wall, idle 2-core machine)"
 	@echo "make demo-attack  the engine alone: UAEs of 64 digits, image grid + JSON"

@@ -6,8 +6,9 @@
 4. train the clean model for as many steps too (the same-steps control), and print
    every arm's test reconstruction error and the attack's success rate.
 
-Run ``python recipes/example.py`` (``--help`` for the sizes): 41.9 CPU s with one torch
-thread at the defaults (``/usr/bin/time``, 31 s wall on an idle 2-core machine; README, top). A rerun with the same flags reuses the cache and prints the same table.
+Run ``python recipes/example.py`` (``--help`` for the sizes): 31.4 CPU s with one torch
+thread at the defaults (``/usr/bin/time``, 31 s wall on the 2-core test machine; README,
+top). A rerun with the same flags reuses the cache and prints the same table.
 One seed at this size decides nothing: README.md, section "Results", has the
 multi-seed comparison.
 """

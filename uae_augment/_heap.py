@@ -5,9 +5,9 @@ their gradients, the per-sample MINE state) and allocates them again at the next
 gives freed memory at the top of its heap back to the kernel once more than its trim threshold
 is free there, and serves a request above its mmap threshold that the heap top cannot hold with
 a fresh ``mmap``; either way the next step faults the same pages in again, zero-filled by the
-kernel. On the project's 2-core machine that was 15-30 % of a conv autoencoder's
-:func:`~uae_augment.fit` on MNIST (varying from process to process with glibc's adaptive
-thresholds) and most of an attack's kernel time.
+kernel. On the project's 2-core machine that was 13-24 % of a conv autoencoder's
+:func:`~uae_augment.fit` on MNIST in 3 of 6 processes measured (it depends on the heap's
+history) and most of a B = 64 attack's kernel time.
 
 Two ``mallopt`` settings stop it: ``M_MMAP_THRESHOLD`` at glibc's largest adaptive value (32 MiB)
 puts every smaller request on the heap from the start, and ``M_TOP_PAD`` makes glibc keep that
