@@ -280,7 +280,8 @@ class StatisticsNetwork(nn.Module):
             _kept(work, "weight0_flat", lambda: weight.view(pairs, channels, -1)),
             out=_scratch(work, "folded", lambda: (pairs, tap_count, out * positions), taps),
         )
-        flat_taps = _kept(work, "taps_flat", lambda: taps.reshape(pairs * tap_count, count, positions))
+        # a view (never a copy): a kept tensor must see the v half that train() rewrites in place
+        flat_taps = _kept(work, "taps_flat", lambda: taps.view(pairs * tap_count, count, positions))
         flat_folded = _kept(work, "folded_flat", lambda: folded.view(pairs * tap_count, out, positions))
         per_tap_out = _scratch(work, "per_tap", lambda: (pairs * tap_count, *shape), taps)
         if output_major:
@@ -527,7 +528,7 @@ class StatisticsNetwork(nn.Module):
         per_tap.copy_(kept("grad_out_by_tap", lambda: grad_out.transpose(2, 3).unsqueeze(2).expand(shape)))
         folded_grad = torch.bmm(
             kept("grad_per_tap_flat", lambda: per_tap.view(pairs * tap_count, out, count)),
-            kept("taps_flat", lambda: taps.reshape(pairs * tap_count, count, positions)),
+            kept("taps_flat", lambda: taps.view(pairs * tap_count, count, positions)),
             out=kept("folded_grad", lambda: work.get("folded", (pairs * tap_count, out, positions), grad_out)),
         )
         folded_grad = kept("folded_grad_flat", lambda: folded_grad.view(pairs, tap_count, out * positions))
