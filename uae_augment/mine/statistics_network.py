@@ -280,8 +280,7 @@ class StatisticsNetwork(nn.Module):
             _kept(work, "weight0_flat", lambda: weight.view(pairs, channels, -1)),
             out=_scratch(work, "folded", lambda: (pairs, tap_count, out * positions), taps),
         )
-        # a view (never a copy): a kept tensor must see the v half that train() rewrites in place
-        flat_taps = _kept(work, "taps_flat", lambda: taps.view(pairs * tap_count, count, positions))
+        flat_taps = self._tap_matrices(taps, work)
         flat_folded = _kept(work, "folded_flat", lambda: folded.view(pairs * tap_count, out, positions))
         per_tap_out = _scratch(work, "per_tap", lambda: (pairs * tap_count, *shape), taps)
         if output_major:
@@ -297,6 +296,15 @@ class StatisticsNetwork(nn.Module):
             hidden = _kept(work, "out0_t", lambda: hidden.transpose(2, 3))  # (b, 2, K, out), a view
         bias = _kept(work, "bias0_row", lambda: params["bias0"].unsqueeze(2))
         return hidden + bias if work is None else hidden.add_(bias)
+
+    @staticmethod
+    def _tap_matrices(taps: torch.Tensor, work: Workspace | None) -> torch.Tensor:
+        """:meth:`branch_inputs`' taps (b, 2, T, K, H'W') as (2bT, K, H'W') matrices, kept.
+
+        A view, never a copy: a kept tensor must see the v half that ``PerSampleMINE.train``
+        rewrites in place.
+        """
+        return _kept(work, "taps_flat", lambda: taps.view(-1, *taps.shape[3:]))
 
     def _linear_stack(
         self, inputs: torch.Tensor, params: _Tensors, work: Workspace | None = None
@@ -528,7 +536,7 @@ class StatisticsNetwork(nn.Module):
         per_tap.copy_(kept("grad_out_by_tap", lambda: grad_out.transpose(2, 3).unsqueeze(2).expand(shape)))
         folded_grad = torch.bmm(
             kept("grad_per_tap_flat", lambda: per_tap.view(pairs * tap_count, out, count)),
-            kept("taps_flat", lambda: taps.view(pairs * tap_count, count, positions)),
+            self._tap_matrices(taps, work),
             out=kept("folded_grad", lambda: work.get("folded", (pairs * tap_count, out, positions), grad_out)),
         )
         folded_grad = kept("folded_grad_flat", lambda: folded_grad.view(pairs, tap_count, out * positions))
