@@ -192,19 +192,23 @@ def warn_if_long(attack: Any, rows: int, sample_shape: tuple[int, ...]) -> float
     Returns:
         The one-core estimate in seconds, or None for attacks without MINE steps.
     """
-    from .attacks.minmax import MinMaxAttack, estimate_cpu_seconds
+    from .attacks.minmax import CPU_SECONDS_PER_IMAGE, MinMaxAttack, estimate_cpu_seconds
 
     if not isinstance(attack, MinMaxAttack) or "mine_steps" not in attack.config():
         return None
     seconds = estimate_cpu_seconds(attack, rows, sample_shape)
     if seconds > LONG_JOB_S:
+        shorter = "--limit"
+        ratio = CPU_SECONDS_PER_IMAGE.get(attack.preset, 0.0) / CPU_SECONDS_PER_IMAGE["fast"]
+        if ratio >= 2:  # the paper preset; strong costs about what fast does
+            shorter += f" or --preset fast (about {ratio:.0f}x less by the same estimate)"
         logger.warning(
             "this job may take about %.1f hours on one CPU core (%d rows, preset %r, estimated from "
-            "benchmarks/results); more threads or a GPU shorten it, --limit or "
-            "--preset fast (~160x cheaper than paper) too",
+            "benchmarks/results); more threads or a GPU shorten it, %s too",
             seconds / 3600,
             rows,
             attack.preset,
+            shorter,
         )
     return seconds
 

@@ -271,6 +271,11 @@ def test_long_jobs_are_announced_with_an_estimate(caplog):
         assert not caplog.records
         assert warn_if_long(paper, 60000, (1, 28, 28)) == pytest.approx(60000 * 55.0)
     assert "may take about 916.7 hours" in caplog.text and "'paper'" in caplog.text
+    assert "--preset fast (about 250x less by the same estimate)" in caplog.text  # 55.0 / 0.22
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="uae_augment.cli"):
+        warn_if_long(fast, 60000, (1, 28, 28))
+    assert "3.7 hours" in caplog.text and "--preset fast" not in caplog.text  # already the fast preset
     assert warn_if_long(LpUAE(conv), 10**6, (1, 28, 28)) is None
 
 

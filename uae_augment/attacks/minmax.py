@@ -92,8 +92,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 DEFAULT_PRESET: dict[str, str] = {"unsupervised": "fast", "supervised": "paper"}
 """The preset used when none is given. Unsupervised: ``fast``, measured 45x cheaper than
-``paper`` with UAEs within 3e-4 of its when it was chosen (README, Presets; ~160x cheaper per
-image with today's engine, README, Speed). Supervised: the release's ``paper``."""
+``paper`` with UAEs within 3e-4 of its when it was chosen (README, Presets; ~190x fewer CPU
+seconds per image with the engine after #13: 0.230 against 43.8, precompute on MNIST,
+``benchmarks/results/precompute_throughput.json``). Supervised: the release's ``paper``."""
 
 _TUNABLE = (
     "epsilon",
