@@ -47,6 +47,7 @@ def _run(script: str, *args: str, out: Path) -> dict:
         "draw_cost.py",
         "precompute_throughput.py",
         "fit_kernel.py",
+        "conv_layout.py",
     ],
 )
 def test_help(script):
@@ -348,3 +349,16 @@ def test_fit_kernel_end_to_end(tmp_path):
         assert 0 <= summary["later_fits"]["kernel_share"] < 1
         fit = result["processes"][arm][0]["fits"][1]
         assert fit["kernel_share"] == pytest.approx(fit["sys_s"] / (fit["user_s"] + fit["sys_s"]), abs=1e-3)
+
+
+def test_conv_layout_end_to_end(tmp_path):
+    result = _run("conv_layout.py", "--batch", "3", "--iterations", "2", "--pairs", "2", out=tmp_path / "layout.json")
+    assert set(result["runs"]) == {"channels_last", "contiguous"}
+    for runs in result["runs"].values():
+        assert len(runs["victim_ms"]) == len(runs["attack_cpu_s_per_image"]) == len(runs["train_step_ms"]) == 2
+        assert min(runs["victim_ms"]) > 0 and min(runs["train_step_ms"]) > 0
+    medians = result["medians"]
+    ratio = medians["contiguous"]["victim_ms"] / medians["channels_last"]["victim_ms"]
+    assert result["contiguous_over_channels_last"]["victim_ms"] == pytest.approx(ratio, abs=1e-3)
+    # the same weights in two layouts: the same function up to float32 rounding
+    assert result["max_abs_difference"]["input_gradient"] < 1e-3

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 from uae_augment import fit
-from uae_augment.mine import find_feature_layer
+from uae_augment.mine import FeatureMapSampler, find_feature_layer
 from uae_augment.models import (
     AdversarialAutoencoder,
     ConvAutoencoder,
@@ -44,6 +46,26 @@ def test_conv_autoencoder_architecture():
     (optimizer,) = model.configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adadelta)
     assert optimizer.defaults["lr"] == 1.0 and optimizer.defaults["rho"] == 0.95
+
+
+def test_conv_autoencoder_stores_channels_last_and_returns_contiguous(mnist):
+    x, _ = mnist
+    colour = x[:5].repeat(1, 3, 1, 1)
+    for images in (x[:5], colour):
+        model = ConvAutoencoder(in_channels=images.shape[1])
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+        assert not all(c.weight.is_contiguous() for c in convs)  # the layout is really NHWC
+        nchw = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+        out = model(images)
+        assert out.is_contiguous()  # callers may .view() it
+        torch.testing.assert_close(out, nchw(images))  # same weights, same function
+        state = ConvAutoencoder(in_channels=images.shape[1])
+        state.load_state_dict(nchw.state_dict())  # an NCHW checkpoint loads into the NHWC layout
+        assert state.first_layer[0].weight.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(state(images), out, rtol=0, atol=0)
+    maps = FeatureMapSampler(model.first_layer)(colour)
+    assert maps.is_contiguous() and not model.first_layer(colour).is_contiguous()
 
 
 def test_conv_autoencoder_first_layer_is_its_first_conv(mnist):

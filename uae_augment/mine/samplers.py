@@ -70,7 +70,7 @@ class FeatureMapSampler:
                 "feature-map MINE needs a first layer returning (B, K, H', W') maps, got shape"
                 f" {tuple(maps.shape)}; use sampler='random_projection' for dense models"
             )
-        return maps
+        return maps.contiguous()  # channels-last layers' maps: MINE reads each map's rows
 
 
 class RandomProjectionSampler:
