@@ -9,7 +9,9 @@ layer's maps on ``--batch`` digits), a training step (Adadelta, binary
 cross-entropy, the release's batch of 100), and a fast-preset ``MINEUAE`` attack
 on ``--batch`` digits (``--iterations`` iterations, CPU seconds per image).
 Medians per arm and their ratio; the largest difference between the two layouts'
-outputs (they run different kernels, so the last bits differ).
+outputs (they run different kernels, so the last bits differ). The same for the
+conv classifiers (``cw_mnist``, ``LeNet``; ``--classifier-batch`` digits): the
+input gradient of the cross-entropy (a gradient attack's step) and a training step.
 
 Run ``python benchmarks/conv_layout.py --help``; it prints JSON and writes ``--out``.
 """
@@ -48,6 +50,15 @@ def _order(pair: int) -> list[str]:
     """The arms of measurement pair ``pair``: each goes first in every other pair."""
     names = list(LAYOUTS)
     return names if pair % 2 == 0 else names[::-1]
+
+
+def _summary(times: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """The runs, each arm's medians and the contiguous arm's medians over the channels-last arm's."""
+    medians = {name: {key: statistics.median(values) for key, values in runs.items()} for name, runs in times.items()}
+    ratios = {
+        key: round(medians["contiguous"][key] / medians["channels_last"][key], 3) for key in medians["contiguous"]
+    }
+    return {"runs": times, "medians": medians, "contiguous_over_channels_last": ratios}
 
 
 def _victim_pass(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,20 +111,60 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     for pair in range(args.pairs):
         for name in _order(pair):
             times[name].setdefault("train_step_ms", []).append(round(_ms(partial(train_step, name), 3), 2))
-    medians = {name: {key: statistics.median(values) for key, values in runs.items()} for name, runs in times.items()}
     fresh = {name: copy.deepcopy(base).to(memory_format=layout).eval() for name, layout in LAYOUTS.items()}
     outputs = {name: _victim_pass(model, x[: args.batch]) for name, model in fresh.items()}
     return {
-        "runs": times,
-        "medians": medians,
-        "contiguous_over_channels_last": {
-            key: round(medians["contiguous"][key] / medians["channels_last"][key], 3) for key in medians["contiguous"]
-        },
+        **_summary(times),
         "max_abs_difference": {
             "reconstruction_error": float((outputs["channels_last"][0] - outputs["contiguous"][0]).abs()),
             "input_gradient": float((outputs["channels_last"][1] - outputs["contiguous"][1]).abs().max()),
         },
     }
+
+
+def _input_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    delta = torch.zeros_like(x, requires_grad=True)
+    return torch.autograd.grad(F.cross_entropy(model(x + delta), y), delta)[0]
+
+
+def _train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+
+
+def measure_classifiers(args: argparse.Namespace) -> dict[str, Any]:
+    """Each conv classifier's input-gradient pass (a gradient attack's step) and training step, both layouts."""
+    import uae_augment
+    from uae_augment.models import LeNet, cw_mnist
+
+    digits = uae_augment.load_dataset("mnist-5k")
+    x = torch.stack([digits[i][0] for i in range(args.classifier_batch)])
+    y = torch.tensor([int(digits[i][1]) for i in range(args.classifier_batch)])
+    results: dict[str, Any] = {}
+    for label, build in (("CWClassifier (cw_mnist)", cw_mnist), ("LeNet", LeNet)):
+        torch.manual_seed(0)
+        base = build()
+        models = {name: copy.deepcopy(base).to(memory_format=layout) for name, layout in LAYOUTS.items()}
+        optimizers = {name: model.configure_optimizers()[0] for name, model in models.items()}
+
+        for name in LAYOUTS:
+            _input_gradient(models[name].eval(), x, y)
+        times: dict[str, dict[str, list[float]]] = {
+            name: {"input_gradient_ms": [], "train_step_ms": []} for name in LAYOUTS
+        }
+        for pair in range(args.pairs):
+            for name in _order(pair):
+                model = models[name].eval()
+                times[name]["input_gradient_ms"].append(round(_ms(partial(_input_gradient, model, x, y), 3), 2))
+        for pair in range(args.pairs):
+            for name in _order(pair):
+                models[name].train()
+                times[name]["train_step_ms"].append(
+                    round(_ms(partial(_train_step, models[name], optimizers[name], x, y), 2), 2)
+                )
+        results[label] = _summary(times)
+    return results
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -122,6 +173,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--batch", type=int, default=16, help="digits per victim pass and attack (default: %(default)s)")
     add("--iterations", type=int, default=10, help="attack iterations (default: %(default)s)")
     add("--pairs", type=int, default=16, help="alternating measurements per arm (default: %(default)s)")
+    add("--classifier-batch", type=int, default=64, help="digits per classifier pass (default: %(default)s)")
     add("--out", default=str(DEFAULT_OUT), help="JSON output (default: %(default)s)")
     return parser.parse_args(argv)
 
@@ -133,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     loads = [machine["load_average_at_start"][0]]
     figures = measure(args)
     loads.append(load_average()[0])
+    figures["classifiers"] = measure_classifiers(args)
+    loads.append(load_average()[0])
     finish_machine_info(machine, time.perf_counter() - wall_start, loads)
     result = {
         "benchmark": "conv_layout",
@@ -142,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "iterations": args.iterations,
             "pairs": args.pairs,
             "threads": 1,
-            "model": "ConvAutoencoder(1, 28), mnist-5k digits",
+            "classifier_batch": args.classifier_batch,
+            "model": "ConvAutoencoder(1, 28), mnist-5k digits; classifiers: cw_mnist, LeNet",
         },
         "machine": machine,
         **figures,

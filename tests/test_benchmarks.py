@@ -352,7 +352,11 @@ def test_fit_kernel_end_to_end(tmp_path):
 
 
 def test_conv_layout_end_to_end(tmp_path):
-    result = _run("conv_layout.py", "--batch", "3", "--iterations", "2", "--pairs", "2", out=tmp_path / "layout.json")
+    result = _run(
+        "conv_layout.py",
+        *("--batch", "3", "--iterations", "2", "--pairs", "2", "--classifier-batch", "5"),
+        out=tmp_path / "layout.json",
+    )
     assert set(result["runs"]) == {"channels_last", "contiguous"}
     for runs in result["runs"].values():
         assert len(runs["victim_ms"]) == len(runs["attack_cpu_s_per_image"]) == len(runs["train_step_ms"]) == 2
@@ -362,3 +366,9 @@ def test_conv_layout_end_to_end(tmp_path):
     assert result["contiguous_over_channels_last"]["victim_ms"] == pytest.approx(ratio, abs=1e-3)
     # the same weights in two layouts: the same function up to float32 rounding
     assert result["max_abs_difference"]["input_gradient"] < 1e-3
+    assert set(result["classifiers"]) == {"CWClassifier (cw_mnist)", "LeNet"}
+    for figures in result["classifiers"].values():
+        assert all(
+            len(runs["input_gradient_ms"]) == len(runs["train_step_ms"]) == 2 for runs in figures["runs"].values()
+        )
+        assert set(figures["contiguous_over_channels_last"]) == {"input_gradient_ms", "train_step_ms"}

@@ -14,6 +14,7 @@ Each mismatch is ``[case, run, field, max |difference|]``.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from collections.abc import Callable
@@ -38,15 +39,18 @@ from uae_augment import (
     Reconstruction,
 )
 from uae_augment.attacks.base import Attack
+from uae_augment.models import ConvAutoencoder
+from uae_augment.models.base import channels_last_
 
 CLASSES = 5
 SLICE = slice(3, 6)
 
 
 def build_models(seed: int = 0) -> dict[str, nn.Module]:
-    """Tiny seeded models on 1x8x8 inputs: a conv classifier, a conv and a dense autoencoder."""
+    """Tiny seeded models on 1x8x8 inputs: a conv classifier, a conv and a dense autoencoder, and
+    channels-last ones (the library's ``ConvAutoencoder`` as shipped, the classifier's weights in NHWC)."""
     torch.manual_seed(seed)
-    return {
+    models = {
         "classifier": nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, CLASSES)),
         "conv_ae": nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1), nn.Sigmoid()),
         "dense_ae": nn.Sequential(
@@ -57,7 +61,10 @@ def build_models(seed: int = 0) -> dict[str, nn.Module]:
             nn.Sigmoid(),
             nn.Unflatten(1, (1, 8, 8)),
         ),
+        "reference_conv_ae": ConvAutoencoder(in_channels=1, image_size=8),
     }
+    models["classifier_channels_last"] = channels_last_(copy.deepcopy(models["classifier"]))
+    return models
 
 
 Factory = Callable[[dict[str, nn.Module], "int | None"], Attack]
@@ -110,6 +117,12 @@ def cases(scale: int) -> dict[str, Factory]:
         ),
         "lp_uae": lambda m, b: LpUAE(Reconstruction(m["conv_ae"]), steps=4 * s, seed=1, batch_size=b),
         "gaussian_noise": lambda m, b: GaussianNoise(Reconstruction(m["dense_ae"]), 0.05, seed=1, batch_size=b),
+        "mineuae_fast_reference_conv_ae": lambda m, b: MINEUAE(
+            Reconstruction(m["reference_conv_ae"]), preset="fast", steps=3 * s, seed=1, batch_size=b
+        ),
+        "pgd_linf_channels_last": lambda m, b: PGD(
+            m["classifier_channels_last"], 0.1, steps=3 * s, step_size=0.03, seed=1, batch_size=b
+        ),
         "fgsm": lambda m, b: FGSM(m["classifier"], 0.1, batch_size=b),
         "ifgsm": lambda m, b: IFGSM(m["classifier"], 0.1, steps=3 * s, batch_size=b),
         "pgd_linf": lambda m, b: PGD(m["classifier"], 0.1, steps=3 * s, step_size=0.03, seed=1, batch_size=b),

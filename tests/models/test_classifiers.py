@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -142,3 +144,17 @@ def test_mlp_on_tabular_rows_and_labels_are_required(digits):
 def test_bad_arguments(call, error):
     with pytest.raises(error):
         call()
+
+
+@pytest.mark.parametrize(("build", "colour"), [(cw_mnist, False), (cw_cifar, True), (LeNet, False)])
+def test_conv_classifiers_store_channels_last_weights(mnist, build, colour):
+    x, _ = mnist
+    images = _colour(x[:6]) if colour else x[:6]
+    model = build().eval()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    contiguous = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    torch.testing.assert_close(model(images), contiguous(images))  # same weights, same function
+    delta = torch.zeros_like(images, requires_grad=True)
+    (grad,) = torch.autograd.grad(model(images + delta).logsumexp(dim=1).sum(), delta)
+    assert grad.shape == images.shape and torch.isfinite(grad).all()

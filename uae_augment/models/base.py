@@ -115,12 +115,18 @@ def channels_last_(module: nn.Module) -> nn.Module:
 
     The values do not change, only their memory order, in which PyTorch's CPU
     convolutions (oneDNN) run faster: one thread on the 2-core test machine,
-    :class:`~uae_augment.models.ConvAutoencoder`, medians of 16 alternating pairs
-    (``benchmarks/results/conv_layout.json``): an attack iteration's victim work
-    on 16 digits 8.5 instead of 13.1 ms, a training step on 100 digits 45
-    instead of 75 ms, a fast-preset attack 1.04x faster. A convolution with
+    medians of 16 alternating pairs (``benchmarks/results/conv_layout.json``),
+    :class:`~uae_augment.models.ConvAutoencoder`'s victim work of an attack
+    iteration on 16 digits 7.8 instead of 12.1 ms and its training step on 100
+    digits 40 instead of 69 ms (a fast-preset attack, mostly MINE's own work,
+    1.00-1.04x: within the noise); LeNet 1.26x and 1.41x, ``cw_mnist`` 1.09x and
+    1.14x (input gradient and training step, 64 digits). A convolution with
     channels-last weights returns channels-last maps; models return their outputs
-    contiguous. Rows stay bitwise independent of the batch
+    contiguous. ``ConvAutoencoder``, ``CWClassifier`` and ``LeNet`` call it (all
+    their convolutions have stride 1); ``CIFARResNet18`` does not: in this layout
+    the backward pass of a 1x1 stride-2 convolution on 2 channels, the kind its
+    shortcuts are, crashed the process (PyTorch 2.14.1's oneDNN, AVX2 kernels).
+    Rows stay bitwise independent of the batch and of the thread count
     (tests/attacks/test_batch_independence.py).
     """
     return module.to(memory_format=torch.channels_last)

@@ -18,6 +18,7 @@ from .base import (
     FitSettings,
     LossParts,
     ReferenceModel,
+    channels_last_,
     check_input,
     flat_size,
     keras_init_,
@@ -60,7 +61,8 @@ class CWClassifier(_Classifier):
     Dropout(0.5), Dense(w5) ReLU, Dense(classes) logits. The dropout is the one
     of C&W's ``train_models.py``. Training (release): SGD lr 0.01, momentum 0.9,
     Nesterov, cross-entropy, 50 epochs, batch 128 (C&W's lr decay of 1e-6 per
-    step, a 2% change over a full run, is left out).
+    step, a 2% change over a full run, is left out). Convolution weights are
+    stored channels-last (:func:`~uae_augment.models.base.channels_last_`).
 
     Args:
         input_shape: (C, H, W), e.g. (1, 28, 28) or (3, 32, 32).
@@ -128,7 +130,7 @@ class CWClassifier(_Classifier):
             nn.ReLU(),
             nn.Linear(d1, classes),
         )
-        keras_init_(self)
+        channels_last_(keras_init_(self))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, classes) of images x (N, C, H, W) in [0, 1]."""
@@ -160,7 +162,8 @@ class LeNet(_Classifier):
     Training: the reference trains 30 epochs and names no optimiser; this
     library uses MatConvNet's ``cnn_mnist`` defaults, SGD lr 1e-3, momentum 0.9,
     weight decay 5e-4, batch 100. The reference subtracts the mean image; here
-    inputs stay in [0, 1] (put a normalisation in front if wanted).
+    inputs stay in [0, 1] (put a normalisation in front if wanted). Convolution
+    weights are stored channels-last (:func:`~uae_augment.models.base.channels_last_`).
 
     Args:
         input_shape: (C, H, W), default (1, 28, 28); H, W >= 16.
@@ -197,6 +200,7 @@ class LeNet(_Classifier):
             nn.Conv2d(500, classes, 1),
             nn.Flatten(),
         )
+        channels_last_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, classes) of images x (N, C, H, W) in [0, 1]."""
