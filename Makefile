@@ -11,7 +11,7 @@ help:
 	@echo "make demo         the one-page example recipes/example.py: MNIST conv AE + MINE-UAEs via the"
 	@echo "                  HDF5 cache vs the same-steps control, one table (~30 s, 2-core machine)"
 	@echo "make demo-table   the quick table: recipes/autoencoders.py --quick (4 AE kinds, 6 methods,"
-	@echo "                  2 seeds; 7 min 17 s wall, idle 2-core machine)"
+	@echo "                  2 seeds; 5 min 44 s wall, idle 2-core machine)"
 	@echo "make demo-attack  the engine alone: UAEs of 64 digits, image grid + JSON"
 	@echo "make test         ruff check + ruff format --check, then the test suite (slow tests deselected)"
 	@echo "make test-slow    the slow tests; make format: apply ruff format"
