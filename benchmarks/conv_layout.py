@@ -70,25 +70,28 @@ def _victim_pass(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
     return error.detach(), grad
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
-    import uae_augment
+def _train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    target: torch.Tensor,
+) -> None:
+    optimizer.zero_grad()
+    loss(model(x), target).backward()
+    optimizer.step()
+
+
+def measure(args: argparse.Namespace, digits: Any) -> dict[str, Any]:
+    """The conv autoencoder: victim work of an attack iteration, a fast-preset attack, a training step."""
     from uae_augment import MINEUAE, Reconstruction
     from uae_augment.models import ConvAutoencoder
 
-    torch.set_num_threads(1)
-    digits = uae_augment.load_dataset("mnist-5k")
     x = torch.stack([digits[i][0] for i in range(max(args.batch, 100))])
     torch.manual_seed(0)
     base = ConvAutoencoder(in_channels=1, image_size=28)
     models = {name: copy.deepcopy(base).to(memory_format=layout) for name, layout in LAYOUTS.items()}
     optimizers = {name: model.configure_optimizers()[0] for name, model in models.items()}
-
-    def train_step(name: str) -> None:
-        model, optimizer = models[name], optimizers[name]
-        optimizer.zero_grad()
-        F.binary_cross_entropy(model(x[:100]), x[:100]).backward()
-        optimizer.step()
-
     attacks = {
         name: MINEUAE(Reconstruction(model.eval()), preset="fast", steps=args.iterations, seed=0, progress=False)
         for name, model in models.items()
@@ -97,7 +100,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         _victim_pass(models[name], x[: args.batch])
         attacks[name](x[: args.batch])
     times: dict[str, dict[str, list[float]]] = {
-        name: {"victim_ms": [], "attack_cpu_s_per_image": []} for name in LAYOUTS
+        name: {"victim_ms": [], "attack_cpu_s_per_image": [], "train_step_ms": []} for name in LAYOUTS
     }
     for pair in range(args.pairs):
         for name in _order(pair):
@@ -110,7 +113,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         models[name].train().requires_grad_(True)
     for pair in range(args.pairs):
         for name in _order(pair):
-            times[name].setdefault("train_step_ms", []).append(round(_ms(partial(train_step, name), 3), 2))
+            step = partial(_train_step, models[name], optimizers[name], F.binary_cross_entropy, x[:100], x[:100])
+            times[name]["train_step_ms"].append(round(_ms(step, 3), 2))
     fresh = {name: copy.deepcopy(base).to(memory_format=layout).eval() for name, layout in LAYOUTS.items()}
     outputs = {name: _victim_pass(model, x[: args.batch]) for name, model in fresh.items()}
     return {
@@ -127,18 +131,10 @@ def _input_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) ->
     return torch.autograd.grad(F.cross_entropy(model(x + delta), y), delta)[0]
 
 
-def _train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
-    model.zero_grad()
-    F.cross_entropy(model(x), y).backward()
-    optimizer.step()
-
-
-def measure_classifiers(args: argparse.Namespace) -> dict[str, Any]:
+def measure_classifiers(args: argparse.Namespace, digits: Any) -> dict[str, Any]:
     """Each conv classifier's input-gradient pass (a gradient attack's step) and training step, both layouts."""
-    import uae_augment
     from uae_augment.models import LeNet, cw_mnist
 
-    digits = uae_augment.load_dataset("mnist-5k")
     x = torch.stack([digits[i][0] for i in range(args.classifier_batch)])
     y = torch.tensor([int(digits[i][1]) for i in range(args.classifier_batch)])
     results: dict[str, Any] = {}
@@ -161,7 +157,7 @@ def measure_classifiers(args: argparse.Namespace) -> dict[str, Any]:
             for name in _order(pair):
                 models[name].train()
                 times[name]["train_step_ms"].append(
-                    round(_ms(partial(_train_step, models[name], optimizers[name], x, y), 2), 2)
+                    round(_ms(partial(_train_step, models[name], optimizers[name], F.cross_entropy, x, y), 2), 2)
                 )
         results[label] = _summary(times)
     return results
@@ -183,9 +179,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     wall_start = time.perf_counter()
     machine = machine_info(torch.device("cpu"))
     loads = [machine["load_average_at_start"][0]]
-    figures = measure(args)
+    import uae_augment
+
+    torch.set_num_threads(1)
+    digits = uae_augment.load_dataset("mnist-5k")
+    figures = measure(args, digits)
     loads.append(load_average()[0])
-    figures["classifiers"] = measure_classifiers(args)
+    figures["classifiers"] = measure_classifiers(args, digits)
     loads.append(load_average()[0])
     finish_machine_info(machine, time.perf_counter() - wall_start, loads)
     result = {
