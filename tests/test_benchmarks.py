@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 
 
-def _run(script: str, *args: str, out: Path) -> dict:
+def _run(script: str, *args: str, out: Path, env: dict[str, str] | None = None) -> dict:
     completed = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), *args, "--out", str(out)],
         cwd=REPO,
@@ -31,6 +31,7 @@ def _run(script: str, *args: str, out: Path) -> dict:
         text=True,
         timeout=300,
         check=False,
+        env=env,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     written = json.loads(out.read_text())
@@ -114,7 +115,8 @@ def test_attack_speed_end_to_end(tmp_path):
     )
     assert {"settings", "machine", "victim", "roofline", "configurations", "goals"} <= result.keys()
     assert result["settings"]["measured_iterations"] == 1 and result["settings"]["extrapolated_to"] == 5
-    assert {"load_average_at_start", "torch_threads", "high_load", "wall_s"} <= result["machine"].keys()
+    machine_keys = {"load_average_at_start", "torch_threads", "torch_cpu_capability", "high_load", "wall_s"}
+    assert machine_keys <= result["machine"].keys()
     assert result["roofline"]["peaks"]["copy_GBps"] > 0 and result["roofline"]["peaks"]["matmul_GFLOPps"] > 0
     rows = {row["name"]: row for row in result["configurations"]}
     assert list(rows) == ["reference", "paper_B1", "fast"]
@@ -302,7 +304,7 @@ def test_mi_shape_end_to_end(tmp_path, data_root):
 
 
 @pytest.mark.slow
-def test_precompute_throughput_end_to_end(tmp_path):
+def test_precompute_throughput_end_to_end(tmp_path, data_root):
     result = _run(
         "precompute_throughput.py",
         "--rows",
@@ -316,6 +318,7 @@ def test_precompute_throughput_end_to_end(tmp_path):
         "--train-rows",
         "32",
         out=tmp_path / "precompute.json",
+        env={**os.environ, "UAE_DATA_ROOT": str(data_root)},  # the 60,000-row MNIST split
     )
     rows = {row["name"]: row for row in result["configurations"]}
     assert list(rows) == ["fast_P1", "fast_P2"]
@@ -327,8 +330,8 @@ def test_precompute_throughput_end_to_end(tmp_path):
         assert row["rows"] == 16 and row["attack_iterations"] == 2
         assert 0 <= row["sys_fraction_of_cpu"] < 1 and row["img_per_s_idle_cores"] > 0
         assert row["projected_60k_wall_h_idle_cores"] == pytest.approx(
-            60_000 / row["img_per_s_idle_cores"] / 3600, rel=0.02
-        )
+            60_000 / row["img_per_s_idle_cores"] / 3600, abs=0.0051
+        )  # rounded to 0.01 h
 
 
 def test_fit_kernel_end_to_end(tmp_path):
